@@ -1,0 +1,180 @@
+"""Block-level OpSpecs -> torch.nn modules (random weights). Imported only when torch is wanted.
+
+Each block becomes one module built from standard torch layers, so tracing the module
+(latbench.lower) recovers the block's operators independently of `ops.expand`.
+"""
+from __future__ import annotations
+
+from ..errors import OpError, require
+from ..ops import OpSpec
+
+torch = require("torch", "torch")
+nn = torch.nn
+
+_ACTS = {
+    "relu": nn.ReLU,
+    "relu6": nn.ReLU6,
+    "hswish": nn.Hardswish,
+    "hsigmoid": nn.Hardsigmoid,
+    "sigmoid": nn.Sigmoid,
+    "swish": nn.SiLU,
+    "tanh": nn.Tanh,
+    "gelu": nn.GELU,
+}
+
+
+def act_module(name: str) -> nn.Module:
+    return _ACTS[name]()
+
+
+class ConvBNAct(nn.Module):
+    """Conv2d, optional BatchNorm2d, optional activation."""
+
+    def __init__(self, cin, cout, kernel, stride=1, padding=None, groups=1, bias=False, bn=True,
+                 act="none", dilation=1):
+        super().__init__()
+        if padding is None:
+            padding = (kernel - 1) // 2 * dilation
+        self.conv = nn.Conv2d(cin, cout, kernel, stride, padding, dilation=dilation, groups=groups, bias=bias)
+        self.bn = nn.BatchNorm2d(cout) if bn else None
+        self.act = act_module(act) if act != "none" else None
+
+    def forward(self, x):
+        x = self.conv(x)
+        if self.bn is not None:
+            x = self.bn(x)
+        if self.act is not None:
+            x = self.act(x)
+        return x
+
+
+class SqueezeExcite(nn.Module):
+    """Global average pool, 1x1 conv + ReLU, 1x1 conv + gate, multiply (MobileNetV3 / OFA SE)."""
+
+    def __init__(self, channels, hidden, gate="hsigmoid"):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.reduce = nn.Conv2d(channels, hidden, 1, bias=True)
+        self.relu = nn.ReLU()
+        self.expand = nn.Conv2d(hidden, channels, 1, bias=True)
+        self.gate = act_module(gate)
+
+    def forward(self, x):
+        y = self.gate(self.expand(self.relu(self.reduce(self.pool(x)))))
+        return x * y
+
+
+class MBConv(nn.Module):
+    """Inverted residual: [1x1 expand] -> kxk depthwise -> [SE] -> 1x1 project -> [+x]; with
+    se_pos='out' (PaddleSlim LightNAS) the SE runs on the block output: relu(out + se(linear_out))."""
+
+    def __init__(self, op: OpSpec):
+        super().__init__()
+        self.expand = ConvBNAct(op.c, op.mid, 1, act=op.act) if op.expand_conv else None
+        self.depthwise = ConvBNAct(op.mid, op.mid, op.kernel, op.stride, groups=op.mid, act=op.act)
+        self.se = SqueezeExcite(op.mid if op.se_pos == "dw" else op.out, op.se, op.se_act) if op.se else None
+        self.se_pos = op.se_pos
+        self.project = ConvBNAct(op.mid, op.out, 1)
+        self.residual = op.residual
+        self.out_relu = nn.ReLU() if op.se and op.se_pos == "out" else None
+
+    def forward(self, x):
+        y = self.expand(x) if self.expand is not None else x
+        y = self.depthwise(y)
+        if self.se is not None and self.se_pos == "dw":
+            y = self.se(y)
+        lin = self.project(y)
+        out = lin + x if self.residual else lin
+        if self.out_relu is not None:
+            out = self.out_relu(out + self.se(lin))
+        return out
+
+
+class ResBlock(nn.Module):
+    """ResNet basic (two kxk convs) or bottleneck (1x1, kxk, 1x1) block with its shortcut."""
+
+    def __init__(self, op: OpSpec):
+        super().__init__()
+        if op.kind == "bottleneck":
+            self.body = nn.Sequential(
+                ConvBNAct(op.c, op.mid, 1, act=op.act),
+                ConvBNAct(op.mid, op.mid, op.kernel, op.stride, act=op.act),
+                ConvBNAct(op.mid, op.out, 1),
+            )
+        else:
+            self.body = nn.Sequential(
+                ConvBNAct(op.c, op.out, op.kernel, op.stride, act=op.act),
+                ConvBNAct(op.out, op.out, op.kernel),
+            )
+        self.shortcut = ConvBNAct(op.c, op.out, 1, op.stride) if op.proj else None
+        self.act = act_module(op.act)
+
+    def forward(self, x):
+        y = self.body(x)
+        s = self.shortcut(x) if self.shortcut is not None else x
+        return self.act(y + s)
+
+
+class LinearAct(nn.Module):
+    """Flatten, Linear, optional activation."""
+
+    def __init__(self, op: OpSpec):
+        super().__init__()
+        self.fc = nn.Linear(op.c, op.out, bias=op.bias)
+        self.act = act_module(op.act) if op.act != "none" else None
+
+    def forward(self, x):
+        x = self.fc(torch.flatten(x, 1))
+        return self.act(x) if self.act is not None else x
+
+
+class Eltwise(nn.Module):
+    """x op x (an eltwise op timed or built alone gets its input twice)."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, x, y=None):
+        y = x if y is None else y
+        if self.kind == "add":
+            return x + y
+        if self.kind == "mul":
+            return x * y
+        return torch.maximum(x, y)
+
+
+def module_for(op: OpSpec) -> nn.Module:
+    """One torch module computing `op` (op or block granularity)."""
+    k = op.kind
+    if k == "conv":
+        return ConvBNAct(op.c, op.out, op.kernel, op.stride, op.padding, op.groups, op.bias, op.bn,
+                         op.act, op.dilation)
+    if k == "mbconv":
+        return MBConv(op)
+    if k in ("bottleneck", "basic"):
+        return ResBlock(op)
+    if k == "linear":
+        return LinearAct(op)
+    if k == "pool":
+        if op.global_pool:
+            return nn.AdaptiveAvgPool2d(1) if op.pool == "avg" else nn.AdaptiveMaxPool2d(1)
+        if op.pool == "max":
+            return nn.MaxPool2d(op.kernel, op.stride, op.padding, ceil_mode=op.ceil_mode)
+        return nn.AvgPool2d(op.kernel, op.stride, op.padding, ceil_mode=op.ceil_mode,
+                            count_include_pad=op.count_pad)
+    if k == "activation":
+        return act_module(op.act)
+    if k == "batch_norm":
+        bn = nn.BatchNorm2d(op.c)
+        return nn.Sequential(bn, act_module(op.act)) if op.act != "none" else bn
+    if k == "softmax":
+        return nn.Softmax(dim=op.axis)
+    if k == "eltwise":
+        return Eltwise(op.eltwise)
+    raise OpError(f"no torch module for op kind {k!r}")
+
+
+def build_blocks(blocks: list[OpSpec]) -> nn.Module:
+    """nn.Sequential of one module per block, in eval mode."""
+    return nn.Sequential(*(module_for(b) for b in blocks)).eval()
