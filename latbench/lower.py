@@ -18,6 +18,7 @@ class Lowering:
     """The result of lowering a model: its ops in execution order and what could not be mapped."""
 
     ops: list[OpSpec] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)  # module path (or node name) of each op
     unmapped: list[str] = field(default_factory=list)
     free: list[str] = field(default_factory=list)
 
@@ -115,6 +116,7 @@ def lower_torch(module, input_shape: tuple[int, ...]) -> Lowering:
             low.unmapped.append(name)
         else:
             low.ops.append(op)
+            low.sources.append(str(node.target) if node.op == "call_module" else node.name)
     return low
 
 

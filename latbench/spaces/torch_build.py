@@ -129,14 +129,16 @@ class LinearAct(nn.Module):
 
 
 class Eltwise(nn.Module):
-    """x op x (an eltwise op timed or built alone gets its input twice)."""
+    """x op other: an eltwise op built alone takes its second operand as a constant buffer
+    (shape (n, c, 1, 1) when it broadcasts, as the SE multiply does)."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, other_shape: tuple[int, ...]):
         super().__init__()
         self.kind = kind
+        self.register_buffer("other", torch.randn(*other_shape))
 
-    def forward(self, x, y=None):
-        y = x if y is None else y
+    def forward(self, x):
+        y = self.other
         if self.kind == "add":
             return x + y
         if self.kind == "mul":
@@ -171,7 +173,7 @@ def module_for(op: OpSpec) -> nn.Module:
     if k == "softmax":
         return nn.Softmax(dim=op.axis)
     if k == "eltwise":
-        return Eltwise(op.eltwise)
+        return Eltwise(op.eltwise, (op.n, op.c, 1, 1) if op.broadcast else op.in_shape)
     raise OpError(f"no torch module for op kind {k!r}")
 
 

@@ -1,0 +1,54 @@
+"""Canonical weights of an op, aligned with `ops.expand(op)`: every agent builds its model from
+these and the torch reference loads the same ones, so outputs can be compared across runtimes."""
+from __future__ import annotations
+
+import numpy as np
+
+from latbench import ops as O
+from latbench.ops import OpSpec
+
+Weights = list[dict[str, np.ndarray]]
+
+
+def op_weights(op: OpSpec, seed: int = 0) -> Weights:
+    """One dict per expanded op: conv {weight OIHW, bias}, linear {weight (out,in), bias},
+    batch_norm {gamma, beta, mean, var}, standalone eltwise {other}; {} for the rest."""
+    rng = np.random.default_rng(seed)
+    parts = O.expand(op)
+    out: Weights = []
+    for p in parts:
+        w: dict[str, np.ndarray] = {}
+        if p.kind == "conv":
+            fan_in = (p.c // p.groups) * p.kernel * p.kernel
+            w["weight"] = _f32(rng.standard_normal((p.out, p.c // p.groups, p.kernel, p.kernel)) / np.sqrt(fan_in))
+            if p.bias:
+                w["bias"] = _f32(rng.standard_normal(p.out) * 0.1)
+        elif p.kind == "linear":
+            w["weight"] = _f32(rng.standard_normal((p.out, p.c)) / np.sqrt(p.c))
+            if p.bias:
+                w["bias"] = _f32(rng.standard_normal(p.out) * 0.1)
+        elif p.kind == "batch_norm":
+            w["gamma"] = _f32(1.0 + 0.1 * rng.standard_normal(p.c))
+            w["beta"] = _f32(0.1 * rng.standard_normal(p.c))
+            w["mean"] = _f32(0.1 * rng.standard_normal(p.c))
+            w["var"] = _f32(1.0 + 0.5 * rng.random(p.c))
+        elif p.kind == "eltwise" and len(parts) == 1:
+            shape = (p.n, p.c, 1, 1) if p.broadcast else p.in_shape
+            w["other"] = _f32(rng.standard_normal(shape))
+        out.append(w)
+    return out
+
+
+BN_EPS = 1e-5
+
+
+def fold_bn(conv_w: dict[str, np.ndarray], bn: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Conv weight and bias with an inference batch norm folded in (what runtimes execute)."""
+    scale = bn["gamma"] / np.sqrt(bn["var"] + BN_EPS)
+    w = conv_w["weight"] * scale[:, None, None, None]
+    b = conv_w.get("bias", np.zeros_like(bn["beta"]))
+    return _f32(w), _f32((b - bn["mean"]) * scale + bn["beta"])
+
+
+def _f32(a) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32)
