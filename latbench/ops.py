@@ -480,3 +480,41 @@ __all__ = [
     "conv", "pool", "eltwise", "activation", "batch_norm", "softmax", "linear", "mbconv",
     "resblock", "expand", "unique", "is_ofa_mbconv", "conv_out",
 ]
+
+
+# ---------------------------------------------------------------------- runtime fusion
+@dataclass(frozen=True)
+class Fusion:
+    """Which op-level patterns a runtime runs as one kernel: conv+BN (folded) and conv+act."""
+
+    name: str
+    bn: bool = False
+    acts: frozenset = frozenset()
+
+
+FUSIONS = {
+    "none": Fusion("none"),  # torch eager, PaddleSlim op lists: every op on its own
+    # ONNX Runtime folds BN at BASIC and fuses Relu/Clip/Sigmoid/Tanh/HardSigmoid into FusedConv
+    "ort": Fusion("ort", True, frozenset({"relu", "relu6", "sigmoid", "tanh", "hsigmoid"})),
+    # TFLite has no BN op (converters fold it) and fuses RELU, RELU6 and TANH into conv options
+    "tflite": Fusion("tflite", True, frozenset({"relu", "relu6", "tanh"})),
+}
+
+
+def fuse(op_list: list[OpSpec], fusion: Fusion | str = "none") -> list[OpSpec]:
+    """Merge conv -> batch_norm -> activation runs the way `fusion`'s runtime executes them."""
+    f = FUSIONS[fusion] if isinstance(fusion, str) else fusion
+    if not f.bn and not f.acts:
+        return list(op_list)
+    out: list[OpSpec] = []
+    for op in op_list:
+        prev = out[-1] if out else None
+        if prev is not None and prev.kind == "conv" and prev.in_shape and op.in_shape == prev.out_shape:
+            if op.kind == "batch_norm" and f.bn and not prev.bn and prev.act == "none" and op.act == "none":
+                out[-1] = prev.replace(bn=True)
+                continue
+            if op.kind == "activation" and op.act in f.acts and prev.act == "none":
+                out[-1] = prev.replace(act=op.act)
+                continue
+        out.append(op)
+    return out

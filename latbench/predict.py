@@ -1,0 +1,330 @@
+"""Price subnets and op lists from a latency table, fast enough to sit inside a search loop.
+
+The space's slots are compiled once into per-slot tables indexed by (input state, the slot's
+choice indices) -> (cost, misses, next state). `predict_batch` then walks the slots, not the
+subnets: a gather and an add per slot over the whole population. Keys missing from the table are
+priced by a fallback regression fitted on the table (per op kind, on FLOPs/bytes) and counted.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from . import ops as O
+from .errors import LatbenchError, UsageError
+from .ops import OpSpec
+
+
+class MissingKeyError(LatbenchError):
+    """A key is not in the table and strict pricing was asked for."""
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """measured ~= scale * predicted + offset, fitted on k measured end-to-end latencies."""
+
+    scale: float = 1.0
+    offset_ms: float = 0.0
+    n: int = 0
+    space: str = ""
+    granularity: str = ""
+
+    def apply(self, ms):
+        return self.scale * ms + self.offset_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Calibration":
+        return cls(**{k: d[k] for k in ("scale", "offset_ms", "n", "space", "granularity") if k in d})
+
+
+def fit_calibration(predicted: Sequence[float], measured: Sequence[float], space: str = "",
+                    granularity: str = "") -> Calibration:
+    """Least-squares scale and offset (offset alone when fewer than 3 points)."""
+    p = np.asarray(predicted, dtype=np.float64)
+    m = np.asarray(measured, dtype=np.float64)
+    if p.size == 0:
+        raise UsageError("calibration needs at least one measured subnet")
+    if p.size < 3 or np.ptp(p) == 0:
+        return Calibration(1.0, float(np.mean(m - p)), int(p.size), space, granularity)
+    a, b = np.polyfit(p, m, 1)
+    return Calibration(float(a), float(b), int(p.size), space, granularity)
+
+
+@dataclass(frozen=True)
+class Price:
+    """The price of one op list or subnet."""
+
+    ms: float  # calibrated if `calibrated`
+    raw_ms: float  # plain sum of table entries (and fallback estimates)
+    misses: tuple[str, ...] = ()  # keys priced by the fallback
+    calibrated: bool = False
+
+
+# ---------------------------------------------------------------------- fallback
+def op_features(op: OpSpec) -> np.ndarray:
+    """Features the fallback regresses latency on: FLOPs, bytes moved, a constant."""
+    return np.array([op.flops / 1e6, op.bytes / 1e6, 1.0])
+
+
+@dataclass
+class Fallback:
+    """Per-kind non-negative least squares of latency on op features, fitted on the table."""
+
+    coefs: dict[str, np.ndarray] = field(default_factory=dict)
+    overall: np.ndarray | None = None
+
+    @classmethod
+    def fit(cls, ops: Iterable[OpSpec], costs: Mapping[str, float]) -> "Fallback":
+        by_kind: dict[str, list[tuple[np.ndarray, float]]] = {}
+        for op in ops:
+            v = costs.get(op.key)
+            if v is None or not math.isfinite(v):
+                continue
+            by_kind.setdefault(op.kind, []).append((op_features(op), v))
+        fb = cls()
+        every = [row for rows in by_kind.values() for row in rows]
+        if every:
+            fb.overall = _nnls(every)
+        for kind, rows in by_kind.items():
+            if len(rows) >= 3:
+                fb.coefs[kind] = _nnls(rows)
+        return fb
+
+    def __call__(self, op: OpSpec) -> float:
+        coef = self.coefs.get(op.kind, self.overall)
+        if coef is None:
+            raise MissingKeyError(f"no table entry for {op.key} and an empty table to fit a fallback on")
+        return max(float(op_features(op) @ coef), 1e-6)
+
+
+def _nnls(rows) -> np.ndarray:
+    """Least squares with coefficients clipped at zero, refitted on the kept features."""
+    X = np.array([r[0] for r in rows])
+    y = np.array([r[1] for r in rows])
+    keep = np.ones(X.shape[1], dtype=bool)
+    coef = np.zeros(X.shape[1])
+    for _ in range(X.shape[1]):
+        sol, *_ = np.linalg.lstsq(X[:, keep], y, rcond=None)
+        coef[:] = 0
+        coef[keep] = sol
+        if (sol >= 0).all():
+            break
+        keep[np.flatnonzero(keep)[sol < 0]] = False
+        if not keep.any():
+            coef[:] = 0
+            coef[-1] = max(float(np.median(y)), 1e-6)
+            break
+    return coef
+
+
+# ---------------------------------------------------------------------- pricing of op lists
+class Pricer:
+    """Prices ops at one granularity/fusion from a {key: ms} map, with a counted fallback."""
+
+    def __init__(self, costs: Mapping[str, float], granularity: str = "block", fusion: str = "none",
+                 fallback: Fallback | None = None, strict: bool = False):
+        if granularity not in ("op", "block"):
+            raise UsageError(f"granularity must be op or block, got {granularity!r}")
+        self.costs = dict(costs)
+        self.granularity = granularity
+        self.fusion = fusion
+        self.fallback = fallback
+        self.strict = strict
+
+    def lower(self, block: OpSpec) -> list[OpSpec]:
+        """The table keys a block is priced by: itself, or its (runtime-fused) ops."""
+        if self.granularity == "block":
+            return [block]
+        return O.fuse(O.expand(block), self.fusion)
+
+    def price_op(self, op: OpSpec) -> tuple[float, bool]:
+        """(ms, missed) for one table-level op."""
+        v = self.costs.get(op.key)
+        if v is not None:
+            return v, False
+        if self.strict:
+            raise MissingKeyError(f"key not in table: {op.key}")
+        if self.fallback is None:
+            raise MissingKeyError(f"key not in table and no fallback: {op.key}")
+        return self.fallback(op), True
+
+    def price(self, ops: Iterable[OpSpec]) -> Price:
+        total, misses = 0.0, []
+        for block in ops:
+            for op in self.lower(block):
+                ms, missed = self.price_op(op)
+                total += ms
+                if missed:
+                    misses.append(op.key)
+        return Price(total, total, tuple(misses))
+
+
+# ---------------------------------------------------------------------- compiled space
+@dataclass
+class _SlotTable:
+    reads: np.ndarray  # positions read
+    strides: np.ndarray  # multiplier of each read's choice index in the flat index
+    state_stride: int
+    cost: np.ndarray  # flat -> ms
+    miss: np.ndarray  # flat -> number of fallback-priced keys
+    next_state: np.ndarray  # flat -> state id after the slot
+
+
+class Predictor:
+    """Built once from a cost map and a space; predicts single configs, batches and op lists."""
+
+    def __init__(self, space, costs: Mapping[str, float], granularity: str = "block",
+                 fusion: str = "none", strict: bool = False, calibration: Calibration | None = None,
+                 fallback_ops: Iterable[OpSpec] = (), resolutions: Sequence[int] | None = None):
+        self.space = space
+        fb = Fallback.fit(fallback_ops, costs) if not strict else None
+        self.pricer = Pricer(costs, granularity, fusion, fb, strict)
+        self.calibration = calibration
+        self._compile(resolutions)
+
+    @classmethod
+    def from_table(cls, table, space, granularity: str | None = None, fusion: str | None = None,
+                   strict: bool = False, use_calibration: bool = True, **kw) -> "Predictor":
+        """From a latbench LatencyTable; granularity/fusion default to what the table records."""
+        meta = table.meta_get("profile_run") or {}
+        granularity = granularity or meta.get("granularity") or _guess_granularity(table.keys())
+        fusion = fusion or meta.get("fusion") or "none"
+        cal = None
+        if use_calibration:
+            cals = table.meta_get("calibration") or {}
+            d = cals.get(f"{space.name}/{granularity}")
+            cal = Calibration.from_dict(d) if d else None
+        return cls(space, table.estimates(), granularity, fusion, strict, cal,
+                   fallback_ops=table.ops(), **kw)
+
+    @property
+    def granularity(self) -> str:
+        return self.pricer.granularity
+
+    # ------------------------------------------------------------------ compile
+    def _compile(self, resolutions: Sequence[int] | None) -> None:
+        sp = self.space
+        choices = [tuple(p.choices) for p in sp.positions]
+        self._allowed = None
+        if resolutions and sp.resolution_position is not None:
+            sp.check_resolutions(resolutions)
+        cache: dict[OpSpec, tuple[float, int]] = {}
+
+        def block_cost(blocks) -> tuple[float, int]:
+            total, miss = 0.0, 0
+            for b in blocks:
+                hit = cache.get(b)
+                if hit is None:
+                    c, m = 0.0, 0
+                    for op in self.pricer.lower(b):
+                        ms, missed = self.pricer.price_op(op)
+                        c += ms
+                        m += missed
+                    hit = cache[b] = (c, m)
+                total += hit[0]
+                miss += hit[1]
+            return total, miss
+
+        states: dict[Any, int] = {None: 0}
+        tables: list[_SlotTable] = []
+        for slot in sp.slots:
+            reads = list(slot.reads)
+            cards = [len(choices[p]) for p in reads]
+            per_state = int(np.prod(cards)) if cards else 1
+            n = len(states) * per_state
+            cost = np.empty(n)
+            miss = np.empty(n, dtype=np.int32)
+            nxt = np.empty(n, dtype=np.int64)
+            new_states: dict[Any, int] = {}
+            for state, sid in states.items():
+                for j, combo in enumerate(itertools.product(*(range(c) for c in cards))):
+                    vals = tuple(choices[p][i] for p, i in zip(reads, combo))
+                    try:
+                        blocks, st2 = slot.fn(state, vals)
+                    except LatbenchError:
+                        # unreachable combination (e.g. resolution too small): price it as infinite
+                        cost[sid * per_state + j], miss[sid * per_state + j] = math.inf, 0
+                        nxt[sid * per_state + j] = 0
+                        continue
+                    c, m = block_cost(blocks)
+                    f = sid * per_state + j
+                    cost[f], miss[f] = c, m
+                    nxt[f] = new_states.setdefault(st2, len(new_states))
+            strides = np.ones(len(reads), dtype=np.int64)
+            for k in range(len(reads) - 2, -1, -1):
+                strides[k] = strides[k + 1] * cards[k + 1]
+            tables.append(_SlotTable(np.array(reads, dtype=np.int64), strides, per_state, cost, miss, nxt))
+            states = new_states
+        self._tables = tables
+        # plain-Python copies for the single-config path (numpy scalar access is slow)
+        self._py = [(t.reads.tolist(), t.strides.tolist(), t.state_stride, t.cost.tolist(),
+                     t.miss.tolist(), t.next_state.tolist()) for t in tables]
+
+    # ------------------------------------------------------------------ predict
+    def predict_raw(self, config: Any) -> tuple[float, int]:
+        """(uncalibrated ms, number of fallback-priced keys) of one config."""
+        idx = self.space.index(config).tolist()
+        state, total, misses = 0, 0.0, 0
+        for reads, strides, sstride, cost, miss, nxt in self._py:
+            f = state * sstride
+            for p, s in zip(reads, strides):
+                f += idx[p] * s
+            total += cost[f]
+            misses += miss[f]
+            state = nxt[f]
+        return total, misses
+
+    def predict(self, config: Any) -> float:
+        """Predicted latency in ms of one config (any accepted form), calibrated if available."""
+        ms, _ = self.predict_raw(config)
+        return self.calibration.apply(ms) if self.calibration else ms
+
+    def explain(self, config: Any) -> Price:
+        """The full price of one config: raw sum, calibrated value, keys priced by the fallback."""
+        blocks = self.space.blocks(config)
+        p = self.pricer.price(blocks)
+        ms = self.calibration.apply(p.raw_ms) if self.calibration else p.raw_ms
+        return Price(ms, p.raw_ms, p.misses, self.calibration is not None)
+
+    def predict_batch(self, configs: np.ndarray, return_misses: bool = False, calibrated: bool = True):
+        """Predicted ms for an int array (n, positions) of configs: one gather per slot."""
+        idx = np.asarray(configs)
+        if idx.ndim != 2 or idx.shape[1] != self.space.n_positions:
+            raise UsageError(f"predict_batch wants an int array (n, {self.space.n_positions}), got {idx.shape}")
+        n = idx.shape[0]
+        state = np.zeros(n, dtype=np.int64)
+        total = np.zeros(n)
+        misses = np.zeros(n, dtype=np.int32) if return_misses else None
+        for t in self._tables:
+            f = state * t.state_stride
+            if t.reads.size:
+                f += idx[:, t.reads] @ t.strides
+            total += t.cost[f]
+            if misses is not None:
+                misses += t.miss[f]
+            state = t.next_state[f]
+        if calibrated and self.calibration:
+            total = self.calibration.apply(total)
+        return (total, misses) if return_misses else total
+
+    def price(self, ops: Iterable[OpSpec]) -> Price:
+        """Price any op list (e.g. a lowered torch or ONNX model) at this table's granularity."""
+        p = self.pricer.price(ops)
+        if self.calibration:
+            return Price(self.calibration.apply(p.raw_ms), p.raw_ms, p.misses, True)
+        return p
+
+
+def _guess_granularity(keys: Iterable[str]) -> str:
+    """'block' when the table holds block keys (mbconv/expanded_conv/resnet blocks), else 'op'."""
+    for k in keys:
+        if k.startswith(("expanded_conv", "mbconv", "bottleneck", "basic", "Conv-", "Conv_1", "Logits")):
+            return "block"
+    return "op"
