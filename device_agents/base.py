@@ -24,6 +24,7 @@ class Agent:
 
     name: str = ""
     granularities = ("op", "block")
+    fusion: str = "none"  # which op patterns the runtime runs as one kernel (latbench.ops.FUSIONS)
 
     def __init__(self, threads: int = 1, seed: int = 0, **options: Any):
         self.threads = int(threads)
