@@ -47,9 +47,10 @@ def _register_builtins() -> None:
     except ImportError:  # pragma: no cover - module being written
         pass
     try:
-        from .bignas_resnet import bignas_resnet
+        from .bignas_resnet import bignas_resnet, packaged_space
 
         register_space("bignas-resnet", bignas_resnet)
+        register_space("tiny", lambda: packaged_space("tiny.yaml"))
     except ImportError:  # pragma: no cover
         pass
 

@@ -12,10 +12,15 @@ from .yaml_space import YamlSpace, yaml_space_from_text
 DATA_FILE = "bignas_resnet.yaml"
 
 
+def packaged_space(file_name: str) -> YamlSpace:
+    """A YAML space shipped in latbench/spaces/data, read with importlib.resources."""
+    text = resources.files("latbench.spaces").joinpath("data", file_name).read_text(encoding="utf-8")
+    return yaml_space_from_text(text, file_name)
+
+
 def bignas_resnet() -> YamlSpace:
-    """The shipped BigNAS ResNet space, read from the package data with importlib.resources."""
-    text = resources.files("latbench.spaces").joinpath("data", DATA_FILE).read_text(encoding="utf-8")
-    return yaml_space_from_text(text, DATA_FILE)
+    """The shipped BigNAS ResNet space."""
+    return packaged_space(DATA_FILE)
 
 
-__all__ = ["bignas_resnet"]
+__all__ = ["bignas_resnet", "packaged_space"]
