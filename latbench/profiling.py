@@ -34,19 +34,26 @@ class ProfileRun:
         return 1.0 - self.timed_s / self.wall_s if self.wall_s > 0 else 0.0
 
 
-def ops_with_resolutions(space, resolutions: Sequence[int] | None, granularity: str) -> tuple[list[OpSpec], dict[str, list[int]]]:
-    """Unique ops of a space and, for each key, the resolutions whose subnets use it."""
-    from .enumerate import enumerate_ops
+def ops_with_resolutions(space, resolutions: Sequence[int] | None, granularity: str,
+                         fusion: str = "none") -> tuple[list[OpSpec], dict[str, list[int]]]:
+    """Unique ops of a space (blocks, or their ops as `fusion`'s runtime runs them) and, for each
+    key, the resolutions whose subnets use it."""
+    from .ops import expand, fuse
 
     res = space.check_resolutions(resolutions)
     by_key: dict[str, list[int]] = {}
-    ops: dict[str, OpSpec] = {}
+    found: dict[str, OpSpec] = {}
     for r in res or (None,):
-        for op in enumerate_ops(space, [r] if r is not None else None, granularity):
-            ops.setdefault(op.key, op)
-            if r is not None:
-                by_key.setdefault(op.key, []).append(r)
-    return list(ops.values()), by_key
+        for block in space.enumerate_blocks([r] if r is not None else None):
+            lowered = [block] if granularity == "block" else fuse(expand(block), fusion)
+            for op in lowered:
+                if op.key not in found:
+                    found[op.key] = op
+                if r is not None:
+                    rs = by_key.setdefault(op.key, [])
+                    if not rs or rs[-1] != r:
+                        rs.append(r)
+    return list(found.values()), by_key
 
 
 def profile_into(table, agent, ops: Iterable[OpSpec], timing: TimingSettings = TimingSettings(),

@@ -1,0 +1,146 @@
+"""`latbench profile`: measure a space's (or an op file's) ops with one agent into a table.
+
+Each measurement is committed as it arrives; Ctrl-C or SIGTERM stops cleanly (exit 130) with
+everything measured so far kept; `--out` an existing table resumes it.
+"""
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .errors import UsageError
+
+
+def _raise_interrupt(signum, frame):  # SIGTERM behaves like Ctrl-C: stop, keep what is stored
+    raise KeyboardInterrupt
+
+
+def select_ops(space: Optional[str], ops_file: Optional[Path], resolution: list[int], granularity: str,
+               fusion: str):
+    """The ops to profile and, for space ops, the resolutions each key belongs to."""
+    from . import ops as O
+    from .profiling import ops_with_resolutions
+
+    if (space is None) == (ops_file is None):
+        raise UsageError("give exactly one of --space or --ops")
+    if ops_file is not None:
+        from .formats.oplist import read_any_ops
+
+        return O.unique(read_any_ops(str(ops_file))), {}
+    from .spaces import get_space
+
+    return ops_with_resolutions(get_space(space), resolution or None, granularity, fusion)
+
+
+def profile_command(
+    device: str = typer.Option(..., "--device", "-d", help="cpu, cuda, ort, tflite or android"),
+    out: Path = typer.Option(..., "--out", "-o", help="the table (SQLite); an existing one is resumed"),
+    space: Optional[str] = typer.Option(None, "--space", "-s", help="a built-in space or a YAML file"),
+    ops_file: Optional[Path] = typer.Option(None, "--ops", help="an op list (PaddleSlim text, csv, jsonl, block keys)"),
+    resolution: List[int] = typer.Option([], "--resolution", "-r", help="input resolution(s); default: all of the space's"),
+    granularity: str = typer.Option("block", "--granularity", "-g", help="op or block"),
+    threads: int = typer.Option(1, "--threads", "-t", help="runtime threads"),
+    max_ops: Optional[int] = typer.Option(None, "--max-ops", help="measure at most this many new ops"),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="measure again ops that failed before"),
+    opt_level: str = typer.Option("all", "--opt-level", help="ort: graph optimisation level (disable, basic, extended, all)"),
+    xnnpack: bool = typer.Option(True, "--xnnpack/--no-xnnpack", help="tflite: XNNPACK delegate"),
+    serial: Optional[str] = typer.Option(None, "--serial", help="android: device serial"),
+    runner: Optional[Path] = typer.Option(None, "--runner", help="android: benchmark_model (or onnxruntime_perf_test) binary to push"),
+    cpus: str = typer.Option("big", "--cpus", help="android: big, little, all or a hex mask for taskset"),
+    delegate: str = typer.Option("cpu", "--delegate", help="android: cpu, xnnpack, gpu or nnapi"),
+    max_temp: float = typer.Option(45.0, "--max-temp", help="android: wait above this temperature (C)"),
+    cooldown: float = typer.Option(30.0, "--cooldown", help="android: seconds to wait when too hot"),
+    batch_size: int = typer.Option(20, "--batch-size", help="android: models per adb round trip"),
+    target_iqr: float = typer.Option(0.05, "--target-iqr", help="stop sampling once IQR/median is below this"),
+    max_time: float = typer.Option(2.0, "--max-time", help="time cap per op in seconds"),
+    min_samples: int = typer.Option(10, "--min-samples", help="samples per op at least"),
+    as_json: bool = typer.Option(False, "--json", help="print the run summary as JSON"),
+) -> None:
+    """Profile ops on a device into a latency table (resumable; every op committed as measured)."""
+    from device_agents import get_agent
+
+    from .measure import TimingSettings
+    from .profiling import profile_into
+    from .store import LatencyTable
+
+    if granularity not in ("op", "block"):
+        raise UsageError(f"--granularity must be op or block, got {granularity!r}")
+    options: dict = {"threads": threads}
+    if device == "ort":
+        options["opt_level"] = opt_level
+    elif device == "tflite":
+        options["xnnpack"] = xnnpack
+    elif device == "android":
+        options.update(serial=serial, runner=str(runner) if runner else None, cpus=cpus,
+                       delegate=delegate, max_temp=max_temp, cooldown=cooldown, batch_size=batch_size)
+    timing = TimingSettings(target_iqr=target_iqr, max_time_s=max_time, min_samples=min_samples)
+    agent = get_agent(device, **options)
+    try:
+        fusion = getattr(agent, "fusion", "none")
+        ops, res = select_ops(space, ops_file, resolution, granularity, fusion)
+        old = signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            with LatencyTable.open(str(out), agent.profile) as table:
+                _check_run_meta(table, out, granularity, fusion, space)
+                run = _run_with_progress(table, agent, ops, timing, max_ops, retry_failed, res)
+        finally:
+            signal.signal(signal.SIGTERM, old)
+    finally:
+        agent.close()
+    summary = {
+        "table": str(out), "profile_id": agent.profile.id, "device": device, "total": run.total,
+        "skipped": run.skipped, "measured": run.measured, "failed": run.failed,
+        "remaining": run.remaining, "interrupted": run.interrupted, "wall_s": round(run.wall_s, 3),
+        "overhead": round(run.overhead, 4),
+        "failures": [{"key": k, "error": e} for k, e in run.failures],
+    }
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        typer.echo(f"{out}: {run.measured} measured, {run.skipped} already stored, {run.failed} failed, "
+                   f"{run.remaining} remaining ({run.wall_s:.1f} s, {100 * run.overhead:.0f}% outside timed loops)")
+        for k, e in run.failures[:10]:
+            typer.echo(f"  failed: {k}: {e}", err=True)
+    if run.interrupted:
+        typer.echo(f"latbench: interrupted: {run.measured + run.failed} ops stored in {out}; rerun the same command to resume", err=True)
+        raise typer.Exit(130)
+    if run.failed:
+        raise typer.Exit(3)
+
+
+def _check_run_meta(table, out, granularity: str, fusion: str, space: Optional[str]) -> None:
+    """A table holds one granularity/fusion; a rerun with another one is refused."""
+    meta = table.meta_get("profile_run")
+    want = {"granularity": granularity, "fusion": fusion if granularity == "op" else "none"}
+    if meta:
+        have = {k: meta.get(k) for k in want}
+        if have != want:
+            raise UsageError(f"{out} holds {have['granularity']}-granularity entries (fusion {have['fusion']}); "
+                             f"this run asks for {want['granularity']} (fusion {want['fusion']}): use another --out")
+        spaces = sorted(set(meta.get("spaces", [])) | ({space} if space else set()))
+        table.meta_set("profile_run", {**meta, "spaces": spaces})
+    else:
+        table.meta_set("profile_run", {**want, "spaces": [space] if space else []})
+
+
+def _run_with_progress(table, agent, ops, timing, max_ops, retry_failed, res):
+    """profile_into with a rich progress bar on stderr (done/total, ETA, current op)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .profiling import profile_into
+
+    console = Console(stderr=True)
+    with Progress(TextColumn("[bold]profile"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  TextColumn("{task.description}"), console=console, transient=False) as bar:
+        task = bar.add_task("", total=None)
+        return profile_into(
+            table, agent, ops, timing, max_ops=max_ops, retry_failed=retry_failed, resolutions=res,
+            on_start=lambda n: bar.update(task, total=n),
+            on_op=lambda op: bar.update(task, description=op.key[:70]),
+            on_result=lambda m: bar.advance(task),
+        )
