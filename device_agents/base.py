@@ -44,6 +44,10 @@ class Agent:
         """One inference of `op` on the NCHW float32 input `x`, output in NCHW (conformance)."""
         raise LatbenchError(f"agent {self.name} cannot run ops")
 
+    def synchronizer(self) -> Callable[[], Any] | None:
+        """Run before each clock read (e.g. torch.cuda.synchronize) so queued device work is timed."""
+        return None
+
     # ---------------------------------------------------------------- shared
     @property
     def profile(self) -> DeviceProfile:
@@ -69,7 +73,7 @@ class Agent:
             try:
                 fn = self.prepare(op)
                 t1 = time.perf_counter()
-                stats = time_callable(fn, timing)
+                stats = time_callable(fn, timing, sync=self.synchronizer())
                 t2 = time.perf_counter()
             except Exception as e:  # the op is reported, the run goes on
                 yield Measurement(key=op.key, profile_id=profile_id, op=op.to_dict(), stats=None,

@@ -1,0 +1,265 @@
+"""Torch eager agents (cpu, cuda) and the torch reference every agent's output is compared with.
+
+Global torch state (thread count, grad mode, the CPU RNG, CUDA TF32 switches) is process-wide, so
+an agent sets what it needs only while it works on an op (prepare + timing inside `measure`, or
+one `run`) and restores the previous values before handing a result back. Two agents with
+different thread counts can therefore be interleaved in one process, and nothing leaks after
+`close()`, which has nothing left to undo.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from latbench import ops as O
+from latbench.device import DeviceProfile, host_profile
+from latbench.errors import DeviceUnavailableError, OpError, require
+from latbench.measure import Measurement, TimingSettings
+from latbench.ops import OpSpec
+
+from .base import Agent
+from .weights import BN_EPS, Weights
+
+torch = require("torch", "torch")
+nn = torch.nn
+
+
+# ---------------------------------------------------------------------- the reference
+class _Root(nn.Module):
+    """Wraps one module so that tracing sees it as a call_module node even when it is a leaf."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.op = inner
+
+    def forward(self, x):
+        return self.op(x)
+
+
+def _plain(op: OpSpec) -> OpSpec:
+    """The op without its OFA role: the role names a layer, it does not change the computation."""
+    return op.replace(role="") if op.role else op
+
+
+def _traceable(parts: list[OpSpec]) -> list[OpSpec]:
+    """`expand(op)` as torch modules trace it: a batch_norm with a fused activation is two nodes."""
+    out: list[OpSpec] = []
+    for p in parts:
+        p = _plain(p)
+        if p.kind == "batch_norm" and p.act != "none":
+            out += [p.replace(act="none"), O.activation(p.in_shape, p.act)]
+        else:
+            out.append(p)
+    return out
+
+
+def _tensor(a: np.ndarray, like) -> Any:
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(like.device, like.dtype)
+
+
+def _load(target, name: str, value: np.ndarray, where: str) -> None:
+    """Copy `value` into `target.name`, refusing a shape mismatch (copy_ would broadcast)."""
+    t = getattr(target, name, None)
+    if t is None:
+        raise OpError(f"{where}: module has no {name!r} but the canonical weights have one")
+    if tuple(t.shape) != tuple(value.shape):
+        raise OpError(f"{where}: {name} shape {tuple(t.shape)} != canonical {tuple(value.shape)}")
+    t.copy_(_tensor(value, t))
+
+
+def reference_module(op: OpSpec, weights: Weights) -> nn.Module:
+    """`module_for(op)` in eval mode with the canonical weights loaded (the conformance reference).
+
+    Traces the module to find which submodule holds each op of `expand(op)`; a traced op list that
+    differs from `expand(op)` raises OpError naming both, so the timed module is the listed one.
+    """
+    from latbench.lower import lower_torch
+    from latbench.spaces.torch_build import module_for
+
+    parts = O.expand(op)
+    if len(weights) != len(parts):
+        raise OpError(f"{op.key}: {len(weights)} weight dicts for {len(parts)} expanded ops")
+    with torch.random.fork_rng(devices=[]):  # module init and tracing draw from the global RNG
+        module = module_for(op).eval()
+        with torch.inference_mode():
+            try:
+                module(torch.zeros(op.in_shape))
+            except Exception as e:  # the runtime's own words, not the tracer's wrapper
+                raise OpError(f"torch cannot run {op.key}: {type(e).__name__}: {e}") from e
+        root = _Root(module)
+        low = lower_torch(root, op.in_shape)
+    want = _traceable(parts)
+    got = [_plain(p) for p in low.ops]
+    if got != want or low.unmapped:
+        raise OpError(f"{op.key}: torch module traces to [{', '.join(p.key for p in got)}]"
+                      f" (unmapped: {low.unmapped}) but expand() gives [{', '.join(p.key for p in want)}]")
+    # sources align with the traced list; walk expand() and skip the split-off activations
+    sources = iter(zip(low.ops, low.sources))
+    with torch.no_grad():
+        for part, w in zip(parts, weights):
+            _, src = next(sources)
+            if part.kind == "batch_norm" and part.act != "none":
+                next(sources)
+            where = f"{op.key} [{src}]"
+            if part.kind == "eltwise" and "other" in w:
+                _load(module, "other", w["other"], where)
+                continue
+            if not w:
+                continue
+            m = root.get_submodule(src)
+            if part.kind in ("conv", "linear"):
+                _load(m, "weight", w["weight"], where)
+                if ("bias" in w) != (m.bias is not None):
+                    raise OpError(f"{where}: bias presence differs between module and weights")
+                if "bias" in w:
+                    _load(m, "bias", w["bias"], where)
+            elif part.kind == "batch_norm":
+                if abs(m.eps - BN_EPS) > 1e-12:
+                    raise OpError(f"{where}: BatchNorm eps {m.eps} != canonical {BN_EPS}")
+                for name, key in (("weight", "gamma"), ("bias", "beta"), ("running_mean", "mean"),
+                                  ("running_var", "var")):
+                    _load(m, name, w[key], where)
+            else:
+                raise OpError(f"{where}: unexpected canonical weights for a {part.kind}")
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module.eval()
+
+
+# ---------------------------------------------------------------------- agents
+class TorchCPUAgent(Agent):
+    """Torch eager on the host CPU, `threads` intra-op threads; inputs are fixed per seed."""
+
+    name = "cpu"
+    device_type = "cpu"
+
+    def __init__(self, threads: int = 1, seed: int = 0, **options: Any):
+        super().__init__(threads=threads, seed=seed, **options)
+        if self.threads < 1:
+            raise OpError(f"{self.name}: threads must be >= 1, got {self.threads}")
+        self.device = torch.device(self.device_type)
+
+    # ------------------------------------------------------------ identity
+    def fingerprint(self) -> DeviceProfile:
+        """The host profile of torch eager with this thread count; oneDNN/MKL facts go in info."""
+        return host_profile(self.name, "torch", torch.__version__, self.threads, delegate="eager",
+                            info=self._info())
+
+    def _info(self) -> dict[str, Any]:
+        b = torch.backends
+        return {"mkldnn": bool(b.mkldnn.is_available()), "mkldnn_enabled": bool(b.mkldnn.enabled),
+                "mkl": bool(b.mkl.is_available()), "openmp": bool(b.openmp.is_available()),
+                "cpu_capability": b.cpu.get_cpu_capability()}
+
+    # ------------------------------------------------------------ global state, scoped
+    @contextlib.contextmanager
+    def _state(self) -> Iterator[None]:
+        """This agent's torch settings for the duration of one step; the previous ones after."""
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            with torch.inference_mode():
+                yield
+        finally:
+            torch.set_num_threads(before)
+
+    # ------------------------------------------------------------ ops
+    def input(self, op: OpSpec) -> np.ndarray:
+        """The fixed random NCHW input this agent times `op` on (same seed, same input)."""
+        rng = np.random.default_rng([self.seed, 1])
+        return rng.standard_normal(op.in_shape, dtype=np.float32)
+
+    def _module(self, op: OpSpec) -> nn.Module:
+        return reference_module(op, self.weights(op)).to(self.device)
+
+    def prepare(self, op: OpSpec) -> Callable[[], Any]:
+        """The reference module on a fixed input, run once; the closure is meant to be called
+        inside `measure` (which holds the thread count and inference mode around it)."""
+        with self._state():
+            module = self._module(op)
+            x = torch.from_numpy(self.input(op)).to(self.device)
+            y = module(x)  # surfaces runtime errors here, and is the first warm-up call
+            if tuple(y.shape[:2]) != op.out_shape[:2]:
+                raise OpError(f"{op.key}: output shape {tuple(y.shape)} != {op.out_shape}")
+            self._sync_now()
+
+        def call() -> Any:
+            return module(x)
+
+        return call
+
+    def run(self, op: OpSpec, x: np.ndarray) -> np.ndarray:
+        """One inference of `op` on `x` (NCHW float32); output as the torch module returns it."""
+        with self._state():
+            module = self._module(op)
+            y = module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device))
+            return y.detach().cpu().numpy()
+
+    def measure(self, ops: Iterable[OpSpec], timing: TimingSettings = TimingSettings()) -> Iterator[Measurement]:
+        """The shared measure loop, with this agent's torch state set only while it works."""
+        inner = super().measure(ops, timing)
+        try:
+            while True:
+                with self._state():
+                    m = next(inner, None)
+                if m is None:
+                    return
+                yield m
+        finally:
+            inner.close()
+
+    def _sync_now(self) -> None:
+        """Wait for queued device work (nothing to wait for on the CPU)."""
+
+
+class TorchCUDAAgent(TorchCPUAgent):
+    """Torch eager on one CUDA device in full float32 (TF32 off while measuring); the timing loop
+    synchronizes the device before each clock read."""
+
+    name = "cuda"
+    device_type = "cuda"
+
+    def __init__(self, threads: int = 1, seed: int = 0, index: int = 0, **options: Any):
+        if not torch.cuda.is_available():
+            raise DeviceUnavailableError(
+                f"no CUDA device: torch {torch.__version__} (CUDA build {torch.version.cuda or 'none'})"
+                " reports torch.cuda.is_available() == False")
+        count = torch.cuda.device_count()
+        if not 0 <= int(index) < count:
+            raise DeviceUnavailableError(f"no CUDA device: index {index} but {count} device(s) visible")
+        super().__init__(threads=threads, seed=seed, **options)
+        self.index = int(index)
+        self.device = torch.device("cuda", self.index)
+
+    def fingerprint(self) -> DeviceProfile:
+        """The host profile plus the GPU's name, capability and CUDA/cuDNN versions (identity)."""
+        props = torch.cuda.get_device_properties(self.index)
+        options = {"gpu": props.name, "capability": f"{props.major}.{props.minor}",
+                   "cuda": torch.version.cuda or "", "cudnn": str(torch.backends.cudnn.version() or ""),
+                   "tf32": "off"}
+        info = {**self._info(), "gpu_memory_mb": props.total_memory // 2**20, "index": self.index}
+        return host_profile(self.name, "torch", torch.__version__, self.threads, delegate="cuda",
+                            options=options, info=info)
+
+    @contextlib.contextmanager
+    def _state(self) -> Iterator[None]:
+        """The CPU agent's state plus this device as current and TF32 off (restored after)."""
+        cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            with torch.cuda.device(self.index), super()._state():
+                yield
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
+
+    def synchronizer(self) -> Callable[[], Any] | None:
+        """torch.cuda.synchronize on this device: a block's time includes its kernels, not only launches."""
+        return self._sync_now
+
+    def _sync_now(self) -> None:
+        torch.cuda.synchronize(self.index)
+
+
+__all__ = ["reference_module", "TorchCPUAgent", "TorchCUDAAgent"]

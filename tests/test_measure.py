@@ -1,0 +1,275 @@
+"""The timing core against known behaviour: callables of known duration, hand-made samples, and
+the identity (DeviceProfile) every number is filed under."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+
+from latbench import measure as M
+from latbench import ops as O
+from latbench.device import DeviceProfile, host_profile
+from latbench.measure import Stats, TimingSettings, time_callable
+
+pc = time.perf_counter
+
+
+def spin(seconds: float) -> Callable[[], None]:
+    """A callable that busy-waits until this thread has run `seconds` on a CPU: its wall time is
+    `seconds` unless the scheduler takes the CPU away meanwhile (no sleep, no wake-up jitter; a
+    perf_counter deadline would overshoot whenever the process is off-CPU at the deadline, which
+    on a loaded 2-core box is most of the time)."""
+    tt = time.thread_time
+
+    def f() -> None:
+        end = tt() + seconds
+        while tt() < end:
+            pass
+
+    return f
+
+
+def best_of(attempts: int, trial: Callable[[], tuple[bool, Any]]) -> Any:
+    """Run a timing trial up to `attempts` times and return the first passing result (else fail
+    with every result): other processes on a shared machine can spoil one run, not three."""
+    seen = []
+    for _ in range(attempts):
+        ok, result = trial()
+        if ok:
+            return result
+        seen.append(result)
+    pytest.fail(f"{attempts} attempts, none passed: {seen}")
+
+
+@pytest.fixture
+def overhead(monkeypatch: pytest.MonkeyPatch) -> Callable[[float], float]:
+    """Pin the timer overhead the block sizing uses, so the rule is tested machine-independently."""
+
+    def pin(seconds: float) -> float:
+        monkeypatch.setattr(M, "_OVERHEAD", [seconds])
+        return seconds
+
+    return pin
+
+
+# ---------------------------------------------------------------------- time_callable
+def test_known_duration_gives_its_median(overhead: Callable[[float], float]) -> None:
+    """A 0.5 ms busy-wait measures 0.5 ms within 3%, one call per sample. (0.5 ms, not longer:
+    with a 4 ms scheduler tick and other processes on the cores, a longer call is preempted in
+    about half of its samples and the median would measure the scheduler.)"""
+    overhead(1e-8)  # blocks of >= 0.1 ms: one call per sample
+    settings = TimingSettings(warmup=2, warmup_s=0.0, min_samples=20, max_time_s=0.5)
+
+    def trial() -> tuple[bool, Stats]:
+        s = time_callable(spin(5e-4), settings)
+        assert s.block == 1 and s.min >= 0.5 * 0.999  # a busy-wait cannot finish early
+        return abs(s.median - 0.5) / 0.5 < 0.03, s
+
+    best_of(3, trial)
+
+
+def test_block_grows_until_timer_overhead_is_negligible(overhead: Callable[[float], float]) -> None:
+    """A ~1 us callable is timed in blocks of >= overhead / 1e-4 seconds (1 ms at 100 ns)."""
+    settings = TimingSettings(warmup=10, warmup_s=0.0, min_samples=10, max_time_s=0.3)
+    min_block_s = overhead(1e-7) / settings.block_overhead
+    s = time_callable(spin(1e-6), settings)
+    assert s.block >= 1000, s.block
+    assert s.block * s.median / 1e3 >= 0.9 * min_block_s  # 0.9: samples vs the sizing run's noise
+    assert 1e-3 <= s.median < 0.1, s.median  # per-call ms (per block it would be >= 1 ms)
+    # the real overhead of this machine gives blocks too, and a 2 ms call is never blocked
+    real_min_block_s = overhead(M.timer_overhead_s()) / settings.block_overhead
+    assert time_callable(spin(1e-6), settings).block > 1
+    assert time_callable(spin(2 * real_min_block_s), settings).block == 1
+
+
+def test_stable_callable_stops_early(overhead: Callable[[float], float]) -> None:
+    """IQR/median under target after min_samples ends the loop long before max_time_s."""
+    overhead(1e-8)
+    settings = TimingSettings(warmup=1, warmup_s=0.0, min_samples=10, max_samples=500, max_time_s=3.0)
+
+    def trial() -> tuple[bool, tuple[Stats, float]]:
+        t0 = pc()
+        s = time_callable(spin(2e-4), settings)
+        elapsed = pc() - t0
+        return s.n < 50 and elapsed < 1.0, (s, elapsed)
+
+    s, _ = best_of(3, trial)
+    assert s.iqr_ratio < settings.target_iqr  # (std may still flag it: one preempted sample suffices)
+
+
+def test_noisy_callable_runs_to_max_time(overhead: Callable[[float], float]) -> None:
+    """Alternating 1 ms / 3 ms never gets a small IQR: the loop stops at max_time_s, flagged."""
+    overhead(1e-8)  # block of 1, so the alternation is not averaged away
+    slow = [False]
+    fast_f, slow_f = spin(1e-3), spin(3e-3)
+
+    def noisy() -> None:
+        slow[0] = not slow[0]
+        (slow_f if slow[0] else fast_f)()
+
+    settings = TimingSettings(warmup=1, warmup_s=0.0, min_samples=10, max_samples=100_000, max_time_s=0.3)
+    t0 = pc()
+    s = time_callable(noisy, settings)
+    elapsed = pc() - t0
+    assert s.block == 1
+    assert settings.max_time_s <= elapsed < settings.max_time_s + 0.3, elapsed
+    assert settings.min_samples <= s.n < settings.max_samples
+    assert s.iqr_ratio > settings.target_iqr and s.unstable
+
+
+def test_max_samples_caps_the_loop(overhead: Callable[[float], float]) -> None:
+    overhead(1e-8)
+    settings = TimingSettings(warmup=1, warmup_s=0.0, target_iqr=0.0, min_samples=5, max_samples=20,
+                              max_time_s=30.0, keep_samples=8)
+    s = time_callable(spin(1e-4), settings)
+    assert s.n == 20 and len(s.samples) == 8
+
+
+def test_warmup_calls_and_sync_before_every_clock_read(overhead: Callable[[float], float]) -> None:
+    """At least `warmup` untimed calls; `sync` runs once per block so queued work is inside it."""
+    overhead(1e-8)
+    calls, syncs = [0], [0]
+    work = spin(2e-4)
+
+    def fn() -> None:
+        calls[0] += 1
+        work()
+
+    settings = TimingSettings(warmup=7, warmup_s=0.0, min_samples=5, max_samples=5)
+    s = time_callable(fn, settings, sync=lambda: syncs.__setitem__(0, syncs[0] + 1))
+    assert s.block == 1 and s.n == 5
+    assert calls[0] == 7 + 1 + 5  # warm-up, one sizing block, samples
+    assert syncs[0] == 1 + 1 + 5
+
+
+# ---------------------------------------------------------------------- Stats
+SAMPLES = [3.0, 1.0, 4.0, 1.5, 9.0, 2.6, 5.3]
+
+
+def test_stats_from_samples_matches_numpy() -> None:
+    s = Stats.from_samples(SAMPLES, block=10, keep=4)
+    a = np.array(SAMPLES)
+    p25, p50, p75 = np.percentile(a, [25, 50, 75])
+    assert (s.p25, s.median, s.p75) == pytest.approx((p25, p50, p75), rel=1e-12)
+    assert s.median == 3.0 and s.min == 1.0 and s.max == 9.0
+    assert s.mean == pytest.approx(a.mean()) and s.std == pytest.approx(a.std(ddof=1))
+    assert s.n == 7 and s.block == 10 and s.samples == (3.0, 1.0, 4.0, 1.5)
+    assert s.iqr == pytest.approx(p75 - p25) and s.iqr_ratio == pytest.approx((p75 - p25) / p50)
+    one = Stats.from_samples([2.5])
+    assert (one.median, one.p25, one.p75, one.std, one.n) == (2.5, 2.5, 2.5, 0.0, 1)
+    assert Stats.from_samples(SAMPLES, keep=0).samples == ()
+    with pytest.raises(ValueError):
+        Stats.from_samples([])
+
+
+@pytest.mark.parametrize(("samples", "unstable"), [
+    ([10.0] * 5, False),
+    ([9.01, 10.0, 10.99], False),  # std 0.99 = 9.9% of the mean
+    ([9.0, 10.0, 11.0], True),  # std exactly 10% of the mean: pyperf warns at >= 10%
+    ([9.0, 11.0], True),  # 14%
+    ([1.0, 1.0, 1.0, 1.0, 3.0], True),
+    ([0.0, 0.0], False),  # no mean, no ratio
+])
+def test_unstable_follows_pyperf(samples: list[float], unstable: bool) -> None:
+    s = Stats.from_samples(samples)
+    assert s.unstable is unstable, (s.std, s.mean)
+
+
+# ---------------------------------------------------------------------- DeviceProfile
+def _profile(**kw: Any) -> DeviceProfile:
+    base = dict(agent="cpu", runtime="torch", runtime_version="2.13.0", threads=1, delegate="eager",
+                device="Intel Xeon", soc="", abi="x86_64", cores=2, os="Linux 6.1", python="3.11",
+                governor="performance x2", affinity="0-1", options=(("opt", "99"),),
+                info={"mkldnn": True})
+    base.update(kw)
+    return DeviceProfile(**base)
+
+
+def _other(v: Any) -> Any:
+    if isinstance(v, bool):
+        return not v
+    if isinstance(v, int):
+        return v + 1
+    if isinstance(v, str):
+        return v + "x"
+    if isinstance(v, tuple):
+        return v + (("extra", "1"),)
+    raise TypeError(type(v))
+
+
+def test_profile_id_is_stable() -> None:
+    """The id is a pure function of the identity: same facts, same id, in any process or version
+    (tables are filed under it, so the pinned value must only change on purpose)."""
+    p = _profile()
+    assert p.id == _profile().id == p.id
+    assert p.id == "15eac93f54abea0a"
+    assert _profile(options=(("opt", "99"),)).id == _profile(options=(("opt", "99"),), info={}).id
+
+
+@pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(DeviceProfile) if f.name != "info"])
+def test_profile_id_changes_with_each_identity_field(name: str) -> None:
+    p = _profile()
+    q = dataclasses.replace(p, **{name: _other(getattr(p, name))})
+    assert q.id != p.id
+    assert [d.split(":")[0] for d in p.differences(q)] == [name]
+
+
+def test_profile_id_ignores_info() -> None:
+    p = _profile()
+    q = dataclasses.replace(p, info={"mkldnn": False, "temps": [41.0, 43.5]})
+    assert q.id == p.id and q == p and p.differences(q) == []
+
+
+def test_profile_round_trip() -> None:
+    p = _profile(info={"mkldnn": True, "zones": [1, 2]})
+    d = json.loads(json.dumps(p.to_dict()))
+    assert d["id"] == p.id
+    q = DeviceProfile.from_dict(d)
+    assert q == p and q.id == p.id and q.info == p.info
+    assert q.options == (("opt", "99"),)
+    assert p.describe().startswith("cpu torch 2.13.0 1 thread(s)") and p.id in p.describe()
+
+
+def test_host_profile_identity() -> None:
+    a = host_profile("cpu", "torch", "2.13.0", 1, delegate="eager", info={"x": 1})
+    b = host_profile("cpu", "torch", "2.13.0", 1, delegate="eager", info={"x": 2})
+    c = host_profile("cpu", "torch", "2.13.0", 2, delegate="eager")
+    assert a.id == b.id and a.id != c.id
+    assert a.cores >= 1 and a.abi and a.python.count(".") == 1
+
+
+# ---------------------------------------------------------------------- the shared agent loop
+def test_agent_measure_passes_its_synchronizer_and_isolates_failures(overhead: Callable[[float], float]) -> None:
+    """Agent.measure times with the agent's sync hook, and a failing op does not stop the run."""
+    from device_agents.base import Agent
+    from latbench.device import host_profile as hp
+
+    overhead(1e-8)
+    syncs = [0]
+
+    class Dummy(Agent):
+        name = "dummy"
+
+        def fingerprint(self) -> DeviceProfile:
+            return hp(self.name, "none", "0", self.threads)
+
+        def prepare(self, op: O.OpSpec) -> Callable[[], Any]:
+            if op.kind == "softmax":
+                raise ValueError(f"axis {op.axis} out of range")
+            return spin(2e-4)
+
+        def synchronizer(self) -> Callable[[], Any]:
+            return lambda: syncs.__setitem__(0, syncs[0] + 1)
+
+    ops = [O.activation((1, 2, 3, 3), "relu"), O.softmax((1, 2, 3, 3), axis=7), O.activation((1, 2, 3, 3), "tanh")]
+    settings = TimingSettings(warmup=1, warmup_s=0.0, min_samples=5, max_samples=5)
+    got = list(Dummy().measure(ops, settings))
+    assert [m.status for m in got] == ["ok", "failed", "ok"]
+    assert "ValueError: axis 7 out of range" in got[1].error and math.isnan(got[1].median_ms)
+    assert syncs[0] == 2 * (1 + 1 + 5)
+    assert got[0].settings["timing"]["min_samples"] == 5 and got[0].settings["threads"] == 1
