@@ -49,9 +49,11 @@ def lower_torch(module, input_shape: tuple[int, ...]) -> Lowering:
 
     was_training = module.training
     module.eval()
-    gm = symbolic_trace(module)
+    # a container keeps a bare leaf layer (BatchNorm2d, Softmax...) a module call when traced
+    gm = symbolic_trace(nn.Sequential(module))
+    gen = torch.Generator().manual_seed(0)  # leave the global RNG alone
     with torch.no_grad():
-        ShapeProp(gm).propagate(torch.randn(*input_shape))
+        ShapeProp(gm).propagate(torch.randn(*input_shape, generator=gen))
     module.train(was_training)
     modules = dict(gm.named_modules())
     low = Lowering()
@@ -116,14 +118,19 @@ def lower_torch(module, input_shape: tuple[int, ...]) -> Lowering:
             low.unmapped.append(name)
         else:
             low.ops.append(op)
-            low.sources.append(str(node.target) if node.op == "call_module" else node.name)
+            low.sources.append(_strip_root(str(node.target)) if node.op == "call_module" else node.name)
     return low
+
+
+def _strip_root(path: str) -> str:
+    """Module path inside the traced model (drop the wrapping container's '0' prefix)."""
+    return "" if path == "0" else path[2:] if path.startswith("0.") else path
 
 
 def _node_name(node, modules) -> str:
     """'Conv2d(blocks.3.conv)', 'add(add_2)', 'view(view)': what the user sees for an unmapped op."""
     if node.op == "call_module":
-        return f"{type(modules[node.target]).__name__}({node.target})"
+        return f"{type(modules[node.target]).__name__}({_strip_root(str(node.target)) or 'model'})"
     target = getattr(node.target, "__name__", str(node.target))
     return f"{target}({node.name})"
 

@@ -140,11 +140,15 @@ def time_callable(fn: Callable[[], Any], settings: TimingSettings = TimingSettin
     min_block_s = _overhead() / settings.block_overhead
     block = 1
     while True:
-        t0 = pc()
-        for _ in range(block):
-            fn()
-        sync()
-        dt = pc() - t0
+        dt = math.inf
+        for _ in range(3):  # best of three, so one preempted trial does not size the block
+            t0 = pc()
+            for _ in range(block):
+                fn()
+            sync()
+            dt = min(dt, pc() - t0)
+            if dt >= min_block_s:
+                break
         if dt >= min_block_s or block >= 10**6:
             break
         # jump straight to the estimated size rather than ten-folding blindly
@@ -153,6 +157,7 @@ def time_callable(fn: Callable[[], Any], settings: TimingSettings = TimingSettin
 
     samples: list[float] = []
     deadline = pc() + settings.max_time_s
+    hard_stop = deadline + settings.max_time_s  # slow ops: give up on min_samples past 2x the cap
     while len(samples) < settings.max_samples:
         t0 = pc()
         for _ in range(block):
@@ -160,6 +165,8 @@ def time_callable(fn: Callable[[], Any], settings: TimingSettings = TimingSettin
         sync()
         samples.append((pc() - t0) * 1e3 / block)
         n = len(samples)
+        if n >= 3 and pc() >= hard_stop:
+            break
         if n >= settings.min_samples:
             if pc() >= deadline:
                 break

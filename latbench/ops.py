@@ -87,6 +87,12 @@ class OpSpec:
     # ------------------------------------------------------------------ validation
     def __post_init__(self) -> None:
         k = self.kind
+        if self.se == 0 and (self.se_act != "hsigmoid" or self.se_pos != "dw"):
+            # SE details mean nothing without an SE: normalise so equal ops compare equal
+            object.__setattr__(self, "se_act", "hsigmoid")
+            object.__setattr__(self, "se_pos", "dw")
+        if self.count_pad and (self.padding == 0 or self.global_pool):
+            object.__setattr__(self, "count_pad", False)  # no padding: both divisors agree
         if k not in KINDS:
             raise OpError(f"unknown op kind {k!r} (known: {', '.join(KINDS)})")
         for name in ("n", "c", "h", "w"):
@@ -162,7 +168,7 @@ class OpSpec:
         return _key(self)
 
     # ------------------------------------------------------------------ cost figures
-    @property
+    @cached_property
     def macs(self) -> int:
         """Multiply-adds of conv and linear parts (0 for other ops)."""
         if self.kind in BLOCK_KINDS:
@@ -174,7 +180,7 @@ class OpSpec:
             return n * self.c * self.out
         return 0
 
-    @property
+    @cached_property
     def flops(self) -> int:
         """2 per multiply-add for conv/linear (bias not counted, as FlopCounterMode); elementwise
         ops count one per output element (bn: 2, softmax: 3, pool: window size)."""
@@ -192,7 +198,7 @@ class OpSpec:
             return elems * window
         return elems
 
-    @property
+    @cached_property
     def params(self) -> int:
         """Trainable parameters (BN: scale and shift)."""
         k = self.kind
@@ -206,7 +212,7 @@ class OpSpec:
             return 2 * self.c
         return 0
 
-    @property
+    @cached_property
     def bytes(self) -> int:
         """float32 bytes moved: inputs + weights + output."""
         inputs = _prod(self.in_shape)
@@ -321,7 +327,7 @@ def expand(op: OpSpec) -> list[OpSpec]:
     k = op.kind
     if k == "conv":
         if not op.bn and op.act == "none":
-            return [op]
+            return [op.replace(role="")] if op.role else [op]
         base = op.replace(bn=False, act="none", role="")
         out = [base]
         if op.bn:
@@ -336,6 +342,8 @@ def expand(op: OpSpec) -> list[OpSpec]:
         return [base] + ([activation(base.out_shape, op.act)] if op.act != "none" else [])
     if k == "pool" and op.role:
         return [op.replace(role="")]
+    if k == "batch_norm" and op.act != "none":
+        return [op.replace(act="none"), activation(op.in_shape, op.act)]
     if k == "mbconv":
         return _expand_mbconv(op)
     if k in ("bottleneck", "basic"):

@@ -179,11 +179,11 @@ def test_output_matches_torch_reference(agent: Agent, op: OpSpec) -> None:
 
 # ---------------------------------------------------------------------- timing
 BIG = O.conv((1, 64, 56, 56), 64, 3)  # ~0.23 GFLOP: milliseconds on one thread anywhere
-BIGGER = BIG.replace(out=128)
+BIGGER = BIG.replace(out=256)  # 4x the work: a margin no scheduler noise or kernel choice flips
 
 
 def test_bigger_op_takes_longer(agent: Agent) -> None:
-    """Doubling a large conv's output channels shows up as clearly more time, not noise.
+    """Quadrupling a large conv's output channels shows up as clearly more time, not noise.
 
     Compares the fastest sample of each op over three interleaved rounds: other processes can only
     make a sample slower, so the minimum stays near the op's own cost even on a busy machine,
@@ -193,7 +193,7 @@ def test_bigger_op_takes_longer(agent: Agent) -> None:
     small = min(m.stats.min for m in runs[0::2])
     big = min(m.stats.min for m in runs[1::2])
     medians = [round(m.median_ms, 3) for m in runs]
-    assert big > 1.3 * small, f"{agent.name}: {BIGGER.key} {big:.3f} ms vs {BIG.key} {small:.3f} ms (medians {medians})"
+    assert big > 1.8 * small, f"{agent.name}: {BIGGER.key} {big:.3f} ms vs {BIG.key} {small:.3f} ms (medians {medians})"
 
 
 def _check_measurement(m: Measurement, op: OpSpec, agent: Agent) -> None:
