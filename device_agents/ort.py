@@ -1,0 +1,215 @@
+"""ONNX Runtime agent: each op becomes a one-op (or one-block) ONNX graph, run in an
+InferenceSession with pinned threads, no spinning and inputs/outputs bound once (IOBinding), so
+the timed call is the runtime's kernel work and little else."""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from latbench import ops as O
+from latbench.device import DeviceProfile, host_profile
+from latbench.errors import DeviceUnavailableError, UsageError, require
+from latbench.measure import Stats, TimingSettings, time_callable
+from latbench.ops import OpSpec
+
+from .base import Agent
+from .onnx_build import build_onnx, graph_in_shape, graph_out_shape
+from .weights import Weights
+
+ort = require("onnxruntime", "ort")
+onnx = require("onnx", "ort")
+
+_GOL = ort.GraphOptimizationLevel
+OPT_LEVELS = {
+    "all": _GOL.ORT_ENABLE_ALL,
+    "extended": _GOL.ORT_ENABLE_EXTENDED,
+    "basic": _GOL.ORT_ENABLE_BASIC,
+    "disable": _GOL.ORT_DISABLE_ALL,
+}
+
+
+class OrtAgent(Agent):
+    """Times ops in onnxruntime on this host (one session per op, freed before the next)."""
+
+    name = "ort"
+
+    def __init__(self, threads: int = 1, opt_level: str = "all", provider: str = "CPUExecutionProvider",
+                 seed: int = 0, **options: Any):
+        super().__init__(threads=threads, seed=seed, **options)
+        if self.threads < 1:  # 0 would mean "all cores" to onnxruntime, not what the profile says
+            raise UsageError(f"ort: threads must be >= 1, got {threads}")
+        if opt_level not in OPT_LEVELS:
+            raise UsageError(f"ort: opt_level must be one of {', '.join(OPT_LEVELS)}, got {opt_level!r}")
+        have = ort.get_available_providers()
+        if provider not in have:
+            raise DeviceUnavailableError(f"ort: execution provider {provider!r} is not available (have: {', '.join(have)})")
+        self.opt_level = opt_level
+        self.provider = provider
+        # BN folding + conv/activation fusion (latbench.ops.FUSIONS["ort"]) happen from EXTENDED
+        # on; BASIC folds BN only, which no FUSIONS entry describes, so it counts as unfused
+        self.fusion = "ort" if opt_level in ("all", "extended") else "none"
+        self._sess_options = session_options(self.threads, opt_level)
+        self._live: tuple | None = None  # the session (and binding) of the op being timed
+        self._pool: np.ndarray | None = None  # random values that timing weights are cut from
+
+    def fingerprint(self) -> DeviceProfile:
+        return host_profile("ort", "onnxruntime", ort.__version__, self.threads, delegate=self.provider,
+                            options={"opt_level": self.opt_level})
+
+    # ---------------------------------------------------------------- sessions
+    def session(self, model: "onnx.ModelProto | bytes | str | os.PathLike") -> "ort.InferenceSession":
+        """An InferenceSession on this agent's provider and options (model proto, bytes or path)."""
+        if isinstance(model, onnx.ModelProto):
+            model = model.SerializeToString()
+        elif isinstance(model, os.PathLike):
+            model = os.fspath(model)
+        return ort.InferenceSession(model, self._sess_options, providers=[self.provider])
+
+    def _release(self) -> None:
+        """Drop the previous op's session so sessions never pile up."""
+        self._live = None
+
+    def close(self) -> None:
+        self._release()
+
+    # ---------------------------------------------------------------- agent API
+    def timing_weights(self, op: OpSpec) -> Weights:
+        """Weights for timing: op_weights' shapes and scales, cut from one seeded pool (see
+        `timing_weights`), since drawing millions of normals would cost more than timing the op."""
+        return timing_weights(op, self.pool)
+
+    @property
+    def pool(self) -> np.ndarray:
+        """Seeded standard normals (float32) that timing inputs and weights are cut from."""
+        if self._pool is None:
+            self._pool = np.random.default_rng(self.seed).standard_normal(POOL_SIZE, dtype=np.float32)
+        return self._pool
+
+    def prepare(self, op: OpSpec) -> Callable[[], Any]:
+        """A session for `op` with input and output bound once; the callable runs it once."""
+        self._release()
+        sess = self.session(build_onnx(op, self.timing_weights(op)))
+        binding, _ = bind(sess, _cut(self.pool, graph_in_shape(op)), [graph_out_shape(op)])
+        self._live = (sess, binding)
+        return runner(sess, binding)
+
+    def run(self, op: OpSpec, x: np.ndarray) -> np.ndarray:
+        """One inference with the canonical weights; a linear's (n, c, 1, 1) input is reshaped."""
+        self._release()
+        x = np.ascontiguousarray(x, dtype=np.float32).reshape(graph_in_shape(op))
+        sess = self.session(build_onnx(op, self.weights(op)))
+        binding, outs = bind(sess, x, [graph_out_shape(op)])
+        sess.run_with_iobinding(binding)
+        return outs[0].numpy().reshape(op.out_shape).copy()
+
+    def measure_model(self, model: "onnx.ModelProto | bytes | str | os.PathLike", input_shape: Sequence[int],
+                      timing: TimingSettings = TimingSettings()) -> Stats:
+        """Time a whole model (e.g. a subnet from build_onnx_chain or an exported .onnx file) the
+        way ops are timed: same session options, IOBinding, timing loop."""
+        self._release()
+        sess = self.session(model)
+        inputs = sess.get_inputs()
+        if len(inputs) != 1:
+            raise UsageError(f"ort: measure_model takes a model with one input, this one has {len(inputs)}")
+        x = _cut(self.pool, tuple(input_shape))
+        shapes = [o.shape for o in sess.run(None, {inputs[0].name: x})]
+        binding, _ = bind(sess, x, shapes)
+        return time_callable(runner(sess, binding), timing)
+
+
+# ---------------------------------------------------------------------- helpers
+POOL_SIZE = 1 << 20
+
+
+def timing_weights(op: OpSpec, pool: np.ndarray) -> Weights:
+    """Weights with op_weights' keys, shapes and scales, cut from `pool` (standard normals):
+    float kernels take as long whatever the values, and slicing costs a copy where drawing the
+    canonical weights of a 1280x960 conv takes ~40 ms here (3x its session's creation)."""
+    at = 0
+
+    def draw(shape: tuple[int, ...], scale: float, shift: float = 0.0) -> np.ndarray:
+        nonlocal at
+        vals = _cut(pool, shape, at)
+        at = (at + vals.size) % pool.size
+        out = vals * np.float32(scale)
+        if shift:
+            out += np.float32(shift)
+        return out
+
+    parts = O.expand(op)
+    out: Weights = []
+    for p in parts:
+        w: dict[str, np.ndarray] = {}
+        if p.kind == "conv":
+            cin = p.c // p.groups
+            w["weight"] = draw((p.out, cin, p.kernel, p.kernel), 1.0 / np.sqrt(cin * p.kernel * p.kernel))
+            if p.bias:
+                w["bias"] = draw((p.out,), 0.1)
+        elif p.kind == "linear":
+            w["weight"] = draw((p.out, p.c), 1.0 / np.sqrt(p.c))
+            if p.bias:
+                w["bias"] = draw((p.out,), 0.1)
+        elif p.kind == "batch_norm":
+            w = {"gamma": draw((p.c,), 0.1, 1.0), "beta": draw((p.c,), 0.1), "mean": draw((p.c,), 0.1),
+                 "var": np.abs(draw((p.c,), 0.5)) + np.float32(1.0)}
+        elif p.kind == "eltwise" and len(parts) == 1:
+            w["other"] = draw((p.n, p.c, 1, 1) if p.broadcast else p.in_shape, 1.0)
+        out.append(w)
+    return out
+
+
+def session_options(threads: int, opt_level: str) -> "ort.SessionOptions":
+    """Sequential execution, `threads` intra-op threads that do not spin, one inter-op thread."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = OPT_LEVELS[opt_level]
+    so.log_severity_level = 3  # errors only: warnings would print once per op
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return so
+
+
+def bind(sess: "ort.InferenceSession", x: np.ndarray, out_shapes: Sequence[Sequence[int]]):
+    """Bind `x` to the model's input and preallocated float32 buffers to its outputs, in memory
+    owned by onnxruntime (nothing to keep alive on the Python side)."""
+    binding = sess.io_binding()
+    xv = ort.OrtValue.ortvalue_from_shape_and_type(x.shape, np.float32, "cpu", 0)
+    xv.update_inplace(x)
+    binding.bind_ortvalue_input(sess.get_inputs()[0].name, xv)
+    outs = []
+    for o, shape in zip(sess.get_outputs(), out_shapes):
+        v = ort.OrtValue.ortvalue_from_shape_and_type(list(shape), np.float32, "cpu", 0)
+        binding.bind_ortvalue_output(o.name, v)
+        outs.append(v)
+    return binding, outs
+
+
+def runner(sess: "ort.InferenceSession", binding) -> Callable[[], None]:
+    """The timed call: one run on the bound buffers. Calls the C++ session directly, as the Python
+    wrapper does after its WebGPU graph-capture checks (~1.5 us a call here, half a small op)."""
+    c_sess, c_binding = getattr(sess, "_sess", None), getattr(binding, "_iobinding", None)
+    if c_sess is not None and c_binding is not None and hasattr(c_sess, "run_with_iobinding"):
+        run = c_sess.run_with_iobinding
+
+        def fn() -> None:
+            run(c_binding, None)
+    else:  # pragma: no cover - other onnxruntime layouts
+        def fn() -> None:
+            sess.run_with_iobinding(binding)
+    fn.session = sess  # type: ignore[attr-defined]  # the session lives as long as the callable
+    return fn
+
+
+def _cut(pool: np.ndarray, shape: Sequence[int], at: int = 0) -> np.ndarray:
+    """`pool` values in `shape` from offset `at` (a view when they fit, tiled when not)."""
+    n = int(np.prod(shape))
+    if at + n > pool.size:
+        return np.resize(pool, n).reshape(shape) if n > pool.size else pool[:n].reshape(shape)
+    return pool[at:at + n].reshape(shape)
+
+
+__all__ = ["OrtAgent", "OPT_LEVELS", "session_options", "bind", "runner", "timing_weights"]
