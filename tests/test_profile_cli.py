@@ -1,0 +1,163 @@
+"""`latbench profile` end to end: a SIGKILLed run resumes without losing or repeating an op, and
+every bad input is one line with the right exit code."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import CLI_ENV, ROOT, latbench_exe, run_latbench
+from latbench.store import LatencyTable
+
+FAST = ["--max-time", "0.05", "--min-samples", "5"]
+
+
+def _stored(path: Path) -> dict[str, float]:
+    """key -> taken_at of every row (a re-measured op would get a new timestamp)."""
+    if not path.exists():
+        return {}
+    with LatencyTable.open(path, create=False) as t:
+        return {m.key: m.taken_at for m in t.measurements()}
+
+
+def test_sigkill_mid_run_then_resume(tmp_path: Path) -> None:
+    """Kill a real profile subprocess mid-run: nothing measured is lost, the rerun measures only the rest."""
+    table = tmp_path / "t.sqlite"
+    args = [latbench_exe(), "profile", "--device", "tflite", "--space", "tiny", "--resolution", "24",
+            "--granularity", "op", "--out", str(table), *FAST]
+    proc = subprocess.Popen(args, cwd=ROOT, env=CLI_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 90
+    try:
+        while time.monotonic() < deadline:
+            try:
+                if len(_stored(table)) >= 5:
+                    break
+            except Exception:  # the table may not exist or be mid-creation yet
+                pass
+            if proc.poll() is not None:
+                pytest.fail(f"profile ended before it could be killed: {proc.stderr.read().decode()[-500:]}")
+            time.sleep(0.05)
+        else:
+            pytest.fail("no measurement committed within 90 s")
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    before = _stored(table)
+    assert len(before) >= 5
+
+    r = run_latbench(*args[1:], "--json")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    after = _stored(table)
+    assert summary["skipped"] == len(before)
+    assert summary["measured"] + summary["failed"] == summary["total"] - len(before)
+    assert len(after) == summary["total"]
+    for key, taken in before.items():  # kept, and not measured again
+        assert after[key] == taken
+    with LatencyTable.open(table, create=False) as t:
+        assert len(t) == len(set(t.keys(status=None))) == summary["total"]
+
+
+def test_rerun_of_complete_table_measures_nothing(tmp_path: Path) -> None:
+    table = tmp_path / "t.sqlite"
+    base = ["profile", "--device", "tflite", "--space", "tiny", "-r", "24", "--out", str(table), *FAST, "--json"]
+    first = json.loads(run_latbench(*base).stdout)
+    again = run_latbench(*base)
+    assert again.returncode == 0
+    second = json.loads(again.stdout)
+    assert second["measured"] == 0 and second["skipped"] == first["total"]
+
+
+def test_max_ops_limits_new_measurements(tmp_path: Path) -> None:
+    table = tmp_path / "t.sqlite"
+    r = run_latbench("profile", "--device", "tflite", "--space", "tiny", "-r", "24", "--max-ops", "3",
+                     "--out", str(table), *FAST, "--json")
+    s = json.loads(r.stdout)
+    assert s["measured"] == 3 and s["remaining"] == s["total"] - 3
+    assert len(_stored(table)) == 3
+
+
+def test_ops_file_from_enumerate(tmp_path: Path) -> None:
+    """`--ops` takes the PaddleSlim op list that `latbench enumerate` writes."""
+    ops = tmp_path / "ops.txt"
+    assert run_latbench("enumerate", "tiny", "-r", "24", "-o", str(ops)).returncode == 0
+    lines = [l for l in ops.read_text().splitlines() if l.strip()]
+    table = tmp_path / "t.sqlite"
+    r = run_latbench("profile", "--device", "tflite", "--ops", str(ops), "--max-ops", "4",
+                     "--out", str(table), *FAST, "--json")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["total"] == len(set(lines)) and s["measured"] == 4
+
+
+# ---------------------------------------------------------------------- bad inputs
+def _one_line_error(r: subprocess.CompletedProcess, code: int, *needles: str) -> None:
+    assert r.returncode == code, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr
+    err = [l for l in r.stderr.splitlines() if l.startswith("latbench: error:")]
+    assert len(err) == 1, r.stderr
+    for n in needles:
+        assert n in err[0], err[0]
+
+
+def test_unknown_device(tmp_path: Path) -> None:
+    r = run_latbench("profile", "--device", "tpu", "--space", "tiny", "--out", str(tmp_path / "t.sqlite"))
+    _one_line_error(r, 2, "unknown device 'tpu'", "ort", "tflite")
+
+
+def test_missing_runtime_names_the_extra(tmp_path: Path) -> None:
+    """With onnxruntime unimportable, the error names the pip extra to install."""
+    fake = tmp_path / "site"
+    (fake / "onnxruntime").mkdir(parents=True)
+    (fake / "onnxruntime" / "__init__.py").write_text("raise ImportError('onnxruntime hidden by the test')\n")
+    env = {**CLI_ENV, "PYTHONPATH": f"{fake}{os.pathsep}{CLI_ENV.get('PYTHONPATH', '')}"}
+    r = subprocess.run([latbench_exe(), "profile", "--device", "ort", "--space", "tiny",
+                        "--out", str(tmp_path / "t.sqlite")], capture_output=True, text=True, cwd=ROOT,
+                       env=env, timeout=120)
+    _one_line_error(r, 1, "latbench[ort]")
+    assert not (tmp_path / "t.sqlite").exists()
+
+
+def test_foreign_table_file(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"this is not a database" * 100)
+    r = run_latbench("profile", "--device", "tflite", "--space", "tiny", "--out", str(junk), *FAST)
+    _one_line_error(r, 1, "junk.sqlite", "not a latbench table")
+    assert junk.read_bytes() == b"this is not a database" * 100
+
+
+def test_op_file_with_bad_line(tmp_path: Path) -> None:
+    ops = tmp_path / "ops.txt"
+    ops.write_text("conv 0 0 1 3 32 32 8 1 3 1 2 1\nactivation relu 1 8 16 16\nconv 0 0 1 three 32 32 8 1 3 1 2 1\n")
+    r = run_latbench("profile", "--device", "tflite", "--ops", str(ops), "--out", str(tmp_path / "t.sqlite"))
+    _one_line_error(r, 1, "ops.txt:3")
+
+
+def test_table_of_another_profile(tmp_path: Path) -> None:
+    table = tmp_path / "t.sqlite"
+    ok = run_latbench("profile", "--device", "tflite", "--space", "tiny", "-r", "24", "--max-ops", "2",
+                      "--out", str(table), *FAST)
+    assert ok.returncode == 0, ok.stderr
+    r = run_latbench("profile", "--device", "tflite", "--threads", "2", "--space", "tiny", "-r", "24",
+                     "--out", str(table), *FAST)
+    _one_line_error(r, 1, "threads")
+    assert len(_stored(table)) == 2
+
+
+def test_bad_resolution_and_granularity(tmp_path: Path) -> None:
+    r = run_latbench("profile", "--device", "tflite", "--space", "tiny", "-r", "99", "--out", str(tmp_path / "t"))
+    _one_line_error(r, 2, "99", "24, 32")
+    r = run_latbench("profile", "--device", "tflite", "--space", "tiny", "-g", "layer", "--out", str(tmp_path / "t"))
+    _one_line_error(r, 2, "granularity")
+
+
+def test_space_and_ops_are_exclusive(tmp_path: Path) -> None:
+    r = run_latbench("profile", "--device", "tflite", "--out", str(tmp_path / "t"))
+    _one_line_error(r, 2, "--space or --ops")
