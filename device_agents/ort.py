@@ -49,7 +49,7 @@ class OrtAgent(Agent):
         self.provider = provider
         # BN folding + conv/activation fusion (latbench.ops.FUSIONS["ort"]) happen from EXTENDED
         # on; BASIC folds BN only, which no FUSIONS entry describes, so it counts as unfused
-        self.fusion = "ort" if opt_level in ("all", "extended") else "none"
+        self.fusion = {"all": "ort", "extended": "ort", "basic": "ort-basic"}.get(opt_level, "none")
         self._sess_options = session_options(self.threads, opt_level)
         self._live: tuple | None = None  # the session (and binding) of the op being timed
         self._pool: np.ndarray | None = None  # random values that timing weights are cut from

@@ -444,6 +444,9 @@ class _Net:
             elif k == "activation":
                 y = self.activation(x, p.act)
             elif k == "batch_norm":
+                nxt = cur.peek()  # expand() lists a BN's activation as its own op
+                if p.act == "none" and nxt is not None and nxt.kind == "activation":
+                    p = p.replace(act=cur.take("activation")[0].act)
                 y = self.batch_norm(x, p, w)
             elif k == "softmax":
                 y = self.softmax(x, p)

@@ -504,6 +504,7 @@ FUSIONS = {
     "none": Fusion("none"),  # torch eager, PaddleSlim op lists: every op on its own
     # ONNX Runtime folds BN at BASIC and fuses Relu/Clip/Sigmoid/Tanh/HardSigmoid into FusedConv
     "ort": Fusion("ort", True, frozenset({"relu", "relu6", "sigmoid", "tanh", "hsigmoid"})),
+    "ort-basic": Fusion("ort-basic", True),  # ORT_ENABLE_BASIC folds BN but fuses no activation
     # TFLite has no BN op (converters fold it); converters fuse RELU and RELU6 into conv options
     "tflite": Fusion("tflite", True, frozenset({"relu", "relu6"})),
 }
