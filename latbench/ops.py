@@ -511,16 +511,18 @@ FUSIONS = {
 
 
 def fuse(op_list: list[OpSpec], fusion: Fusion | str = "none") -> list[OpSpec]:
-    """Merge conv -> batch_norm -> activation runs the way `fusion`'s runtime executes them."""
+    """Merge conv -> batch_norm -> activation runs the way `fusion`'s runtime executes them: the BN
+    folded into the conv's bias, the activation fused into the conv."""
     f = FUSIONS[fusion] if isinstance(fusion, str) else fusion
     if not f.bn and not f.acts:
         return list(op_list)
     out: list[OpSpec] = []
     for op in op_list:
         prev = out[-1] if out else None
-        if prev is not None and prev.kind == "conv" and prev.in_shape and op.in_shape == prev.out_shape:
+        if prev is not None and prev.kind == "conv" and op.in_shape == prev.out_shape:
             if op.kind == "batch_norm" and f.bn and not prev.bn and prev.act == "none" and op.act == "none":
-                out[-1] = prev.replace(bn=True)
+                # a folded BN leaves a conv with a bias: exactly what an exported graph holds
+                out[-1] = prev.replace(bias=True)
                 continue
             if op.kind == "activation" and op.act in f.acts and prev.act == "none":
                 out[-1] = prev.replace(act=op.act)
