@@ -333,6 +333,17 @@ def _mount_stage_commands() -> None:
     else:
         app.command("profile")(profile_command)
     try:
+        from .cli_devices import devices_command
+        app.command("devices")(devices_command)
+    except ImportError:
+        pass
+    try:
+        from .cli_predict import predict_command
+    except ImportError:
+        pass
+    else:
+        app.command("predict")(predict_command)
+    try:
         from .cli_table import table_app
     except ImportError:
         pass

@@ -155,14 +155,21 @@ class Pricer:
             raise MissingKeyError(f"key not in table and no fallback: {op.key}")
         return self.fallback(op), True
 
+    def lower_all(self, ops: Iterable[OpSpec]) -> list[OpSpec]:
+        """A whole op list as table keys: fusion runs across the list (a lowered model lists a
+        conv and its BN as separate ops)."""
+        ops = list(ops)
+        if self.granularity == "block":
+            return ops
+        return O.fuse([o for b in ops for o in O.expand(b)], self.fusion)
+
     def price(self, ops: Iterable[OpSpec]) -> Price:
         total, misses = 0.0, []
-        for block in ops:
-            for op in self.lower(block):
-                ms, missed = self.price_op(op)
-                total += ms
-                if missed:
-                    misses.append(op.key)
+        for op in self.lower_all(ops):
+            ms, missed = self.price_op(op)
+            total += ms
+            if missed:
+                misses.append(op.key)
         return Price(total, total, tuple(misses))
 
 
@@ -224,7 +231,12 @@ class Predictor:
                 if hit is None:
                     c, m = 0.0, 0
                     for op in self.pricer.lower(b):
-                        ms, missed = self.pricer.price_op(op)
+                        try:
+                            ms, missed = self.pricer.price_op(op)
+                        except MissingKeyError:
+                            # strict: may be a combination no config reaches; a config that does
+                            # reach it fails in predict, naming the key
+                            ms, missed = math.nan, True
                         c += ms
                         m += missed
                     hit = cache[b] = (c, m)
@@ -284,11 +296,19 @@ class Predictor:
     def predict(self, config: Any) -> float:
         """Predicted latency in ms of one config (any accepted form), calibrated if available."""
         ms, _ = self.predict_raw(config)
+        if ms != ms:  # NaN: a strict table lacks a key of this config
+            self._raise_missing(config)
         return self.calibration.apply(ms) if self.calibration else ms
+
+    def _raise_missing(self, config: Any) -> None:
+        for b in self.space.blocks(config):
+            for op in self.pricer.lower(b):
+                self.pricer.price_op(op)  # raises MissingKeyError naming the key
+        raise MissingKeyError("a key of this config is not in the table")
 
     def explain(self, config: Any) -> Price:
         """The full price of one config: raw sum, calibrated value, keys priced by the fallback."""
-        blocks = self.space.blocks(config)
+        blocks = self.space.blocks(config)  # strict: Pricer.price raises on the first missing key
         p = self.pricer.price(blocks)
         ms = self.calibration.apply(p.raw_ms) if self.calibration else p.raw_ms
         return Price(ms, p.raw_ms, p.misses, self.calibration is not None)
@@ -310,6 +330,10 @@ class Predictor:
             if misses is not None:
                 misses += t.miss[f]
             state = t.next_state[f]
+        if self.pricer.strict:
+            bad = np.flatnonzero(np.isnan(total))
+            if bad.size:
+                self._raise_missing(idx[bad[0]])
         if calibrated and self.calibration:
             total = self.calibration.apply(total)
         return (total, misses) if return_misses else total

@@ -1,0 +1,262 @@
+"""Predictor: exact against hand sums, batch == single, OFA LatencyTable parity, fallback and
+strict misses, lowering of torch modules and their ONNX exports, the predict CLI."""
+from __future__ import annotations
+
+import io
+import json
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import run_latbench
+from latbench import ops as O
+from latbench.lower import lower_onnx, lower_torch
+from latbench.predict import Calibration, MissingKeyError, Predictor, fit_calibration
+from latbench.spaces import get_space, list_spaces
+
+SPACES = list_spaces()
+
+
+def known_costs(ops) -> dict[str, float]:
+    """Distinct, exactly representable numbers per key (sums are checked with tight tolerances)."""
+    return {op.key: 0.001 * (1 + (abs(hash(op.key)) % 997)) for op in ops}
+
+
+def table_keys(space, granularity: str, fusion: str = "none"):
+    blocks = space.enumerate_blocks()
+    if granularity == "block":
+        return blocks
+    return O.unique(o for b in blocks for o in O.fuse(O.expand(b), fusion))
+
+
+@pytest.mark.parametrize("name", SPACES)
+@pytest.mark.parametrize("granularity,fusion", [("block", "none"), ("op", "none"), ("op", "ort")])
+def test_predict_equals_hand_sum_and_batch(name: str, granularity: str, fusion: str) -> None:
+    space = get_space(name)
+    costs = known_costs(table_keys(space, granularity, fusion))
+    pred = Predictor(space, costs, granularity, fusion, strict=True)
+    configs = np.vstack([space.sample(7, 40), space.smallest()[None], space.largest()[None]])
+    singles = []
+    for c in configs:
+        if granularity == "block":
+            keys = [b.key for b in space.blocks(c)]
+        else:  # the hand lowering: every op of the subnet, fused the runtime's way
+            keys = [o.key for o in O.fuse([o for b in space.blocks(c) for o in O.expand(b)], fusion)]
+        hand = math.fsum(costs[k] for k in keys)
+        got = pred.predict(c)
+        assert got == pytest.approx(hand, rel=1e-12, abs=1e-12)
+        singles.append(got)
+    batch = pred.predict_batch(configs)
+    np.testing.assert_allclose(batch, singles, rtol=1e-12)
+    ms, misses = pred.predict_batch(configs, return_misses=True)
+    assert (misses == 0).all()
+
+
+def test_published_form_predicts_like_index() -> None:
+    space = get_space("ofa-mbv3-w10")
+    pred = Predictor(space, known_costs(space.enumerate_blocks()), "block", strict=True)
+    c = space.sample(3, 1)[0]
+    assert pred.predict(space.to_published(c)) == pred.predict(c)
+    assert pred.predict(json.loads(json.dumps(space.to_published(c)))) == pred.predict(c)
+
+
+# ---------------------------------------------------------------------- OFA parity
+def ofa_predict_network_latency(lut: dict, cfg: dict, width_stages, first_conv: int, first_block: int,
+                                final_expand: int, last_channel: int, n_classes: int = 1000) -> float:
+    """Once-for-All's MBv3LatencyTable.predict_network_latency_given_spec, written out from its
+    published logic: query keys by layer type, input/output HxWxC, and the block's settings."""
+    def q(l_type, inp, out, **kw):
+        key = "-".join([l_type, "input:" + "x".join(map(str, inp)), "output:" + "x".join(map(str, out))]
+                       + [f"{k}:{v}" for k, v in kw.items()])
+        return lut[key]["mean"]
+
+    def md(v):
+        return O.make_divisible(v, 8)
+
+    r = cfg["r"][0]
+    total = q("Conv", [r, r, 3], [(r + 1) // 2, (r + 1) // 2, first_conv])
+    fsize = (r + 1) // 2
+    total += q("expanded_conv", [fsize, fsize, first_conv], [fsize, fsize, first_block],
+               expand=first_conv, kernel=3, stride=1, idskip=int(first_conv == first_block), se=0, hs=0)
+    in_c = first_block
+    strides, se, hs = [2, 2, 2, 1, 2], [0, 1, 0, 1, 1], [0, 0, 1, 1, 1]
+    for s in range(5):
+        for j in range(cfg["d"][s]):
+            i = s * 4 + j
+            stride = strides[s] if j == 0 else 1
+            out_fz = int((fsize - 1) / stride + 1)
+            out_c = width_stages[s]
+            mid = md(round(in_c * cfg["e"][i]))
+            total += q("expanded_conv", [fsize, fsize, in_c], [out_fz, out_fz, out_c], expand=mid,
+                       kernel=cfg["ks"][i], stride=stride, idskip=int(stride == 1 and in_c == out_c),
+                       se=se[s], hs=hs[s])
+            fsize, in_c = out_fz, out_c
+    total += q("Conv_1", [fsize, fsize, in_c], [fsize, fsize, final_expand])
+    total += q("AvgPool2D", [fsize, fsize, final_expand], [1, 1, final_expand])
+    total += q("Conv_2", [1, 1, final_expand], [1, 1, last_channel])
+    total += q("Logits", [1, 1, last_channel], [n_classes])
+    return total
+
+
+def test_imported_ofa_yaml_prices_like_ofa(tmp_path: Path) -> None:
+    """A hand-written YAML in OFA's format, imported into a table, prices configs as OFA would."""
+    from latbench.store import LatencyTable, import_ofa_yaml, import_profile
+
+    space = get_space("ofa-mbv3-w10")
+    rng = np.random.default_rng(0)
+    lut = {b.key: {"count": 50, "mean": float(rng.uniform(0.1, 3.0)), "std": 0.01}
+           for b in space.enumerate_blocks([160])}
+    path = tmp_path / "160_lookup_table.yaml"
+    path.write_text(yaml.safe_dump(lut))
+    with LatencyTable.open(tmp_path / "t.sqlite", import_profile("note10", "tflite")) as t:
+        import_ofa_yaml([path], t)
+        pred = Predictor.from_table(t, space, strict=True)
+    r_idx = space.positions[space.resolution_position].choices.index(160)
+    cfgs = space.sample(1, 30)
+    cfgs[:, space.resolution_position] = r_idx
+    for c in cfgs:
+        cfg = space.to_published(c)
+        ours = pred.predict(cfg)
+        theirs = ofa_predict_network_latency(lut, cfg, [24, 40, 80, 112, 160], 16, 16, 960, 1280)
+        assert ours == pytest.approx(theirs, rel=1e-12)
+
+
+# ---------------------------------------------------------------------- misses
+def test_missing_keys_priced_by_fallback_and_counted() -> None:
+    space = get_space("tiny")
+    blocks = space.enumerate_blocks()
+    costs = {b.key: 1e-3 * b.flops / 1e6 + 0.01 for b in blocks}
+    dropped = [b for b in blocks if b.kind == "mbconv"][:5]
+    partial = {k: v for k, v in costs.items() if k not in {b.key for b in dropped}}
+    pred = Predictor(space, partial, "block", fallback_ops=blocks)
+    # find configs that use a dropped block
+    cfgs = space.sample(0, 400)
+    ms, misses = pred.predict_batch(cfgs, return_misses=True)
+    hit = np.flatnonzero(misses > 0)
+    assert hit.size > 0
+    for i in hit[:5]:
+        p = pred.explain(cfgs[i])
+        assert len(p.misses) == misses[i] and set(p.misses) <= {b.key for b in dropped}
+        assert p.raw_ms > 0 and math.isfinite(p.raw_ms)
+        present = math.fsum(costs[b.key] for b in space.blocks(cfgs[i]) if b.key in partial)
+        assert p.raw_ms > present  # the fallback adds a positive price, never zero
+    strict = Predictor(space, partial, "block", strict=True)
+    used = {b.key for b in space.blocks(cfgs[hit[0]])} & {b.key for b in dropped}
+    with pytest.raises(MissingKeyError, match="key not in table") as e:
+        strict.predict(cfgs[hit[0]])
+    assert any(k in str(e.value) for k in used)
+    with pytest.raises(MissingKeyError):
+        strict.predict_batch(cfgs)
+    clean = np.flatnonzero(misses == 0)
+    np.testing.assert_allclose(strict.predict_batch(cfgs[clean]), ms[clean])
+
+
+def test_calibration_fit_and_apply() -> None:
+    p = np.array([1.0, 2.0, 3.0, 4.0])
+    cal = fit_calibration(p, 1.5 * p + 0.2, "s", "block")
+    assert cal.scale == pytest.approx(1.5) and cal.offset_ms == pytest.approx(0.2)
+    assert Calibration.from_dict(cal.to_dict()) == cal
+    space = get_space("tiny")
+    pred = Predictor(space, known_costs(space.enumerate_blocks()), "block", calibration=cal)
+    c = space.sample(0, 3)
+    raw = pred.predict_batch(c, calibrated=False)
+    np.testing.assert_allclose(pred.predict_batch(c), 1.5 * raw + 0.2)
+    assert pred.explain(c[0]).calibrated and pred.explain(c[0]).raw_ms == pytest.approx(raw[0])
+
+
+# ---------------------------------------------------------------------- lowering real models
+@pytest.mark.parametrize("name", ["ofa-mbv3-w10", "lightnas", "bignas-resnet", "tiny"])
+def test_torch_module_and_onnx_export_lower_alike(name: str) -> None:
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    warnings.filterwarnings("ignore")
+    space = get_space(name)
+    cfg = space.sample(5, 1)[0]
+    module = space.build(cfg)
+    shape = space.input_shape(cfg)
+    lt = lower_torch(module, shape)
+    assert not lt.unmapped
+    ops_all = {o.key: o for b in space.enumerate_blocks() for o in O.expand(b)}
+    fused = {o.key: o for b in space.enumerate_blocks() for o in O.fuse(O.expand(b), "ort")}
+    for fold, fusion, keyset in ((False, "none", ops_all), (True, "ort", fused)):
+        buf = io.BytesIO()
+        torch.onnx.export(module, (torch.randn(*shape),), buf, dynamo=False, opset_version=17,
+                          do_constant_folding=fold)
+        lo = lower_onnx(buf.getvalue())
+        assert not lo.unmapped
+        a = O.fuse(lt.ops, fusion)
+        b = O.fuse(lo.ops, fusion)
+        assert [o.key for o in a] == [o.key for o in b]
+        pred = Predictor(space, known_costs(keyset.values()), "op", fusion, strict=True)
+        assert pred.price(lt.ops).raw_ms == pytest.approx(pred.price(lo.ops).raw_ms, rel=1e-12)
+        assert pred.price(lt.ops).raw_ms == pytest.approx(pred.predict(cfg), rel=1e-12)
+
+
+def test_lowering_lists_unmapped_ops_by_name() -> None:
+    torch = pytest.importorskip("torch")
+
+    class Odd(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+            self.up = torch.nn.Upsample(scale_factor=2)
+
+        def forward(self, x):
+            return torch.cumsum(self.up(self.conv(x)), dim=1)
+
+    low = lower_torch(Odd(), (1, 3, 8, 8))
+    assert [o.kind for o in low.ops] == ["conv"]
+    assert any("Upsample" in u for u in low.unmapped) and any("cumsum" in u for u in low.unmapped)
+
+
+# ---------------------------------------------------------------------- CLI
+@pytest.fixture(scope="module")
+def tiny_table(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("pred") / "t.sqlite"
+    r = run_latbench("profile", "-d", "ort", "-s", "tiny", "-r", "24", "--out", str(path),
+                     "--max-time", "0.05", "--min-samples", "5")
+    assert r.returncode == 0, r.stderr
+    return path
+
+
+def test_predict_cli_config_matches_library(tiny_table: Path) -> None:
+    from latbench.store import LatencyTable
+
+    space = get_space("tiny")
+    cfg = space.to_published(space.sample(2, 1)[0])
+    cfg["r"] = 24
+    r = run_latbench("predict", "-t", str(tiny_table), "-s", "tiny", "--config", json.dumps(cfg), "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    with LatencyTable.open(tiny_table, create=False) as t:
+        est = t.estimates()
+    hand = math.fsum(est[b.key] for b in space.blocks(cfg))
+    (row,) = out["predictions"]
+    assert row["ms"] == pytest.approx(hand, rel=1e-9) and row["misses"] == 0
+    assert out["calibrated"] is False and out["granularity"] == "block"
+
+
+def test_predict_cli_strict_and_misses(tiny_table: Path) -> None:
+    # resolution 32 was not profiled: every key misses
+    r = run_latbench("predict", "-t", str(tiny_table), "-s", "tiny", "--random", "2", "-r", "32", "--json")
+    assert r.returncode == 0
+    assert all(p["misses"] > 0 and p["ms"] > 0 for p in json.loads(r.stdout)["predictions"])
+    r = run_latbench("predict", "-t", str(tiny_table), "-s", "tiny", "--random", "2", "-r", "32", "--strict")
+    assert r.returncode == 1 and "key not in table" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_predict_cli_bad_inputs(tiny_table: Path, tmp_path: Path) -> None:
+    r = run_latbench("predict", "-t", str(tiny_table), "-s", "tiny", "--config", "{not json")
+    assert r.returncode == 1 and "not valid JSON" in r.stderr
+    r = run_latbench("predict", "-t", str(tiny_table), "-s", "tiny")
+    assert r.returncode == 2 and "exactly one of" in r.stderr
+    r = run_latbench("predict", "-t", str(tmp_path / "none.sqlite"), "-s", "tiny", "--random", "1")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    onnx_file = tmp_path / "m.onnx"
+    onnx_file.write_bytes(b"")
+    r = run_latbench("predict", "-t", str(tiny_table), "--model", str(onnx_file))
+    assert r.returncode == 2 and "op-level table" in r.stderr
