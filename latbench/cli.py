@@ -194,6 +194,10 @@ class QuickstartState:
     ops: list = field(default_factory=list)
     blocks: list = field(default_factory=list)
     notes: dict = field(default_factory=dict)
+    workdir: Path = Path("latbench-quickstart")
+    table: Optional[Path] = None  # the latency table the profile step built
+    table_space: str = "tiny"  # the space that table covers
+    table_resolution: int = 24
 
 
 def _qs_space(st: QuickstartState, con: Console) -> None:
@@ -292,13 +296,51 @@ def _qs_keys(st: QuickstartState, con: Console) -> None:
 
 QUICKSTART_RESOLUTIONS = (160, 192, 224)
 
-# The quickstart is a list of steps; later stages append profile, predict and search steps.
+def _qs_profile(st: QuickstartState, con: Console) -> None:
+    """Profile the tiny space's blocks with ONNX Runtime on this CPU (1 thread) into a table."""
+    from device_agents import get_agent
+
+    from .measure import TimingSettings
+    from .profiling import ops_with_resolutions, profile_into
+    from .spaces import get_space
+    from .store import LatencyTable
+
+    st.workdir.mkdir(parents=True, exist_ok=True)
+    st.table = st.workdir / f"{st.table_space}-ort.sqlite"
+    sp = get_space(st.table_space)
+    ops, res = ops_with_resolutions(sp, [st.table_resolution], "block")
+    agent = get_agent("ort", threads=1)
+    try:
+        with LatencyTable.open(str(st.table), agent.profile) as t:
+            if not t.meta_get("profile_run"):
+                t.meta_set("profile_run", {"granularity": "block", "fusion": "none", "spaces": [sp.name]})
+            run = profile_into(t, agent, ops, TimingSettings(max_time_s=0.3), resolutions=res)
+            est = t.estimates()
+            rows = sorted(t.measurements(), key=lambda m: -est.get(m.key, 0.0))
+    finally:
+        agent.close()
+    con.print(f"{sp.name} at {st.table_resolution}: {len(ops)} unique blocks; {run.measured} measured now, "
+              f"{run.skipped} already in {st.table} ({run.wall_s:.1f} s); profile {agent.profile.describe()}",
+              markup=False)
+    tab = Table(title="slowest blocks (ms)", title_justify="left")
+    for col in ("key", "median", "IQR", "n", "note"):
+        tab.add_column(col, overflow="fold")
+    for m in rows[:5]:
+        s_ = m.stats
+        tab.add_row(m.key, f"{s_.median:.4f}", f"{s_.iqr:.4f}", str(s_.n), "unstable" if s_.unstable else "")
+    con.print(tab)
+    con.print(f"next: latbench table show {st.table}  |  latbench profile --device tflite --space "
+              f"{sp.name} --out tflite.sqlite", markup=False)
+
+
+# The quickstart is a list of steps; later stages append predict, validate and search steps.
 QUICKSTART_STEPS: list[tuple[str, Callable[[QuickstartState, Console], None]]] = [
     ("search space", _qs_space),
     ("enumerate ops", _qs_ops),
     ("enumerate blocks", _qs_blocks),
     ("sample subnets", _qs_sample),
     ("keys and formats", _qs_keys),
+    ("profile with ONNX Runtime", _qs_profile),
 ]
 
 
@@ -309,9 +351,10 @@ def quickstart_cmd(
         None, "--resolution", "-r", help="Resolutions (default: those of 160, 192, 224 the space allows)."),
     samples: int = typer.Option(200, "--samples", min=1, help="Random subnets to sample."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed."),
+    workdir: Path = typer.Option(Path("latbench-quickstart"), "--workdir", help="Where tables and reports go (reused: a rerun resumes)."),
 ) -> None:
     """Run latbench end to end on built-in defaults (no device needed)."""
-    st = QuickstartState(space, tuple(resolution or ()), samples, seed)
+    st = QuickstartState(space, tuple(resolution or ()), samples, seed, workdir=workdir)
     con = _stdout()
     t_all = time.perf_counter()
     for i, (title, step) in enumerate(QUICKSTART_STEPS, 1):
