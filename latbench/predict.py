@@ -274,7 +274,8 @@ class Predictor:
                 strides[k] = strides[k + 1] * cards[k + 1]
             tables.append(_SlotTable(np.array(reads, dtype=np.int64), strides, per_state, cost, miss, nxt))
             states = new_states
-        self._tables = tables
+        self._tables = _merge_readless(tables)
+        tables = self._tables
         # plain-Python copies for the single-config path (numpy scalar access is slow)
         self._py = [(t.reads.tolist(), t.strides.tolist(), t.state_stride, t.cost.tolist(),
                      t.miss.tolist(), t.next_state.tolist()) for t in tables]
@@ -344,6 +345,22 @@ class Predictor:
         if self.calibration:
             return Price(self.calibration.apply(p.raw_ms), p.raw_ms, p.misses, True)
         return p
+
+
+def _merge_readless(tables: list[_SlotTable]) -> list[_SlotTable]:
+    """Fold each slot that reads no position into the slot before it (its cost and next state
+    depend on the state alone), so predictions walk fewer tables."""
+    out: list[_SlotTable] = []
+    for t in tables:
+        if out and t.reads.size == 0:
+            prev = out[-1]
+            cost = prev.cost + t.cost[prev.next_state]
+            miss = prev.miss + t.miss[prev.next_state]
+            out[-1] = _SlotTable(prev.reads, prev.strides, prev.state_stride, cost, miss,
+                                 t.next_state[prev.next_state])
+        else:
+            out.append(t)
+    return out
 
 
 def _guess_granularity(keys: Iterable[str]) -> str:

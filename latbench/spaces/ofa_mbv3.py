@@ -24,6 +24,8 @@ DEPTH = (2, 3, 4)
 RESOLUTIONS = tuple(range(128, 225, 4))
 N_STAGES, MAX_DEPTH = 5, 4
 N_BLOCKS = N_STAGES * MAX_DEPTH
+_INDEX = {name: {v: i for i, v in enumerate(ch)}
+          for name, ch in (("ks", KS), ("e", EXPAND), ("d", DEPTH), ("r", RESOLUTIONS))}
 
 
 class OFAMobileNetV3(SearchSpace):
@@ -136,13 +138,15 @@ class OFAMobileNetV3(SearchSpace):
             vals = obj[name]
             if not isinstance(vals, (list, tuple)) or len(vals) != length:
                 raise ConfigError(f"{self.name}: {name!r} must be a list of {length} values")
-            for v in vals:
-                if v not in choices:
-                    raise ConfigError(f"{self.name}: {name}={v} is not one of {list(choices)}")
-                idx.append(choices.index(v))
-        if r not in RESOLUTIONS:
-            raise ConfigError(f"{self.name}: r={r} is not one of 128..224 step 4")
-        idx.append(RESOLUTIONS.index(r))
+            lookup = _INDEX[name]
+            try:
+                idx.extend([lookup[v] for v in vals])
+            except (KeyError, TypeError):
+                bad = next(v for v in vals if not isinstance(v, int) or v not in lookup)
+                raise ConfigError(f"{self.name}: {name}={bad!r} is not one of {list(choices)}") from None
+        if not isinstance(r, int) or r not in _INDEX["r"]:
+            raise ConfigError(f"{self.name}: r={r!r} is not one of 128..224 step 4")
+        idx.append(_INDEX["r"][r])
         return np.array(idx, dtype=np.int64)
 
     def to_published(self, config: Any) -> dict:
