@@ -15,43 +15,9 @@ import time
 
 import numpy as np
 
-from latbench import ops as O
+from latbench.formats.ofa import ofa_network_latency
 from latbench.predict import Predictor
 from latbench.spaces import get_space
-
-
-def ofa_style_latency(lut: dict, cfg: dict, sp) -> float:
-    """OFA's MBv3LatencyTable.predict_network_latency_given_spec, as it is written: keys built
-    per block from the spec, one dict lookup each."""
-    def q(l_type, inp, out, **kw):
-        key = "-".join([l_type, "input:" + "x".join(map(str, inp)), "output:" + "x".join(map(str, out))]
-                       + [f"{k}:{v}" for k, v in kw.items()])
-        return lut[key]
-
-    r = cfg["r"][0]
-    fsize = (r + 1) // 2
-    first, fb = sp.stem_width, sp.first_block_width
-    total = q("Conv", [r, r, 3], [fsize, fsize, first])
-    total += q("expanded_conv", [fsize, fsize, first], [fsize, fsize, fb], expand=first, kernel=3,
-               stride=1, idskip=int(first == fb), se=0, hs=0)
-    in_c = fb
-    strides, se, hs = [2, 2, 2, 1, 2], [0, 1, 0, 1, 1], [0, 0, 1, 1, 1]
-    for s in range(5):
-        for j in range(cfg["d"][s]):
-            i = s * 4 + j
-            stride = strides[s] if j == 0 else 1
-            out_fz = int((fsize - 1) / stride + 1)
-            out_c = sp.stage_widths[s]
-            mid = O.make_divisible(round(in_c * cfg["e"][i]), 8)
-            total += q("expanded_conv", [fsize, fsize, in_c], [out_fz, out_fz, out_c], expand=mid,
-                       kernel=cfg["ks"][i], stride=stride, idskip=int(stride == 1 and in_c == out_c),
-                       se=se[s], hs=hs[s])
-            fsize, in_c = out_fz, out_c
-    total += q("Conv_1", [fsize, fsize, in_c], [fsize, fsize, sp.final_expand_width])
-    total += q("AvgPool2D", [fsize, fsize, sp.final_expand_width], [1, 1, sp.final_expand_width])
-    total += q("Conv_2", [1, 1, sp.final_expand_width], [1, 1, sp.last_channel])
-    total += q("Logits", [1, 1, sp.last_channel], [sp.n_classes])
-    return total
 
 
 def best_of(fn, repeats: int = 5) -> float:
@@ -87,10 +53,10 @@ def main() -> None:
     single_s = best_of(lambda: [pred.predict(d) for d in dicts], 3)
     single_us = single_s / len(dicts) * 1e6
     base = dicts[: a.baseline_n]
-    base_s = best_of(lambda: [ofa_style_latency(lut, d, sp) for d in base], 3)
+    base_s = best_of(lambda: [ofa_network_latency(lut, d, sp) for d in base], 3)
     base_rate = len(base) / base_s
     # the two ways agree
-    check = np.array([ofa_style_latency(lut, d, sp) for d in base[:200]])
+    check = np.array([ofa_network_latency(lut, d, sp) for d in base[:200]])
     assert np.allclose(check, pred.predict_batch(configs[:200]), rtol=1e-12), "baseline disagrees"
 
     print(f"predict_batch: {batch_rate:,.0f} subnets/s ({a.n:,} subnets in {batch_s:.3f} s; goal >= 1,000,000)"

@@ -14,6 +14,7 @@ import yaml
 
 from conftest import run_latbench
 from latbench import ops as O
+from latbench.formats.ofa import ofa_network_latency
 from latbench.lower import lower_onnx, lower_torch
 from latbench.predict import Calibration, MissingKeyError, Predictor, fit_calibration
 from latbench.spaces import get_space, list_spaces
@@ -65,43 +66,6 @@ def test_published_form_predicts_like_index() -> None:
 
 
 # ---------------------------------------------------------------------- OFA parity
-def ofa_predict_network_latency(lut: dict, cfg: dict, width_stages, first_conv: int, first_block: int,
-                                final_expand: int, last_channel: int, n_classes: int = 1000) -> float:
-    """Once-for-All's MBv3LatencyTable.predict_network_latency_given_spec, written out from its
-    published logic: query keys by layer type, input/output HxWxC, and the block's settings."""
-    def q(l_type, inp, out, **kw):
-        key = "-".join([l_type, "input:" + "x".join(map(str, inp)), "output:" + "x".join(map(str, out))]
-                       + [f"{k}:{v}" for k, v in kw.items()])
-        return lut[key]["mean"]
-
-    def md(v):
-        return O.make_divisible(v, 8)
-
-    r = cfg["r"][0]
-    total = q("Conv", [r, r, 3], [(r + 1) // 2, (r + 1) // 2, first_conv])
-    fsize = (r + 1) // 2
-    total += q("expanded_conv", [fsize, fsize, first_conv], [fsize, fsize, first_block],
-               expand=first_conv, kernel=3, stride=1, idskip=int(first_conv == first_block), se=0, hs=0)
-    in_c = first_block
-    strides, se, hs = [2, 2, 2, 1, 2], [0, 1, 0, 1, 1], [0, 0, 1, 1, 1]
-    for s in range(5):
-        for j in range(cfg["d"][s]):
-            i = s * 4 + j
-            stride = strides[s] if j == 0 else 1
-            out_fz = int((fsize - 1) / stride + 1)
-            out_c = width_stages[s]
-            mid = md(round(in_c * cfg["e"][i]))
-            total += q("expanded_conv", [fsize, fsize, in_c], [out_fz, out_fz, out_c], expand=mid,
-                       kernel=cfg["ks"][i], stride=stride, idskip=int(stride == 1 and in_c == out_c),
-                       se=se[s], hs=hs[s])
-            fsize, in_c = out_fz, out_c
-    total += q("Conv_1", [fsize, fsize, in_c], [fsize, fsize, final_expand])
-    total += q("AvgPool2D", [fsize, fsize, final_expand], [1, 1, final_expand])
-    total += q("Conv_2", [1, 1, final_expand], [1, 1, last_channel])
-    total += q("Logits", [1, 1, last_channel], [n_classes])
-    return total
-
-
 def test_imported_ofa_yaml_prices_like_ofa(tmp_path: Path) -> None:
     """A hand-written YAML in OFA's format, imported into a table, prices configs as OFA would."""
     from latbench.store import LatencyTable, import_ofa_yaml, import_profile
@@ -121,7 +85,7 @@ def test_imported_ofa_yaml_prices_like_ofa(tmp_path: Path) -> None:
     for c in cfgs:
         cfg = space.to_published(c)
         ours = pred.predict(cfg)
-        theirs = ofa_predict_network_latency(lut, cfg, [24, 40, 80, 112, 160], 16, 16, 960, 1280)
+        theirs = ofa_network_latency({k: v["mean"] for k, v in lut.items()}, cfg, space)
         assert ours == pytest.approx(theirs, rel=1e-12)
 
 

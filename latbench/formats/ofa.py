@@ -242,5 +242,41 @@ def write_ofa_yaml(entries: Mapping[str, Mapping[str, Any]] | Iterable[tuple[str
     return len(doc)
 
 
-__all__ = ["parse_ofa_key", "is_ofa_key", "read_ofa_yaml", "write_ofa_yaml", "resolution_of",
+def ofa_network_latency(lut: Mapping[str, float], spec: Mapping[str, Any], space) -> float:
+    """Once-for-All's MBv3LatencyTable.predict_network_latency_given_spec, step by step as OFA
+    writes it: a key string built per layer from the spec, one lookup each (`lut`: key -> ms).
+    `space` is an OFAMobileNetV3 (its widths). The reference latbench's Predictor must match."""
+    def q(l_type: str, inp, out, **kw) -> float:
+        key = "-".join([l_type, "input:" + "x".join(map(str, inp)), "output:" + "x".join(map(str, out))]
+                       + [f"{k}:{v}" for k, v in kw.items()])
+        return lut[key]
+
+    r = spec["r"][0] if isinstance(spec["r"], (list, tuple)) else spec["r"]
+    fsize = (r + 1) // 2
+    first, fb = space.stem_width, space.first_block_width
+    total = q("Conv", [r, r, 3], [fsize, fsize, first])
+    total += q("expanded_conv", [fsize, fsize, first], [fsize, fsize, fb], expand=first, kernel=3,
+               stride=1, idskip=int(first == fb), se=0, hs=0)
+    in_c = fb
+    strides, se, hs = (2, 2, 2, 1, 2), (0, 1, 0, 1, 1), (0, 0, 1, 1, 1)
+    for s in range(5):
+        for j in range(spec["d"][s]):
+            i = s * 4 + j
+            stride = strides[s] if j == 0 else 1
+            out_fz = int((fsize - 1) / stride + 1)
+            out_c = space.stage_widths[s]
+            mid = O.make_divisible(round(in_c * spec["e"][i]), 8)
+            total += q("expanded_conv", [fsize, fsize, in_c], [out_fz, out_fz, out_c], expand=mid,
+                       kernel=spec["ks"][i], stride=stride, idskip=int(stride == 1 and in_c == out_c),
+                       se=se[s], hs=hs[s])
+            fsize, in_c = out_fz, out_c
+    fe, last = space.final_expand_width, space.last_channel
+    total += q("Conv_1", [fsize, fsize, in_c], [fsize, fsize, fe])
+    total += q("AvgPool2D", [fsize, fsize, fe], [1, 1, fe])
+    total += q("Conv_2", [1, 1, fe], [1, 1, last])
+    total += q("Logits", [1, 1, last], [space.n_classes])
+    return total
+
+
+__all__ = ["parse_ofa_key", "ofa_network_latency", "is_ofa_key", "read_ofa_yaml", "write_ofa_yaml", "resolution_of",
            "table_file_name", "OFA_KEY_PREFIXES", "OFA_RESOLUTIONS"]
