@@ -1,0 +1,93 @@
+"""Data-parallel training under torchrun: process group set-up, sharding, one gradient all-reduce.
+
+Every rank samples the same subnets (same seed) and takes its own share of each global batch.
+A training step runs several subnets (sandwich, dynamic batch size), each with its own unused
+weights, so gradients are accumulated locally and averaged with ONE coalesced all-reduce per step
+(the zeros of unused weights included) instead of wrapping the model in DistributedDataParallel,
+which would need find_unused_parameters and reduce once per backward pass.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ..errors import require
+
+torch = require("torch", "torch")
+dist = torch.distributed
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place in the job."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: str = "cpu"
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> DistInfo:
+    """Join the torchrun job when WORLD_SIZE > 1 (gloo on CPU, nccl on GPU); else a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    device = f"cuda:{local}" if cuda else "cpu"
+    if cuda:
+        torch.cuda.set_device(local)
+    if world <= 1:
+        return DistInfo(device=device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local, device)
+
+
+def allreduce_grads(params, world: int) -> None:
+    """Average the gradients of `params` over all ranks in one flat all-reduce."""
+    if world <= 1:
+        return
+    params = [p for p in params if p.requires_grad]
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    at = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[at:at + n].view_as(p).clone()
+        at += n
+
+
+def broadcast_state(module, world: int) -> None:
+    """Copy rank 0's parameters and buffers to every rank."""
+    if world <= 1:
+        return
+    with torch.no_grad():
+        for t in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(t.data, 0)
+
+
+def all_same(value: float, world: int) -> float:
+    """Mean of a float over ranks (for logged losses)."""
+    if world <= 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t.item() / world)
+
+
+def barrier(world: int) -> None:
+    if world > 1:
+        dist.barrier()
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+__all__ = ["DistInfo", "init_distributed", "allreduce_grads", "broadcast_state", "all_same", "barrier", "shutdown"]

@@ -1,0 +1,184 @@
+"""SuperNet: one shared-weight network for any latbench SearchSpace, built from the space's slots.
+
+Every slot position (slot, j-th block the slot adds) becomes one dynamic block sized for the largest
+OpSpec any config puts there. `set_active(config)` selects a subnet; the forward then computes
+exactly `space.build(config)`'s function with the shared weights, and `export_module(config)`
+returns that very module with the weights copied out (channels sliced, kernels transformed).
+"""
+from __future__ import annotations
+
+import itertools
+import re
+from typing import Any, Hashable, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError, SpaceError, require
+from ..ops import OpSpec
+from ..spaces.base import SearchSpace
+from .blocks import block_for
+
+torch = require("torch", "torch")
+nn = torch.nn
+Tensor = torch.Tensor
+
+TASKS = ("kernel_size", "depth", "width", "resolution", "other")
+
+
+def slot_variants(space: SearchSpace) -> list[list[list[OpSpec]]]:
+    """For each slot, for each block it can add, every distinct OpSpec any config puts there.
+
+    Walks the reachable slot states like `SearchSpace.enumerate_blocks` (never the subnets), at the
+    smallest resolution only: weights do not depend on the feature-map size.
+    """
+    choices = [tuple(p.choices) for p in space.positions]
+    if space.resolution_position is not None:
+        choices[space.resolution_position] = (min(choices[space.resolution_position]),)
+    later: list[frozenset] = []
+    acc: set = set()
+    for slot in reversed(space.slots):
+        later.append(frozenset(acc))
+        acc |= set(slot.reads)
+    later.reverse()
+    found: list[list[dict[OpSpec, None]]] = [[] for _ in space.slots]
+    states: set = {(None, ())}
+    for i, slot in enumerate(space.slots):
+        nxt: set = set()
+        cache: dict[tuple, tuple] = {}
+        for state, bound in states:
+            bound_d = dict(bound)
+            free = [p for p in slot.reads if p not in bound_d]
+            for combo in itertools.product(*(choices[p] for p in free)):
+                vals = dict(bound_d)
+                vals.update(zip(free, combo))
+                args = tuple(vals[p] for p in slot.reads)
+                hit = cache.get((state, args))
+                if hit is None:
+                    hit = cache[(state, args)] = slot.fn(state, args)
+                blocks, st2 = hit
+                for j, b in enumerate(blocks):
+                    while len(found[i]) <= j:
+                        found[i].append({})
+                    found[i][j][b] = None
+                nxt.add((st2, tuple(sorted((p, v) for p, v in vals.items() if p in later[i]))))
+        states = nxt
+    return [[list(d) for d in per_slot] for per_slot in found]
+
+
+def position_task(space: SearchSpace, i: int) -> str:
+    """Which elastic dimension position i is: kernel_size, depth, width, resolution or other."""
+    if i == space.resolution_position:
+        return "resolution"
+    name = space.positions[i].name
+    last = name.rsplit(".", 1)[-1]
+    if last == "kernel" or re.fullmatch(r"ks\d+", name):
+        return "kernel_size"
+    if last == "depth" or re.fullmatch(r"d\d+", name):
+        return "depth"
+    if last in ("expand", "out", "width", "channels") or re.fullmatch(r"e\d+", name):
+        return "width"
+    return "other"
+
+
+class SuperNet(nn.Module):
+    """Shared-weight supernet of a SearchSpace; `set_active(config)` picks the subnet to run.
+
+    `transform` chooses which elastic-kernel convs get OFA's kernel transform matrices:
+    "depthwise" (Once-for-All), "all", or "none" (centre crop only, as BigNAS).
+    """
+
+    def __init__(self, space: SearchSpace | str, transform: str = "depthwise"):
+        super().__init__()
+        if isinstance(space, str):
+            from ..spaces import get_space
+
+            space = get_space(space)
+        self.space = space
+        self.transform = transform
+        self.blocks = nn.ModuleList()
+        self._index: dict[tuple[int, int], int] = {}
+        for i, per_slot in enumerate(slot_variants(space)):
+            for j, variants in enumerate(per_slot):
+                self._index[(i, j)] = len(self.blocks)
+                where = f"{space.name}: slot {space.slots[i].name!r}" + (f" block {j}" if j else "")
+                self.blocks.append(block_for(variants, where, transform))
+        self.tasks = tuple(position_task(space, i) for i in range(space.n_positions))
+        self.config = space.largest()
+        self._active: list[tuple[int, OpSpec]] = []
+        self.set_active(self.config)
+
+    # ------------------------------------------------------------------ subnet selection
+    def active_ops(self, config: Any) -> list[tuple[int, OpSpec]]:
+        """(block index, OpSpec) of every block the config runs, in order."""
+        vals = self.space.values(config)
+        state: Hashable = None
+        out: list[tuple[int, OpSpec]] = []
+        for i, slot in enumerate(self.space.slots):
+            ops, state = slot.fn(state, tuple(vals[p] for p in slot.reads))
+            for j, op in enumerate(ops):
+                idx = self._index.get((i, j))
+                if idx is None:
+                    raise ConfigError(f"{self.space.name}: slot {slot.name!r} adds a block the supernet lacks")
+                out.append((idx, op))
+        return out
+
+    def set_active(self, config: Any) -> np.ndarray:
+        """Select the subnet `config` (index vector or the space's published form); returns its index."""
+        self.config = self.space.index(config)
+        self._active = self.active_ops(self.config)
+        return self.config
+
+    @property
+    def active(self) -> list[OpSpec]:
+        return [op for _, op in self._active]
+
+    @property
+    def resolution(self) -> int:
+        """Input resolution of the active subnet."""
+        return self._active[0][1].h
+
+    def input_shape(self, batch: int = 1) -> tuple[int, int, int, int]:
+        n, c, h, w = self._active[0][1].in_shape
+        return (batch, c, h, w)
+
+    def sample(self, rng: np.random.Generator, n: int = 1) -> np.ndarray:
+        return self.space.sample(rng, n)
+
+    # ------------------------------------------------------------------ compute
+    def forward(self, x: Tensor) -> Tensor:
+        for idx, op in self._active:
+            x = self.blocks[idx](x, op)
+        return x
+
+    def block_names(self) -> list[str]:
+        """Module names of the active blocks (for distillation mapping layers)."""
+        return [f"blocks.{idx}" for idx, _ in self._active]
+
+    # ------------------------------------------------------------------ export
+    def export_module(self, config: Any = None) -> "nn.Sequential":
+        """The subnet as `space.build(config)` (torch_build modules) with weights copied out."""
+        config = self.config if config is None else self.space.index(config)
+        ops = self.active_ops(config)
+        static = self.space.build(config)
+        if len(static) != len(ops):
+            raise SpaceError(f"{self.space.name}: build() made {len(static)} modules for {len(ops)} blocks")
+        with torch.no_grad():
+            for module, (idx, op) in zip(static, ops):
+                state = {k: v.detach().clone() for k, v in self.blocks[idx].export_state(op).items()}
+                module.load_state_dict(state, strict=True)
+        return static.eval()
+
+    def describe(self) -> dict[str, Any]:
+        return {"space": self.space.name, "blocks": len(self.blocks), "transform": self.transform,
+                "params": sum(p.numel() for p in self.parameters())}
+
+
+def task_positions(tasks: Sequence[str]) -> dict[str, list[int]]:
+    """Positions grouped by task."""
+    out: dict[str, list[int]] = {}
+    for i, t in enumerate(tasks):
+        out.setdefault(t, []).append(i)
+    return out
+
+
+__all__ = ["SuperNet", "slot_variants", "position_task", "task_positions", "TASKS"]

@@ -1,0 +1,404 @@
+"""OFA: PaddleSlim's Once-for-All API (RunConfig, DistillConfig, OFA) over latbench supernets.
+
+Names and meanings follow paddleslim.nas.ofa: `RunConfig.n_epochs` holds, per elastic task, the
+cumulative last epoch of each of its phases (epoch e belongs to the first phase whose value is
+>= e); phase p of a task samples that task's dimensions among their p + 2 largest choices, earlier
+tasks among all of theirs, later tasks stay at their largest; `train_full` samples only the
+largest net; `forward` returns (student output, teacher output); `calc_distill_loss` compares the
+`mapping_layers` activations (or, without mapping layers, the logits by soft-target cross-entropy).
+
+The model is a SuperNet built from a search space (its positions are the elastic dimensions; the
+input resolution is sampled in every phase, as Once-for-All does) or a model turned into a
+supernet by `Convert` (its layers' kernel_size / expand_ratio candidates).
+"""
+from __future__ import annotations
+
+import copy
+from collections import namedtuple
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError, UsageError, require
+
+torch = require("torch", "torch")
+nn = torch.nn
+F = torch.nn.functional
+
+RunConfig = namedtuple("RunConfig", [
+    "train_batch_size",  # int: batch size, with total_images gives the epoch when set_epoch is not used
+    "n_epochs",  # list of lists: per task, the cumulative last epoch of each phase
+    "init_learning_rate",  # list of lists: per task/phase learning rate (kept for PaddleSlim parity)
+    "total_images",  # int: training images per epoch
+    "elastic_depth",  # list: depth choices to train (default: all of the space's)
+    "dynamic_batch_size",  # list: subnets sampled per mini-batch, per task
+    "skip_layers",  # list: Convert-ed layer names kept at their largest
+])
+RunConfig.__new__.__defaults__ = (None,) * len(RunConfig._fields)
+
+DistillConfig = namedtuple("DistillConfig", [
+    "lambda_distill",  # float: scale of the distillation loss (default 1)
+    "teacher_model",  # nn.Module: the teacher (e.g. the trained largest net)
+    "mapping_layers",  # list[str]: module names whose outputs are matched; None = the logits
+    "teacher_model_path",  # str: a state dict for the teacher (loaded with weights_only=True)
+    "distill_fn",  # callable(student, teacher) -> loss; default mse (features) / soft CE (logits)
+    "mapping_op",  # 'conv2d', 'linear' or None: a learned map from student to teacher features
+])
+DistillConfig.__new__.__defaults__ = (None,) * len(DistillConfig._fields)
+
+TASK_ALIASES = {"kernel": "kernel_size", "kernel_size": "kernel_size", "depth": "depth", "width": "width",
+                "expand_ratio": "width", "channel": "width", "other": "other"}
+
+
+def search_idx(epoch: int, n_epochs: Sequence[Sequence[int]]) -> tuple[int, int]:
+    """(task index, phase index) of an epoch under PaddleSlim's cumulative n_epochs."""
+    for t, phases in enumerate(n_epochs):
+        for p, last in enumerate(phases):
+            if epoch <= last:
+                return t, p
+    return len(n_epochs) - 1, len(n_epochs[-1]) - 1
+
+
+def soft_cross_entropy(student: "torch.Tensor", teacher: "torch.Tensor") -> "torch.Tensor":
+    """Cross-entropy of student logits against the teacher's softmax (OFA's KD loss)."""
+    return torch.sum(-F.softmax(teacher.detach(), dim=1) * F.log_softmax(student, dim=1), dim=1).mean()
+
+
+class ElasticDims:
+    """The elastic dimensions of a model: names, tasks and choices; `apply(index vector)`."""
+
+    def __init__(self, names: Sequence[str], tasks: Sequence[str], choices: Sequence[tuple],
+                 apply: Callable[[np.ndarray], None], space=None):
+        self.names, self.tasks, self.choices = list(names), list(tasks), [tuple(c) for c in choices]
+        self.apply = apply
+        self.space = space
+
+    @property
+    def cardinalities(self) -> np.ndarray:
+        return np.array([len(c) for c in self.choices], dtype=np.int64)
+
+    def largest(self) -> np.ndarray:
+        return self.cardinalities - 1
+
+    def smallest(self) -> np.ndarray:
+        return np.zeros(len(self.names), dtype=np.int64)
+
+
+def elastic_dims(model) -> ElasticDims:
+    """The elastic dimensions of a SuperNet or a Convert-ed model."""
+    from .convert import SuperLayer
+    from .model import SuperNet
+
+    if isinstance(model, SuperNet):
+        sp = model.space
+        return ElasticDims([p.name for p in sp.positions], model.tasks, [p.choices for p in sp.positions],
+                           model.set_active, sp)
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, SuperLayer) and m.candidate_config]
+    if not layers:
+        raise UsageError("OFA needs a SuperNet or a model converted with Convert(supernet(...)).convert(model)")
+    names, tasks, choices, targets = [], [], [], []
+    for n, m in layers:
+        for key, cands in m.candidate_config.items():
+            names.append(f"{n}.{key}")
+            tasks.append(TASK_ALIASES[key])
+            choices.append(tuple(sorted(cands)))
+            targets.append((m, key))
+
+    def apply(idx: np.ndarray) -> None:
+        for (m, key), ch, i in zip(targets, choices, idx):
+            m.active[key] = ch[int(i)]
+
+    return ElasticDims(names, tasks, choices, apply)
+
+
+class OFA(nn.Module):
+    """Once-for-All training wrapper (progressive shrinking, distillation, search, export)."""
+
+    def __init__(self, model, run_config: RunConfig | None = None, distill_config: DistillConfig | None = None,
+                 elastic_order: Sequence[str] | None = None, train_full: bool = False):
+        super().__init__()
+        self.model = model
+        self.run_config = run_config or RunConfig()
+        self.distill_config = distill_config
+        self.train_full = train_full
+        self.dims = elastic_dims(model)
+        self.allowed = [list(range(len(c))) for c in self.dims.choices]
+        present = set(self.dims.tasks)
+        if self.run_config.elastic_depth is not None:
+            self._restrict_depth(self.run_config.elastic_depth)
+        if elastic_order is None:
+            elastic_order = [t for t in ("kernel_size", "depth", "width", "other") if t in present]
+        self.elastic_order = [TASK_ALIASES.get(t, t) for t in elastic_order]
+        bad = [t for t in self.elastic_order if t not in present]
+        if bad:
+            raise UsageError(f"elastic_order names {bad[0]!r}, which the model has no dimension for "
+                             f"(it has {', '.join(sorted(present))})")
+        n_epochs = self.run_config.n_epochs
+        if n_epochs is not None:
+            if len(n_epochs) != len(self.elastic_order) or not all(isinstance(p, (list, tuple)) for p in n_epochs):
+                raise UsageError(f"run_config.n_epochs must hold one list per task of {self.elastic_order}")
+            dbs = self.run_config.dynamic_batch_size
+            if dbs is not None and len(dbs) != len(n_epochs):
+                raise UsageError("run_config.dynamic_batch_size must have one entry per task")
+        self.rng = np.random.default_rng(0)
+        self.iter = 0
+        self.dynamic_iter = 0
+        self.epoch: int | None = None
+        self.manual_set_task = False
+        self.task: list[str] = []
+        self.task_idx = 0
+        self.phase: int | None = None
+        self.net_config: Any = None
+        self.current_config: np.ndarray = self.dims.largest()
+        self.netAs = nn.ModuleList()
+        self.netAs_param: list = []
+        self.Sacts: dict[str, Any] = {}
+        self.Tacts: dict[str, Any] = {}
+        self._outputs: tuple[Any, Any] = (None, None)
+        self.ofa_teacher_model = None
+        if distill_config is not None:
+            self._prepare_distill()
+        self.model.train()
+
+    # ------------------------------------------------------------------ set-up
+    def _restrict_depth(self, depths: Sequence[int]) -> None:
+        for i, t in enumerate(self.dims.tasks):
+            if t == "depth":
+                keep = [j for j, v in enumerate(self.dims.choices[i]) if v in set(depths)]
+                if not keep:
+                    raise UsageError(f"elastic_depth {list(depths)} shares no value with "
+                                     f"{self.dims.names[i]} {list(self.dims.choices[i])}")
+                self.allowed[i] = keep
+
+    def _prepare_distill(self) -> None:
+        dc = self.distill_config
+        if dc.teacher_model is None:
+            raise UsageError("DistillConfig needs teacher_model (an instance of the teacher network)")
+        teacher = dc.teacher_model
+        if dc.teacher_model_path:
+            teacher.load_state_dict(torch.load(dc.teacher_model_path, map_location="cpu", weights_only=True))
+        teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        object.__setattr__(self, "ofa_teacher_model", teacher)  # not a submodule: never trained or saved
+        if not dc.mapping_layers:
+            return
+        student_mods = dict(self.model.named_modules())
+        teacher_mods = dict(teacher.named_modules())
+        for name in dc.mapping_layers:
+            if name not in student_mods or name not in teacher_mods:
+                raise UsageError(f"mapping layer {name!r} is not a module of both student and teacher")
+            student_mods[name].register_forward_hook(self._hook(self.Sacts, name))
+            teacher_mods[name].register_forward_hook(self._hook(self.Tacts, name))
+        if dc.mapping_op is not None:
+            op = str(dc.mapping_op).lower()
+            if op not in ("conv2d", "conv", "linear"):
+                raise UsageError(f"mapping_op must be conv2d, linear or None, got {dc.mapping_op!r}")
+            for name in dc.mapping_layers:
+                c = _out_width(teacher_mods[name])
+                from .layers import DynamicConv2d, DynamicLinear
+
+                self.netAs.append(DynamicConv2d(c, c, (1,)) if op != "linear" else DynamicLinear(c, c))
+            self.netAs_param = list(self.netAs.parameters())
+
+    @staticmethod
+    def _hook(store: dict, name: str):
+        def fn(module, inputs, output):
+            store[name] = output
+        return fn
+
+    # ------------------------------------------------------------------ schedule
+    def set_epoch(self, epoch: int) -> None:
+        """Set the current epoch (picks the task and phase from run_config.n_epochs)."""
+        self.epoch = int(epoch)
+
+    def set_task(self, task: str | Sequence[str], phase: int | None = None) -> None:
+        """Train `task` (or the tasks listed) from now on; phase None = all their choices."""
+        tasks = [task] if isinstance(task, str) else list(task)
+        self.task = [TASK_ALIASES.get(t, t) for t in tasks]
+        self.manual_set_task = True
+        self.phase = phase
+
+    def set_net_config(self, net_config: Any) -> None:
+        """Train/evaluate this one subnet from now on (None: back to sampling)."""
+        self.net_config = net_config
+
+    def _compute_epochs(self) -> int:
+        if self.epoch is not None:
+            return self.epoch
+        rc = self.run_config
+        if rc.total_images is None or rc.train_batch_size is None:
+            raise UsageError("without set_epoch(), run_config needs total_images and train_batch_size")
+        return self.iter // max(1, rc.total_images // rc.train_batch_size)
+
+    def current_task(self) -> tuple[list[str], int | None]:
+        """(tasks unlocked so far, phase of the last one) at the current epoch."""
+        if self.manual_set_task:
+            return self.task, self.phase
+        if len(self.elastic_order) <= 1 and self.run_config.n_epochs is None:
+            self.task_idx = 0
+            return self.elastic_order[:1], None
+        if self.run_config.n_epochs is None:
+            raise UsageError("with more than one elastic task, set run_config.n_epochs or call set_task()")
+        self.task_idx, phase = search_idx(self._compute_epochs(), self.run_config.n_epochs)
+        return self.elastic_order[:self.task_idx + 1], phase
+
+    def sample_config(self, sample_type: str = "random", task: Sequence[str] | None = None,
+                      phase: int | None = None) -> np.ndarray:
+        """An index vector: largest, smallest, or random among the choices the tasks unlock."""
+        if sample_type == "largest":
+            return np.array([a[-1] for a in self.allowed], dtype=np.int64)
+        if sample_type == "smallest":
+            return np.array([a[0] for a in self.allowed], dtype=np.int64)
+        task = list(task or [])
+        out = np.empty(len(self.allowed), dtype=np.int64)
+        for i, (t, allowed) in enumerate(zip(self.dims.tasks, self.allowed)):
+            if t == "resolution":
+                out[i] = allowed[self.rng.integers(len(allowed))]
+            elif t not in task:
+                out[i] = allowed[-1]
+            else:
+                pool = allowed[-(phase + 2):] if phase is not None and task and t == task[-1] else allowed
+                out[i] = pool[self.rng.integers(len(pool))]
+        return out
+
+    def _progressive_shrinking(self) -> np.ndarray:
+        self.task, phase = self.current_task()
+        return self.sample_config("random", self.task, phase)
+
+    def _resolve_config(self, config: Any) -> np.ndarray:
+        if self.dims.space is not None:
+            return self.dims.space.index(config)
+        if isinstance(config, dict):
+            return np.array([self.dims.choices[i].index(self._lookup(config, n)) for i, n in enumerate(self.dims.names)],
+                            dtype=np.int64)
+        return np.asarray(config, dtype=np.int64)
+
+    def _lookup(self, config: dict, name: str):
+        layer, key = name.rsplit(".", 1)
+        if layer in config and key in config[layer]:
+            return config[layer][key]
+        i = self.dims.names.index(name)
+        return self.dims.choices[i][-1]
+
+    # ------------------------------------------------------------------ forward and losses
+    def forward(self, x, *args, **kwargs):
+        """Pick this step's subnet (fixed, largest, or progressive shrinking), run teacher and
+        student on the same input; returns (student output, teacher output or None)."""
+        if self.net_config is not None:
+            cfg = self._resolve_config(self.net_config)
+        elif self.train_full:
+            cfg = self.sample_config("largest")
+        else:
+            cfg = self._progressive_shrinking()
+        self.current_config = cfg
+        self.dims.apply(cfg)
+        if self.dims.space is not None:
+            from .data import resize
+
+            x = resize(x, self.model.resolution)
+        dbs = self.run_config.dynamic_batch_size
+        self.dynamic_iter += 1
+        if dbs is None or self.dynamic_iter >= dbs[min(self.task_idx, len(dbs) - 1)]:
+            self.iter += 1
+            self.dynamic_iter = 0
+        self.Sacts.clear()
+        self.Tacts.clear()
+        teacher_out = None
+        if self.ofa_teacher_model is not None:
+            with torch.no_grad():
+                teacher_out = self.ofa_teacher_model(x, *args, **kwargs)
+        student_out = self.model(x, *args, **kwargs)
+        self._outputs = (student_out, teacher_out)
+        return student_out, teacher_out
+
+    def calc_distill_loss(self):
+        """Distillation loss of the last forward, times lambda_distill (0 without a teacher)."""
+        dc = self.distill_config
+        student, teacher = self._outputs
+        if dc is None or teacher is None:
+            return torch.zeros(())
+        fn = dc.distill_fn
+        losses = []
+        if dc.mapping_layers:
+            for i, name in enumerate(dc.mapping_layers):
+                if name not in self.Sacts or name not in self.Tacts:
+                    continue  # a block the sampled depth skipped
+                s, t = self.Sacts[name], self.Tacts[name].detach()
+                if len(self.netAs):
+                    s = self.netAs[i](s, t.shape[1])
+                elif s.shape[1] != t.shape[1]:
+                    t = t[:, :s.shape[1]]
+                losses.append(fn(s, t) if fn else F.mse_loss(s, t))
+        else:
+            losses.append(fn(student, teacher) if fn else soft_cross_entropy(student, teacher))
+        if not losses:
+            return torch.zeros(())
+        scale = 1.0 if dc.lambda_distill is None else float(dc.lambda_distill)
+        return sum(losses) * scale
+
+    # ------------------------------------------------------------------ search and export
+    def search(self, table: Any, budget_ms: float, data: Any, *, split: str = "val", strategy: str = "evolution",
+               seed: int = 0, **kwargs):
+        """Best subnet under a latency budget: latbench's run_search with this supernet's accuracy
+        (calib_bn + `split` accuracy) and the table's latency predictor as the constraint."""
+        from .search import search_supernet
+
+        if self.dims.space is None:
+            raise UsageError("search needs a SuperNet built from a search space (a latency table prices its ops)")
+        return search_supernet(self.model, table, {"latency": budget_ms}, data, split=split, strategy=strategy,
+                               seed=seed, **kwargs)
+
+    def export(self, origin_model: Any = None, config: Any = None, input_shapes: Sequence | None = None,
+               input_dtypes: Sequence | None = None, load_weights_from_supernet: bool = True):
+        """The subnet `config` as a standalone model with the supernet's weights: for a SuperNet,
+        `space.build(config)` (or `origin_model`, of the same structure); for a Convert-ed model a
+        copy of it (or of `origin_model`) with plain Conv2d/BatchNorm2d/Linear layers of the subnet's sizes."""
+        from .convert import export_converted
+
+        if config is not None:
+            self.set_net_config(config)
+        cfg = self._resolve_config(self.net_config) if self.net_config is not None else self.current_config
+        self.dims.apply(cfg)
+        self.model.eval()
+        if self.dims.space is not None:
+            sub = self.model.export_module(cfg) if load_weights_from_supernet else self.dims.space.build(cfg)
+            if origin_model is not None:
+                origin_model.load_state_dict(sub.state_dict())
+                sub = origin_model.eval()
+            if input_shapes is not None:
+                with torch.no_grad():
+                    sub(_dummy(input_shapes, input_dtypes))
+            return sub
+        if input_shapes is None:
+            raise ConfigError("exporting a Convert-ed model needs input_shapes (its layers learn their input widths)")
+        return export_converted(self.model, _dummy(input_shapes, input_dtypes), origin_model,
+                                load_weights_from_supernet)
+
+
+def _dummy(input_shapes: Sequence, input_dtypes: Sequence | None):
+    shape = input_shapes[0] if input_shapes and isinstance(input_shapes[0], (list, tuple)) else input_shapes
+    dtype = (input_dtypes or ["float32"])[0]
+    return torch.rand(*[int(s) for s in shape]).to(getattr(torch, str(dtype)))
+
+
+def _out_width(module) -> int:
+    for attr in ("max_out", "out_channels", "out_features", "num_features"):
+        if hasattr(module, attr):
+            return int(getattr(module, attr))
+    for m in reversed(list(module.modules())):
+        for attr in ("max_out", "out_channels", "out_features"):
+            if hasattr(m, attr):
+                return int(getattr(m, attr))
+    raise UsageError(f"cannot tell the output width of mapping layer {type(module).__name__}")
+
+
+def teacher_copy(net):
+    """A frozen copy of a SuperNet fixed at its largest subnet (the usual OFA teacher)."""
+    teacher = copy.deepcopy(net)
+    teacher.set_active(teacher.space.largest())
+    return teacher.eval()
+
+
+__all__ = ["OFA", "RunConfig", "DistillConfig", "ElasticDims", "elastic_dims", "search_idx", "soft_cross_entropy",
+           "teacher_copy"]
