@@ -51,7 +51,8 @@ def profile_command(
     serial: Optional[str] = typer.Option(None, "--serial", help="android: device serial"),
     runner: Optional[Path] = typer.Option(None, "--runner", help="android: benchmark_model (or onnxruntime_perf_test) binary to push"),
     cpus: str = typer.Option("big", "--cpus", help="android: big, little, all or a hex mask for taskset"),
-    delegate: str = typer.Option("cpu", "--delegate", help="android: cpu, xnnpack, gpu or nnapi"),
+    runtime: Optional[str] = typer.Option(None, "--runtime", help="android: tflite (benchmark_model) or ort (onnxruntime_perf_test); default from the runner's name"),
+    delegate: str = typer.Option("cpu", "--delegate", help="android: cpu (builtin kernels), xnnpack, gpu or nnapi"),
     max_temp: float = typer.Option(45.0, "--max-temp", help="android: wait above this temperature (C)"),
     cooldown: float = typer.Option(30.0, "--cooldown", help="android: seconds to wait when too hot"),
     batch_size: int = typer.Option(20, "--batch-size", help="android: models per adb round trip"),
@@ -75,7 +76,7 @@ def profile_command(
     elif device == "tflite":
         options["xnnpack"] = xnnpack
     elif device == "android":
-        options.update(serial=serial, runner=str(runner) if runner else None, cpus=cpus,
+        options.update(serial=serial, runner=str(runner) if runner else None, runtime=runtime, cpus=cpus,
                        delegate=delegate, max_temp=max_temp, cooldown=cooldown, batch_size=batch_size)
     timing = TimingSettings(target_iqr=target_iqr, max_time_s=max_time, min_samples=min_samples)
     agent = get_agent(device, **options)
@@ -86,7 +87,7 @@ def profile_command(
         try:
             with LatencyTable.open(str(out), agent.profile) as table:
                 _check_run_meta(table, out, granularity, fusion, space)
-                run = _run_with_progress(table, agent, ops, timing, max_ops, retry_failed, res)
+                run = _run_with_progress(_EstimatorTable(table), agent, ops, timing, max_ops, retry_failed, res)
         finally:
             signal.signal(signal.SIGTERM, old)
     finally:
@@ -125,6 +126,20 @@ def _check_run_meta(table, out, granularity: str, fusion: str, space: Optional[s
         table.meta_set("profile_run", {**meta, "spaces": spaces})
     else:
         table.meta_set("profile_run", {**want, "spaces": [space] if space else []})
+
+
+class _EstimatorTable:
+    """The table as profile_into sees it, storing each row with the estimator its measurement
+    names in settings["estimator"] (benchmark_model reports a mean and no median)."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def keys(self, status: Optional[str] = "ok") -> set:
+        return self.table.keys(status)
+
+    def add(self, m) -> None:
+        self.table.add(m, estimator=m.settings.get("estimator", "median"))
 
 
 def _run_with_progress(table, agent, ops, timing, max_ops, retry_failed, res):

@@ -1,0 +1,577 @@
+"""The Android agent against the stand-in adb server: shared conformance checks, batching and round
+trips, runner output formats, thermal gate, crashes, disconnect and resume, quoting, `latbench
+devices`, and the real `latbench profile --device android` in a subprocess."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shlex
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+adbutils = pytest.importorskip("adbutils", reason="the android agent needs adbutils: pip install 'latbench[android]'")
+pytest.importorskip("ai_edge_litert", reason="the stand-in benchmark_model runs LiteRT: pip install 'latbench[tflite]'")
+
+from adb_standin import BENCHMARK_MODEL, FakeDevice, StandinServer, StandinUnavailable, load_profile  # noqa: E402
+from conftest import CLI_ENV, ROOT, latbench_exe  # noqa: E402
+
+from device_agents import get_agent  # noqa: E402
+from device_agents.android import (  # noqa: E402
+    DEVICE_ROOT, AndroidAgent, cpu_mask, failure_message, parse_benchmark_model, parse_perf_test, parse_temps,
+)
+from latbench import ops as O  # noqa: E402
+from latbench.errors import DeviceUnavailableError, UsageError  # noqa: E402
+from latbench.measure import Measurement, TimingSettings  # noqa: E402
+from latbench.store import LatencyTable  # noqa: E402
+
+try:  # the shared conformance suite (needs torch for its reference; it skips itself without)
+    import test_agent_conformance as suite
+except pytest.skip.Exception as e:  # pragma: no cover - torch missing
+    suite, SUITE_SKIP = None, str(e)
+
+PIXEL = load_profile("pixel7")["serial"]
+GALAXY = load_profile("galaxy_s21_sd888")["serial"]
+FAST = TimingSettings(warmup=1, warmup_s=0.0, min_samples=5, max_samples=30, max_time_s=0.2)
+S = (1, 16, 12, 12)
+SMALL = [O.conv(S, 24, 3), O.activation(S, "relu"), O.pool(S, "max", 3, 2, 1), O.eltwise(S, "add"),
+         O.conv(S, 16, 3, groups=16), O.softmax(S, axis=1)]
+
+
+# ---------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def server() -> Iterator[StandinServer]:
+    """A stand-in adb server with a Pixel 7 and a Galaxy S21; adbutils pointed at it, never at a real adb."""
+    srv = StandinServer([FakeDevice("pixel7"), FakeDevice("galaxy_s21_sd888")])
+    try:
+        srv.start()
+    except StandinUnavailable as e:
+        pytest.skip(f"stand-in adb server unavailable here: {e}")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ADBUTILS_ADB_PATH", "/bin/true")
+        mp.setenv("ANDROID_ADB_SERVER_PORT", str(srv.port))
+        mp.delenv("ANDROID_ADB_SERVER_HOST", raising=False)
+        yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def pixel(server: StandinServer) -> FakeDevice:
+    """The Pixel with healthy knobs and fresh counters."""
+    dev = server.device(PIXEL)
+    dev.reset_knobs()
+    dev.reset_counters()
+    return dev
+
+
+@pytest.fixture
+def make(server: StandinServer) -> Iterator[Callable[..., AndroidAgent]]:
+    """Build android agents on the stand-in (Pixel, stand-in benchmark_model by default); closed after."""
+    made: list[AndroidAgent] = []
+
+    def build(**kw: Any) -> AndroidAgent:
+        kw.setdefault("serial", PIXEL)
+        kw.setdefault("runner", str(BENCHMARK_MODEL))
+        kw.setdefault("cooldown", 0.1)
+        made.append(get_agent("android", **kw))
+        return made[-1]
+
+    yield build
+    for a in made:
+        a.close()
+
+
+def cli_env(server: StandinServer) -> dict[str, str]:
+    return {**CLI_ENV, "ADBUTILS_ADB_PATH": "/bin/true", "ANDROID_ADB_SERVER_PORT": str(server.port)}
+
+
+def latbench(server: StandinServer, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """The real `latbench` console script in a subprocess, talking to the stand-in."""
+    return subprocess.run([latbench_exe(), *args], capture_output=True, text=True, cwd=ROOT,
+                          env=cli_env(server), timeout=timeout)
+
+
+def sessions(dev: FakeDevice) -> list[str]:
+    """latbench session directories left on a device."""
+    return dev.listdir(DEVICE_ROOT) if dev.exists(DEVICE_ROOT) else []
+
+
+# ---------------------------------------------------------------------- shared conformance suite
+needs_suite = pytest.mark.skipif(suite is None, reason="conformance suite unavailable (torch missing)")
+
+
+@pytest.fixture(scope="module")
+def conf_agent(server: StandinServer) -> Iterator[AndroidAgent]:
+    """The suite's agent: batch_size=1, so its 'op 2 is not taken before result 1' check applies as is."""
+    a = get_agent("android", serial=PIXEL, runner=str(BENCHMARK_MODEL), batch_size=1, cooldown=0.1)
+    yield a
+    a.close()
+
+
+@pytest.fixture
+def android_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The suite's measurement check, adapted to what benchmark_model reports.
+
+    benchmark_model gives count/min/max/avg/std and no per-run times: median and IQR are NaN and
+    the estimator is the mean (checked here); the suite's ordering checks then run on the mean in
+    their place. It times in whole microseconds, so a sub-microsecond op reads min=0."""
+    original = suite._check_measurement
+
+    def check(m: Measurement, op, agent) -> None:
+        s = m.stats
+        assert m.ok and s is not None, m.error
+        assert math.isnan(s.median) and math.isnan(s.p25) and math.isnan(s.p75)
+        assert m.settings["estimator"] == "mean" and 0 <= s.min <= s.mean <= s.max
+        stand_in = dataclasses.replace(s, median=s.mean, p25=s.mean, p75=s.mean, min=s.min or s.mean)
+        original(dataclasses.replace(m, stats=stand_in), op, agent)
+
+    monkeypatch.setattr(suite, "_check_measurement", check)
+
+
+CORRECTNESS_OPS = (suite.OP_LEVEL + suite.BLOCK_LEVEL) if suite else []
+
+
+@needs_suite
+@pytest.mark.parametrize("op", CORRECTNESS_OPS, ids=[op.key for op in CORRECTNESS_OPS])
+def test_conformance_pushed_model_matches_torch(conf_agent: AndroidAgent, op) -> None:
+    """run() executes the exact bytes that are pushed, in the host's LiteRT (benchmark_model returns no outputs)."""
+    suite.test_output_matches_torch_reference(conf_agent, op)
+
+
+@needs_suite
+def test_conformance_one_result_per_op(conf_agent: AndroidAgent, android_check: None) -> None:
+    suite.test_measure_yields_one_result_per_op_as_each_finishes(conf_agent)
+
+
+@needs_suite
+def test_conformance_bigger_op_takes_longer(conf_agent: AndroidAgent) -> None:
+    suite.test_bigger_op_takes_longer(conf_agent)
+
+
+@needs_suite
+def test_conformance_bad_op_fails_alone(conf_agent: AndroidAgent, android_check: None) -> None:
+    suite.test_bad_op_fails_alone_and_the_next_op_runs(conf_agent)
+
+
+@needs_suite
+def test_conformance_fingerprint_stable(make: Callable[..., AndroidAgent]) -> None:
+    suite.test_fingerprint_stable_and_sensitive_to_threads(lambda **kw: make(batch_size=1, **kw))
+
+
+@needs_suite
+def test_conformance_no_global_torch_state(make: Callable[..., AndroidAgent]) -> None:
+    suite.test_agent_leaves_no_global_torch_state(lambda **kw: make(batch_size=1, **kw))
+
+
+# ---------------------------------------------------------------------- batching and round trips
+def test_batches_are_lazy_and_results_come_per_batch(make, pixel: FakeDevice) -> None:
+    """At most one batch of ops is taken before its results are handed over, in op order."""
+    agent = make(batch_size=4)
+    ops = SMALL + [O.activation(S, "hswish"), O.pool(S, "avg", 2, 2)]
+    pulled: list[str] = []
+
+    def source():
+        for op in ops:
+            pulled.append(op.key)
+            yield op
+
+    got = []
+    for i, m in enumerate(agent.measure(source(), FAST)):
+        assert len(pulled) <= (i // 4 + 1) * 4, "more than one batch taken ahead of its results"
+        got.append(m)
+    assert [m.key for m in got] == [op.key for op in ops] and all(m.ok for m in got)
+    assert [m.extra["batch"] for m in got] == [0] * 4 + [1] * 4
+
+
+
+def test_round_trips_per_op(make, pixel: FakeDevice) -> None:
+    """Two adb round trips per batch of 20 (one sync session, one shell): 0.1 per op (the CLI test
+    checks the same over two batches)."""
+    agent = make(batch_size=20)
+    agent.fingerprint()  # setup: one sync session + one shell
+    setup = pixel.round_trips
+    pixel.reset_counters()
+    ops = [O.conv((1, c, 8, 8), c, 1) for c in range(1, 21)]
+    results = list(agent.measure(ops, TimingSettings(warmup=1, warmup_s=0, max_samples=5, max_time_s=0.05)))
+    assert all(m.ok for m in results), [m.error for m in results if not m.ok]
+    batches = pixel.round_trips
+    assert pixel.services["sync"] == 1 and pixel.services["shell_v2"] + pixel.services["shell"] == 1
+    assert pixel.sync_ops["SEND"] == 20 + 1  # 20 models + the list file, no STATs
+    agent.close()
+    total = setup + pixel.round_trips
+    per_op, overall = batches / len(ops), total / len(ops)
+    print(f"adb round trips: {per_op:.3f}/op in batches of 20 ({batches} for {len(ops)} ops), "
+          f"{overall:.3f}/op with setup and cleanup ({total})")
+    assert per_op <= 0.1 and setup == 2 and total == 5
+
+
+# ---------------------------------------------------------------------- runner output formats
+CURRENT = """\
+INFO: STARTING!
+INFO: Log parameter values verbosely: [0]
+INFO: Num threads: [4]
+INFO: Graph: [/data/local/tmp/mobilenet_v2.tflite]
+INFO: Loaded model /data/local/tmp/mobilenet_v2.tflite
+INFO: Created TensorFlow Lite XNNPACK delegate for CPU.
+INFO: The input model file size (MB): 13.9787
+INFO: Initialized session in 28.484ms.
+INFO: Running benchmark for at least 1 iterations and at least 0.5 seconds but terminate if exceeding 150 seconds.
+INFO: count=52 first=13263 curr=9234 min=9058 max=13263 avg=9611.1 std=761
+
+INFO: Running benchmark for at least 50 iterations and at least 1 seconds but terminate if exceeding 150 seconds.
+INFO: count=107 first=9264 curr=9214 min=9011 max=10493 avg=9326.05 std=225
+
+INFO: Inference timings in us: Init: 28484, First inference: 13263, Warmup (avg): 9611.1, Inference (avg): 9326.05
+INFO: Note: as the benchmark tool itself affects memory footprint, the following is only APPROXIMATE to the actual memory footprint of the model at runtime. Take the information at your discretion.
+INFO: Memory footprint delta from the start of the tool (MB): init=41.6328 overall=45.2148
+"""
+PRE2020 = """\
+STARTING!
+Min num runs: [50]
+Num threads: [1]
+Graph: [/data/local/tmp/mobilenet_quant_v1_224.tflite]
+Loaded model /data/local/tmp/mobilenet_quant_v1_224.tflite
+resolved reporter
+Initialized session in 5.092ms
+Running benchmark for at least 1 iterations and at least 0.5 seconds
+count=4 first=186521 curr=123017 min=123017 max=186521 avg=140127 std=26597
+
+Running benchmark for at least 50 iterations and at least 1 seconds
+count=50 first=122793 curr=121808 min=118954 max=128440 avg=121741 std=1828
+
+Average inference timings in us: Warmup: 140127, Init: 5092, Inference: 121741
+"""
+SCIENTIFIC = """\
+INFO: STARTING!
+INFO: Running benchmark for at least 1 iterations and at least 0.5 seconds but terminate if exceeding 150 seconds.
+INFO: count=1 curr=3012345
+
+INFO: Running benchmark for at least 3 iterations and at least 1 seconds but terminate if exceeding 150 seconds.
+INFO: count=3 first=3012345 curr=2.9e+06 min=2.89012e+06 max=3.01234e+06 avg=2.95034e+06 std=50123
+
+INFO: Inference timings in us: Init: 41234, First inference: 3.012345e+06, Warmup (avg): 3.012345e+06, Inference (avg): 2.95034e+06
+"""
+PERF_TEST = """\
+Session creation time cost: 0.0312 s
+First inference time cost: 2 ms
+Total inference time cost: 0.1573 s
+Total inference requests: 100
+Average inference time cost: 1.573 ms
+Total inference run time: 0.158 s
+Number of inferences per second: 632.9
+Avg CPU usage: 24 %
+Peak working set size: 32768000 bytes
+Min Latency: 0.00141 s
+Max Latency: 0.00231 s
+P50 Latency: 0.00152 s
+P90 Latency: 0.00171 s
+P95 Latency: 0.00182 s
+P99 Latency: 0.00221 s
+P999 Latency: 0.00231 s
+"""
+
+
+@pytest.mark.parametrize("text, n, mean, std, lo, hi", [
+    (CURRENT, 107, 9.32605, 0.225, 9.011, 10.493),
+    (PRE2020, 50, 121.741, 1.828, 118.954, 128.44),
+    (SCIENTIFIC, 3, 2950.34, 50.123, 2890.12, 3012.34),
+    ("INFO: count=5 curr=12(all same)\nINFO: Inference timings in us: Init: 1, First inference: 12, "
+     "Warmup (avg): 12, Inference (avg): 12\n", 5, 0.012, 0.0, 0.012, 0.012),
+], ids=["current", "pre2020", "scientific", "all-same"])
+def test_benchmark_model_output_parses(text: str, n: int, mean: float, std: float, lo: float, hi: float) -> None:
+    r = parse_benchmark_model(text)
+    s = r.stats
+    assert r.estimator == "mean" and s.n == n and s.block == 1
+    assert (s.mean, s.std, s.min, s.max) == pytest.approx((mean, std, lo, hi))
+    assert math.isnan(s.median) and math.isnan(s.p25) and math.isnan(s.p75)
+    assert r.details["init_ms"] > 0
+
+
+def test_benchmark_model_output_edge_cases() -> None:
+    assert parse_benchmark_model("INFO: STARTING!\nERROR: Failed to mmap model x.tflite\n") is None
+    assert parse_benchmark_model("count=0\nAverage inference timings in us: Warmup: 0, Init: 5, no stats: 0") is None
+    nostats = parse_benchmark_model("Average inference timings in us: Warmup: 10, Init: 5, no stats: 2500")
+    assert nostats.stats.mean == 2.5 and nostats.stats.n == 0 and math.isnan(nostats.stats.std)
+    profiled = CURRENT + "Timings (microseconds): count=107 first=1 curr=1 min=1 max=99 avg=50 std=1\n"
+    assert parse_benchmark_model(profiled).stats.n == 107  # op profiling's summary line is not the runs'
+
+
+def test_perf_test_output_parses() -> None:
+    r = parse_perf_test(PERF_TEST)
+    s = r.stats
+    assert r.estimator == "median" and s.n == 100
+    assert (s.median, s.mean, s.min, s.max) == pytest.approx((1.52, 1.573, 1.41, 2.31))
+    assert math.isnan(s.std) and math.isnan(s.p25) and r.details["p90_ms"] == pytest.approx(1.71)
+    only_avg = parse_perf_test("Average inference time cost: 0.5 ms\n")
+    assert only_avg.estimator == "mean" and only_avg.stats.mean == 0.5
+    assert parse_perf_test("model not found\n") is None
+
+
+def test_failure_message_is_one_line_with_the_signal() -> None:
+    msg = failure_message("benchmark_model", 139, "INFO: Loaded model m.tflite\n\nFatal signal 11 (SIGSEGV), "
+                                                   "code 1 (SEGV_MAPERR), fault addr 0x0\n")
+    assert msg.startswith("benchmark_model exited with 139 (SIGSEGV): ") and "\n" not in msg
+    assert "Fatal signal 11" in msg and "Loaded model" in msg
+
+
+def test_temps_line_parses() -> None:
+    t = parse_temps("@@x temps after up=12.5 zones=0:36500,1:35200,2:-273000,3:455 battery=310")
+    assert t.zones == {0: 36.5, 1: 35.2, 3: 45.5} and t.battery_c == 31.0 and t.uptime == 12.5
+    assert t.max_c == 45.5
+
+
+@pytest.mark.parametrize("style", ["current", "pre2020", "legacy_nostats", "scientific"])
+def test_each_stand_in_output_style_measures(conf_agent: AndroidAgent, pixel: FakeDevice, style: str) -> None:
+    pixel.set_output_style(style)
+    (m,) = conf_agent.measure([O.conv(S, 24, 3)], FAST)
+    assert m.ok, m.error
+    assert m.stats.n == 30 and m.stats.mean > 0 and m.settings["estimator"] == "mean"
+
+
+def test_ort_runtime_with_perf_test(make, pixel: FakeDevice, tmp_path: Path) -> None:
+    """runtime ort pushes .onnx models and parses onnxruntime_perf_test (a canned stand-in here)."""
+    pytest.importorskip("onnx")
+    fake = tmp_path / "onnxruntime_perf_test"
+    fake.write_text("#!/bin/sh\n[ \"$1\" = -h ] && { echo 'usage: onnxruntime_perf_test [options...] model_path'; "
+                    "exit 1; }\nfor a; do m=$a; done\n[ -f \"$m\" ] || { echo \"no model $m\" >&2; exit 1; }\n"
+                    f"cat <<'EOF'\n{PERF_TEST}EOF\n")
+    agent = make(runner=str(fake), delegate="xnnpack", threads=2)
+    assert agent.fusion == "ort" and agent.profile.runtime == "onnxruntime_perf_test"
+    (m,) = agent.measure([O.conv(S, 24, 3)], FAST)
+    assert m.ok, m.error
+    assert m.settings["estimator"] == "median" and m.stats.median == pytest.approx(1.52)
+    run = next(c for c in pixel.commands if "run_batch.sh" in c)
+    assert "-e xnnpack" in run and "-x 2" in run and "-s" in shlex.split(run) and ".onnx" not in run
+    with pytest.raises(UsageError, match="GPU"):
+        make(runner=str(fake), delegate="gpu")
+
+
+# ---------------------------------------------------------------------- settings and fingerprint
+@pytest.mark.parametrize("profile, spec, mask, cores", [
+    ("pixel7", "big", "c0", [6, 7]), ("pixel7", "little", "f", [0, 1, 2, 3]), ("pixel7", "all", "ff", list(range(8))),
+    ("galaxy_s21_sd888", "big", "80", [7]), ("galaxy_s21_sd888", "little", "f", [0, 1, 2, 3]),
+    ("pixel7", "0x30", "30", [4, 5]),
+])
+def test_cpu_masks_follow_max_frequency_tiers(profile: str, spec: str, mask: str, cores: list[int]) -> None:
+    cpus = {c: {"online": True, "max_khz": cl["max_freq"], "cur_khz": cl["cur_freq"], "governor": cl["governor"]}
+            for cl in load_profile(profile)["cpu_clusters"] for c in cl["cores"]}
+    assert cpu_mask(spec, cpus) == (mask, cores)
+    for bad in ("300", "zz", "0"):
+        with pytest.raises(UsageError):
+            cpu_mask(bad, cpus)
+
+
+def test_settings_reach_the_runner_and_the_profile(make, pixel: FakeDevice, server: StandinServer) -> None:
+    agent = make(threads=2, delegate="gpu", cpus="little")
+    (m,) = agent.measure([O.conv(S, 24, 3)], FAST)
+    assert m.ok, m.error
+    run = shlex.split(next(c for c in pixel.commands if "run_batch.sh" in c))
+    assert {"--num_threads=2", "--use_gpu=true", "--num_runs=30", "--max_secs=0.2", "--warmup_runs=1"} <= set(run)
+    assert pixel.taskset_calls[-1].startswith("f ") and pixel.fixed_performance_mode is True
+    p = agent.profile
+    assert (p.device, p.soc, p.abi, p.cores) == ("Google Pixel 7", "GS201 (gs201)", "arm64-v8a", 8)
+    assert p.os == load_profile("pixel7")["props"]["ro.build.fingerprint"]
+    assert p.governor == "sched_pixel x8" and p.affinity == "0-3" and p.delegate == "gpu"
+    assert dict(p.options)["fixed_performance_mode"] == "on"
+    assert p.info["android"] == "14" and p.info["cpus"]["7"]["max_khz"] == 2850000 and p.info["serial"] == PIXEL
+    galaxy = make(serial=GALAXY).profile
+    assert dict(galaxy.options)["fixed_performance_mode"] == "unsupported" and galaxy.soc == "SM8350 (lahaina)"
+    ids = {p.id, galaxy.id, make().profile.id, make(threads=2).profile.id, make(delegate="xnnpack").profile.id,
+           make(cpus="little").profile.id}
+    assert len(ids) == 6
+    agent.close()
+    assert pixel.fixed_performance_mode is False
+
+
+def test_device_selection(server: StandinServer) -> None:
+    with pytest.raises(UsageError, match=f"{PIXEL}.*{GALAXY}|{GALAXY}.*{PIXEL}"):
+        get_agent("android", runner=str(BENCHMARK_MODEL))
+    with pytest.raises(DeviceUnavailableError, match="no device 'NOPE'"):
+        get_agent("android", serial="NOPE", runner=str(BENCHMARK_MODEL))
+    with pytest.raises(UsageError, match="--runner"):
+        get_agent("android", serial=PIXEL)
+    with StandinServer([FakeDevice("pixel7", serial="LOCKED1", state="unauthorized")]) as empty:
+        with pytest.raises(DeviceUnavailableError, match="no Android device ready.*LOCKED1 \\(unauthorized\\)"):
+            get_agent("android", runner=str(BENCHMARK_MODEL), adb_port=empty.port)
+        with pytest.raises(DeviceUnavailableError, match="unauthorized.*USB debugging"):
+            get_agent("android", serial="LOCKED1", runner=str(BENCHMARK_MODEL), adb_port=empty.port)
+
+
+def test_cleanup_after_close_and_after_errors(make, pixel: FakeDevice, tmp_path: Path) -> None:
+    before = set(sessions(pixel))  # other live agents of this module keep theirs
+    agent = make()
+    list(agent.measure([O.conv(S, 24, 3)], FAST))
+    assert len(set(sessions(pixel)) - before) == 1
+    agent.close()
+    assert set(sessions(pixel)) == before
+    bogus = tmp_path / "benchmark_model"
+    bogus.write_text("#!/bin/sh\necho 'hello from a shell script'\nexit 2\n")
+    bad = make(runner=str(bogus))
+    with pytest.raises(UsageError, match="does not run on"):
+        bad.fingerprint()
+    bad.close()
+    assert set(sessions(pixel)) == before
+
+
+# ---------------------------------------------------------------------- robustness
+def test_crash_on_one_model_fails_that_op_only(make, pixel: FakeDevice) -> None:
+    agent = make(batch_size=10)
+    ran = len(pixel.models_run)
+    pixel.crash_on(agent.model_file(SMALL[2]), "SIGSEGV")
+    pixel.crash_on(agent.model_file(SMALL[4]), "SIGABRT")
+    results = list(agent.measure(SMALL, FAST))
+    assert [m.key for m in results] == [op.key for op in SMALL]
+    assert [m.ok for m in results] == [True, True, False, True, False, True]
+    segv, abrt = results[2], results[4]
+    assert segv.error.startswith("benchmark_model exited with 139 (SIGSEGV)") and "Fatal signal 11" in segv.error
+    assert abrt.error.startswith("benchmark_model exited with 134 (SIGABRT)") and "\n" not in abrt.error
+    assert segv.stats is None and segv.extra["exit_code"] == 139
+    assert len(pixel.models_run) - ran == len(SMALL)
+
+
+def test_thermal_gate_waits_and_records_temperatures(make, pixel: FakeDevice) -> None:
+    pixel.set_temperature_schedule(hot=50.0, cool=30.0, hot_reads=2)
+    agent = make(max_temp=45, cooldown=0.2, max_waits=5)
+    t0 = time.monotonic()
+    results = list(agent.measure(SMALL[:2], FAST))
+    assert time.monotonic() - t0 >= 3 * 0.2 and pixel.temperature_reads == 3
+    for m in results:
+        assert m.ok, m.error
+        gate = m.extra["thermal"]
+        assert gate["waits"] == 3 and gate["gate_c"] == 50.0 and not gate["gave_up"]
+        assert m.extra["temps_before"]["max_c"] == 30.0 and m.extra["temps_after"]["zones"]["BIG"] == 30.0
+        assert m.extra["temps_before"]["battery_c"] == 30.0
+
+
+def test_thermal_gate_gives_up_and_flags(make, pixel: FakeDevice) -> None:
+    pixel.set_temperature(48.0)
+    agent = make(max_temp=45, cooldown=0.05, max_waits=2)
+    (m,) = agent.measure([O.conv(S, 24, 3)], FAST)
+    assert m.ok and m.extra["thermal"]["waits"] == 2 and m.extra["thermal"]["gave_up"] is True
+    assert m.extra["temps_before"]["max_c"] == 48.0
+
+
+def test_odd_serial_and_runner_path_stay_one_argument(server: StandinServer, tmp_path: Path) -> None:
+    """Spaces, quotes and ';' in the serial and the runner's name: one argument, nothing else runs."""
+    odd_serial = "odd serial;touch pwned'1\""
+    dev = server.add_device(FakeDevice("pixel7", serial=odd_serial))
+    try:
+        runner = tmp_path / "bench mark;touch pwned2 'q'\"x"
+        shutil.copy(BENCHMARK_MODEL, runner)
+        agent = get_agent("android", serial=odd_serial, runner=str(runner), batch_size=2)
+        try:
+            results = list(agent.measure(SMALL[:3], FAST))
+        finally:
+            agent.close()
+        assert all(m.ok for m in results), [m.error for m in results]
+        assert agent.profile.info["serial"] == odd_serial and len(dev.models_run) == 3
+        device_runner = agent.runner_path
+        assert device_runner.endswith("/" + runner.name)
+        assert [c.split()[0] for c in dev.commands] == ["sh", "sh", "sh", "rm"]  # probe, 2 batches, cleanup
+        for c in dev.commands[:3]:
+            assert shlex.quote(device_runner) in c
+        assert not list(dev.root.rglob("pwned*")) and not list(Path.cwd().glob("pwned*"))
+        assert not Path("/pwned").exists() and not Path("/pwned2").exists()
+    finally:
+        server.remove_device(odd_serial)
+        dev.close()
+
+
+def test_disconnect_exits_4_and_rerun_measures_only_the_rest(server: StandinServer, pixel: FakeDevice,
+                                                             tmp_path: Path) -> None:
+    out = tmp_path / "t.sqlite"
+    args = ["profile", "--device", "android", "--serial", PIXEL, "--runner", str(BENCHMARK_MODEL), "--space",
+            "ofa-mbv3-w10", "--resolution", "160", "--granularity", "op", "--batch-size", "5",
+            "--max-time", "0.02", "--out", str(out), "--max-ops"]
+    pixel.disconnect_after(7)
+    try:
+        t0 = time.monotonic()
+        r = latbench(server, *args, "15")
+        assert r.returncode == 4, r.stderr
+        err = [x for x in r.stderr.splitlines() if x.startswith("latbench:")]
+        assert len(err) == 1 and f"device {PIXEL} disconnected during batch 1" in err[0], r.stderr
+        assert time.monotonic() - t0 < 60
+        with LatencyTable.open(out, create=False) as t:
+            first = t.keys("ok")
+        assert len(first) == 5  # the completed batch, committed before the device went away
+        ran_before = len(pixel.models_run)
+    finally:
+        pixel.reconnect()
+    pixel.reset_counters()
+    r = latbench(server, *args, "10")  # the 10 ops the first run missed
+    assert r.returncode == 0, r.stderr
+    assert "10 measured, 5 already stored" in r.stdout
+    rerun = pixel.models_run[ran_before:]
+    with LatencyTable.open(out, create=False) as t:
+        assert len(t.keys("ok")) == 15
+        files = {row["extra"]["model_file"] for row in t.rows() if row["key"] in first}
+    assert len(rerun) == 10 and not files & set(rerun)
+    assert sum("run_batch.sh" in c for c in pixel.commands) == 2
+
+
+# ---------------------------------------------------------------------- the CLI
+def test_cli_profile_android_end_to_end(server: StandinServer, pixel: FakeDevice, tmp_path: Path) -> None:
+    out = tmp_path / "t.sqlite"
+    live = {s for s in sessions(pixel) if not s.split("-")[1].isdigit() or int(s.split("-")[1]) == os.getpid()}
+    r = latbench(server, "profile", "--device", "android", "--serial", PIXEL, "--runner", str(BENCHMARK_MODEL),
+                 "--space", "ofa-mbv3-w10", "--resolution", "160", "--max-ops", "40", "--out", str(out),
+                 "--max-time", "0.05")
+    assert r.returncode == 0, r.stderr
+    assert "40 measured, 0 already stored, 0 failed" in r.stdout
+    props = load_profile("pixel7")["props"]
+    with LatencyTable.open(out, create=False) as t:
+        p = t.profile
+        assert p.agent == "android" and p.device == "Google Pixel 7" and "GS201" in p.soc
+        assert p.os == props["ro.build.fingerprint"] and p.runtime == "benchmark_model"
+        rows = list(t.rows())
+    assert len(rows) == 40 and all(r["status"] == "ok" for r in rows)
+    for row in rows:
+        assert row["estimator"] == "mean" and row["estimate"] == row["mean"] and row["median"] is None
+        assert row["n"] >= 1 and row["extra"]["temps_before"]["zones"]["BIG"] == 36.5
+    assert set(sessions(pixel)) <= live  # its own cleaned, and those of dead runs of this host
+    batches = sum("run_batch.sh" in c for c in pixel.commands)
+    print(f"cli: {pixel.round_trips} adb round trips for 40 ops ({batches} batches)")
+    assert batches == 2 and pixel.services["sync"] == 3  # setup push + one per batch
+    assert pixel.round_trips == 2 + 2 * batches + 1  # setup, 2 per batch (0.1 per op), cleanup
+
+
+def test_devices_command(server: StandinServer) -> None:
+    locked = server.add_device(FakeDevice("galaxy_s21_sd888", serial="LOCKED2", state="unauthorized"))
+    try:
+        r = latbench(server, "devices")
+        assert r.returncode == 0, r.stderr
+        assert PIXEL in r.stdout and GALAXY in r.stdout and "Pixel 7" in r.stdout and "SM8350" in r.stdout
+        assert "14 (SDK 34)" in r.stdout and "unauthorized" in r.stdout and "USB debugging" in r.stderr
+        r = latbench(server, "devices", "--json")
+    finally:
+        server.remove_device("LOCKED2")
+        locked.close()
+    rows = {d["serial"]: d for d in json.loads(r.stdout)}
+    assert rows["LOCKED2"]["state"] == "unauthorized" and locked.commands == []
+    assert rows[PIXEL]["model"] == "Pixel 7" and rows[PIXEL]["soc"] == "GS201" and rows[PIXEL]["android"] == "14"
+    assert rows[GALAXY]["state"] == "device" and rows[GALAXY]["platform"] == "lahaina"
+
+
+def test_devices_without_server_is_fast_with_a_hint(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    marker = tmp_path / "spawned"
+    fake_adb = tmp_path / "adb"
+    fake_adb.write_text(f"#!/bin/sh\ntouch {shlex.quote(str(marker))}\nsleep 30\n")
+    fake_adb.chmod(0o755)
+    env = {**CLI_ENV, "ANDROID_ADB_SERVER_PORT": str(port), "ADBUTILS_ADB_PATH": str(fake_adb)}
+    t0 = time.monotonic()
+    r = subprocess.run([latbench_exe(), "devices"], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 4 and time.monotonic() - t0 < 10
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "adb start-server" in lines[0] and "ANDROID_ADB_SERVER_PORT" in lines[0]
+    assert not marker.exists(), "adbutils tried to start an adb server"
