@@ -344,6 +344,16 @@ QUICKSTART_STEPS: list[tuple[str, Callable[[QuickstartState, Console], None]]] =
 ]
 
 
+def _qs_search(st: QuickstartState, con: Console) -> None:
+    """Search the table the profile step built (`st.table`) for the best subnet under a budget."""
+    from .cli_search import quickstart_search
+
+    quickstart_search(st, con)
+
+
+QUICKSTART_STEPS.append(("search under a latency budget", _qs_search))  # last: needs st.table
+
+
 @app.command("quickstart")
 def quickstart_cmd(
     space: str = typer.Option("ofa-mbv3-w10", "--space", "-s", help="Space to run on."),
@@ -392,6 +402,13 @@ def _mount_stage_commands() -> None:
         pass
     else:
         app.add_typer(table_app, name="table")
+    try:
+        from .cli_search import accuracy_app, search_command
+    except ImportError:
+        pass
+    else:
+        app.command("search")(search_command)
+        app.add_typer(accuracy_app, name="accuracy")
 
 
 _mount_stage_commands()
