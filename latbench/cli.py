@@ -333,6 +333,13 @@ def _qs_profile(st: QuickstartState, con: Console) -> None:
               f"{sp.name} --out tflite.sqlite", markup=False)
 
 
+def _qs_validate(st: QuickstartState, con: Console) -> None:
+    """Measure a few subnets of the profile step's table end to end; print the accuracy figures."""
+    from .cli_validate import quickstart_validate
+
+    quickstart_validate(st, con)
+
+
 # The quickstart is a list of steps; later stages append predict, validate and search steps.
 QUICKSTART_STEPS: list[tuple[str, Callable[[QuickstartState, Console], None]]] = [
     ("search space", _qs_space),
@@ -341,6 +348,7 @@ QUICKSTART_STEPS: list[tuple[str, Callable[[QuickstartState, Console], None]]] =
     ("sample subnets", _qs_sample),
     ("keys and formats", _qs_keys),
     ("profile with ONNX Runtime", _qs_profile),
+    ("validate against end-to-end runs", _qs_validate),
 ]
 
 
@@ -396,6 +404,13 @@ def _mount_stage_commands() -> None:
         pass
     else:
         app.command("predict")(predict_command)
+    try:
+        from .cli_validate import calibrate_command, validate_command
+    except ImportError:
+        pass
+    else:
+        app.command("calibrate")(calibrate_command)
+        app.command("validate")(validate_command)
     try:
         from .cli_table import table_app
     except ImportError:

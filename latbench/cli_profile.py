@@ -36,6 +36,19 @@ def select_ops(space: Optional[str], ops_file: Optional[Path], resolution: list[
     return ops_with_resolutions(get_space(space), resolution or None, granularity, fusion)
 
 
+def agent_options(device: str, threads: int = 1, opt_level: str = "all", xnnpack: bool = True,
+                  **android) -> dict:
+    """The agent constructor options of `device` from CLI values (shared by profile, calibrate, validate)."""
+    options: dict = {"threads": threads}
+    if device == "ort":
+        options["opt_level"] = opt_level
+    elif device == "tflite":
+        options["xnnpack"] = xnnpack
+    elif device == "android":
+        options.update(android)
+    return options
+
+
 def profile_command(
     device: str = typer.Option(..., "--device", "-d", help="cpu, cuda, ort, tflite or android"),
     out: Path = typer.Option(..., "--out", "-o", help="the table (SQLite); an existing one is resumed"),
@@ -70,14 +83,9 @@ def profile_command(
 
     if granularity not in ("op", "block"):
         raise UsageError(f"--granularity must be op or block, got {granularity!r}")
-    options: dict = {"threads": threads}
-    if device == "ort":
-        options["opt_level"] = opt_level
-    elif device == "tflite":
-        options["xnnpack"] = xnnpack
-    elif device == "android":
-        options.update(serial=serial, runner=str(runner) if runner else None, runtime=runtime, cpus=cpus,
-                       delegate=delegate, max_temp=max_temp, cooldown=cooldown, batch_size=batch_size)
+    options = agent_options(device, threads, opt_level, xnnpack, serial=serial,
+                            runner=str(runner) if runner else None, runtime=runtime, cpus=cpus,
+                            delegate=delegate, max_temp=max_temp, cooldown=cooldown, batch_size=batch_size)
     timing = TimingSettings(target_iqr=target_iqr, max_time_s=max_time, min_samples=min_samples)
     agent = get_agent(device, **options)
     try:

@@ -1,0 +1,211 @@
+"""`latbench calibrate` and `latbench validate`: predicted vs measured end-to-end latency.
+
+Both rebuild the agent from the table's device profile (agent, threads, opt level, XNNPACK) and
+refuse to run when the agent they get measures under another profile. Data goes to stdout (a
+text report or `--json`), progress bars to stderr.
+"""
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+_TABLE = typer.Option(..., "--table", help="the latency table (SQLite) to check")
+_SPACE = typer.Option(..., "--space", "-s", help="a built-in space or a YAML file")
+_DEVICE = typer.Option(None, "--device", "-d", help="cpu, cuda, ort or tflite (default: the table's)")
+_THREADS = typer.Option(None, "--threads", help="runtime threads (default: the table's)")
+_OPT = typer.Option(None, "--opt-level", help="ort: graph optimisation level (default: the table's)")
+_XNN = typer.Option(None, "--xnnpack/--no-xnnpack", help="tflite: XNNPACK delegate (default: the table's)")
+_RES = typer.Option([], "--resolution", "-r", help="resolution(s) to sample at; default: those the table covers")
+_SEED = typer.Option(0, "--seed", help="sampling seed")
+_MAX_TIME = typer.Option(None, "--max-time", help="time cap per subnet in seconds (default: the table's timing)")
+_MIN_SAMPLES = typer.Option(None, "--min-samples", help="samples per subnet at least (default: the table's)")
+_TARGET_IQR = typer.Option(None, "--target-iqr", help="stop sampling once IQR/median is below this (default: the table's)")
+_JSON = typer.Option(False, "--json", help="print the result as one JSON document")
+
+
+def _raise_interrupt(signum, frame):  # SIGTERM behaves like Ctrl-C
+    raise KeyboardInterrupt
+
+
+def open_agent(table, device: Optional[str], threads: Optional[int], opt_level: Optional[str],
+               xnnpack: Optional[bool]):
+    """The agent the table's profile names, with any explicit CLI setting overriding it; refused
+    (one line naming both profiles) when it does not measure under the table's profile."""
+    from device_agents import get_agent
+
+    from .cli_profile import agent_options
+    from .validate import check_agent, profile_settings
+
+    want = profile_settings(table.require_profile())
+    dev = device or want["device"]
+    options = agent_options(dev, want["threads"] if threads is None else threads,
+                            opt_level or want.get("opt_level", "all"),
+                            want.get("xnnpack", True) if xnnpack is None else xnnpack)
+    agent = get_agent(dev, **options)
+    try:
+        check_agent(agent, table)
+    except BaseException:
+        agent.close()
+        raise
+    return agent
+
+
+def _timing(table, max_time: Optional[float], min_samples: Optional[int], target_iqr: Optional[float]):
+    """The table's timing settings (else the defaults) with any explicit CLI value applied."""
+    import dataclasses
+
+    from .measure import TimingSettings
+    from .validate import table_timing
+
+    base = table_timing(table) or TimingSettings()
+    changes = {k: v for k, v in (("max_time_s", max_time), ("min_samples", min_samples),
+                                 ("target_iqr", target_iqr)) if v is not None}
+    return dataclasses.replace(base, **changes)
+
+
+class _Bars:
+    """One rich progress bar per task name on stderr; called as progress(task, done, total)."""
+
+    def __init__(self):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("[bold]{task.description:24}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeRemainingColumn(), console=Console(stderr=True), transient=False)
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self) -> "_Bars":
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def __call__(self, task: str, done: int, total: int) -> None:
+        if task not in self.tasks:
+            self.tasks[task] = self.progress.add_task(task, total=total)
+        self.progress.update(self.tasks[task], completed=done, total=total)
+
+
+def _run(fn):
+    """Run fn() with SIGTERM turned into KeyboardInterrupt (the CLI maps it to exit 130)."""
+    old = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        return fn()
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def calibrate_command(
+    table: Path = _TABLE, space: str = _SPACE, device: Optional[str] = _DEVICE,
+    n: int = typer.Option(10, "--n", "-n", help="subnets to measure end to end"),
+    seed: int = _SEED, resolution: List[int] = _RES, threads: Optional[int] = _THREADS,
+    opt_level: Optional[str] = _OPT, xnnpack: Optional[bool] = _XNN, max_time: Optional[float] = _MAX_TIME,
+    min_samples: Optional[int] = _MIN_SAMPLES, target_iqr: Optional[float] = _TARGET_IQR, as_json: bool = _JSON,
+) -> None:
+    """Measure n random subnets end to end, fit measured = scale x predicted + offset, store it in the table."""
+    from .spaces import get_space
+    from .store import LatencyTable
+    from .validate import calibrate, store_calibration
+
+    sp = get_space(space)
+    with LatencyTable.open(str(table), create=False) as t:
+        agent = open_agent(t, device, threads, opt_level, xnnpack)
+        try:
+            timing = _timing(t, max_time, min_samples, target_iqr)
+            with _Bars() as bars:
+                run = _run(lambda: calibrate(t, sp, agent, n, seed, resolution or None, timing, bars))
+            res = sorted({r.resolution for r in run.subnets})
+            store_calibration(t, run, seed=seed, resolutions=res, timing=timing.to_dict())
+        finally:
+            agent.close()
+    if as_json:
+        typer.echo(json.dumps({"table": str(table), **run.to_dict()}, indent=1))
+        return
+    c, b, a = run.calibration, run.before, run.after
+    typer.echo(f"{table}: calibration {run.key} from {c.n} subnets (seed {seed}, resolutions "
+               f"{', '.join(map(str, res))}): measured = {c.scale:.4f} x predicted {c.offset_ms:+.4f} ms")
+    typer.echo(f"in sample: uncalibrated RMSPE {100 * b.rmspe:.1f}%, within 10% {100 * b.within10:.0f}%, "
+               f"bias {100 * b.bias:+.1f}%; calibrated RMSPE {100 * a.rmspe:.1f}%, within 5% "
+               f"{100 * a.within5:.0f}%, within 10% {100 * a.within10:.0f}%")
+    typer.echo("stored: predictions from this table are now calibrated (latbench validate measures "
+               "how well on other subnets)")
+
+
+def validate_command(
+    table: Path = _TABLE, space: str = _SPACE, device: Optional[str] = _DEVICE,
+    n: int = typer.Option(100, "--n", "-n", help="subnets to measure end to end and score"),
+    seed: int = _SEED, resolution: List[int] = _RES,
+    calibrate_n: int = typer.Option(10, "--calibrate-n", help="other subnets to fit the calibration and the FLOPs baseline on"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="write a predicted-vs-measured scatter PNG"),
+    csv: Optional[Path] = typer.Option(None, "--csv", help="write every (config, measured, predicted) row"),
+    noise: int = typer.Option(0, "--noise", help="measure one subnet this many times and report the spread"),
+    op_table: Optional[Path] = typer.Option(None, "--op-table", help="unfused op-level table of the same profile for the op-sum baseline; missing ops are profiled into it (default: TABLE.op-none.sqlite)"),
+    op_baseline: bool = typer.Option(True, "--op-baseline/--no-op-baseline", help="compute the op-sum baseline"),
+    threads: Optional[int] = _THREADS, opt_level: Optional[str] = _OPT, xnnpack: Optional[bool] = _XNN,
+    max_time: Optional[float] = _MAX_TIME, min_samples: Optional[int] = _MIN_SAMPLES,
+    target_iqr: Optional[float] = _TARGET_IQR, as_json: bool = _JSON,
+) -> None:
+    """Measure n random subnets end to end and report how close each predictor comes."""
+    from .spaces import get_space
+    from .store import LatencyTable
+    from .validate import plot as plot_report
+    from .validate import validate, write_csv
+
+    sp = get_space(space)
+    with LatencyTable.open(str(table), create=False) as t:
+        agent = open_agent(t, device, threads, opt_level, xnnpack)
+        try:
+            timing = _timing(t, max_time, min_samples, target_iqr)
+            with _Bars() as bars:
+                report = _run(lambda: validate(
+                    t, sp, agent, n, seed, resolution or None, calibrate_n, timing,
+                    str(op_table) if op_table else None, op_baseline, noise, bars))
+        finally:
+            agent.close()
+    if csv:
+        write_csv(report, csv)
+    if plot:
+        plot_report(report, plot)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=1))
+    else:
+        for line in report.summary_lines():
+            typer.echo(line)
+    written = [str(p) for p in (csv, plot) if p]
+    if written:
+        typer.echo(f"wrote {', '.join(written)}", err=True)
+
+
+def quickstart_validate(st, con, n: int = 8, calibrate_n: int = 4) -> None:
+    """Quickstart step: validate n subnets (and calibrate on calibrate_n others) of the table the
+    profile step built, printing the accuracy figures; skipped when there is no table."""
+    from .spaces import get_space
+    from .store import LatencyTable
+    from .validate import validate
+
+    table = getattr(st, "table", None) or st.notes.get("table")
+    if not table or not Path(table).exists():
+        con.print("no latency table from an earlier step: skipped (run `latbench validate --table T --space S`)")
+        return
+    sp = get_space(getattr(st, "table_space", None) or st.space_name)
+    with LatencyTable.open(str(table), create=False) as t:
+        agent = open_agent(t, None, None, None, None)
+        try:
+            timing = _timing(t, 0.1, None, None)  # a demo: 0.1 s per subnet and per baseline op
+            with _Bars() as bars:
+                report = validate(t, sp, agent, n=n, seed=st.seed, calibrate_n=calibrate_n, timing=timing,
+                                  progress=bars)
+        finally:
+            agent.close()
+    for line in report.summary_lines():
+        con.print(line, markup=False, highlight=False)
+    con.print(f"next: latbench calibrate --table {table} --space {sp.name}  |  latbench validate --table "
+              f"{table} --space {sp.name} --n 100 --plot fit.png --csv fit.csv", markup=False)
+
+
+__all__ = ["calibrate_command", "validate_command", "open_agent", "quickstart_validate"]

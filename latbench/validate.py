@@ -1,0 +1,709 @@
+"""Predicted vs measured end-to-end latency: measure whole subnets, calibrate, score predictors.
+
+A subnet is measured end to end with the agent (and settings) its table was profiled with: ort
+times the torch subnet exported to ONNX, tflite the subnet as one .tflite model (the model a
+phone would run), cpu/cuda the torch module itself. Predictions are scored against those
+measurements: the table's own predictor (uncalibrated, and calibrated on other subnets), and two
+baselines fitted or measured in the same run: latency linear in FLOPs, and the plain sum of
+separately measured unfused ops. torch, onnx, scipy and matplotlib are imported only when used.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from .device import DeviceProfile
+from .errors import LatbenchError, UsageError
+from .measure import Stats, TimingSettings, time_callable
+from .predict import Calibration, Predictor, Pricer, fit_calibration
+from .store import LatencyTable, ProfileMismatchError
+
+# progress(task, done, total): the CLI draws bars from it; the library never prints
+Progress = Callable[[str, int, int], None]
+
+# predictor names, in report order
+UNCALIBRATED, CALIBRATED, OP_SUM, FLOPS = "uncalibrated", "calibrated", "op-sum", "flops-linear"
+PREDICTORS = (UNCALIBRATED, CALIBRATED, OP_SUM, FLOPS)
+PREDICTOR_HELP = {
+    UNCALIBRATED: "table predictor, raw sum of table entries",
+    CALIBRATED: "table predictor, scale+offset fitted on the calibration subnets",
+    OP_SUM: "sum of unfused single ops (op granularity, no fusion), uncalibrated",
+    FLOPS: "latency linear in FLOPs, fitted on the calibration subnets",
+}
+
+
+def _quiet(task: str, done: int, total: int) -> None:
+    """The default progress callback: nothing."""
+
+
+# ---------------------------------------------------------------------- metrics
+@dataclass(frozen=True)
+class Metrics:
+    """How close predictions are to measurements; relative errors as fractions (0.05 = 5%)."""
+
+    n: int
+    within5: float  # share of subnets with |pred - meas| / meas <= 5%
+    within10: float  # ... <= 10%
+    rmspe: float  # root mean squared relative error
+    mape: float  # mean absolute relative error
+    bias: float  # mean signed relative error (> 0: over-predicts)
+    max_abs: float  # largest absolute relative error
+    spearman: float  # rank correlation of predicted and measured
+    kendall: float  # Kendall's tau-b of predicted and measured
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in self.__dict__.items()}
+
+
+def relative_errors(predicted: Sequence[float], measured: Sequence[float]) -> np.ndarray:
+    """(predicted - measured) / measured, element-wise; measured values must be > 0."""
+    p = np.asarray(predicted, dtype=np.float64)
+    m = np.asarray(measured, dtype=np.float64)
+    if p.shape != m.shape or p.ndim != 1:
+        raise UsageError(f"predicted and measured must be two vectors of one length, got {p.shape} and {m.shape}")
+    if p.size and not (m > 0).all():
+        raise UsageError("measured latencies must be positive")
+    return (p - m) / m
+
+
+def error_metrics(predicted: Sequence[float], measured: Sequence[float]) -> Metrics:
+    """Shares within +-5% / +-10%, RMSPE, MAPE, bias, worst error, Spearman and Kendall."""
+    e = relative_errors(predicted, measured)
+    n = int(e.size)
+    if n == 0:
+        nan = math.nan
+        return Metrics(0, nan, nan, nan, nan, nan, nan, nan, nan)
+    a = np.abs(e)
+    eps = 1e-12  # 5% exactly counts as within 5%, whatever the float rounding of p/m
+    rho = tau = math.nan
+    p = np.asarray(predicted, dtype=np.float64)
+    m = np.asarray(measured, dtype=np.float64)
+    if n >= 2 and np.ptp(p) > 0 and np.ptp(m) > 0:
+        from scipy import stats
+
+        rho = float(stats.spearmanr(p, m).statistic)
+        tau = float(stats.kendalltau(p, m).statistic)
+    return Metrics(
+        n=n, within5=float(np.mean(a <= 0.05 + eps)), within10=float(np.mean(a <= 0.10 + eps)),
+        rmspe=float(np.sqrt(np.mean(e * e))), mape=float(np.mean(a)), bias=float(np.mean(e)),
+        max_abs=float(a.max()), spearman=rho, kendall=tau,
+    )
+
+
+# ---------------------------------------------------------------------- subnets
+def covered_resolutions(table: LatencyTable, space) -> tuple[int, ...]:
+    """The space's resolutions the table's rows were profiled for (rows record extra["resolutions"])."""
+    if space.resolution_position is None:
+        return space.resolutions
+    seen: set[int] = set()
+    for r in table.conn.execute("SELECT extra FROM measurements WHERE status = 'ok'"):
+        seen.update(int(x) for x in json.loads(r[0] or "{}").get("resolutions", ()))
+    res = tuple(r for r in space.resolutions if r in seen)
+    if not res:
+        raise UsageError(f"{table.path} records no resolution of space {space.name!r} "
+                         f"(it was not profiled from that space): pass --resolution")
+    return res
+
+
+def network_id(space, config) -> tuple[str, ...]:
+    """What makes two configs the same network: their block keys (unused positions ignored)."""
+    return tuple(b.key for b in space.blocks(config))
+
+
+def sample_subnets(space, n: int, seed: int, resolutions: Sequence[int] | None = None) -> np.ndarray:
+    """n random configs of distinct networks, each at a resolution drawn from `resolutions`."""
+    if n < 0:
+        raise UsageError(f"number of subnets must be >= 0, got {n}")
+    res = space.check_resolutions(resolutions)
+    rng = np.random.default_rng(seed)
+    rpos = space.resolution_position
+    res_idx = [list(space.resolutions).index(r) for r in res] if rpos is not None else []
+    out: list[np.ndarray] = []
+    seen: set[tuple[str, ...]] = set()
+    tries = 0
+    while len(out) < n:
+        batch = space.sample(rng, max(16, 2 * (n - len(out))))
+        if rpos is not None:
+            batch[:, rpos] = rng.choice(res_idx, len(batch))
+        for cfg in batch:
+            tries += 1
+            nid = network_id(space, cfg)
+            if nid not in seen:
+                seen.add(nid)
+                out.append(cfg)
+                if len(out) == n:
+                    break
+        if tries > 50 * n + 1000:
+            raise UsageError(f"space {space.name!r} has fewer than {n} distinct subnets at resolutions "
+                             f"{', '.join(map(str, res))}: ask for fewer")
+    return np.array(out, dtype=np.int64).reshape(n, space.n_positions)
+
+
+def subnet_flops(space, config) -> int:
+    """Multiply-accumulate FLOPs of the whole subnet (sum over its blocks)."""
+    return int(sum(b.flops for b in space.blocks(config)))
+
+
+def subnet_resolution(space, config) -> int:
+    """The subnet's input resolution (its input height)."""
+    return int(space.input_shape(config)[2])
+
+
+# ---------------------------------------------------------------------- agents
+def profile_settings(profile: DeviceProfile) -> dict[str, Any]:
+    """The agent name and settings (threads, opt_level, xnnpack) that reproduce `profile` here."""
+    opts = dict(profile.options)
+    out: dict[str, Any] = {"device": profile.agent, "threads": profile.threads}
+    if profile.agent == "ort":
+        out["opt_level"] = opts.get("opt_level", "all")
+    elif profile.agent == "tflite":
+        out["xnnpack"] = profile.delegate == "xnnpack"
+    return out
+
+
+def check_agent(agent, table: LatencyTable) -> DeviceProfile:
+    """The table's profile, after checking the agent measures under exactly that profile."""
+    have = table.profile
+    if have is None:
+        raise UsageError(f"{table.path}: the table has no device profile (nothing was profiled into it)")
+    mine = agent.profile
+    if mine.id != have.id:
+        diffs = "; ".join(have.differences(mine))
+        raise ProfileMismatchError(
+            f"{table.path} was profiled on {have.describe()}, but this agent is {mine.describe()} "
+            f"({diffs}): measure with the table's device and settings")
+    return have
+
+
+def table_timing(table: LatencyTable) -> TimingSettings | None:
+    """The timing settings most of the table's ok rows were measured with, if recorded."""
+    counts: dict[str, int] = {}
+    for r in table.conn.execute("SELECT settings FROM measurements WHERE status = 'ok'"):
+        t = json.loads(r[0] or "{}").get("timing")
+        if isinstance(t, dict):
+            k = json.dumps(t, sort_keys=True)
+            counts[k] = counts.get(k, 0) + 1
+    if not counts:
+        return None
+    best = json.loads(max(counts, key=counts.get))
+    known = TimingSettings.__dataclass_fields__
+    return TimingSettings(**{k: v for k, v in best.items() if k in known})
+
+
+# ---------------------------------------------------------------------- end-to-end measurement
+def export_onnx(space, config) -> bytes:
+    """The torch subnet (`space.build`) exported to ONNX (opset 17, TorchScript exporter), as bytes."""
+    from .errors import require
+
+    torch = require("torch", "torch")
+    require("onnx", "ort")
+    module = space.build(config).eval()
+    x = torch.zeros(space.input_shape(config))
+    buf = io.BytesIO()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tracing runs the convs once: one thread is faster on a busy host
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice, once per subnet
+            torch.onnx.export(module, (x,), buf, dynamo=False, opset_version=17, input_names=["x"],
+                              output_names=["y"], do_constant_folding=True)
+    finally:
+        torch.set_num_threads(threads)
+    return buf.getvalue()
+
+
+def tflite_model(space, config, seed: int = 0) -> bytes:
+    """The subnet as one .tflite model (device_agents' chain builder, canonical weights)."""
+    from device_agents.tflite_build import build_tflite_chain
+    from device_agents.weights import op_weights
+
+    blocks = space.blocks(config)
+    return build_tflite_chain(blocks, [op_weights(b, seed + i) for i, b in enumerate(blocks)])
+
+
+def prepare_subnet(agent, space, config) -> Callable[[TimingSettings], Stats]:
+    """Build what `agent` runs end to end for `config` once; the callable times it (repeatable)."""
+    name = getattr(agent, "name", "")
+    if name == "ort":
+        model, shape = export_onnx(space, config), space.input_shape(config)
+        return lambda timing: agent.measure_model(model, shape, timing)
+    if name == "tflite":
+        model = tflite_model(space, config, agent.seed)
+        return lambda timing: agent.measure_model(model, timing)
+    if name in ("cpu", "cuda"):
+        return _torch_runner(agent, space, config)
+    raise UsageError(f"end-to-end measurement on device {name!r} is not supported (ort, tflite, cpu, cuda)")
+
+
+def _torch_runner(agent, space, config) -> Callable[[TimingSettings], Stats]:
+    """Time the torch subnet itself with the shared loop, under the agent's threads/inference mode."""
+    import torch
+
+    module = space.build(config).eval().to(agent.device)
+    rng = np.random.default_rng([agent.seed, 1])
+    x = torch.from_numpy(rng.standard_normal(space.input_shape(config), dtype=np.float32)).to(agent.device)
+
+    def timed(timing: TimingSettings) -> Stats:
+        with agent._state():  # the agent's thread count and inference mode, restored after
+            return time_callable(lambda: module(x), timing, sync=agent.synchronizer())
+
+    return timed
+
+
+def measure_subnet(agent, space, config, timing: TimingSettings = TimingSettings()) -> Stats:
+    """End-to-end latency of one subnet with `agent` (ort: exported ONNX; tflite: one .tflite; cpu: torch)."""
+    return prepare_subnet(agent, space, config)(timing)
+
+
+@dataclass
+class NoiseFloor:
+    """One subnet measured `repeats` times: how much its median moves from run to run."""
+
+    config: Any
+    medians: list[float]
+    iqr_ratios: list[float]
+
+    @property
+    def spread(self) -> float:
+        """(max - min) / median of the medians."""
+        m = np.asarray(self.medians)
+        return float(np.ptp(m) / np.median(m)) if m.size else math.nan
+
+    @property
+    def cv(self) -> float:
+        """Coefficient of variation of the medians (std / mean)."""
+        m = np.asarray(self.medians)
+        return float(m.std(ddof=1) / m.mean()) if m.size > 1 else math.nan
+
+    def within(self, tol: float) -> float:
+        """Share of the medians within +-tol of their own median: a ceiling for any predictor."""
+        m = np.asarray(self.medians)
+        return float(np.mean(np.abs(m / np.median(m) - 1) <= tol + 1e-12)) if m.size else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"config": self.config, "medians_ms": self.medians, "iqr_ratios": self.iqr_ratios,
+                "spread": self.spread, "cv": self.cv, "within5": self.within(0.05), "within10": self.within(0.10)}
+
+
+def noise_floor(agent, space, config, repeats: int, timing: TimingSettings,
+                progress: Progress = _quiet) -> NoiseFloor:
+    """Measure one subnet `repeats` times (model built once, a fresh session or interpreter each time)."""
+    run = prepare_subnet(agent, space, config)
+    medians, iqrs = [], []
+    for i in range(repeats):
+        s = run(timing)
+        medians.append(s.median)
+        iqrs.append(s.iqr_ratio)
+        progress("noise floor", i + 1, repeats)
+    return NoiseFloor(space.to_published(config), medians, iqrs)
+
+
+# ---------------------------------------------------------------------- measured subnets
+@dataclass
+class SubnetResult:
+    """One subnet: its config, measured end-to-end statistics and every predictor's value (ms)."""
+
+    config: Any  # published form
+    resolution: int
+    flops: int
+    measured: Stats
+    predicted: dict[str, float] = field(default_factory=dict)
+    misses: int = 0  # table keys priced by the fallback regression
+
+    def to_dict(self) -> dict[str, Any]:
+        s = self.measured
+        return {"config": self.config, "resolution": self.resolution, "flops": self.flops,
+                "measured_ms": s.median, "p25_ms": s.p25, "p75_ms": s.p75, "samples": s.n,
+                "predicted_ms": dict(self.predicted), "misses": self.misses}
+
+
+def measure_subnets(agent, space, configs: np.ndarray, timing: TimingSettings, predictor: Predictor,
+                    task: str = "subnets", progress: Progress = _quiet) -> list[SubnetResult]:
+    """Measure each config end to end and attach the table predictor's raw value."""
+    out = []
+    progress(task, 0, len(configs))
+    for i, cfg in enumerate(configs):
+        raw, misses = predictor.predict_raw(cfg)
+        stats = measure_subnet(agent, space, cfg, timing)
+        out.append(SubnetResult(space.to_published(cfg), subnet_resolution(space, cfg), subnet_flops(space, cfg),
+                                stats, {UNCALIBRATED: raw}, misses))
+        progress(task, i + 1, len(configs))
+    return out
+
+
+def _measured(results: Sequence[SubnetResult]) -> np.ndarray:
+    return np.array([r.measured.median for r in results], dtype=np.float64)
+
+
+def _predicted(results: Sequence[SubnetResult], name: str) -> np.ndarray:
+    return np.array([r.predicted.get(name, math.nan) for r in results], dtype=np.float64)
+
+
+# ---------------------------------------------------------------------- calibration
+def calibration_key(space, granularity: str) -> str:
+    """Where Predictor.from_table looks for a space's calibration in the table's meta."""
+    return f"{space.name}/{granularity}"
+
+
+@dataclass
+class CalibrationRun:
+    """A calibration: the fit, the subnets it was fitted on and its in-sample errors."""
+
+    calibration: Calibration
+    subnets: list[SubnetResult]
+    before: Metrics  # raw table predictor vs measured
+    after: Metrics  # calibrated, in sample
+    key: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "calibration": self.calibration.to_dict(), "before": self.before.to_dict(),
+                "after": self.after.to_dict(), "subnets": [r.to_dict() for r in self.subnets]}
+
+
+def calibrate(table: LatencyTable, space, agent, n: int = 10, seed: int = 0,
+              resolutions: Sequence[int] | None = None, timing: TimingSettings | None = None,
+              progress: Progress = _quiet) -> CalibrationRun:
+    """Measure n random subnets end to end and fit measured ~= scale * predicted + offset."""
+    if n < 1:
+        raise UsageError(f"calibration needs at least one subnet, got --n {n}")
+    check_agent(agent, table)
+    timing = timing or table_timing(table) or TimingSettings()
+    res = resolutions or covered_resolutions(table, space)
+    predictor = Predictor.from_table(table, space, use_calibration=False)
+    configs = sample_subnets(space, n, seed, res)
+    subnets = measure_subnets(agent, space, configs, timing, predictor, "calibration subnets", progress)
+    raw, meas = _predicted(subnets, UNCALIBRATED), _measured(subnets)
+    cal = fit_calibration(raw, meas, space.name, predictor.granularity)
+    for r in subnets:
+        r.predicted[CALIBRATED] = float(cal.apply(r.predicted[UNCALIBRATED]))
+    return CalibrationRun(cal, subnets, error_metrics(raw, meas), error_metrics(cal.apply(raw), meas),
+                          calibration_key(space, predictor.granularity))
+
+
+def store_calibration(table: LatencyTable, run: CalibrationRun, **facts: Any) -> None:
+    """Write the fit into the table's meta "calibration" (other spaces' entries kept); `facts`
+    (seed, resolutions, timing...) are stored beside it for the record."""
+    cals = dict(table.meta_get("calibration") or {})
+    cals[run.key] = {**run.calibration.to_dict(), "profile_id": table.profile.id if table.profile else "",
+                     "taken_at": time.time(), "in_sample": run.after.to_dict(),
+                     "uncalibrated": run.before.to_dict(), **facts}
+    table.meta_set("calibration", cals)
+
+
+# ---------------------------------------------------------------------- op-level baseline
+def op_table_path(table_path: str) -> str:
+    """The default op-level baseline table beside a table: t.sqlite -> t.op-none.sqlite."""
+    root, ext = os.path.splitext(table_path)
+    return f"{root}.op-none{ext or '.sqlite'}"
+
+
+def subnet_ops(space, configs: Iterable[np.ndarray]) -> list:
+    """The unique unfused op-granularity ops of the given subnets."""
+    from . import ops as O
+
+    found: dict[str, Any] = {}
+    for cfg in configs:
+        for b in space.blocks(cfg):
+            for op in O.expand(b):
+                found.setdefault(op.key, op)
+    return list(found.values())
+
+
+def op_costs(path: str, agent, space, configs: np.ndarray, timing: TimingSettings,
+             progress: Progress = _quiet) -> tuple[dict[str, float], int]:
+    """{op key: ms} of every unfused op of `configs`, from the op table at `path` (same profile as
+    the agent, granularity op, fusion none); keys it lacks are profiled into it first. Returns the
+    costs and how many ops were profiled now."""
+    from .profiling import profile_into
+
+    want = {"granularity": "op", "fusion": "none"}
+    ops = subnet_ops(space, configs)
+    with LatencyTable.open(path, agent.profile) as t:
+        meta = t.meta_get("profile_run")
+        if meta and {k: meta.get(k) for k in want} != want:
+            raise UsageError(f"{path} holds {meta.get('granularity')}-granularity entries (fusion "
+                             f"{meta.get('fusion')}); the op-sum baseline needs op granularity, fusion none")
+        spaces = sorted(set((meta or {}).get("spaces", [])) | {space.name})
+        t.meta_set("profile_run", {**(meta or {}), **want, "spaces": spaces})
+        have = t.keys(status="ok")
+        missing = [op for op in ops if op.key not in have]
+        done = [0]
+
+        def tick(_m) -> None:
+            done[0] += 1
+            progress("op-level baseline ops", done[0], len(missing))
+
+        if missing:
+            progress("op-level baseline ops", 0, len(missing))
+            run = profile_into(t, agent, missing, timing, retry_failed=True, on_result=tick)
+            if run.interrupted:
+                raise KeyboardInterrupt
+        return t.estimates(), len(missing)
+
+
+# ---------------------------------------------------------------------- validation
+@dataclass
+class ValidationReport:
+    """Everything one validation run measured and concluded."""
+
+    table: str
+    space: str
+    profile: DeviceProfile
+    granularity: str
+    fusion: str
+    timing: TimingSettings
+    seed: int
+    resolutions: tuple[int, ...]
+    subnets: list[SubnetResult]
+    calibration_subnets: list[SubnetResult]
+    calibration: Calibration | None
+    flops_fit: tuple[float, float] | None  # ms per MFLOP, offset ms
+    metrics: dict[str, Metrics]
+    op_table: str | None = None
+    op_profiled: int = 0
+    stored_calibration: dict[str, Any] | None = None  # what the table held (not used here)
+    noise: NoiseFloor | None = None
+    wall_s: float = 0.0
+    loadavg: tuple[float, float, float] = (math.nan, math.nan, math.nan)
+
+    @property
+    def predictors(self) -> list[str]:
+        return [p for p in PREDICTORS if p in self.metrics]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "table": self.table, "space": self.space, "profile": self.profile.to_dict(),
+            "granularity": self.granularity, "fusion": self.fusion, "timing": self.timing.to_dict(),
+            "seed": self.seed, "resolutions": list(self.resolutions), "n": len(self.subnets),
+            "calibrate_n": len(self.calibration_subnets),
+            "metrics": {k: self.metrics[k].to_dict() for k in self.predictors},
+            "predictors": {k: PREDICTOR_HELP[k] for k in self.predictors},
+            "calibration": self.calibration.to_dict() if self.calibration else None,
+            "flops_fit": ({"ms_per_mflop": self.flops_fit[0], "offset_ms": self.flops_fit[1]}
+                          if self.flops_fit else None),
+            "op_table": self.op_table, "op_profiled": self.op_profiled,
+            "stored_calibration": self.stored_calibration,
+            "noise": self.noise.to_dict() if self.noise else None,
+            "wall_s": round(self.wall_s, 2), "loadavg": list(self.loadavg),
+            "subnets": [r.to_dict() for r in self.subnets],
+            "calibration_subnets": [r.to_dict() for r in self.calibration_subnets],
+        }
+
+    def summary_lines(self) -> list[str]:
+        """The report as plain text lines (the CLI prints them; benchmarks too)."""
+        t = self.timing
+        lines = [
+            f"{self.space} on {self.profile.describe()}",
+            f"table {self.table} ({self.granularity} granularity, fusion {self.fusion}); "
+            f"{len(self.subnets)} subnets at {', '.join(map(str, self.resolutions))} (seed {self.seed}), "
+            f"{len(self.calibration_subnets)} other subnets to calibrate",
+            f"timing: median of >= {t.min_samples} samples, stop at IQR/median < {t.target_iqr:g} or "
+            f"{t.max_time_s:g} s; load average {' '.join(f'{x:.2f}' for x in self.loadavg)}; {self.wall_s:.0f} s",
+        ]
+        meas = _measured(self.subnets)
+        if meas.size:
+            lines.append(f"measured: {meas.min():.3f} .. {meas.max():.3f} ms (median {np.median(meas):.3f})")
+        lines.append(f"{'predictor':14} {'n':>4} {'<=5%':>6} {'<=10%':>6} {'RMSPE':>7} {'MAPE':>7} "
+                     f"{'bias':>7} {'max':>7} {'rho':>6} {'tau':>6}")
+        for name in self.predictors:
+            m = self.metrics[name]
+            lines.append(f"{name:14} {m.n:4d} {_pct(m.within5):>6} {_pct(m.within10):>6} {_pct(m.rmspe):>7} "
+                         f"{_pct(m.mape):>7} {_pct(m.bias, sign=True):>7} {_pct(m.max_abs):>7} "
+                         f"{_num(m.spearman):>6} {_num(m.kendall):>6}")
+        if self.calibration:
+            c = self.calibration
+            lines.append(f"calibration: measured = {c.scale:.4f} x predicted {c.offset_ms:+.4f} ms (n={c.n})")
+        if self.flops_fit:
+            lines.append(f"flops fit: measured = {self.flops_fit[0]:.5f} ms/MFLOP x MFLOPs {self.flops_fit[1]:+.4f} ms")
+        if self.op_table:
+            lines.append(f"op-sum: unfused op table {self.op_table} ({self.op_profiled} ops profiled in this run)")
+        misses = sum(1 for r in self.subnets if r.misses)
+        if misses:
+            lines.append(f"warning: {misses} subnet(s) used keys missing from the table (priced by the fallback)")
+        if self.stored_calibration:
+            lines.append(f"the table holds a calibration for this space (n={self.stored_calibration.get('n')}); "
+                         f"'calibrated' above is fitted afresh on the calibration subnets")
+        if self.noise:
+            nf = self.noise
+            lines.append(f"noise floor: one subnet x{len(nf.medians)}: medians {min(nf.medians):.3f} .. "
+                         f"{max(nf.medians):.3f} ms, spread {_pct(nf.spread)}, CV {_pct(nf.cv)}, "
+                         f"within +-5% of their median {_pct(nf.within(0.05))}, +-10% {_pct(nf.within(0.10))}")
+        return lines
+
+
+def _pct(x: float, sign: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{100 * x:+.1f}%" if sign else f"{100 * x:.1f}%"
+
+
+def _num(x: float) -> str:
+    return "-" if x is None or math.isnan(x) else f"{x:.3f}"
+
+
+def fit_flops(flops: Sequence[float], measured: Sequence[float]) -> tuple[float, float]:
+    """Least-squares (ms per MFLOP, offset ms); offset alone when fewer than 2 distinct FLOPs."""
+    f = np.asarray(flops, dtype=np.float64) / 1e6
+    m = np.asarray(measured, dtype=np.float64)
+    if f.size == 0:
+        raise UsageError("a FLOPs fit needs at least one measured subnet")
+    if f.size < 2 or np.ptp(f) == 0:
+        return 0.0, float(m.mean())
+    a, b = np.polyfit(f, m, 1)
+    return float(a), float(b)
+
+
+def validate(table: LatencyTable, space, agent, n: int = 100, seed: int = 0,
+             resolutions: Sequence[int] | None = None, calibrate_n: int = 10,
+             timing: TimingSettings | None = None, op_table: str | None = None, op_baseline: bool = True,
+             noise: int = 0, progress: Progress = _quiet) -> ValidationReport:
+    """Measure n random subnets end to end and score every predictor (see PREDICTOR_HELP) on them."""
+    # calibration and FLOPs fit: on `calibrate_n` other networks (disjoint from the n); op-sum: from
+    # an unfused op table of the same profile (`op_table`, default beside the table), whose missing
+    # ops are profiled first with the same agent and timing
+    if n < 1:
+        raise UsageError(f"validation needs at least one subnet, got --n {n}")
+    if calibrate_n < 0 or noise < 0:
+        raise UsageError("--calibrate-n and --noise must be >= 0")
+    t0 = time.perf_counter()
+    load0 = _loadavg()
+    profile = check_agent(agent, table)
+    timing = timing or table_timing(table) or TimingSettings()
+    res = tuple(resolutions) if resolutions else covered_resolutions(table, space)
+    predictor = Predictor.from_table(table, space, use_calibration=False)
+    meta = table.meta_get("profile_run") or {}
+    configs = sample_subnets(space, n + calibrate_n, seed, res)
+    val_cfgs, cal_cfgs = configs[:n], configs[n:]
+
+    op_path, op_profiled, op_map = None, 0, None
+    if op_baseline:
+        if predictor.granularity == "op" and predictor.pricer.fusion == "none":
+            op_path, op_map = table.path, table.estimates()  # the table is the unfused op table itself
+        else:
+            op_path = op_table or op_table_path(table.path)
+            op_map, op_profiled = op_costs(op_path, agent, space, val_cfgs, timing, progress)
+
+    cal_subnets = measure_subnets(agent, space, cal_cfgs, timing, predictor, "calibration subnets", progress)
+    subnets = measure_subnets(agent, space, val_cfgs, timing, predictor, "validation subnets", progress)
+
+    cal = flops_fit = None
+    if cal_subnets:
+        cal = fit_calibration(_predicted(cal_subnets, UNCALIBRATED), _measured(cal_subnets), space.name,
+                              predictor.granularity)
+        flops_fit = fit_flops([r.flops for r in cal_subnets], _measured(cal_subnets))
+    op_pricer = Pricer(op_map, "op", "none", strict=True) if op_map is not None else None
+    for r, cfg in zip(subnets, val_cfgs):
+        if cal:
+            r.predicted[CALIBRATED] = float(cal.apply(r.predicted[UNCALIBRATED]))
+        if flops_fit:
+            r.predicted[FLOPS] = flops_fit[0] * r.flops / 1e6 + flops_fit[1]
+        if op_pricer is not None:
+            r.predicted[OP_SUM] = _op_sum(op_pricer, space, cfg)
+    meas = _measured(subnets)
+    metrics = {}
+    for name in PREDICTORS:
+        p = _predicted(subnets, name)
+        ok = np.isfinite(p)
+        if ok.any():
+            metrics[name] = error_metrics(p[ok], meas[ok])
+
+    noise_run = noise_floor(agent, space, val_cfgs[0], noise, timing, progress) if noise else None
+    stored = (table.meta_get("calibration") or {}).get(calibration_key(space, predictor.granularity))
+    load1 = _loadavg()
+    return ValidationReport(
+        table=table.path, space=space.name, profile=profile, granularity=predictor.granularity,
+        fusion=meta.get("fusion", predictor.pricer.fusion), timing=timing, seed=seed, resolutions=res,
+        subnets=subnets, calibration_subnets=cal_subnets, calibration=cal, flops_fit=flops_fit,
+        metrics=metrics, op_table=op_path, op_profiled=op_profiled, stored_calibration=stored,
+        noise=noise_run, wall_s=time.perf_counter() - t0,
+        loadavg=tuple(max(a, b) for a, b in zip(load0, load1)),  # type: ignore[arg-type]
+    )
+
+
+def _op_sum(pricer: Pricer, space, cfg) -> float:
+    """The unfused op-level price of a subnet; NaN when an op could not be measured."""
+    try:
+        return pricer.price(space.blocks(cfg)).raw_ms
+    except LatbenchError:
+        return math.nan
+
+
+def _loadavg() -> tuple[float, float, float]:
+    try:
+        return os.getloadavg()
+    except (AttributeError, OSError):  # pragma: no cover - not Unix
+        return (math.nan, math.nan, math.nan)
+
+
+# ---------------------------------------------------------------------- outputs
+def write_csv(report: ValidationReport, path: str | os.PathLike) -> None:
+    """One row per validation subnet: config (published form, JSON), resolution, FLOPs, measured
+    median/IQR, and each predictor's value in ms."""
+    names = report.predictors
+    try:
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["config", "resolution", "mflops", "measured_ms", "p25_ms", "p75_ms", "iqr_ms",
+                        "samples", "misses"] + [f"{p}_ms" for p in names])
+            for r in report.subnets:
+                s = r.measured
+                w.writerow([json.dumps(r.config, separators=(",", ":")), r.resolution, f"{r.flops / 1e6:.3f}",
+                            f"{s.median:.6g}", f"{s.p25:.6g}", f"{s.p75:.6g}", f"{s.iqr:.6g}", s.n, r.misses]
+                           + [f"{r.predicted[p]:.6g}" if p in r.predicted else "" for p in names])
+    except OSError as e:
+        raise LatbenchError(f"{path}: cannot write: {e.strerror or e}") from None
+
+
+COLOURS = {UNCALIBRATED: "tab:blue", CALIBRATED: "tab:green", OP_SUM: "tab:red", FLOPS: "tab:orange"}
+
+
+def plot(report: ValidationReport, path: str | os.PathLike) -> None:
+    """Scatter of predicted vs measured (one colour per predictor), the y = x line and a +-10% band."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    meas = _measured(report.subnets)
+    fig = Figure(figsize=(6.4, 6.0), dpi=110)  # an Agg canvas without pyplot: no global backend switch
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    vals = [meas] + [_predicted(report.subnets, p) for p in report.predictors]
+    allv = np.concatenate([v[np.isfinite(v)] for v in vals])
+    lo, hi = float(allv.min()) * 0.9, float(allv.max()) * 1.1
+    xs = np.linspace(lo, hi, 50)
+    ax.fill_between(xs, xs * 0.9, xs * 1.1, color="0.85", label="+-10%", zorder=0)
+    ax.plot(xs, xs, color="0.3", lw=1, label="y = x", zorder=1)
+    for p in report.predictors:
+        m = report.metrics[p]
+        ax.scatter(meas, _predicted(report.subnets, p), s=14, alpha=0.8, color=COLOURS.get(p),
+                   label=f"{p}: {_pct(m.within10)} in +-10%, RMSPE {_pct(m.rmspe)}", zorder=2)
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel("measured end-to-end latency (ms)")
+    ax.set_ylabel("predicted latency (ms)")
+    ax.set_title(f"{report.space}, {report.profile.agent} {report.profile.threads} thread(s), "
+                 f"{len(report.subnets)} subnets", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    try:
+        fig.savefig(path, format="png")
+    except OSError as e:
+        raise LatbenchError(f"{path}: cannot write: {e.strerror or e}") from None
+
+
+__all__ = [
+    "Metrics", "error_metrics", "relative_errors", "covered_resolutions", "sample_subnets", "network_id",
+    "subnet_flops", "profile_settings", "check_agent", "table_timing", "export_onnx", "tflite_model",
+    "prepare_subnet", "measure_subnet", "NoiseFloor", "noise_floor", "SubnetResult", "measure_subnets",
+    "CalibrationRun", "calibrate", "store_calibration", "calibration_key", "op_table_path", "op_costs",
+    "ValidationReport", "validate", "fit_flops", "write_csv", "plot", "PREDICTORS",
+]

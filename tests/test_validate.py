@@ -1,0 +1,220 @@
+"""Predicted vs measured: metric code against hand-computed values, calibration round trip through
+the table, `latbench validate`/`calibrate` end to end on the tiny space with ort and tflite, and
+refusal of a table of another profile."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import run_latbench
+from latbench.device import DeviceProfile
+from latbench.errors import UsageError
+from latbench.predict import Calibration, Predictor, fit_calibration
+from latbench.spaces import get_space
+from latbench.store import LatencyTable
+from latbench.validate import (
+    CalibrationRun, error_metrics, network_id, sample_subnets, store_calibration,
+)
+
+FAST = ["--max-time", "0.05", "--min-samples", "5"]
+
+
+# ---------------------------------------------------------------------- metrics
+def test_metrics_against_hand_computed_values() -> None:
+    # relative errors 0, +5%, -10%, +10%: on the boundaries, which count as within
+    m = error_metrics([1.0, 2.1, 2.7, 4.4], [1.0, 2.0, 3.0, 4.0])
+    assert m.n == 4
+    assert m.within5 == 0.5 and m.within10 == 1.0
+    assert m.rmspe == pytest.approx(math.sqrt((0 + 0.05**2 + 0.1**2 + 0.1**2) / 4))  # 0.075
+    assert m.mape == pytest.approx((0 + 0.05 + 0.1 + 0.1) / 4)  # 0.0625
+    assert m.bias == pytest.approx((0 + 0.05 - 0.1 + 0.1) / 4)
+    assert m.max_abs == pytest.approx(0.1)
+    assert m.spearman == pytest.approx(1.0) and m.kendall == pytest.approx(1.0)
+
+
+def test_rank_correlations_against_hand_computed_values() -> None:
+    # ranks (1, 3, 2, 4) vs (1, 2, 3, 4): Spearman 1 - 6*2/(4*15) = 0.8; Kendall (5 - 1)/6
+    m = error_metrics([1.0, 3.0, 2.0, 4.0], [1.0, 2.0, 3.0, 4.0])
+    assert m.spearman == pytest.approx(0.8)
+    assert m.kendall == pytest.approx(4 / 6)
+    assert m.within5 == 0.5 and m.within10 == 0.5  # errors 0, +50%, -33%, 0
+    assert m.rmspe == pytest.approx(math.sqrt((0.25 + 1 / 9) / 4))
+    assert m.mape == pytest.approx((0.5 + 1 / 3) / 4)
+    # reversed order: perfectly anti-correlated
+    r = error_metrics([4.0, 3.0, 2.0, 1.0], [1.0, 2.0, 3.0, 4.0])
+    assert r.spearman == pytest.approx(-1.0) and r.kendall == pytest.approx(-1.0)
+
+
+def test_metrics_edge_cases() -> None:
+    one = error_metrics([1.1], [1.0])
+    assert one.within10 == 1.0 and math.isnan(one.spearman)  # no rank correlation of one point
+    assert error_metrics([], []).n == 0
+    with pytest.raises(UsageError):
+        error_metrics([1.0, 2.0], [1.0])
+    with pytest.raises(UsageError):
+        error_metrics([1.0], [0.0])
+    assert isinstance(one.to_dict()["spearman"], type(None))  # NaN -> null in JSON
+
+
+# ---------------------------------------------------------------------- calibration
+PROFILE = DeviceProfile(agent="cpu", runtime="torch", runtime_version="x", threads=1, device="Test CPU")
+
+
+def test_calibration_recovers_scale_and_offset_and_round_trips(tmp_path: Path) -> None:
+    p = np.linspace(2.0, 9.0, 10)
+    cal = fit_calibration(p, 1.3 * p + 0.2, "tiny", "block")
+    assert cal.scale == pytest.approx(1.3) and cal.offset_ms == pytest.approx(0.2) and cal.n == 10
+    sp = get_space("tiny")
+    with LatencyTable.open(tmp_path / "t.sqlite", PROFILE) as t:
+        t.meta_set("profile_run", {"granularity": "block", "fusion": "none"})
+        t.meta_set("calibration", {"other/op": {"scale": 2.0, "offset_ms": 0.0, "n": 3}})
+        run = CalibrationRun(cal, [], error_metrics(p, p), error_metrics(p, p), "tiny/block")
+        store_calibration(t, run, seed=7)
+    with LatencyTable.open(tmp_path / "t.sqlite", create=False) as t:
+        stored = t.meta_get("calibration")
+        assert set(stored) == {"other/op", "tiny/block"}  # other spaces' calibrations kept
+        assert stored["tiny/block"]["seed"] == 7 and stored["tiny/block"]["profile_id"] == PROFILE.id
+        back = Calibration.from_dict(stored["tiny/block"])
+        assert (back.scale, back.offset_ms, back.n) == pytest.approx((1.3, 0.2, 10))
+        # the key Predictor.from_table reads (space name / the table's granularity)
+        key = f"{sp.name}/{t.meta_get('profile_run')['granularity']}"
+        assert Calibration.from_dict(t.meta_get("calibration")[key]).apply(10.0) == pytest.approx(13.2)
+
+
+# ---------------------------------------------------------------------- sampling
+def test_sampling_is_deterministic_distinct_and_at_the_asked_resolutions() -> None:
+    sp = get_space("tiny")
+    a = sample_subnets(sp, 30, 3, [32])
+    assert (a == sample_subnets(sp, 30, 3, [32])).all()
+    assert len({network_id(sp, c) for c in a}) == 30
+    assert {sp.input_shape(c)[2] for c in a} == {32}
+    both = sample_subnets(sp, 40, 1, [24, 32])
+    assert {sp.input_shape(c)[2] for c in both} == {24, 32}
+    # validation = first n, calibration = the next k: disjoint networks, same n whatever k
+    ids = [network_id(sp, c) for c in sample_subnets(sp, 14, 5, [24])]
+    assert not set(ids[:10]) & set(ids[10:])
+    assert ids[:10] == [network_id(sp, c) for c in sample_subnets(sp, 10, 5, [24])]
+
+
+# ---------------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory) -> dict[str, Path]:
+    """Block tables of tiny at 24 px profiled by the real CLI, one per device (short timing)."""
+    d = tmp_path_factory.mktemp("validate")
+    out = {}
+    for dev in ("ort", "tflite"):
+        p = d / f"tiny-{dev}.sqlite"
+        r = run_latbench("profile", "--device", dev, "--space", "tiny", "-r", "24", "-g", "block",
+                         "--out", str(p), *FAST)
+        assert r.returncode == 0, r.stderr
+        out[dev] = p
+    return out
+
+
+@pytest.mark.parametrize("device", ["ort", "tflite"])
+def test_validate_end_to_end(tables, device: str, tmp_path: Path, cli) -> None:
+    csv_path, png, op_table = tmp_path / "pairs.csv", tmp_path / "fit.png", tmp_path / "ops.sqlite"
+    code, out, err = cli("validate", "--table", str(tables[device]), "--space", "tiny", "--device", device,
+                         "--n", "5", "--calibrate-n", "3", "--seed", "1", "--noise", "3", "--op-table",
+                         str(op_table), "--csv", str(csv_path), "--plot", str(png), "--json")
+    assert code == 0, err
+    rep = json.loads(out)
+    assert rep["n"] == 5 and rep["calibrate_n"] == 3 and rep["resolutions"] == [24]
+    assert rep["profile"]["agent"] == device
+    assert set(rep["metrics"]) == {"uncalibrated", "calibrated", "op-sum", "flops-linear"}
+    for m in rep["metrics"].values():
+        assert m["n"] == 5 and 0 <= m["within10"] <= 1 and m["rmspe"] >= 0
+    assert rep["calibration"]["n"] == 3 and rep["op_profiled"] > 0 and rep["op_table"] == str(op_table)
+    assert len(rep["noise"]["medians_ms"]) == 3
+    assert "validation subnets" in err  # progress on stderr
+    # the CSV: one row per validation subnet, configs in published form
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 5
+    sp = get_space("tiny")
+    for row in rows:
+        cfg = json.loads(row["config"])
+        assert sp.input_shape(cfg)[2] == int(row["resolution"]) == 24
+        assert float(row["measured_ms"]) > 0 and float(row["uncalibrated_ms"]) > 0
+        assert float(row["p25_ms"]) <= float(row["measured_ms"]) <= float(row["p75_ms"])
+        assert row["op-sum_ms"] and row["flops-linear_ms"] and row["calibrated_ms"]
+    import matplotlib.image
+
+    img = matplotlib.image.imread(str(png))
+    assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+    if device == "ort":  # the op table is reused: the same subnets profile nothing new
+        code, out, err = cli("validate", "--table", str(tables[device]), "--space", "tiny", "--n", "3",
+                             "--calibrate-n", "0", "--seed", "1", "--op-table", str(op_table))
+        assert code == 0, err
+        assert "(0 ops profiled in this run)" in out and "uncalibrated" in out and "flops" not in out
+
+
+def test_table_of_another_profile_is_refused_in_one_line(tables, cli) -> None:
+    for extra in (["--threads", "2"], ["--device", "tflite"]):
+        code, out, err = cli("validate", "--table", str(tables["ort"]), "--space", "tiny", "--n", "2", *extra)
+        assert code == 1 and out == ""
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("latbench: error: ")
+        with LatencyTable.open(tables["ort"], create=False) as t:
+            assert t.profile.id in lines[0]
+        assert "agent is" in lines[0] and "(id " in lines[0].split("agent is")[1]
+    code, _, err = cli("calibrate", "--table", str(tables["tflite"]), "--space", "tiny", "--no-xnnpack")
+    assert code == 1 and "delegate" in err and len(err.strip().splitlines()) == 1
+
+
+def test_bad_inputs_are_one_line(tables, cli, tmp_path: Path) -> None:
+    code, _, err = cli("validate", "--table", str(tmp_path / "none.sqlite"), "--space", "tiny")
+    assert code == 1 and "no such latbench table" in err
+    code, _, err = cli("validate", "--table", str(tables["ort"]), "--space", "ofa-mbv3-w10", "--n", "2")
+    assert code == 2 and "pass --resolution" in err
+    code, _, err = cli("validate", "--table", str(tables["ort"]), "--space", "tiny", "--n", "0")
+    assert code == 2 and "at least one subnet" in err
+
+
+def test_calibrate_then_predict_says_calibrated(tables, tmp_path: Path, cli) -> None:
+    path = tmp_path / "copy.sqlite"
+    with LatencyTable.open(tables["ort"], create=False) as src, sqlite3.connect(path) as dst:
+        src.conn.backup(dst)
+    code, out, err = cli("calibrate", "--table", str(path), "--space", "tiny", "--n", "4", "--json")
+    assert code == 0, err
+    run = json.loads(out)
+    assert run["key"] == "tiny/block" and run["calibration"]["n"] == 4 and len(run["subnets"]) == 4
+    with LatencyTable.open(path, create=False) as t:
+        stored = t.meta_get("calibration")["tiny/block"]
+        assert stored["scale"] == pytest.approx(run["calibration"]["scale"]) and stored["resolutions"] == [24]
+        pred = Predictor.from_table(t, get_space("tiny"))
+        assert pred.calibration is not None and pred.explain(get_space("tiny").smallest()).calibrated
+    code, out, err = cli("calibrate", "--table", str(path), "--space", "tiny", "--n", "3")
+    assert code == 0 and "measured = " in out and "in sample" in out
+    from latbench.cli import app
+
+    if "predict" in {c.name for c in app.registered_commands}:
+        code, out, err = cli("predict", "--table", str(path), "--space", "tiny", "--random", "2", "-r", "24", "--json")
+        assert code == 0, err
+        assert json.loads(out)["calibrated"] is True
+
+
+def test_measure_subnet_with_the_torch_agent_and_quickstart_without_table() -> None:
+    from rich.console import Console
+
+    from device_agents import get_agent
+    from latbench.cli import QuickstartState
+    from latbench.cli_validate import quickstart_validate
+    from latbench.measure import TimingSettings
+    from latbench.validate import measure_subnet
+
+    sp = get_space("tiny")
+    agent = get_agent("cpu", threads=1)
+    stats = measure_subnet(agent, sp, sp.smallest(), TimingSettings(max_time_s=0.05, min_samples=3, warmup=1))
+    assert stats.median > 0 and stats.n >= 3
+    con = Console(record=True, width=100)
+    st = QuickstartState("tiny", (24,), 5, 0)
+    st.table = None
+    quickstart_validate(st, con)
+    assert "skipped" in con.export_text()
