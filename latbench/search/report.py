@@ -62,7 +62,7 @@ def plot_front(result: SearchResult, path: str | os.PathLike) -> None:
     front = result.front if result.front is not None else log.pareto()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     ax.scatter(log.latency_ms[feas, 0], log.accuracy[feas], s=4, c="0.75", label=f"feasible trials ({log.feasible.sum()})")
-    ax.plot(log.latency_ms[front, 0], log.accuracy[front], "o-", c="tab:blue", ms=3, lw=1.2,
+    ax.plot(log.latency_ms[front, 0], log.accuracy[front], "o-", c="tab:blue", ms=3, lw=1.2, drawstyle="steps-post",
             label=f"Pareto front ({len(front)})")
     ax.plot([result.latency_ms[table]], [result.accuracy], "*", c="tab:orange", ms=14, label="best under budget")
     budget = result.budgets_ms.get(table)
