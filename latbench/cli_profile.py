@@ -95,7 +95,7 @@ def profile_command(
         try:
             with LatencyTable.open(str(out), agent.profile) as table:
                 _check_run_meta(table, out, granularity, fusion, space)
-                run = _run_with_progress(_EstimatorTable(table), agent, ops, timing, max_ops, retry_failed, res)
+                run = _run_with_progress(table, agent, ops, timing, max_ops, retry_failed, res)
         finally:
             signal.signal(signal.SIGTERM, old)
     finally:
@@ -134,20 +134,6 @@ def _check_run_meta(table, out, granularity: str, fusion: str, space: Optional[s
         table.meta_set("profile_run", {**meta, "spaces": spaces})
     else:
         table.meta_set("profile_run", {**want, "spaces": [space] if space else []})
-
-
-class _EstimatorTable:
-    """The table as profile_into sees it, storing each row with the estimator its measurement
-    names in settings["estimator"] (benchmark_model reports a mean and no median)."""
-
-    def __init__(self, table):
-        self.table = table
-
-    def keys(self, status: Optional[str] = "ok") -> set:
-        return self.table.keys(status)
-
-    def add(self, m) -> None:
-        self.table.add(m, estimator=m.settings.get("estimator", "median"))
 
 
 def _run_with_progress(table, agent, ops, timing, max_ops, retry_failed, res):

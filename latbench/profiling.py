@@ -86,7 +86,8 @@ def profile_into(table, agent, ops: Iterable[OpSpec], timing: TimingSettings = T
         for m in agent.measure(feed(), timing):
             if resolutions and m.key in resolutions:
                 m = dataclasses.replace(m, extra={**m.extra, "resolutions": resolutions[m.key]})
-            table.add(m)
+            # benchmark_model reports a mean and no median: the row says which estimate it holds
+            table.add(m, estimator=m.settings.get("estimator", "median"))
             run.timed_s += m.timed_s
             if m.ok:
                 run.measured += 1
