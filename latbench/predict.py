@@ -51,9 +51,14 @@ def fit_calibration(predicted: Sequence[float], measured: Sequence[float], space
     m = np.asarray(measured, dtype=np.float64)
     if p.size == 0:
         raise UsageError("calibration needs at least one measured subnet")
+    offset_only = Calibration(1.0, float(np.mean(m - p)), int(p.size), space, granularity)
     if p.size < 3 or np.ptp(p) == 0:
-        return Calibration(1.0, float(np.mean(m - p)), int(p.size), space, granularity)
+        return offset_only
     a, b = np.polyfit(p, m, 1)
+    if a <= 0:
+        # noise swamped the spread of the predictions: a non-positive scale would invert the
+        # ranking, so keep the table's ordering and correct the offset only
+        return offset_only
     return Calibration(float(a), float(b), int(p.size), space, granularity)
 
 

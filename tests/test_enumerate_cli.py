@@ -208,10 +208,10 @@ def test_spaces_lists_every_registered_space(cli):
     assert "5.44e+20" in out and "128..224 step 4 (25)" in out
 
 
-def test_quickstart_runs_every_step(cli):
+def test_quickstart_runs_every_step(cli, tmp_path):
     from latbench.cli import QUICKSTART_STEPS
 
-    code, out, err = cli("quickstart", "--samples", "30")
+    code, out, err = cli("quickstart", "--samples", "30", "--workdir", str(tmp_path / "qs"))
     assert code == 0, err
     for i, (title, _) in enumerate(QUICKSTART_STEPS, 1):
         assert f"{i}/{len(QUICKSTART_STEPS)} {title}" in out

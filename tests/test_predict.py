@@ -124,6 +124,8 @@ def test_calibration_fit_and_apply() -> None:
     cal = fit_calibration(p, 1.5 * p + 0.2, "s", "block")
     assert cal.scale == pytest.approx(1.5) and cal.offset_ms == pytest.approx(0.2)
     assert Calibration.from_dict(cal.to_dict()) == cal
+    inverted = fit_calibration(p, 10.0 - p, "s", "block")  # noise that anti-correlates
+    assert inverted.scale == 1.0 and inverted.offset_ms == pytest.approx(np.mean(10.0 - 2 * p))
     space = get_space("tiny")
     pred = Predictor(space, known_costs(space.enumerate_blocks()), "block", calibration=cal)
     c = space.sample(0, 3)
