@@ -98,7 +98,7 @@ def _random(sp, n: int, seed: int, resolution: list[int]):
 def _predict_model(t, model: Path, strict: bool, use_calibration: bool) -> dict:
     """Lower an ONNX model to ops and price them at the table's (op) granularity."""
     from .lower import lower_onnx
-    from .predict import Fallback, Pricer
+    from .predict import Pricer
 
     meta = t.meta_get("profile_run") or {}
     gran = meta.get("granularity", "op")
@@ -109,8 +109,7 @@ def _predict_model(t, model: Path, strict: bool, use_calibration: bool) -> dict:
         raise UsageError(f"{model}: no such ONNX file")
     low = lower_onnx(str(model))
     costs = t.estimates()
-    pricer = Pricer(costs, "op", meta.get("fusion", "none"),
-                    None if strict else Fallback.fit(t.ops(), costs), strict)
+    pricer = Pricer(costs, "op", meta.get("fusion", "none"), None, strict, t.ops)
     p = pricer.price(low.ops)
     ms = p.raw_ms
     return {"table": str(t.path) if hasattr(t, "path") else "", "model": str(model), "granularity": "op",

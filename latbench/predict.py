@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -134,13 +134,15 @@ class Pricer:
     """Prices ops at one granularity/fusion from a {key: ms} map, with a counted fallback."""
 
     def __init__(self, costs: Mapping[str, float], granularity: str = "block", fusion: str = "none",
-                 fallback: Fallback | None = None, strict: bool = False):
+                 fallback: Fallback | None = None, strict: bool = False,
+                 fallback_ops: Iterable[OpSpec] | Callable[[], Iterable[OpSpec]] = ()):
         if granularity not in ("op", "block"):
             raise UsageError(f"granularity must be op or block, got {granularity!r}")
         self.costs = dict(costs)
         self.granularity = granularity
         self.fusion = fusion
         self.fallback = fallback
+        self._fallback_ops = fallback_ops  # fitted on the first miss only: complete tables skip it
         self.strict = strict
 
     def lower(self, block: OpSpec) -> list[OpSpec]:
@@ -157,7 +159,11 @@ class Pricer:
         if self.strict:
             raise MissingKeyError(f"key not in table: {op.key}")
         if self.fallback is None:
-            raise MissingKeyError(f"key not in table and no fallback: {op.key}")
+            ops = self._fallback_ops() if callable(self._fallback_ops) else self._fallback_ops
+            ops = list(ops)
+            if not ops:
+                raise MissingKeyError(f"key not in table and no fallback: {op.key}")
+            self.fallback = Fallback.fit(ops, self.costs)
         return self.fallback(op), True
 
     def lower_all(self, ops: Iterable[OpSpec]) -> list[OpSpec]:
@@ -196,8 +202,7 @@ class Predictor:
                  fusion: str = "none", strict: bool = False, calibration: Calibration | None = None,
                  fallback_ops: Iterable[OpSpec] = (), resolutions: Sequence[int] | None = None):
         self.space = space
-        fb = Fallback.fit(fallback_ops, costs) if not strict else None
-        self.pricer = Pricer(costs, granularity, fusion, fb, strict)
+        self.pricer = Pricer(costs, granularity, fusion, None, strict, fallback_ops)
         self.calibration = calibration
         self._compile(resolutions)
 
@@ -214,7 +219,7 @@ class Predictor:
             d = cals.get(f"{space.name}/{granularity}")
             cal = Calibration.from_dict(d) if d else None
         return cls(space, table.estimates(), granularity, fusion, strict, cal,
-                   fallback_ops=table.ops(), **kw)
+                   fallback_ops=table.ops, **kw)
 
     @property
     def granularity(self) -> str:
