@@ -239,3 +239,174 @@ def test_convert_keeps_original_function_and_exports():
     # into the original architecture (layers replaced by the subnet's sizes)
     sub2 = ofa.export(_plain_model(), cfg, [[1, 3, 16, 16]], ["float32"])
     assert (sub2(x) - y).abs().max().item() < 1e-5
+
+
+# ---------------------------------------------------------------------- OFA API and schedules
+def test_paddleslim_n_epochs_semantics_and_plan():
+    from latbench.supernet.ofa import OFA, search_idx
+    from latbench.supernet.shrinking import phases_per_task, plan_epochs, stage_of
+
+    assert search_idx(0, [[1], [2, 3], [5]]) == (0, 0)
+    assert search_idx(1, [[1], [2, 3], [5]]) == (0, 0)  # "epoch <= last epoch of the phase"
+    assert search_idx(3, [[1], [2, 3], [5]]) == (1, 1)
+    assert search_idx(9, [[1], [2, 3], [5]]) == (2, 0)
+    ofa = OFA(SuperNet(get_space("tiny")))
+    assert ofa.elastic_order == ["kernel_size", "depth", "width"]
+    assert phases_per_task(ofa) == [1, 2, 1]  # kernel {3,5}; depth up to 3 choices; expand {2,4}
+    full, n_epochs = plan_epochs(ofa, 8)
+    assert full == 2 and n_epochs == [[0], [1, 3], [5]]
+    names = [(st.name, st.phase) for st in (stage_of(e, full, n_epochs, ofa.elastic_order) for e in range(8))]
+    assert names == [("full", -1), ("full", -1), ("kernel_size", 0), ("depth", 0), ("depth", 1), ("depth", 1),
+                     ("width", 0), ("width", 0)]
+    from latbench.errors import UsageError
+
+    with pytest.raises(UsageError, match="at least 5 epochs"):
+        plan_epochs(ofa, 4)
+
+
+def test_progressive_shrinking_samples_only_unlocked_choices():
+    from latbench.supernet.ofa import OFA, RunConfig
+
+    space = get_space("tiny")
+    net = SuperNet(space)
+    ofa = OFA(net, RunConfig(n_epochs=[[0], [1, 2], [3]]))
+    tasks = net.tasks
+    card = space.cardinalities
+    seen = {}
+    for epoch in range(4):
+        ofa.set_epoch(epoch)
+        rows = np.array([ofa._progressive_shrinking() for _ in range(300)])
+        seen[epoch] = rows
+    for i, t in enumerate(tasks):
+        if t == "kernel_size":
+            assert set(seen[0][:, i]) == {0, 1}
+        if t == "depth":
+            assert set(seen[0][:, i]) == {card[i] - 1}  # depth not unlocked in the kernel task
+            assert set(seen[1][:, i]) == set(range(max(0, card[i] - 2), card[i]))  # phase 0: 2 largest
+            assert set(seen[2][:, i]) == set(range(card[i]))  # phase 1: all
+        if t == "width":
+            assert set(seen[2][:, i]) == {1} and set(seen[3][:, i]) == {0, 1}
+        if t == "resolution":
+            assert set(seen[0][:, i]) == {0, 1}  # elastic resolution in every phase
+    ofa.train_full = True
+    out, teacher = ofa(torch.randn(2, 1, 32, 32))
+    assert teacher is None and list(ofa.current_config) == list(space.largest()) and out.shape == (2, 10)
+    # elastic_depth restricts the depth choices
+    ofa2 = OFA(net, RunConfig(elastic_depth=[2, 3]))
+    ofa2.set_task("depth")
+    rows = np.array([ofa2.sample_config("random", ofa2.task, None) for _ in range(100)])
+    for i, t in enumerate(tasks):
+        if t == "depth":
+            vals = {space.positions[i].choices[j] for j in rows[:, i]}
+            assert vals <= {2, 3}
+
+
+def test_distillation_losses():
+    from latbench.supernet.ofa import OFA, DistillConfig, teacher_copy
+
+    space = get_space("tiny")
+    torch.manual_seed(0)
+    net = SuperNet(space)
+    randomize(net, 2)
+    teacher = teacher_copy(net)
+    x = torch.randn(4, 1, 32, 32)
+    # features: the same weights at the largest config give zero loss; a smaller subnet does not
+    ofa = OFA(net, distill_config=DistillConfig(lambda_distill=2.0, teacher_model=teacher,
+                                                  mapping_layers=["blocks.1", "blocks.9"]))
+    net.eval()
+    ofa.set_net_config(space.largest())
+    ofa(x)
+    assert float(ofa.calc_distill_loss().detach()) < 1e-10
+    ofa.set_net_config(space.smallest())
+    ofa(x[..., :24, :24])
+    loss = ofa.calc_distill_loss()
+    assert float(loss.detach()) > 0
+    loss.backward()
+    assert all(p.grad is None for p in teacher.parameters())  # the teacher is frozen
+    # logits (no mapping layers): soft-target cross-entropy, with a learned mapping op
+    ofa2 = OFA(net, distill_config=DistillConfig(teacher_model=teacher))
+    ofa2.set_task("kernel_size")
+    out, t_out = ofa2(x)
+    assert t_out is not None and float(ofa2.calc_distill_loss().detach()) > 0
+    ofa3 = OFA(net, distill_config=DistillConfig(teacher_model=teacher, mapping_layers=["blocks.1"],
+                                                   mapping_op="conv2d"))
+    assert len(ofa3.netAs_param) == 1  # a 1x1 conv from student to teacher width
+    ofa3.set_net_config(space.smallest())
+    ofa3(x)
+    assert ofa3.calc_distill_loss().requires_grad
+
+
+def test_sandwich_step_and_constrained_sampler():
+    from latbench.supernet.sandwich import SANDWICH, SubnetSampler, flops_cost, sandwich_step
+
+    space = get_space("tiny")
+    torch.manual_seed(0)
+    net = SuperNet(space).train()
+    cost = flops_cost(space)
+    lo_c, hi_c = cost(space.smallest())[0], cost(space.largest())[0]
+    lo, hi = lo_c + 0.3 * (hi_c - lo_c), lo_c + 0.6 * (hi_c - lo_c)
+    sampler = SubnetSampler(space, cost, (lo, hi), max_tries=200)
+    rng = np.random.default_rng(0)
+    x, y = torch.randn(8, 1, 32, 32), torch.randint(0, 10, (8,))
+    losses = sandwich_step(net, x, y, rng, sampler, SANDWICH)
+    assert list(losses) == ["0:max", "1:random", "2:random", "3:min"]
+    assert all(math.isfinite(v) for v in losses.values())
+    assert net.blocks[0].body.conv.weight.grad is not None
+    draws = [sampler("random", rng) for _ in range(10)]
+    assert all(lo <= cost(c)[0] <= hi for c in draws) and sampler.misses == 0
+    impossible = SubnetSampler(space, cost, (hi_c * 2, hi_c * 3), max_tries=5)
+    cfg = impossible("random", rng)
+    assert impossible.misses == 1 and impossible.tries == 5 and cfg is not None
+
+
+# ---------------------------------------------------------------------- checkpoints, resume
+def _settings(tmp_path, name, **kw):
+    from latbench.supernet.train import TrainSettings
+
+    base = dict(space="tiny", data="digits", strategy="ofa", epochs=5, batch_size=16, max_train_images=32,
+                eval_every=0, final_eval=False, threads=1, out=str(tmp_path / name))
+    base.update(kw)
+    return TrainSettings(**base)
+
+
+def test_resume_continues_at_the_right_epoch_and_phase(tmp_path):
+    from latbench.supernet.checkpoint import load_checkpoint
+    from latbench.supernet.train import train_supernet
+
+    full = train_supernet(_settings(tmp_path, "full.pt"))
+    assert full.done and [(h["name"], h["phase"]) for h in full.history] == [
+        ("full", -1), ("kernel_size", 0), ("depth", 0), ("depth", 1), ("width", 0)]
+    part = train_supernet(_settings(tmp_path, "part.pt", stop_after=3))
+    assert not part.done and part.epochs_done == 3
+    meta = load_checkpoint(tmp_path / "part.pt")["meta"]
+    assert meta["epoch"] == 3 and meta["stage"] == {k: full.history[2][k] for k in ("name", "task_idx", "phase")}
+    logs: list[str] = []
+    rest = train_supernet(_settings(tmp_path, "part.pt"), log=logs.append)
+    assert rest.done and [h["epoch"] for h in rest.history] == [1, 2, 3, 4, 5]
+    assert any("resuming" in m and "epoch 4/5" in m for m in logs)
+    for a, b in zip(full.history, rest.history):
+        assert {k: a[k] for k in ("name", "task_idx", "phase")} == {k: b[k] for k in ("name", "task_idx", "phase")}
+    sa = load_checkpoint(tmp_path / "full.pt")["model"]
+    sb = load_checkpoint(tmp_path / "part.pt")["model"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)  # the resumed run is the uninterrupted run
+    # a finished checkpoint is not trained again; a different run refuses to resume it
+    again = train_supernet(_settings(tmp_path, "part.pt"))
+    assert again.epochs_done == 5
+    from latbench.errors import UsageError
+
+    with pytest.raises(UsageError, match="strategy"):
+        train_supernet(_settings(tmp_path, "part.pt", strategy="bignas"))
+
+
+class NotAWeight:
+    """A pickled object: a checkpoint holding one must not load (weights_only=True)."""
+
+
+def test_checkpoints_load_weights_only(tmp_path):
+    from latbench.errors import FormatError
+    from latbench.supernet.checkpoint import load_checkpoint
+
+    bad = tmp_path / "evil.pt"
+    torch.save({"model": {}, "meta": "{}", "payload": NotAWeight()}, bad)
+    with pytest.raises(FormatError, match="not a latbench supernet checkpoint"):
+        load_checkpoint(bad)

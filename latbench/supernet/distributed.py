@@ -80,6 +80,18 @@ def all_same(value: float, world: int) -> float:
     return float(t.item() / world)
 
 
+def ranks_in_sync(module, world: int) -> bool:
+    """True when every rank holds the same parameters (compared by a float64 checksum)."""
+    if world <= 1:
+        return True
+    with torch.no_grad():
+        s = torch.stack([p.detach().double().sum() for p in module.parameters()]).sum().reshape(1)
+    lo, hi = s.clone(), s.clone()
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    return bool(torch.equal(lo, hi))
+
+
 def barrier(world: int) -> None:
     if world > 1:
         dist.barrier()
@@ -90,4 +102,4 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-__all__ = ["DistInfo", "init_distributed", "allreduce_grads", "broadcast_state", "all_same", "barrier", "shutdown"]
+__all__ = ["DistInfo", "init_distributed", "allreduce_grads", "broadcast_state", "all_same", "barrier", "shutdown", "ranks_in_sync"]
