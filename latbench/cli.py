@@ -424,6 +424,12 @@ def _mount_stage_commands() -> None:
     else:
         app.command("search")(search_command)
         app.add_typer(accuracy_app, name="accuracy")
+    try:
+        from .cli_supernet import supernet_app
+    except ImportError:
+        pass
+    else:
+        app.add_typer(supernet_app, name="supernet")
 
 
 _mount_stage_commands()
