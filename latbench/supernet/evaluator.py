@@ -33,7 +33,23 @@ def calibrating(net) -> Iterator[None]:
             m.calib_seen = -1
 
 
-def calib_bn(net, x: Tensor, batch_size: int = 256, max_images: int | None = 1024) -> None:
+@contextlib.contextmanager
+def bn_snapshot(net) -> Iterator[None]:
+    """Restore every dynamic BN's running statistics on exit: evaluating subnets during training
+    (calib_bn overwrites the shared statistics) must not change what training continues from."""
+    bns = [m for m in net.modules() if isinstance(m, DynamicBatchNorm2d)]
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in bns]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, (mean, var, n) in zip(bns, saved):
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+                m.num_batches_tracked.copy_(n)
+
+
+def calib_bn(net, x: Tensor, batch_size: int = 256, max_images: int | None = 512) -> None:
     """Re-estimate the active subnet's BN statistics on images `x` (resized to its resolution)."""
     x = x[:max_images] if max_images else x
     was_training = net.training
@@ -57,7 +73,7 @@ def accuracy(net, x: Tensor, y: Tensor, batch_size: int = 512) -> float:
     return correct / max(1, len(y))
 
 
-def evaluate_config(net, config: Any, data: Splits, split: str = "val", calib_images: int = 1024,
+def evaluate_config(net, config: Any, data: Splits, split: str = "val", calib_images: int = 512,
                     batch_size: int = 512) -> float:
     """calib_bn then accuracy of one subnet on a split."""
     net.set_active(config)
@@ -69,9 +85,10 @@ def evaluate_config(net, config: Any, data: Splits, split: str = "val", calib_im
 class SupernetEvaluator:
     """Accuracy source: int configs (n, positions) -> accuracies (n,), calib_bn per subnet, cached."""
 
-    def __init__(self, net, data: Splits, split: str = "val", calib_images: int = 1024, batch_size: int = 512,
+    def __init__(self, net, data: Splits, split: str = "val", calib_images: int = 512, batch_size: int = 512,
                  threads: int | None = None):
-        self.net, self.data, self.split = net.eval(), data, split
+        # channels-last runs the depthwise convs ~3x faster on CPU; the values are the same
+        self.net, self.data, self.split = net.eval().to(memory_format=torch.channels_last), data, split
         self.calib_images, self.batch_size = calib_images, batch_size
         self.cache: dict[tuple[int, ...], float] = {}
         self.evaluated = 0
@@ -151,5 +168,5 @@ def register() -> bool:
     return True
 
 
-__all__ = ["calib_bn", "calibrating", "accuracy", "evaluate_config", "SupernetEvaluator",
+__all__ = ["calib_bn", "calibrating", "bn_snapshot", "accuracy", "evaluate_config", "SupernetEvaluator",
            "supernet_accuracy_source", "register"]

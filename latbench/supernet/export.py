@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -78,8 +79,10 @@ def export_subnet(net, config: Any, path: str | os.PathLike, fmt: str = "onnx", 
                 "input_shape": list(shape)}
         torch.save({"state_dict": module.state_dict(), "meta": json.dumps(meta)}, path)
     elif fmt == "onnx":
-        torch.onnx.export(module, (x,), path, dynamo=False, opset_version=opset, input_names=["input"],
-                          output_names=["logits"])
+        with warnings.catch_warnings():  # the TorchScript exporter warns that it is legacy
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(module, (x,), path, dynamo=False, opset_version=opset, input_names=["input"],
+                              output_names=["logits"])
         report["onnx_max_abs_diff"] = _check_onnx(path, x, ref)
         if check and report["onnx_max_abs_diff"] is not None and report["onnx_max_abs_diff"] >= 1e-4:
             raise ExportMismatchError(f"{path}: ONNX Runtime output differs by {report['onnx_max_abs_diff']:.3g}")

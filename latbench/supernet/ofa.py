@@ -8,8 +8,9 @@ largest net; `forward` returns (student output, teacher output); `calc_distill_l
 `mapping_layers` activations (or, without mapping layers, the logits by soft-target cross-entropy).
 
 The model is a SuperNet built from a search space (its positions are the elastic dimensions; the
-input resolution is sampled in every phase, as Once-for-All does) or a model turned into a
-supernet by `Convert` (its layers' kernel_size / expand_ratio candidates).
+input resolution is sampled in every phase, `train_full` included, as Once-for-All does: a teacher
+that never saw a resolution gives chance-level targets there) or a model turned into a supernet by
+`Convert` (its layers' kernel_size / expand_ratio candidates).
 """
 from __future__ import annotations
 
@@ -289,6 +290,9 @@ class OFA(nn.Module):
             cfg = self._resolve_config(self.net_config)
         elif self.train_full:
             cfg = self.sample_config("largest")
+            for i, t in enumerate(self.dims.tasks):  # elastic resolution from the start, as OFA trains
+                if t == "resolution":
+                    cfg[i] = self.allowed[i][self.rng.integers(len(self.allowed[i]))]
         else:
             cfg = self._progressive_shrinking()
         self.current_config = cfg

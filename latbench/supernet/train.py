@@ -19,7 +19,7 @@ from ..errors import UsageError, require
 from . import distributed as D
 from .checkpoint import load_checkpoint, save_checkpoint, space_meta
 from .data import batches, load_data, shift, steps_per_epoch
-from .evaluator import evaluate_config
+from .evaluator import bn_snapshot, evaluate_config
 from .model import SuperNet
 from .ofa import OFA, DistillConfig, RunConfig, teacher_copy
 from .sandwich import SANDWICH, SubnetSampler, flops_cost, sandwich_step
@@ -57,7 +57,7 @@ class TrainSettings:
     max_train_images: int = 0  # 0: all (a cap for quick runs)
     eval_every: int = 1  # evaluate largest/smallest on val every N epochs (0: only at the end)
     final_eval: bool = True  # test accuracy of the largest/smallest subnet when training ends
-    calib_images: int = 1024  # training images calib_bn averages over before each evaluation
+    calib_images: int = 512  # training images calib_bn averages over before each evaluation
     threads: int = 0
     out: str = "supernet.pt"
     stop_after: int = 0  # stop after this many epochs in total (0: run to the end); resume continues
@@ -214,8 +214,9 @@ def train_supernet(settings: TrainSettings, log: Callable[[str], None] | None = 
                                "seconds": round(time.perf_counter() - t0, 2), "lr_end": round(lr, 6) if n else 0.0}
         last = epoch + 1 == s.epochs
         if info.main and ((s.eval_every and (epoch + 1) % s.eval_every == 0) or (last and s.final_eval)):
-            for tag, cfg in (("max", space.largest()), ("min", space.smallest())):
-                row[f"val_{tag}"] = round(evaluate_config(net, cfg, data, "val", s.calib_images), 4)
+            with bn_snapshot(net):
+                for tag, cfg in (("max", space.largest()), ("min", space.smallest())):
+                    row[f"val_{tag}"] = round(evaluate_config(net, cfg, data, "val", s.calib_images), 4)
         history.append(row)
         say(" ".join(f"{k}={v}" for k, v in row.items()))
         if info.main:
