@@ -532,3 +532,87 @@ def test_search_supernet_under_budget(small_ckpt):
     res = search_supernet(ev, {"latency": fake}, {"latency": budget}, seed=1, population=6, generations=2)
     assert res.latency_ms["latency"] <= budget and 0 <= res.accuracy <= 1
     assert res.accuracy == pytest.approx(ev(res.config[None])[0])
+
+
+# ---------------------------------------------------------------------- torchrun and end to end
+def _run(args, timeout):
+    import subprocess
+
+    from conftest import CLI_ENV, ROOT
+
+    return subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env=CLI_ENV, timeout=timeout)
+
+
+def test_torchrun_two_processes_and_single_process_load(tmp_path):
+    import json
+    import sys
+
+    from conftest import latbench_exe
+    from latbench.supernet.checkpoint import load_checkpoint, supernet_from_checkpoint
+
+    ck = tmp_path / "ddp.pt"
+    r = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+              latbench_exe(), "supernet", "train", "--space", "tiny", "--strategy", "bignas", "--epochs", "2",
+              "--batch-size", "8", "--max-train-images", "48", "--threads", "1", "--out", str(ck), "--json"], 600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads(r.stdout)
+    assert summary["done"] and summary["epochs_done"] == 2
+    meta = load_checkpoint(ck)["meta"]
+    assert meta["world"] == 2 and meta["ranks_in_sync"] is True and meta["epoch"] == 2
+    net, meta = supernet_from_checkpoint(ck)  # one process, no process group
+    net.set_active(net.space.largest())
+    with torch.no_grad():
+        assert net(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+
+
+def _predictor(table, space):
+    from latbench.supernet.search import predictor_for
+
+    return predictor_for(str(table), space)
+
+
+@pytest.mark.slow
+def test_end_to_end_digits_tiny(tmp_path):
+    """Train OFA and BigNAS on digits, profile ORT, calibrate, search two budgets, export, measure."""
+    import json
+
+    from device_agents import get_agent
+
+    results = {}
+    for strategy, epochs in (("ofa", 8), ("bignas", 6)):
+        ck = tmp_path / f"{strategy}.pt"
+        r = _run(["latbench", "supernet", "train", "--space", "tiny", "--data", "digits", "--strategy", strategy,
+                  "--epochs", str(epochs), "--batch-size", "32", "--lr", "0.1", "--out", str(ck), "--json"], 1500)
+        assert r.returncode == 0, r.stderr[-2000:]
+        results[strategy] = json.loads(r.stdout)
+        assert results[strategy]["test_accuracy"]["max"] >= 0.95, results[strategy]
+    table = tmp_path / "ort.db"
+    r = _run(["latbench", "profile", "--device", "ort", "--space", "tiny", "--out", str(table)], 900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = _run(["latbench", "calibrate", "--table", str(table), "--space", "tiny", "-n", "12"], 900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    space = get_space("tiny")
+    pred = _predictor(table, space)
+    lo, hi = pred.predict(space.smallest()), pred.predict(space.largest())
+    budgets = [round(lo + 0.25 * (hi - lo), 4), round(lo + 0.6 * (hi - lo), 4)]
+    ck = tmp_path / "bignas.pt"
+    r = _run(["latbench", "supernet", "search", "--checkpoint", str(ck), "--table", str(table),
+              "--budget-ms", str(budgets[0]), "--budget-ms", str(budgets[1]), "--out", str(tmp_path / "best.json"),
+              "--json"], 1500)
+    assert r.returncode == 0, r.stderr[-2000:]
+    found = json.loads(r.stdout)["results"]
+    agent = get_agent("ort")
+    measured = []
+    for b, res in zip(budgets, found):
+        assert res["latency_ms"] <= b
+        cfg = tmp_path / f"best-{b:g}ms.json"
+        onnx_path = tmp_path / f"win-{b:g}.onnx"
+        r = _run(["latbench", "supernet", "export", "--checkpoint", str(ck), "--config", str(cfg), "--format", "onnx",
+                  "-o", str(onnx_path), "--json"], 600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        rep = json.loads(r.stdout)
+        assert rep["max_abs_diff"] < 1e-5
+        stats = agent.measure_model(str(onnx_path), rep["input_shape"])
+        measured.append(stats.median)
+        assert stats.median <= 1.1 * b, (b, stats.median, res)
+    assert measured[0] < measured[1], (budgets, measured)
