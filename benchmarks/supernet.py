@@ -17,7 +17,11 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# run as a script, sys.path[0] is benchmarks/, whose profile.py would shadow the stdlib module
+# that torch imports: put the repository root there instead
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+sys.path.insert(0, os.path.dirname(_HERE))
 
 
 def step_times(space_name: str, batch: int, steps: int, threads: int) -> None:
