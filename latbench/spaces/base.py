@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable, Sequence
+from typing import Any, Callable, Hashable, Iterator, Sequence
 
 import numpy as np
 
@@ -169,18 +169,27 @@ class SearchSpace:
         choices = [tuple(p.choices) for p in self.positions]
         if self.resolution_position is not None:
             choices[self.resolution_position] = res
+        found: dict[OpSpec, None] = {}
+        for _, blocks in self.reach(choices):
+            for b in blocks:
+                found[b] = None
+        return list(found)
+
+    def reach(self, choices: Sequence[tuple]) -> Iterator[tuple[int, list[OpSpec]]]:
+        """(slot index, blocks) for every distinct (state, choices) any config reaches.
+
+        Propagates the set of slot states over the per-position `choices`; a state carries the
+        values of positions that later slots read too, so no combination is invented."""
         later: list[frozenset] = []
         acc: set = set()
         for slot in reversed(self.slots):
             later.append(frozenset(acc))
             acc |= set(slot.reads)
         later.reverse()
-
-        found: dict[OpSpec, None] = {}
         states: set = {(None, ())}
-        cache: dict = {}
         for i, slot in enumerate(self.slots):
             nxt: set = set()
+            cache: dict = {}
             for state, bound in states:
                 bound_d = dict(bound)
                 free = [p for p in slot.reads if p not in bound_d]
@@ -188,17 +197,13 @@ class SearchSpace:
                     vals = dict(bound_d)
                     vals.update(zip(free, combo))
                     args = tuple(vals[p] for p in slot.reads)
-                    ck = (i, state, args)
-                    hit = cache.get(ck)
+                    hit = cache.get((state, args))
                     if hit is None:
-                        hit = cache[ck] = slot.fn(state, args)
-                    blocks, st2 = hit
-                    for b in blocks:
-                        found[b] = None
+                        hit = cache[(state, args)] = slot.fn(state, args)
+                        yield i, hit[0]
                     keep = tuple(sorted((p, v) for p, v in vals.items() if p in later[i]))
-                    nxt.add((st2, keep))
+                    nxt.add((hit[1], keep))
             states = nxt
-        return list(found)
 
     # ------------------------------------------------------------------ build
     def build(self, config: Any):

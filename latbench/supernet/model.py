@@ -7,7 +7,6 @@ returns that very module with the weights copied out (channels sliced, kernels t
 """
 from __future__ import annotations
 
-import itertools
 import re
 from typing import Any, Hashable, Sequence
 
@@ -28,40 +27,18 @@ TASKS = ("kernel_size", "depth", "width", "resolution", "other")
 def slot_variants(space: SearchSpace) -> list[list[list[OpSpec]]]:
     """For each slot, for each block it can add, every distinct OpSpec any config puts there.
 
-    Walks the reachable slot states like `SearchSpace.enumerate_blocks` (never the subnets), at the
+    Walks the reachable slot states with `SearchSpace.reach` (never the subnets), at the
     smallest resolution only: weights do not depend on the feature-map size.
     """
     choices = [tuple(p.choices) for p in space.positions]
     if space.resolution_position is not None:
         choices[space.resolution_position] = (min(choices[space.resolution_position]),)
-    later: list[frozenset] = []
-    acc: set = set()
-    for slot in reversed(space.slots):
-        later.append(frozenset(acc))
-        acc |= set(slot.reads)
-    later.reverse()
     found: list[list[dict[OpSpec, None]]] = [[] for _ in space.slots]
-    states: set = {(None, ())}
-    for i, slot in enumerate(space.slots):
-        nxt: set = set()
-        cache: dict[tuple, tuple] = {}
-        for state, bound in states:
-            bound_d = dict(bound)
-            free = [p for p in slot.reads if p not in bound_d]
-            for combo in itertools.product(*(choices[p] for p in free)):
-                vals = dict(bound_d)
-                vals.update(zip(free, combo))
-                args = tuple(vals[p] for p in slot.reads)
-                hit = cache.get((state, args))
-                if hit is None:
-                    hit = cache[(state, args)] = slot.fn(state, args)
-                blocks, st2 = hit
-                for j, b in enumerate(blocks):
-                    while len(found[i]) <= j:
-                        found[i].append({})
-                    found[i][j][b] = None
-                nxt.add((st2, tuple(sorted((p, v) for p, v in vals.items() if p in later[i]))))
-        states = nxt
+    for i, blocks in space.reach(choices):
+        for j, b in enumerate(blocks):
+            while len(found[i]) <= j:
+                found[i].append({})
+            found[i][j][b] = None
     return [[list(d) for d in per_slot] for per_slot in found]
 
 
