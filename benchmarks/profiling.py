@@ -6,7 +6,7 @@ profile` processes, with ort on 1 thread; prints the median and 90th percentile 
 Throughput: ops profiled per minute per agent and the share of wall time spent outside the timed
 loops (model building, table I/O). Goal: overhead <= 10%.
 
-    python benchmarks/profile.py [--ops 50] [--agents cpu ort tflite] [--granularity block]
+    python benchmarks/profiling.py[--ops 50] [--agents cpu ort tflite] [--granularity block]
 """
 from __future__ import annotations
 
