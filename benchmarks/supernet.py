@@ -11,17 +11,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-# run as a script, sys.path[0] is benchmarks/, whose profile.py would shadow the stdlib module
-# that torch imports: put the repository root there instead
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
-sys.path.insert(0, os.path.dirname(_HERE))
 
 
 def step_times(space_name: str, batch: int, steps: int, threads: int) -> None:
