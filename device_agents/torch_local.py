@@ -43,18 +43,6 @@ def _plain(op: OpSpec) -> OpSpec:
     return op.replace(role="") if op.role else op
 
 
-def _traceable(parts: list[OpSpec]) -> list[OpSpec]:
-    """`expand(op)` as torch modules trace it: a batch_norm with a fused activation is two nodes."""
-    out: list[OpSpec] = []
-    for p in parts:
-        p = _plain(p)
-        if p.kind == "batch_norm" and p.act != "none":
-            out += [p.replace(act="none"), O.activation(p.in_shape, p.act)]
-        else:
-            out.append(p)
-    return out
-
-
 def _tensor(a: np.ndarray, like) -> Any:
     return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(like.device, like.dtype)
 
@@ -90,18 +78,16 @@ def reference_module(op: OpSpec, weights: Weights) -> nn.Module:
                 raise OpError(f"torch cannot run {op.key}: {type(e).__name__}: {e}") from e
         root = _Root(module)
         low = lower_torch(root, op.in_shape)
-    want = _traceable(parts)
+    want = [_plain(p) for p in parts]  # expand() lists a BN's activation as its own op, as torch traces it
     got = [_plain(p) for p in low.ops]
     if got != want or low.unmapped:
         raise OpError(f"{op.key}: torch module traces to [{', '.join(p.key for p in got)}]"
                       f" (unmapped: {low.unmapped}) but expand() gives [{', '.join(p.key for p in want)}]")
-    # sources align with the traced list; walk expand() and skip the split-off activations
+    # the traced list equals expand() (checked above): sources align with the weights one to one
     sources = iter(zip(low.ops, low.sources))
     with torch.no_grad():
         for part, w in zip(parts, weights):
             _, src = next(sources)
-            if part.kind == "batch_norm" and part.act != "none":
-                next(sources)
             where = f"{op.key} [{src}]"
             if part.kind == "eltwise" and "other" in w:
                 _load(module, "other", w["other"], where)

@@ -27,40 +27,10 @@ S_ODD = (1, 16, 13, 13)
 
 
 def reference(op: OpSpec, weights: Weights) -> "torch.nn.Module":
-    """torch_local.reference_module when present, else module_for(op) loaded via lower_torch's sources."""
-    try:
-        from device_agents.torch_local import reference_module
-    except ImportError:
-        return _own_reference(op, weights)
+    """The shared torch reference: module_for(op) loaded with the canonical weights."""
+    from device_agents.torch_local import reference_module
+
     return reference_module(op, weights)
-
-
-def _own_reference(op: OpSpec, weights: Weights) -> "torch.nn.Module":
-    """module_for(op) in eval mode with `weights` placed by the traced module path of each op."""
-    from latbench.lower import lower_torch
-    from latbench.spaces.torch_build import module_for
-
-    m = module_for(op).eval()
-    low = lower_torch(m, op.in_shape)
-    parts = O.expand(op)
-    srcs = iter(zip(low.ops, low.sources))
-    with torch.no_grad():
-        for part, w in zip(parts, weights):
-            _, src = next(srcs)
-            if part.kind == "batch_norm" and part.act != "none":
-                next(srcs)
-            if "other" in w:
-                m.other.copy_(torch.from_numpy(w["other"]))
-            elif "gamma" in w:
-                bn = m.get_submodule(src)
-                for name, key in (("weight", "gamma"), ("bias", "beta"), ("running_mean", "mean"), ("running_var", "var")):
-                    getattr(bn, name).copy_(torch.from_numpy(w[key]))
-            elif w:
-                mod = m.get_submodule(src)
-                mod.weight.copy_(torch.from_numpy(w["weight"]))
-                if "bias" in w:
-                    mod.bias.copy_(torch.from_numpy(w["bias"]))
-    return m
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["xnnpack", "builtin"])
