@@ -6,6 +6,7 @@ text report or `--json`), progress bars to stderr.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 from pathlib import Path
@@ -100,6 +101,22 @@ def _run(fn):
         signal.signal(signal.SIGTERM, old)
 
 
+@contextlib.contextmanager
+def _session(table: Path, device, threads, opt_level, xnnpack, max_time, min_samples, target_iqr):
+    """The table, an agent rebuilt from its profile, the timing settings and progress bars, for
+    one end-to-end measuring command; the agent is closed after."""
+    from .store import LatencyTable
+
+    with LatencyTable.open(str(table), create=False) as t:
+        agent = open_agent(t, device, threads, opt_level, xnnpack)
+        try:
+            timing = _timing(t, max_time, min_samples, target_iqr)
+            with _Bars() as bars:
+                yield t, agent, timing, bars
+        finally:
+            agent.close()
+
+
 def calibrate_command(
     table: Path = _TABLE, space: str = _SPACE, device: Optional[str] = _DEVICE,
     n: int = typer.Option(10, "--n", "-n", help="subnets to measure end to end"),
@@ -109,20 +126,13 @@ def calibrate_command(
 ) -> None:
     """Measure n random subnets end to end, fit measured = scale x predicted + offset, store it in the table."""
     from .spaces import get_space
-    from .store import LatencyTable
     from .validate import calibrate, store_calibration
 
     sp = get_space(space)
-    with LatencyTable.open(str(table), create=False) as t:
-        agent = open_agent(t, device, threads, opt_level, xnnpack)
-        try:
-            timing = _timing(t, max_time, min_samples, target_iqr)
-            with _Bars() as bars:
-                run = _run(lambda: calibrate(t, sp, agent, n, seed, resolution or None, timing, bars))
-            res = sorted({r.resolution for r in run.subnets})
-            store_calibration(t, run, seed=seed, resolutions=res, timing=timing.to_dict())
-        finally:
-            agent.close()
+    with _session(table, device, threads, opt_level, xnnpack, max_time, min_samples, target_iqr) as (t, agent, timing, bars):
+        run = _run(lambda: calibrate(t, sp, agent, n, seed, resolution or None, timing, bars))
+        res = sorted({r.resolution for r in run.subnets})
+        store_calibration(t, run, seed=seed, resolutions=res, timing=timing.to_dict())
     if as_json:
         typer.echo(json.dumps({"table": str(table), **run.to_dict()}, indent=1))
         return
@@ -152,21 +162,14 @@ def validate_command(
 ) -> None:
     """Measure n random subnets end to end and report how close each predictor comes."""
     from .spaces import get_space
-    from .store import LatencyTable
     from .validate import plot as plot_report
     from .validate import validate, write_csv
 
     sp = get_space(space)
-    with LatencyTable.open(str(table), create=False) as t:
-        agent = open_agent(t, device, threads, opt_level, xnnpack)
-        try:
-            timing = _timing(t, max_time, min_samples, target_iqr)
-            with _Bars() as bars:
-                report = _run(lambda: validate(
-                    t, sp, agent, n, seed, resolution or None, calibrate_n, timing,
-                    str(op_table) if op_table else None, op_baseline, noise, bars))
-        finally:
-            agent.close()
+    with _session(table, device, threads, opt_level, xnnpack, max_time, min_samples, target_iqr) as (t, agent, timing, bars):
+        report = _run(lambda: validate(
+            t, sp, agent, n, seed, resolution or None, calibrate_n, timing,
+            str(op_table) if op_table else None, op_baseline, noise, bars))
     if csv:
         write_csv(report, csv)
     if plot:
