@@ -10,9 +10,11 @@ the subnet as one .tflite model) and scored. Goals, block granularity:
 Beside them: the op-sum baseline (unfused single ops measured with the same agent, uncalibrated)
 and a FLOPs-linear fit, plus a noise floor (one subnet measured 10 times).
 
-Timing (profile and end-to-end alike, set with --max-time/--min-samples/--target-iqr): median of
-at least 10 samples, stop once IQR/median < 5% or after 1 s per op or subnet (profile's default
-cap is 2 s; 1 s keeps the full run of both devices under 30 min on 2 cores).
+Timing (profile and end-to-end alike, set with --max-time/--min-samples/--target-iqr): the
+profile defaults (network cache context for table entries, 5 interleaved rounds over 16 ops,
+the fastest round's median), at least 10 samples a round, a round stops once IQR/median < 5% or
+after its fifth of 1 s (profile's default cap is 2 s). Subnets are timed back to back in the
+same rounds, each on --builds fresh builds (the middle one counts).
 
     python benchmarks/fidelity.py                               # both devices, N=100
     python benchmarks/fidelity.py --device ort --n 20 --resolutions 160
@@ -101,7 +103,7 @@ def goal_lines(report) -> list[str]:
                       if abs(u.bias) > 0.5 * u.rmspe else "errors mostly scatter, not a common offset"))
     if report.noise:
         nf = report.noise
-        out.append(f"  noise floor: one subnet x{len(nf.medians)}: medians spread {100 * nf.spread:.1f}% "
+        out.append(f"  noise floor: one subnet x{len(nf.estimates)}, each on a fresh build: spread {100 * nf.spread:.1f}% "
                    f"(CV {100 * nf.cv:.1f}%); {100 * nf.within(0.05):.0f}% of them within +-5% of their own "
                    f"median: no predictor can beat that share on this machine now")
     return out
@@ -127,7 +129,8 @@ def run_device(device: str, a, workdir: Path) -> dict:
         try:
             report = validate(t, sp, agent, n=a.n, seed=a.seed, resolutions=a.resolutions,
                               calibrate_n=a.calibrate_n, op_table=str(workdir / f"{path.stem}.op-none.sqlite"),
-                              op_baseline=not a.no_op_baseline, noise=a.noise, progress=progress_printer())
+                              op_baseline=not a.no_op_baseline, noise=a.noise, progress=progress_printer(),
+                              builds=a.builds)
         finally:
             agent.close()
     stem = workdir / f"fidelity-{device}"
@@ -161,6 +164,7 @@ def main() -> None:
     ap.add_argument("--max-time", type=float, default=1.0, help="time cap per op and per subnet (s)")
     ap.add_argument("--min-samples", type=int, default=10)
     ap.add_argument("--target-iqr", type=float, default=0.05)
+    ap.add_argument("--builds", type=int, default=3, help="fresh builds per subnet measurement (middle one counts)")
     ap.add_argument("--no-op-baseline", action="store_true", help="skip the op-sum baseline (saves ~1/3 of the time)")
     ap.add_argument("--json", help="also write every figure and pair to this JSON file")
     a = ap.parse_args()

@@ -210,8 +210,10 @@ def parse_benchmark_model(text: str) -> RunResult | None:
         n, mean, std, lo, hi = 0, summary_avg, math.nan, math.nan, math.nan  # builds without a stat line
     else:
         return None
-    if not (math.isfinite(mean) and mean > 0):
+    if not (math.isfinite(mean) and mean >= 0) or (mean == 0 and n == 0):
         return None
+    if mean == 0:  # every run under benchmark_model's 1 us clock: a real reading, flagged as such
+        details["below_resolution_us"] = 1.0
     stats = Stats(median=math.nan, p25=math.nan, p75=math.nan, min=lo / 1e3, max=hi / 1e3, mean=mean / 1e3,
                   std=std / 1e3, n=n, block=1, samples=())
     return RunResult(stats, "mean", details)
@@ -486,6 +488,8 @@ class AndroidAgent(Agent):
     thermal gate, batch_size, fixed_performance, adb_host / adb_port / adb_timeout."""
 
     name = "android"
+    contexts = ("warm",)  # benchmark_model runs each model back to back on the phone
+    interleaves = False  # ... and all of its runs in one go (batches are the adb unit, not rounds)
 
     def __init__(self, threads: int = 1, seed: int = 0, serial: str | None = None, runner: str | None = None,
                  runtime: str | None = None, cpus: str = "big", delegate: str = "cpu", max_temp: float = 45.0,
@@ -771,6 +775,7 @@ class AndroidAgent(Agent):
         """Measure `ops` in batches of batch_size; each batch's results are yielded, in op order,
         as soon as the batch is back from the phone. A device lost mid-batch raises
         DeviceUnavailableError after every earlier batch was yielded."""
+        self.check_timing(timing)
         profile = self.profile
         args = self.runner_args(timing)
         settings = {**self.settings(), "timing": timing.to_dict(), "runner_args": args,

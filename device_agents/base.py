@@ -5,18 +5,39 @@ inference for the conformance suite); the timing loop is latbench.measure's, sha
 """
 from __future__ import annotations
 
+import contextlib
+import itertools
 import time
 import traceback
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
 from latbench.device import DeviceProfile
-from latbench.errors import LatbenchError
-from latbench.measure import Measurement, TimingSettings, time_callable
+from latbench.errors import LatbenchError, UsageError
+from latbench.measure import Measurement, TimingSettings, time_batch
 from latbench.ops import OpSpec
 
 from .weights import op_weights
+
+
+def _nothing() -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What an agent built for one op: calling it runs the op once on prepared inputs; `touch()`
+    reads those inputs (network-context timing re-reads them before each timed call, as the op
+    before it in a network has just written them); `keep` holds what the callables need alive."""
+
+    run: Callable[[], Any]
+    touch: Callable[[], Any] = _nothing
+    keep: Any = None
+
+    def __call__(self) -> Any:
+        return self.run()
 
 
 class Agent:
@@ -25,6 +46,8 @@ class Agent:
     name: str = ""
     granularities = ("op", "block")
     fusion: str = "none"  # which op patterns the runtime runs as one kernel (latbench.ops.FUSIONS)
+    contexts = ("warm", "network")  # cache contexts the agent can time in (TimingSettings.context)
+    interleaves = True  # times ops in interleaved rounds (TimingSettings.rounds/interleave)
 
     def __init__(self, threads: int = 1, seed: int = 0, **options: Any):
         self.threads = int(threads)
@@ -37,12 +60,18 @@ class Agent:
         raise LatbenchError(f"agent {self.name} defines no fingerprint")
 
     def prepare(self, op: OpSpec) -> Callable[[], Any]:  # pragma: no cover - abstract
-        """A zero-argument callable that runs `op` once on prepared inputs."""
+        """A zero-argument callable that runs `op` once on prepared inputs (a Prepared, when the
+        agent can re-read those inputs for network-context timing)."""
         raise LatbenchError(f"agent {self.name} cannot prepare ops")
 
     def run(self, op: OpSpec, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         """One inference of `op` on the NCHW float32 input `x`, output in NCHW (conformance)."""
         raise LatbenchError(f"agent {self.name} cannot run ops")
+
+    def state(self) -> contextlib.AbstractContextManager:
+        """The runtime state the agent's prepared callables run under (torch: threads, inference
+        mode), set while inside; nothing for runtimes that hold it per session."""
+        return contextlib.nullcontext()
 
     def synchronizer(self) -> Callable[[], Any] | None:
         """Run before each clock read (e.g. torch.cuda.synchronize) so queued device work is timed."""
@@ -65,23 +94,54 @@ class Agent:
                 "threads": p.threads, "delegate": p.delegate, **dict(p.options)}
 
     def measure(self, ops: Iterable[OpSpec], timing: TimingSettings = TimingSettings()) -> Iterator[Measurement]:
-        """Time each op; a failing op yields a 'failed' Measurement and the run goes on."""
+        """Time each op; a failing op yields a 'failed' Measurement and the run goes on.
+
+        Ops are taken `timing.interleave` at a time (one by default, so each result is handed
+        over before the next op is even read); a batch is prepared, timed round-robin in
+        `timing.rounds` rounds (latbench.measure.time_batch) and yielded in order."""
+        self.check_timing(timing)
         profile_id = self.profile.id
-        settings = {**self.settings(), "timing": timing.to_dict()}
-        for op in ops:
+        settings = {**self.settings(), "timing": timing.to_dict(), "estimator": timing.estimator}
+        it = iter(ops)
+        while True:
+            batch = list(itertools.islice(it, timing.interleave))
+            if not batch:
+                return
+            yield from self._measure_batch(batch, timing, settings, profile_id)
+
+    def _measure_batch(self, batch: list[OpSpec], timing: TimingSettings, settings: dict[str, Any],
+                       profile_id: str) -> Iterator[Measurement]:
+        built: list[tuple[OpSpec, Any, float]] = []  # (op, prepared callable or its error, seconds)
+        for op in batch:
             t0 = time.perf_counter()
             try:
-                fn = self.prepare(op)
-                t1 = time.perf_counter()
-                stats = time_callable(fn, timing, sync=self.synchronizer())
-                t2 = time.perf_counter()
+                built.append((op, self.prepare(op), time.perf_counter() - t0))
             except Exception as e:  # the op is reported, the run goes on
-                yield Measurement(key=op.key, profile_id=profile_id, op=op.to_dict(), stats=None,
-                                  settings=settings, status="failed", error=_one_line(e),
-                                  wall_s=time.perf_counter() - t0)
+                built.append((op, e, time.perf_counter() - t0))
+        live = [fn for _, fn, _ in built if not isinstance(fn, Exception)]
+        timed = iter(time_batch(live, timing, sync=self.synchronizer(),
+                                touches=[getattr(fn, "touch", None) for fn in live]))
+        for op, fn, prep_s in built:
+            base = dict(key=op.key, profile_id=profile_id, op=op.to_dict(), settings=settings)
+            if isinstance(fn, Exception):
+                yield Measurement(**base, stats=None, status="failed", error=_one_line(fn), wall_s=prep_s)
                 continue
-            yield Measurement(key=op.key, profile_id=profile_id, op=op.to_dict(), stats=stats,
-                              settings=settings, wall_s=t2 - t0, timed_s=t2 - t1)
+            t = next(timed)
+            if t.error is not None:
+                yield Measurement(**base, stats=None, status="failed", error=_one_line(t.error),
+                                  wall_s=prep_s + t.seconds)
+                continue
+            extra = {"round_medians": list(t.stats.rounds)} if t.stats.rounds else {}
+            yield Measurement(**base, stats=t.stats, wall_s=prep_s + t.seconds, timed_s=t.seconds, extra=extra)
+
+    def check_timing(self, timing: TimingSettings) -> None:
+        """Refuse settings this agent cannot time under (its rows would claim them falsely): a
+        cache context it lacks, or interleaved rounds when it runs each op in one go."""
+        if timing.context not in self.contexts:
+            raise UsageError(f"{self.name}: cannot time in {timing.context!r} context "
+                             f"(this agent times in: {', '.join(self.contexts)})")
+        if (timing.rounds > 1 or timing.interleave > 1) and not self.interleaves:
+            raise UsageError(f"{self.name}: cannot time ops in interleaved rounds (rounds and interleave must be 1)")
 
     def close(self) -> None:
         """Release runtime resources (sessions, interpreters, device connections)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from importlib import metadata
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -14,7 +14,7 @@ from latbench.errors import MissingExtraError
 from latbench.measure import Stats, TimingSettings, time_callable
 from latbench.ops import OpSpec
 
-from .base import Agent
+from .base import Agent, Prepared
 from .tflite_build import build_tflite
 
 
@@ -78,10 +78,22 @@ class LiteRTAgent(Agent):
         """The .tflite bytes this agent times for `op` (canonical weights of its seed)."""
         return build_tflite(op, self.weights(op))
 
-    def prepare(self, op: OpSpec) -> Callable[[], Any]:
-        it = self.interpreter(self.model(op))
+    def prepare(self, op: OpSpec) -> Prepared:
+        return self.prepare_model(self.model(op))
+
+    def prepare_model(self, model: bytes | str | os.PathLike) -> Prepared:
+        """An interpreter for a model (bytes or path) on seeded inputs; `touch` re-reads its input
+        buffers in place (views are taken and dropped at once: invoke refuses to run while one
+        is held)."""
+        it = self.interpreter(model)
         self._feed_random(it)
-        return it.invoke
+        views = [it.tensor(d["index"]) for d in it.get_input_details()]
+
+        def touch() -> None:
+            for v in views:
+                v().sum()
+
+        return Prepared(it.invoke, touch, keep=it)
 
     def run(self, op: OpSpec, x: np.ndarray) -> np.ndarray:
         """NCHW in, NHWC through the model, NCHW out ((n, out) for linear, as torch gives)."""
@@ -94,9 +106,8 @@ class LiteRTAgent(Agent):
 
     def measure_model(self, model: bytes | str | os.PathLike, timing: TimingSettings = TimingSettings()) -> Stats:
         """Time a whole .tflite model (bytes or path) on seeded random inputs: end-to-end latency."""
-        it = self.interpreter(model)
-        self._feed_random(it)
-        return time_callable(it.invoke, timing)
+        p = self.prepare_model(model)
+        return time_callable(p, timing, touch=p.touch)
 
 
 __all__ = ["LiteRTAgent"]

@@ -14,7 +14,7 @@ from latbench.errors import DeviceUnavailableError, UsageError, require
 from latbench.measure import Stats, TimingSettings, time_callable
 from latbench.ops import OpSpec
 
-from .base import Agent
+from .base import Agent, Prepared
 from .onnx_build import build_onnx, graph_in_shape, graph_out_shape
 from .weights import Weights
 
@@ -87,13 +87,15 @@ class OrtAgent(Agent):
             self._pool = np.random.default_rng(self.seed).standard_normal(POOL_SIZE, dtype=np.float32)
         return self._pool
 
-    def prepare(self, op: OpSpec) -> Callable[[], Any]:
-        """A session for `op` with input and output bound once; the callable runs it once."""
+    def prepare(self, op: OpSpec) -> Prepared:
+        """A session for `op` with input and output bound once; calling it runs it once, `touch`
+        re-reads the bound input (a numpy array the session reads in place)."""
         self._release()
         sess = self.session(build_onnx(op, self.timing_weights(op)))
-        binding, _ = bind(sess, _cut(self.pool, graph_in_shape(op)), [graph_out_shape(op)])
+        x = np.array(_cut(self.pool, graph_in_shape(op)), dtype=np.float32)  # owned, contiguous
+        binding, outs = bind(sess, x, [graph_out_shape(op)], share_input=True)
         self._live = (sess, binding)
-        return runner(sess, binding)
+        return Prepared(runner(sess, binding), x.sum, keep=(sess, binding, x, outs))
 
     def run(self, op: OpSpec, x: np.ndarray) -> np.ndarray:
         """One inference with the canonical weights; a linear's (n, c, 1, 1) input is reshaped."""
@@ -104,19 +106,26 @@ class OrtAgent(Agent):
         sess.run_with_iobinding(binding)
         return outs[0].numpy().reshape(op.out_shape).copy()
 
-    def measure_model(self, model: "onnx.ModelProto | bytes | str | os.PathLike", input_shape: Sequence[int],
-                      timing: TimingSettings = TimingSettings()) -> Stats:
-        """Time a whole model (e.g. a subnet from build_onnx_chain or an exported .onnx file) the
-        way ops are timed: same session options, IOBinding, timing loop."""
-        self._release()
+    def prepare_model(self, model: "onnx.ModelProto | bytes | str | os.PathLike",
+                      input_shape: Sequence[int]) -> Prepared:
+        """A whole model (a subnet from build_onnx_chain, an exported .onnx file) ready to time
+        the way ops are timed: same session options, input and outputs bound once. Each call
+        keeps its own session, so several models can be timed side by side (time_batch)."""
         sess = self.session(model)
         inputs = sess.get_inputs()
         if len(inputs) != 1:
-            raise UsageError(f"ort: measure_model takes a model with one input, this one has {len(inputs)}")
-        x = _cut(self.pool, tuple(input_shape))
+            raise UsageError(f"ort: a whole model must have one input, this one has {len(inputs)}")
+        x = np.array(_cut(self.pool, tuple(input_shape)), dtype=np.float32)
         shapes = [o.shape for o in sess.run(None, {inputs[0].name: x})]
-        binding, _ = bind(sess, x, shapes)
-        return time_callable(runner(sess, binding), timing)
+        binding, outs = bind(sess, x, shapes, share_input=True)
+        return Prepared(runner(sess, binding), x.sum, keep=(sess, binding, x, outs))
+
+    def measure_model(self, model: "onnx.ModelProto | bytes | str | os.PathLike", input_shape: Sequence[int],
+                      timing: TimingSettings = TimingSettings()) -> Stats:
+        """Time a whole model with the shared timing loop (see prepare_model)."""
+        self._release()
+        p = self.prepare_model(model, input_shape)
+        return time_callable(p, timing, touch=p.touch)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -173,12 +182,17 @@ def session_options(threads: int, opt_level: str) -> "ort.SessionOptions":
     return so
 
 
-def bind(sess: "ort.InferenceSession", x: np.ndarray, out_shapes: Sequence[Sequence[int]]):
+def bind(sess: "ort.InferenceSession", x: np.ndarray, out_shapes: Sequence[Sequence[int]],
+         share_input: bool = False):
     """Bind `x` to the model's input and preallocated float32 buffers to its outputs, in memory
-    owned by onnxruntime (nothing to keep alive on the Python side)."""
+    owned by onnxruntime; with `share_input` the session reads `x` itself (a contiguous float32
+    array the caller keeps alive), so that re-reading `x` warms exactly what the op reads."""
     binding = sess.io_binding()
-    xv = ort.OrtValue.ortvalue_from_shape_and_type(x.shape, np.float32, "cpu", 0)
-    xv.update_inplace(x)
+    if share_input:
+        xv = ort.OrtValue.ortvalue_from_numpy(x)  # CPU: wraps x's memory, no copy
+    else:
+        xv = ort.OrtValue.ortvalue_from_shape_and_type(x.shape, np.float32, "cpu", 0)
+        xv.update_inplace(x)
     binding.bind_ortvalue_input(sess.get_inputs()[0].name, xv)
     outs = []
     for o, shape in zip(sess.get_outputs(), out_shapes):

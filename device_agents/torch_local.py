@@ -19,7 +19,7 @@ from latbench.errors import DeviceUnavailableError, OpError, require
 from latbench.measure import Measurement, TimingSettings
 from latbench.ops import OpSpec
 
-from .base import Agent
+from .base import Agent, Prepared
 from .weights import BN_EPS, Weights
 
 torch = require("torch", "torch")
@@ -160,7 +160,7 @@ class TorchCPUAgent(Agent):
     def _module(self, op: OpSpec) -> nn.Module:
         return reference_module(op, self.weights(op)).to(self.device)
 
-    def prepare(self, op: OpSpec) -> Callable[[], Any]:
+    def prepare(self, op: OpSpec) -> Prepared:
         """The reference module on a fixed input, run once; the closure is meant to be called
         inside `measure` (which holds the thread count and inference mode around it)."""
         with self._state():
@@ -174,7 +174,23 @@ class TorchCPUAgent(Agent):
         def call() -> Any:
             return module(x)
 
-        return call
+        return Prepared(call, x.sum, keep=module)
+
+    def prepare_module(self, module: nn.Module, input_shape) -> Prepared:
+        """A whole torch module (e.g. a subnet) in eval mode on this device with a fixed random
+        input; call it inside `state()`."""
+        module = module.eval().to(self.device)
+        rng = np.random.default_rng([self.seed, 1])
+        x = torch.from_numpy(rng.standard_normal(tuple(input_shape), dtype=np.float32)).to(self.device)
+
+        def call() -> Any:
+            return module(x)
+
+        return Prepared(call, x.sum, keep=module)
+
+    def state(self):
+        """The agent's thread count and inference mode while inside (restored after)."""
+        return self._state()
 
     def run(self, op: OpSpec, x: np.ndarray) -> np.ndarray:
         """One inference of `op` on `x` (NCHW float32); output as the torch module returns it."""

@@ -300,8 +300,8 @@ def _qs_profile(st: QuickstartState, con: Console) -> None:
     """Profile the tiny space's blocks with ONNX Runtime on this CPU (1 thread) into a table."""
     from device_agents import get_agent
 
-    from .measure import TimingSettings
-    from .profiling import ops_with_resolutions, profile_into
+    from .cli_profile import context_line, default_timing
+    from .profiling import check_run_meta, measure_invocation, ops_with_resolutions, profile_into, timing_for
     from .spaces import get_space
     from .store import LatencyTable
 
@@ -311,17 +311,18 @@ def _qs_profile(st: QuickstartState, con: Console) -> None:
     ops, res = ops_with_resolutions(sp, [st.table_resolution], "block")
     agent = get_agent("ort", threads=1)
     try:
+        timing = timing_for(agent, default_timing(agent, max_time_s=0.3), "auto", sp)
         with LatencyTable.open(str(st.table), agent.profile) as t:
-            if not t.meta_get("profile_run"):
-                t.meta_set("profile_run", {"granularity": "block", "fusion": "none", "spaces": [sp.name]})
-            run = profile_into(t, agent, ops, TimingSettings(max_time_s=0.3), resolutions=res)
+            check_run_meta(t, "block", "none", sp.name, timing)
+            invocation = measure_invocation(t, agent, timing)
+            run = profile_into(t, agent, ops, timing, resolutions=res)
             est = t.estimates()
             rows = sorted(t.measurements(), key=lambda m: -est.get(m.key, 0.0))
     finally:
         agent.close()
     con.print(f"{sp.name} at {st.table_resolution}: {len(ops)} unique blocks; {run.measured} measured now, "
-              f"{run.skipped} already in {st.table} ({run.wall_s:.1f} s); profile {agent.profile.describe()}",
-              markup=False)
+              f"{run.skipped} already in {st.table} ({run.wall_s:.1f} s); profile {agent.profile.describe()}; "
+              f"{context_line(timing, invocation)}", markup=False)
     tab = Table(title="slowest blocks (ms)", title_justify="left")
     for col in ("key", "median", "IQR", "n", "note"):
         tab.add_column(col, overflow="fold")

@@ -64,7 +64,7 @@ def predict_command(
                 p = pred.explain(c)
                 blocks = sp.blocks(c)
                 rows.append({"config": sp.to_published(c), "ms": p.ms, "raw_ms": p.raw_ms,
-                             "misses": len(p.misses), "missing_keys": sorted(set(p.misses)),
+                             "invocation_ms": p.invocation_ms, "misses": len(p.misses), "missing_keys": sorted(set(p.misses)),
                              "flops": sum(b.flops for b in blocks), "params": sum(b.params for b in blocks)})
             out = {"table": str(table), "space": sp.name, "granularity": pred.granularity,
                    "calibrated": pred.calibration is not None, "predictions": rows}
@@ -75,7 +75,7 @@ def predict_command(
     for r in out["predictions"]:
         miss = f", {r['misses']} key(s) priced by the fallback" if r["misses"] else ""
         label = json.dumps(r["config"], separators=(",", ":")) if "config" in r else r["model"]
-        typer.echo(f"{r['ms']:.4f} ms ({cal}; table sum {r['raw_ms']:.4f} ms{miss}; "
+        typer.echo(f"{r['ms']:.4f} ms ({cal}; uncalibrated {r['raw_ms']:.4f} ms{miss}; "
                    f"{r['flops'] / 1e6:.1f} MFLOPs) {label}")
         if r.get("unmapped"):
             typer.echo(f"  not priced (unmapped): {', '.join(r['unmapped'])}", err=True)
@@ -108,13 +108,13 @@ def _predict_model(t, model: Path, strict: bool, use_calibration: bool) -> dict:
     if not model.is_file():
         raise UsageError(f"{model}: no such ONNX file")
     low = lower_onnx(str(model))
-    costs = t.estimates()
-    pricer = Pricer(costs, "op", meta.get("fusion", "none"), None, strict, t.ops)
+    pricer = Pricer.from_table(t, "op", strict=strict)
     p = pricer.price(low.ops)
     ms = p.raw_ms
     return {"table": str(t.path) if hasattr(t, "path") else "", "model": str(model), "granularity": "op",
             "calibrated": False,
-            "predictions": [{"model": str(model), "ms": ms, "raw_ms": p.raw_ms, "misses": len(p.misses),
+            "predictions": [{"model": str(model), "ms": ms, "raw_ms": p.raw_ms,
+                             "invocation_ms": p.invocation_ms, "misses": len(p.misses),
                              "missing_keys": sorted(set(p.misses)), "ops": len(low.ops),
                              "unmapped": low.unmapped, "flops": sum(o.flops for o in low.ops),
                              "params": sum(o.params for o in low.ops)}]}

@@ -72,13 +72,22 @@ def profile_command(
     target_iqr: float = typer.Option(0.05, "--target-iqr", help="stop sampling once IQR/median is below this"),
     max_time: float = typer.Option(2.0, "--max-time", help="time cap per op in seconds"),
     min_samples: int = typer.Option(10, "--min-samples", help="samples per op at least"),
+    rounds: Optional[int] = typer.Option(None, "--rounds", help="interleaved rounds per op; the estimate is "
+                                         "the fastest round's median (default 5; 1 on android)"),
+    interleave: Optional[int] = typer.Option(None, "--interleave", help="ops timed together, round-robin "
+                                             "(default 16; 1 on android)"),
+    context: str = typer.Option("auto", "--context", help="cache context: network (weights as cold as "
+                                "inside a network; the default with --space), warm (calls back to back), auto"),
+    context_mb: Optional[float] = typer.Option(None, "--context-mb", help="network context: MB read through "
+                                               "the caches before each timed call (default: the space's "
+                                               "median subnet weights)"),
     as_json: bool = typer.Option(False, "--json", help="print the run summary as JSON"),
 ) -> None:
     """Profile ops on a device into a latency table (resumable; every op committed as measured)."""
     from device_agents import get_agent
 
-    from .measure import TimingSettings
-    from .profiling import profile_into
+    from .profiling import check_run_meta, measure_invocation, timing_for
+    from .spaces import get_space
     from .store import LatencyTable
 
     if granularity not in ("op", "block"):
@@ -86,15 +95,18 @@ def profile_command(
     options = agent_options(device, threads, opt_level, xnnpack, serial=serial,
                             runner=str(runner) if runner else None, runtime=runtime, cpus=cpus,
                             delegate=delegate, max_temp=max_temp, cooldown=cooldown, batch_size=batch_size)
-    timing = TimingSettings(target_iqr=target_iqr, max_time_s=max_time, min_samples=min_samples)
     agent = get_agent(device, **options)
     try:
+        timing = default_timing(agent, target_iqr=target_iqr, max_time_s=max_time, min_samples=min_samples,
+                                rounds=rounds, interleave=interleave)
         fusion = getattr(agent, "fusion", "none")
         ops, res = select_ops(space, ops_file, resolution, granularity, fusion)
+        timing = timing_for(agent, timing, context, get_space(space) if space else None, context_mb)
         old = signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
             with LatencyTable.open(str(out), agent.profile) as table:
-                _check_run_meta(table, out, granularity, fusion, space)
+                check_run_meta(table, granularity, fusion, space, timing)
+                invocation = measure_invocation(table, agent, timing, retry_failed)
                 run = _run_with_progress(table, agent, ops, timing, max_ops, retry_failed, res)
         finally:
             signal.signal(signal.SIGTERM, old)
@@ -104,14 +116,17 @@ def profile_command(
         "table": str(out), "profile_id": agent.profile.id, "device": device, "total": run.total,
         "skipped": run.skipped, "measured": run.measured, "failed": run.failed,
         "remaining": run.remaining, "interrupted": run.interrupted, "wall_s": round(run.wall_s, 3),
-        "overhead": round(run.overhead, 4),
+        "overhead": round(run.overhead, 4), "context": timing.context, "context_bytes": timing.context_bytes,
+        "rounds": timing.rounds, "interleave": timing.interleave,
+        "invocation_ms": invocation["estimate_ms"] if invocation else None,
         "failures": [{"key": k, "error": e} for k, e in run.failures],
     }
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
     else:
         typer.echo(f"{out}: {run.measured} measured, {run.skipped} already stored, {run.failed} failed, "
-                   f"{run.remaining} remaining ({run.wall_s:.1f} s, {100 * run.overhead:.0f}% outside timed loops)")
+                   f"{run.remaining} remaining ({run.wall_s:.1f} s, {100 * run.overhead:.0f}% outside timed loops); "
+                   f"{context_line(timing, invocation)}")
         for k, e in run.failures[:10]:
             typer.echo(f"  failed: {k}: {e}", err=True)
     if run.interrupted:
@@ -121,19 +136,29 @@ def profile_command(
         raise typer.Exit(3)
 
 
-def _check_run_meta(table, out, granularity: str, fusion: str, space: Optional[str]) -> None:
-    """A table holds one granularity/fusion; a rerun with another one is refused."""
-    meta = table.meta_get("profile_run")
-    want = {"granularity": granularity, "fusion": fusion if granularity == "op" else "none"}
-    if meta:
-        have = {k: meta.get(k) for k in want}
-        if have != want:
-            raise UsageError(f"{out} holds {have['granularity']}-granularity entries (fusion {have['fusion']}); "
-                             f"this run asks for {want['granularity']} (fusion {want['fusion']}): use another --out")
-        spaces = sorted(set(meta.get("spaces", [])) | ({space} if space else set()))
-        table.meta_set("profile_run", {**meta, "spaces": spaces})
+ROUNDS, INTERLEAVE = 5, 16  # profile defaults where the agent can interleave
+
+
+def default_timing(agent, rounds: Optional[int] = None, interleave: Optional[int] = None, **kw):
+    """TimingSettings with latbench's profile defaults: 5 rounds over 16 ops interleaved (spread over
+    seconds, so a slow spell of a shared machine hits a round, not an op) where the agent can."""
+    from .measure import TimingSettings
+
+    can = getattr(agent, "interleaves", False)
+    return TimingSettings(rounds=rounds if rounds is not None else (ROUNDS if can else 1),
+                          interleave=interleave if interleave is not None else (INTERLEAVE if can else 1), **kw)
+
+
+def context_line(timing, invocation: dict | None) -> str:
+    """How the entries were timed, in a few words (profile and quickstart print it)."""
+    if timing.context == "network":
+        words = f"network context, {timing.context_bytes / (1 << 20):.1f} MB read before each call"
     else:
-        table.meta_set("profile_run", {**want, "spaces": [space] if space else []})
+        words = "warm context (calls back to back)"
+    if timing.rounds > 1:
+        words += f"; {timing.rounds} rounds over {timing.interleave} ops at a time"
+    inv = f"{invocation['estimate_ms'] * 1e3:.1f} us" if invocation else "not measured"
+    return f"{words}; per-call cost {inv}"
 
 
 def _run_with_progress(table, agent, ops, timing, max_ops, retry_failed, res):

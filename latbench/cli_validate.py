@@ -26,6 +26,8 @@ _MAX_TIME = typer.Option(None, "--max-time", help="time cap per subnet in second
 _MIN_SAMPLES = typer.Option(None, "--min-samples", help="samples per subnet at least (default: the table's)")
 _TARGET_IQR = typer.Option(None, "--target-iqr", help="stop sampling once IQR/median is below this (default: the table's)")
 _JSON = typer.Option(False, "--json", help="print the result as one JSON document")
+_BUILDS = typer.Option(3, "--builds", help="fresh builds (sessions, interpreters) per subnet, timed interleaved; "
+                       "a subnet's measurement is the middle one")
 
 
 def _raise_interrupt(signum, frame):  # SIGTERM behaves like Ctrl-C
@@ -123,6 +125,7 @@ def calibrate_command(
     seed: int = _SEED, resolution: List[int] = _RES, threads: Optional[int] = _THREADS,
     opt_level: Optional[str] = _OPT, xnnpack: Optional[bool] = _XNN, max_time: Optional[float] = _MAX_TIME,
     min_samples: Optional[int] = _MIN_SAMPLES, target_iqr: Optional[float] = _TARGET_IQR, as_json: bool = _JSON,
+    builds: int = _BUILDS,
 ) -> None:
     """Measure n random subnets end to end, fit measured = scale x predicted + offset, store it in the table."""
     from .spaces import get_space
@@ -130,7 +133,7 @@ def calibrate_command(
 
     sp = get_space(space)
     with _session(table, device, threads, opt_level, xnnpack, max_time, min_samples, target_iqr) as (t, agent, timing, bars):
-        run = _run(lambda: calibrate(t, sp, agent, n, seed, resolution or None, timing, bars))
+        run = _run(lambda: calibrate(t, sp, agent, n, seed, resolution or None, timing, bars, builds))
         res = sorted({r.resolution for r in run.subnets})
         store_calibration(t, run, seed=seed, resolutions=res, timing=timing.to_dict())
     if as_json:
@@ -158,7 +161,7 @@ def validate_command(
     op_baseline: bool = typer.Option(True, "--op-baseline/--no-op-baseline", help="compute the op-sum baseline"),
     threads: Optional[int] = _THREADS, opt_level: Optional[str] = _OPT, xnnpack: Optional[bool] = _XNN,
     max_time: Optional[float] = _MAX_TIME, min_samples: Optional[int] = _MIN_SAMPLES,
-    target_iqr: Optional[float] = _TARGET_IQR, as_json: bool = _JSON,
+    target_iqr: Optional[float] = _TARGET_IQR, as_json: bool = _JSON, builds: int = _BUILDS,
 ) -> None:
     """Measure n random subnets end to end and report how close each predictor comes."""
     from .spaces import get_space
@@ -169,7 +172,7 @@ def validate_command(
     with _session(table, device, threads, opt_level, xnnpack, max_time, min_samples, target_iqr) as (t, agent, timing, bars):
         report = _run(lambda: validate(
             t, sp, agent, n, seed, resolution or None, calibrate_n, timing,
-            str(op_table) if op_table else None, op_baseline, noise, bars))
+            str(op_table) if op_table else None, op_baseline, noise, bars, builds))
     if csv:
         write_csv(report, csv)
     if plot:

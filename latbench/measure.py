@@ -3,17 +3,34 @@
 Like torch.utils.benchmark's adaptive_autorange: warm up, grow the block of calls per sample until
 timer overhead is negligible, then take samples until IQR/median is under a target or a time cap
 is hit. Like pyperf: a result whose std is >= 10% of its mean is flagged unstable, not hidden.
+
+Two cache contexts (`TimingSettings.context`): "warm" times calls back to back, so an op's
+weights stay in cache from one call to the next; "network" times one call at a time and, before
+each, reads `context_bytes` of other data through the caches (what the rest of a network streams
+between two runs of the op) and re-reads the op's input (the op before it has just written it), as
+TVM's cache-flushing time_evaluator does for kernels that will run inside a whole model.
+
+Interleaved rounds (`rounds`, `interleave`; time_batch): several ops are timed round-robin, a
+short round each at a time, so each op's samples are spread over seconds. On a shared host the
+machine's speed moves by +-10-30% over 0.5-2 s spells (seen here: an L1-resident matmul, a
+12 MB read and a whole model slow down together); the fastest round's median (Stats.round_min)
+is then an estimate that a slow spell cannot inflate, where the median of one short burst of
+samples measures the spell.
 """
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .errors import UsageError
+
 UNSTABLE_STD_RATIO = 0.10  # pyperf's rule
+CONTEXTS = ("warm", "network")
 
 
 @dataclass(frozen=True)
@@ -28,9 +45,31 @@ class TimingSettings:
     max_time_s: float = 2.0  # time cap per op, warm-up excluded
     block_overhead: float = 1e-4  # timer overhead must be <= this fraction of a block
     keep_samples: int = 200  # raw samples stored with the measurement (0 = none)
+    context: str = "warm"  # "warm" (back to back) or "network" (caches as inside a network)
+    context_bytes: int = 0  # network: bytes read through the caches before each timed call
+    rounds: int = 1  # interleaved rounds (time_batch); min_samples and warm-up apply per round,
+    #                  max_time_s and max_samples are shared out between the rounds
+    interleave: int = 1  # ops timed together, round-robin, by an agent's measure()
+
+    def __post_init__(self) -> None:
+        if self.context not in CONTEXTS:
+            raise UsageError(f"timing context must be one of {', '.join(CONTEXTS)}, got {self.context!r}")
+        if self.context_bytes < 0:
+            raise UsageError(f"context bytes must be >= 0, got {self.context_bytes}")
+        if self.rounds < 1 or self.interleave < 1:
+            raise UsageError(f"rounds and interleave must be >= 1, got {self.rounds} and {self.interleave}")
+
+    @property
+    def estimator(self) -> str:
+        """The statistic a measurement under these settings is priced by (the table's estimator)."""
+        return "round_min" if self.rounds > 1 else "median"
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+    def warm(self) -> "TimingSettings":
+        """The same settings in warm context: how a whole model is timed (it is its own context)."""
+        return TimingSettings(**{**self.__dict__, "context": "warm", "context_bytes": 0})
 
 
 @dataclass(frozen=True)
@@ -47,6 +86,13 @@ class Stats:
     n: int  # samples
     block: int = 1  # calls per sample
     samples: tuple[float, ...] = ()
+    rounds: tuple[float, ...] = ()  # each round's median, when timed in interleaved rounds
+
+    @property
+    def round_min(self) -> float:
+        """The estimate of a measurement timed in rounds: the fastest round's median (a slow
+        spell of the machine only ever slows a round down); the median without rounds."""
+        return min(self.rounds) if self.rounds else self.median
 
     @property
     def iqr(self) -> float:
@@ -62,7 +108,8 @@ class Stats:
         return self.mean > 0 and self.std >= UNSTABLE_STD_RATIO * self.mean
 
     @classmethod
-    def from_samples(cls, samples_ms: Sequence[float], block: int = 1, keep: int = 200) -> "Stats":
+    def from_samples(cls, samples_ms: Sequence[float], block: int = 1, keep: int = 200,
+                     rounds: Sequence[float] = ()) -> "Stats":
         a = np.asarray(samples_ms, dtype=np.float64)
         if a.size == 0:
             raise ValueError("no samples")
@@ -71,7 +118,7 @@ class Stats:
         return cls(
             median=float(med), p25=float(p25), p75=float(p75), min=float(a.min()), max=float(a.max()),
             mean=float(a.mean()), std=float(a.std(ddof=1)) if a.size > 1 else 0.0, n=int(a.size),
-            block=block, samples=kept,
+            block=block, samples=kept, rounds=tuple(float(x) for x in rounds),
         )
 
 
@@ -122,56 +169,200 @@ def _overhead() -> float:
     return _OVERHEAD[0]
 
 
+def last_level_cache_bytes() -> int:
+    """Size of this CPU's largest cache (Linux sysfs), 0 where unreadable."""
+    best = 0
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        entries = os.listdir(base)
+    except OSError:
+        return 0
+    for d in entries:
+        try:
+            with open(f"{base}/{d}/size") as f:
+                text = f.read().strip().upper()
+        except OSError:
+            continue
+        mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        digits = text.rstrip("KMG")
+        if digits.isdigit():
+            best = max(best, int(digits) * mult)
+    return best
+
+
+class Evictor:
+    """Reads `nbytes` of its own data through the caches on each call (the rest of a network)."""
+
+    def __init__(self, nbytes: int):
+        self.nbytes = int(nbytes)
+        # written once so every page is backed: reading never-written pages hits the zero page
+        # and would evict nothing
+        self._buf = np.ones(max(1, self.nbytes // 4), dtype=np.float32)
+
+    def __call__(self) -> None:
+        if self.nbytes:
+            self._buf.max()  # vectorised: as fast as memory delivers
+
+
+_EVICTOR: list[Evictor] = []  # the last one built: profiles use one size for every op
+
+
+def evictor(nbytes: int) -> Evictor:
+    if not _EVICTOR or _EVICTOR[0].nbytes != nbytes:
+        _EVICTOR[:] = [Evictor(nbytes)]
+    return _EVICTOR[0]
+
+
+def _nothing() -> None:
+    pass
+
+
 def time_callable(fn: Callable[[], Any], settings: TimingSettings = TimingSettings(),
-                  sync: Callable[[], Any] | None = None) -> Stats:
-    """Time `fn()` adaptively; `sync` (e.g. torch.cuda.synchronize) runs before each clock read."""
-    pc = time.perf_counter
-    sync = sync or (lambda: None)
+                  sync: Callable[[], Any] | None = None, touch: Callable[[], Any] | None = None) -> Stats:
+    """Time `fn()` adaptively; `sync` (e.g. torch.cuda.synchronize) runs before each clock read.
+    In network context `touch()` (re-reading the op's input) runs before each timed call."""
+    (res,) = time_batch([fn], settings, sync, [touch])
+    if res.error is not None:
+        raise res.error
+    return res.stats  # type: ignore[return-value]
 
-    # warm-up: at least `warmup` calls and `warmup_s` seconds
-    t_end = pc() + settings.warmup_s
-    i = 0
-    while i < settings.warmup or pc() < t_end:
-        fn()
-        i += 1
-    sync()
 
-    # block sizing: grow x10 until the timer overhead is a negligible share of one block
-    min_block_s = _overhead() / settings.block_overhead
-    block = 1
-    while True:
-        dt = math.inf
-        for _ in range(3):  # best of three, so one preempted trial does not size the block
-            t0 = pc()
-            for _ in range(block):
-                fn()
-            sync()
-            dt = min(dt, pc() - t0)
-            if dt >= min_block_s:
-                break
-        if dt >= min_block_s or block >= 10**6:
-            break
-        # jump straight to the estimated size rather than ten-folding blindly
-        need = min_block_s / max(dt / block, 1e-9)
-        block = int(min(10**6, max(block * 10, 10 ** math.ceil(math.log10(need)))))
+@dataclass(frozen=True)
+class Timed:
+    """One callable's outcome in a batch: its statistics, or the exception it raised, and the
+    seconds spent on it (warm-ups and samples, evictions included)."""
 
-    samples: list[float] = []
-    deadline = pc() + settings.max_time_s
-    hard_stop = deadline + settings.max_time_s  # slow ops: give up on min_samples past 2x the cap
-    while len(samples) < settings.max_samples:
+    stats: Stats | None
+    error: Exception | None
+    seconds: float
+
+
+def time_batch(fns: Sequence[Callable[[], Any]], settings: TimingSettings = TimingSettings(),
+               sync: Callable[[], Any] | None = None,
+               touches: Sequence[Callable[[], Any] | None] | None = None) -> list[Timed]:
+    """Time several prepared callables in `settings.rounds` rounds, each round visiting every
+    callable in turn (warm-up, then samples until stable or the round's share of the time cap).
+
+    Each one's samples are spread over the whole batch's time, so a slow spell of the machine (a
+    busy neighbour on a shared host, a frequency dip) slows a round, not a whole measurement; the
+    Stats carry every round's median (their minimum is the estimate, see Stats.round_min). A
+    callable that raises gets its exception in its place and is left out of later rounds."""
+    sync = sync or _nothing
+    touch_list = list(touches) if touches is not None else [None] * len(fns)
+    timers = [_Timer(fn, settings, sync, t or _nothing) for fn, t in zip(fns, touch_list)]
+    errors: list[Exception | None] = [None] * len(timers)
+    for r in range(settings.rounds):
+        for i, timer in enumerate(timers):
+            if errors[i] is None:
+                try:
+                    timer.run_round(first=r == 0)
+                except Exception as e:  # reported for this callable; the others go on
+                    errors[i] = e
+    return [Timed(None if e is not None else t.stats(), e, t.seconds) for e, t in zip(errors, timers)]
+
+
+class _Timer:
+    """The timing state of one callable across rounds: its block size and its samples."""
+
+    def __init__(self, fn: Callable[[], Any], settings: TimingSettings, sync: Callable[[], Any],
+                 touch: Callable[[], Any]):
+        self.fn, self.settings, self.sync, self.touch = fn, settings, sync, touch
+        self.block = 0  # sized in the first round
+        self.rounds: list[list[float]] = []
+        self.seconds = 0.0
+
+    def run_round(self, first: bool) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._round(first)
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+    def _round(self, first: bool) -> None:
+        s = self.settings
+        self._warm_up(s.warmup_s if first else 0.0)
+        if not self.block:
+            self.block = 1 if s.context == "network" else self._size_block()
+        sample = self._sample_in_context if s.context == "network" else self._sample_block
+        per_round = max(s.min_samples, -(-s.max_samples // s.rounds))
+        self.rounds.append(_sample_until_stable(sample, s.min_samples, per_round, s.max_time_s / s.rounds,
+                                                s.target_iqr))
+
+    def stats(self) -> Stats:
+        pooled = [x for r in self.rounds for x in r]
+        medians = tuple(float(np.median(r)) for r in self.rounds) if len(self.rounds) > 1 else ()
+        return Stats.from_samples(pooled, block=self.block, keep=self.settings.keep_samples, rounds=medians)
+
+    def _warm_up(self, seconds: float) -> None:
+        """At least `warmup` calls and `seconds` seconds (later rounds: the calls only)."""
+        pc, fn = time.perf_counter, self.fn
+        t_end = pc() + seconds
+        i = 0
+        while i < self.settings.warmup or pc() < t_end:
+            fn()
+            i += 1
+        self.sync()
+
+    def _size_block(self) -> int:
+        """Grow the block x10 until the timer overhead is a negligible share of it."""
+        pc, fn, sync = time.perf_counter, self.fn, self.sync
+        min_block_s = _overhead() / self.settings.block_overhead
+        block = 1
+        while True:
+            dt = math.inf
+            for _ in range(3):  # best of three, so one preempted trial does not size the block
+                t0 = pc()
+                for _ in range(block):
+                    fn()
+                sync()
+                dt = min(dt, pc() - t0)
+                if dt >= min_block_s:
+                    break
+            if dt >= min_block_s or block >= 10**6:
+                return block
+            # jump straight to the estimated size rather than ten-folding blindly
+            need = min_block_s / max(dt / block, 1e-9)
+            block = int(min(10**6, max(block * 10, 10 ** math.ceil(math.log10(need)))))
+
+    def _sample_block(self) -> float:
+        """Warm context: one block of calls back to back, per-call ms."""
+        pc, fn, block = time.perf_counter, self.fn, self.block
         t0 = pc()
         for _ in range(block):
             fn()
-        sync()
-        samples.append((pc() - t0) * 1e3 / block)
+        self.sync()
+        return (pc() - t0) * 1e3 / block
+
+    def _sample_in_context(self) -> float:
+        """Network context: one call after `context_bytes` were read through the caches and the
+        input re-read, so the weights are as cold as the rest of a network leaves them."""
+        evictor(self.settings.context_bytes)()
+        self.touch()
+        self.sync()
+        pc = time.perf_counter
+        t0 = pc()
+        self.fn()
+        self.sync()
+        return (pc() - t0) * 1e3
+
+
+def _sample_until_stable(sample: Callable[[], float], min_n: int, max_n: int, cap_s: float,
+                         target_iqr: float) -> list[float]:
+    """Samples (ms) until IQR/median < target after min_n, or the time cap, or max_n."""
+    pc = time.perf_counter
+    samples: list[float] = []
+    deadline = pc() + cap_s
+    hard_stop = deadline + cap_s  # slow ops: give up on min_n past twice the cap
+    while len(samples) < max_n:
+        samples.append(sample())
         n = len(samples)
         if n >= 3 and pc() >= hard_stop:
             break
-        if n >= settings.min_samples:
+        if n >= min_n:
             if pc() >= deadline:
                 break
             if n % 5 == 0:
                 q25, q50, q75 = np.percentile(samples, [25, 50, 75])
-                if q50 > 0 and (q75 - q25) / q50 < settings.target_iqr:
+                if q50 > 0 and (q75 - q25) / q50 < target_iqr:
                     break
-    return Stats.from_samples(samples, block=block, keep=settings.keep_samples)
+    return samples

@@ -4,6 +4,10 @@ The space's slots are compiled once into per-slot tables indexed by (input state
 choice indices) -> (cost, misses, next state). `predict_batch` then walks the slots, not the
 subnets: a gather and an add per slot over the whole population. Keys missing from the table are
 priced by a fallback regression fitted on the table (per op kind, on FLOPs/bytes) and counted.
+
+Every entry was timed as one runtime call, and so holds the runtime's fixed cost of a call once;
+a network pays that cost once in all. Where the table measured it (meta "invocation", see
+latbench.profiling), a price is the sum of (entry - invocation) over its keys plus one invocation.
 """
 from __future__ import annotations
 
@@ -67,9 +71,11 @@ class Price:
     """The price of one op list or subnet."""
 
     ms: float  # calibrated if `calibrated`
-    raw_ms: float  # plain sum of table entries (and fallback estimates)
+    raw_ms: float  # uncalibrated: sum of table entries (and fallback estimates), less the
+    #                per-call cost for all entries but one
     misses: tuple[str, ...] = ()  # keys priced by the fallback
     calibrated: bool = False
+    invocation_ms: float = 0.0  # the per-call cost taken off each entry and added once
 
 
 # ---------------------------------------------------------------------- fallback
@@ -135,9 +141,13 @@ class Pricer:
 
     def __init__(self, costs: Mapping[str, float], granularity: str = "block", fusion: str = "none",
                  fallback: Fallback | None = None, strict: bool = False,
-                 fallback_ops: Iterable[OpSpec] | Callable[[], Iterable[OpSpec]] = ()):
+                 fallback_ops: Iterable[OpSpec] | Callable[[], Iterable[OpSpec]] = (),
+                 invocation_ms: float = 0.0):
         if granularity not in ("op", "block"):
             raise UsageError(f"granularity must be op or block, got {granularity!r}")
+        if not (math.isfinite(invocation_ms) and invocation_ms >= 0):
+            raise UsageError(f"invocation cost must be a finite number >= 0, got {invocation_ms!r}")
+        self.invocation_ms = float(invocation_ms)
         self.costs = dict(costs)
         self.granularity = granularity
         self.fusion = fusion
@@ -174,14 +184,26 @@ class Pricer:
             return ops
         return O.fuse([o for b in ops for o in O.expand(b)], self.fusion)
 
+    @classmethod
+    def from_table(cls, table, granularity: str | None = None, fusion: str | None = None,
+                   strict: bool = False) -> "Pricer":
+        """The table's estimates and per-call cost; granularity/fusion default to what it records."""
+        from .profiling import invocation_ms
+
+        meta = table.meta_get("profile_run") or {}
+        granularity = granularity or meta.get("granularity") or _guess_granularity(table.keys())
+        return cls(table.estimates(), granularity, fusion or meta.get("fusion") or "none", None, strict,
+                   lambda: table.ops(), invocation_ms(table))
+
     def price(self, ops: Iterable[OpSpec]) -> Price:
-        total, misses = 0.0, []
+        inv = self.invocation_ms
+        total, misses = inv, []
         for op in self.lower_all(ops):
             ms, missed = self.price_op(op)
-            total += ms
+            total += ms - inv
             if missed:
                 misses.append(op.key)
-        return Price(total, total, tuple(misses))
+        return Price(total, total, tuple(misses), invocation_ms=inv)
 
 
 # ---------------------------------------------------------------------- compiled space
@@ -200,30 +222,34 @@ class Predictor:
 
     def __init__(self, space, costs: Mapping[str, float], granularity: str = "block",
                  fusion: str = "none", strict: bool = False, calibration: Calibration | None = None,
-                 fallback_ops: Iterable[OpSpec] = (), resolutions: Sequence[int] | None = None):
+                 fallback_ops: Iterable[OpSpec] = (), resolutions: Sequence[int] | None = None,
+                 invocation_ms: float = 0.0):
         self.space = space
-        self.pricer = Pricer(costs, granularity, fusion, None, strict, fallback_ops)
+        self.pricer = Pricer(costs, granularity, fusion, None, strict, fallback_ops, invocation_ms)
         self.calibration = calibration
         self._compile(resolutions)
 
     @classmethod
     def from_table(cls, table, space, granularity: str | None = None, fusion: str | None = None,
                    strict: bool = False, use_calibration: bool = True, **kw) -> "Predictor":
-        """From a latbench LatencyTable; granularity/fusion default to what the table records."""
-        meta = table.meta_get("profile_run") or {}
-        granularity = granularity or meta.get("granularity") or _guess_granularity(table.keys())
-        fusion = fusion or meta.get("fusion") or "none"
+        """From a latbench LatencyTable: its estimates, per-call cost and (if asked) calibration;
+        granularity/fusion default to what the table records."""
+        pricer = Pricer.from_table(table, granularity, fusion, strict)
         cal = None
         if use_calibration:
             cals = table.meta_get("calibration") or {}
-            d = cals.get(f"{space.name}/{granularity}")
+            d = cals.get(f"{space.name}/{pricer.granularity}")
             cal = Calibration.from_dict(d) if d else None
-        return cls(space, table.estimates(), granularity, fusion, strict, cal,
-                   fallback_ops=table.ops, **kw)
+        return cls(space, pricer.costs, pricer.granularity, pricer.fusion, strict, cal,
+                   fallback_ops=table.ops, invocation_ms=pricer.invocation_ms, **kw)
 
     @property
     def granularity(self) -> str:
         return self.pricer.granularity
+
+    @property
+    def invocation_ms(self) -> float:
+        return self.pricer.invocation_ms
 
     # ------------------------------------------------------------------ compile
     def _compile(self, resolutions: Sequence[int] | None) -> None:
@@ -233,6 +259,7 @@ class Predictor:
         if resolutions and sp.resolution_position is not None:
             sp.check_resolutions(resolutions)
         cache: dict[OpSpec, tuple[float, int]] = {}
+        inv = self.pricer.invocation_ms
 
         def block_cost(blocks) -> tuple[float, int]:
             total, miss = 0.0, 0
@@ -247,7 +274,7 @@ class Predictor:
                             # strict: may be a combination no config reaches; a config that does
                             # reach it fails in predict, naming the key
                             ms, missed = math.nan, True
-                        c += ms
+                        c += ms - inv
                         m += missed
                     hit = cache[b] = (c, m)
                 total += hit[0]
@@ -294,7 +321,7 @@ class Predictor:
     def predict_raw(self, config: Any) -> tuple[float, int]:
         """(uncalibrated ms, number of fallback-priced keys) of one config."""
         idx = self.space.index(config).tolist()
-        state, total, misses = 0, 0.0, 0
+        state, total, misses = 0, self.pricer.invocation_ms, 0
         for reads, strides, sstride, cost, miss, nxt in self._py:
             f = state * sstride
             for p, s in zip(reads, strides):
@@ -322,7 +349,7 @@ class Predictor:
         blocks = self.space.blocks(config)  # strict: Pricer.price raises on the first missing key
         p = self.pricer.price(blocks)
         ms = self.calibration.apply(p.raw_ms) if self.calibration else p.raw_ms
-        return Price(ms, p.raw_ms, p.misses, self.calibration is not None)
+        return Price(ms, p.raw_ms, p.misses, self.calibration is not None, p.invocation_ms)
 
     def predict_batch(self, configs: np.ndarray, return_misses: bool = False, calibrated: bool = True):
         """Predicted ms for an int array (n, positions) of configs: one gather per slot."""
@@ -331,7 +358,7 @@ class Predictor:
             raise UsageError(f"predict_batch wants an int array (n, {self.space.n_positions}), got {idx.shape}")
         n = idx.shape[0]
         state = np.zeros(n, dtype=np.int64)
-        total = np.zeros(n)
+        total = np.full(n, self.pricer.invocation_ms)
         misses = np.zeros(n, dtype=np.int32) if return_misses else None
         for t in self._tables:
             f = state * t.state_stride
@@ -353,7 +380,7 @@ class Predictor:
         """Price any op list (e.g. a lowered torch or ONNX model) at this table's granularity."""
         p = self.pricer.price(ops)
         if self.calibration:
-            return Price(self.calibration.apply(p.raw_ms), p.raw_ms, p.misses, True)
+            return Price(self.calibration.apply(p.raw_ms), p.raw_ms, p.misses, True, p.invocation_ms)
         return p
 
 

@@ -1,17 +1,29 @@
 """Drive an agent over a list of ops into a latency table: resumable, committed op by op.
 
 Every Measurement is written in its own transaction as it arrives, so a crash, Ctrl-C or reboot
-loses at most the op in flight; a rerun skips every key already stored for the table's profile.
+loses at most the ops in flight (one op, or the batch an agent times interleaved: 16 by default);
+a rerun skips every key already stored for the table's profile. Also here: the cache context and
+rounds a profile times in, and the runtime's per-call cost each table records.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
-from .measure import Measurement, TimingSettings
+from . import ops as O
+from .errors import UsageError
+from .measure import Measurement, TimingSettings, last_level_cache_bytes
 from .ops import OpSpec, unique
+
+# The op whose latency is the runtime's fixed cost of one call: a ReLU on one element. Every
+# table entry pays that cost once, a whole network once in all, so predictions subtract it from
+# each entry and add it back once (latbench.predict.Pricer).
+INVOCATION_OP = O.activation((1, 1, 1, 1), "relu")
+INVOCATION_META = "invocation"
+EVICT_CAP_BYTES = 64 << 20  # without a readable cache size: reading more evicts nothing more
 
 
 @dataclass
@@ -54,6 +66,108 @@ def ops_with_resolutions(space, resolutions: Sequence[int] | None, granularity: 
                     if not rs or rs[-1] != r:
                         rs.append(r)
     return list(found.values()), by_key
+
+
+def network_context_bytes(space=None, context_mb: float | None = None) -> tuple[int, int]:
+    """(bytes to read before each timed call, bytes wanted before the cap) for network context:
+    `context_mb` if given, else the space's median subnet weights; capped at twice the
+    last-level cache (beyond that every cached line is evicted already, only slower)."""
+    if context_mb is not None:
+        if context_mb < 0:
+            raise UsageError(f"--context-mb must be >= 0, got {context_mb:g}")
+        want = int(context_mb * (1 << 20))
+    elif space is not None:
+        want = space.context_bytes()
+    else:
+        raise UsageError("network context needs --space (its subnets' weight bytes) or --context-mb")
+    llc = last_level_cache_bytes()
+    return min(want, 2 * llc if llc else EVICT_CAP_BYTES), want
+
+
+def timing_for(agent, timing: TimingSettings, context: str, space=None,
+               context_mb: float | None = None) -> TimingSettings:
+    """`timing` in the cache context asked for (auto = network where the agent can time so and
+    the context size is known: a space or --context-mb; else warm), in interleaved rounds where
+    the agent can time so (an agent that cannot is refused rounds > 1 by name)."""
+    if context == "auto":
+        known = space is not None or context_mb is not None
+        context = "network" if known and "network" in getattr(agent, "contexts", ()) else "warm"
+    if context not in ("warm", "network"):
+        raise UsageError(f"--context must be auto, warm or network, got {context!r}")
+    if context == "warm":
+        out = dataclasses.replace(timing, context="warm", context_bytes=0)
+    else:
+        out = dataclasses.replace(timing, context="network", context_bytes=network_context_bytes(space, context_mb)[0])
+    agent.check_timing(out)  # an agent that cannot time so says which settings it lacks
+    return out
+
+
+def check_run_meta(table, granularity: str, fusion: str, space: str | None, timing: TimingSettings) -> None:
+    """A table holds one granularity, fusion and cache context: record them on first use, refuse
+    a run that asks for others (a table from before contexts were recorded was timed warm)."""
+    meta = table.meta_get("profile_run")
+    want = {"granularity": granularity, "fusion": fusion if granularity == "op" else "none",
+            "context": timing.context, "context_bytes": timing.context_bytes}
+    if not meta:
+        table.meta_set("profile_run", {**want, "spaces": [space] if space else []})
+        return
+    have = {"context": "warm", "context_bytes": 0, **{k: meta[k] for k in want if k in meta}}
+    if {k: have[k] for k in ("granularity", "fusion")} != {k: want[k] for k in ("granularity", "fusion")}:
+        raise UsageError(f"{table.path} holds {have['granularity']}-granularity entries (fusion {have['fusion']}); "
+                         f"this run asks for {want['granularity']} (fusion {want['fusion']}): use another --out")
+    if (have["context"], have["context_bytes"]) != (want["context"], want["context_bytes"]):
+        raise UsageError(f"{table.path} holds entries timed in {_context_words(have)}; this run asks for "
+                         f"{_context_words(want)}: resume with {_context_flags(have)}, or use another --out")
+    spaces = sorted(set(meta.get("spaces", [])) | ({space} if space else set()))
+    table.meta_set("profile_run", {**meta, **want, "spaces": spaces})
+
+
+def _context_words(d: dict) -> str:
+    if d["context"] == "warm":
+        return "warm context"
+    return f"network context ({d['context_bytes'] / (1 << 20):.2f} MB read before each call)"
+
+
+def _context_flags(d: dict) -> str:
+    if d["context"] == "warm":
+        return "--context warm"
+    return f"--context network --context-mb {d['context_bytes'] / (1 << 20)!r}"
+
+
+def measure_invocation(table, agent, timing: TimingSettings, retry_failed: bool = False) -> dict | None:
+    """Measure the runtime's per-call cost (INVOCATION_OP) under `timing` into the table's meta,
+    unless it is there for this timing's context already (a failed attempt is kept like a failed
+    row, and tried again with `retry_failed`); returns the entry when it holds an estimate."""
+    have = table.meta_get(INVOCATION_META)
+    ctx = {"context": timing.context, "context_bytes": timing.context_bytes}
+    if have and {k: have.get("timing", {}).get(k) for k in ctx} == ctx:
+        if have.get("status", "ok") == "ok" or not retry_failed:
+            return have if have.get("estimate_ms") is not None else None
+    m = next(iter(agent.measure([INVOCATION_OP], timing)), None)
+    if m is None:
+        return None
+    entry = {"key": m.key, "op": m.op, "status": m.status, "error": m.error, "estimate_ms": None,
+             "timing": timing.to_dict(), "profile_id": m.profile_id, "taken_at": m.taken_at}
+    if m.ok and m.stats is not None:
+        s = m.stats
+        estimator = m.settings.get("estimator", "median")
+        entry.update(estimator=estimator, estimate_ms=getattr(s, estimator),
+                     round_medians=list(s.rounds),
+                     stats={k: _finite_or_none(getattr(s, k))
+                            for k in ("median", "p25", "p75", "min", "max", "mean", "std", "n", "block")})
+    table.meta_set(INVOCATION_META, entry)
+    return entry if entry["estimate_ms"] is not None else None
+
+
+def _finite_or_none(x):
+    """JSON has no NaN: a statistic the runtime did not give is stored as null."""
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
+def invocation_ms(table) -> float:
+    """The table's measured per-call cost in ms (0 when it holds none, e.g. an imported table)."""
+    have = table.meta_get(INVOCATION_META)
+    return float(have["estimate_ms"]) if have and have.get("estimate_ms") is not None else 0.0
 
 
 def profile_into(table, agent, ops: Iterable[OpSpec], timing: TimingSettings = TimingSettings(),

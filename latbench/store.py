@@ -2,8 +2,10 @@
 
 One row per op key, holding everything a Measurement carries (statistics, raw samples, settings,
 extra facts such as temperatures or the resolutions an op belongs to) and the number used for
-prediction with the estimator it came from: `median` for our own measurements, `mean` for rows
-imported from Once-for-All YAML, `value` for PaddleSlim text, which has no statistics. A spread
+prediction with the estimator it came from: `median` for our own measurements (`round_min`, the
+fastest round's median, when timed in interleaved rounds), `mean` for rows imported from
+Once-for-All YAML and for benchmark_model runs, `value` for PaddleSlim text, which has no
+statistics. A spread
 that the source did not give stays NULL; nothing is invented. No pickle anywhere: JSON and SQL.
 
 Durability: WAL journal, `synchronous=NORMAL`, one transaction per `add`. In WAL mode a commit is
@@ -43,7 +45,7 @@ FORMAT_VERSION = 1
 CSV_FORMAT_NAME = "latbench-table-csv"
 SQLITE_MAGIC = b"SQLite format 3\x00"
 RESERVED_META = ("format", "version", "profile")
-ESTIMATORS = ("median", "mean", "min", "value")
+ESTIMATORS = ("median", "round_min", "mean", "min", "value")
 STATUSES = ("ok", "failed")
 
 # Column order of the table, of to_frame() and of the CSV export.
@@ -69,7 +71,7 @@ CREATE TABLE measurements (
     kind       TEXT NOT NULL,
     status     TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
     error      TEXT NOT NULL DEFAULT '',
-    estimator  TEXT,                    -- median | mean | min | value
+    estimator  TEXT,                    -- median | round_min | mean | min | value
     estimate   REAL,                    -- ms, what prediction uses
     median REAL, p25 REAL, p75 REAL, min REAL, max REAL, mean REAL, std REAL,
     n          INTEGER,                 -- samples (NULL when the source does not say)
@@ -512,7 +514,8 @@ def row_to_measurement(row: dict[str, Any]) -> Measurement:
     stats = None
     if row["status"] == "ok" and any(row.get(f) is not None for f in STAT_FIELDS + ("n",)):
         stats = Stats(**{f: _nan(row.get(f)) for f in STAT_FIELDS}, n=int(row.get("n") or 0),
-                      block=int(row.get("block") or 0), samples=tuple(row.get("samples") or ()))
+                      block=int(row.get("block") or 0), samples=tuple(row.get("samples") or ()),
+                      rounds=tuple((row.get("extra") or {}).get("round_medians") or ()))
     return Measurement(
         key=row["key"], profile_id=row["profile_id"], op=row["op"], stats=stats,
         settings=row.get("settings") or {}, status=row["status"], error=row.get("error") or "",

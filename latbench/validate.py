@@ -23,7 +23,7 @@ import numpy as np
 
 from .device import DeviceProfile
 from .errors import LatbenchError, UsageError
-from .measure import Stats, TimingSettings, time_callable
+from .measure import Stats, TimingSettings, time_batch
 from .predict import Calibration, Predictor, Pricer, fit_calibration
 from .store import LatencyTable, ProfileMismatchError
 
@@ -36,7 +36,7 @@ PREDICTORS = (UNCALIBRATED, CALIBRATED, OP_SUM, FLOPS)
 PREDICTOR_HELP = {
     UNCALIBRATED: "table predictor, raw sum of table entries",
     CALIBRATED: "table predictor, scale+offset fitted on the calibration subnets",
-    OP_SUM: "sum of unfused single ops (op granularity, no fusion), uncalibrated",
+    OP_SUM: "sum of unfused single ops timed the same way (op granularity, no fusion), uncalibrated",
     FLOPS: "latency linear in FLOPs, fitted on the calibration subnets",
 }
 
@@ -230,81 +230,123 @@ def tflite_model(space, config, seed: int = 0) -> bytes:
     return build_tflite_chain(blocks, [op_weights(b, seed + i) for i, b in enumerate(blocks)])
 
 
-def prepare_subnet(agent, space, config) -> Callable[[TimingSettings], Stats]:
-    """Build what `agent` runs end to end for `config` once; the callable times it (repeatable)."""
+BUILDS = 3  # independently built models per subnet measurement (see measure_subnets)
+
+
+def subnet_model(agent, space, config) -> tuple[str, Any]:
+    """What `agent` runs end to end for `config`, built once: ("onnx", (bytes, input shape)) for
+    ort (the torch subnet exported), ("tflite", bytes) (the subnet as one .tflite), ("torch",
+    (module, input shape)) for cpu/cuda."""
     name = getattr(agent, "name", "")
     if name == "ort":
-        model, shape = export_onnx(space, config), space.input_shape(config)
-        return lambda timing: agent.measure_model(model, shape, timing)
+        return "onnx", (export_onnx(space, config), space.input_shape(config))
     if name == "tflite":
-        model = tflite_model(space, config, agent.seed)
-        return lambda timing: agent.measure_model(model, timing)
+        return "tflite", tflite_model(space, config, agent.seed)
     if name in ("cpu", "cuda"):
-        return _torch_runner(agent, space, config)
+        return "torch", (space.build(config), space.input_shape(config))
     raise UsageError(f"end-to-end measurement on device {name!r} is not supported (ort, tflite, cpu, cuda)")
 
 
-def _torch_runner(agent, space, config) -> Callable[[TimingSettings], Stats]:
-    """Time the torch subnet itself with the shared loop, under the agent's threads/inference mode."""
-    import torch
+def prepare_built(agent, model: tuple[str, Any]):
+    """A fresh runnable of a `subnet_model`: its own session, interpreter or module copy (so its
+    buffers get their own place in memory), ready to time side by side with others."""
+    kind, art = model
+    if kind == "onnx":
+        return agent.prepare_model(*art)
+    if kind == "tflite":
+        return agent.prepare_model(art)
+    import copy
 
-    module = space.build(config).eval().to(agent.device)
-    rng = np.random.default_rng([agent.seed, 1])
-    x = torch.from_numpy(rng.standard_normal(space.input_shape(config), dtype=np.float32)).to(agent.device)
+    return agent.prepare_module(copy.deepcopy(art[0]), art[1])
 
-    def timed(timing: TimingSettings) -> Stats:
-        with agent._state():  # the agent's thread count and inference mode, restored after
-            return time_callable(lambda: module(x), timing, sync=agent.synchronizer())
 
-    return timed
+def prepare_subnet(agent, space, config):
+    """One runnable of `config` end to end (see subnet_model, prepare_built)."""
+    return prepare_built(agent, subnet_model(agent, space, config))
+
+
+def time_subnets(agent, prepared: Sequence[Any], timing: TimingSettings) -> list[Stats]:
+    """Time prepared subnets `timing.interleave` at a time in `timing.rounds` interleaved rounds,
+    always back to back: a whole network is its own cache context, whatever the table's was."""
+    warm = timing.warm()
+    out: list[Stats] = []
+    with agent.state():  # e.g. torch's thread count and inference mode, restored after
+        for i in range(0, len(prepared), timing.interleave):
+            batch = prepared[i:i + timing.interleave]
+            for t in time_batch(batch, warm, sync=agent.synchronizer()):
+                if t.error is not None:
+                    raise LatbenchError(f"end-to-end run failed: {type(t.error).__name__}: {t.error}") from t.error
+                out.append(t.stats)
+    return out
+
+
+def measure_built(agent, models: Sequence[tuple[str, Any]], timing: TimingSettings,
+                  builds: int = BUILDS) -> list[list[Stats]]:
+    """Each model timed on `builds` fresh runnables, all interleaved: per model, its builds' Stats
+    sorted by estimate (the middle one is the measurement, see measure_subnets)."""
+    if builds < 1:
+        raise UsageError(f"builds must be >= 1, got {builds}")
+    prepared = [prepare_built(agent, m) for m in models for _ in range(builds)]
+    stats = time_subnets(agent, prepared, timing)
+    return [sorted(stats[i * builds:(i + 1) * builds], key=estimate) for i in range(len(models))]
 
 
 def measure_subnet(agent, space, config, timing: TimingSettings = TimingSettings()) -> Stats:
     """End-to-end latency of one subnet with `agent` (ort: exported ONNX; tflite: one .tflite; cpu: torch)."""
-    return prepare_subnet(agent, space, config)(timing)
+    return time_subnets(agent, [prepare_subnet(agent, space, config)], timing)[0]
+
+
+def estimate(stats: Stats) -> float:
+    """What a measurement is priced or scored by: the fastest round's median when timed in
+    rounds, else the median (the estimator a table of these settings stores)."""
+    return stats.round_min
 
 
 @dataclass
 class NoiseFloor:
-    """One subnet measured `repeats` times: how much its median moves from run to run."""
+    """One subnet measured `repeats` times, each on a freshly built model: how much its estimate
+    moves from run to run."""
 
     config: Any
-    medians: list[float]
+    estimates: list[float]  # ms (see `estimate`)
     iqr_ratios: list[float]
 
     @property
     def spread(self) -> float:
-        """(max - min) / median of the medians."""
-        m = np.asarray(self.medians)
+        """(max - min) / median of the estimates."""
+        m = np.asarray(self.estimates)
         return float(np.ptp(m) / np.median(m)) if m.size else math.nan
 
     @property
     def cv(self) -> float:
-        """Coefficient of variation of the medians (std / mean)."""
-        m = np.asarray(self.medians)
+        """Coefficient of variation of the estimates (std / mean)."""
+        m = np.asarray(self.estimates)
         return float(m.std(ddof=1) / m.mean()) if m.size > 1 else math.nan
 
     def within(self, tol: float) -> float:
-        """Share of the medians within +-tol of their own median: a ceiling for any predictor."""
-        m = np.asarray(self.medians)
+        """Share of the estimates within +-tol of their median: a ceiling for any predictor."""
+        m = np.asarray(self.estimates)
         return float(np.mean(np.abs(m / np.median(m) - 1) <= tol + 1e-12)) if m.size else math.nan
 
     def to_dict(self) -> dict[str, Any]:
-        return {"config": self.config, "medians_ms": self.medians, "iqr_ratios": self.iqr_ratios,
+        return {"config": self.config, "estimates_ms": self.estimates, "iqr_ratios": self.iqr_ratios,
                 "spread": self.spread, "cv": self.cv, "within5": self.within(0.05), "within10": self.within(0.10)}
 
 
-def noise_floor(agent, space, config, repeats: int, timing: TimingSettings,
+def noise_floor(agent, space, config, repeats: int, timing: TimingSettings, builds: int = BUILDS,
                 progress: Progress = _quiet) -> NoiseFloor:
-    """Measure one subnet `repeats` times (model built once, a fresh session or interpreter each time)."""
-    run = prepare_subnet(agent, space, config)
-    medians, iqrs = [], []
-    for i in range(repeats):
-        s = run(timing)
-        medians.append(s.median)
-        iqrs.append(s.iqr_ratio)
-        progress("noise floor", i + 1, repeats)
-    return NoiseFloor(space.to_published(config), medians, iqrs)
+    """Measure one subnet `repeats` times exactly as validation subnets are measured (each time on
+    `builds` freshly built runnables, scored by their middle estimate)."""
+    model = subnet_model(agent, space, config)
+    ests, iqrs = [], []
+    per_batch = max(1, timing.interleave // builds)
+    for i in range(0, repeats, per_batch):
+        for runs in measure_built(agent, [model] * min(per_batch, repeats - i), timing, builds):
+            mid = runs[(len(runs) - 1) // 2]
+            ests.append(estimate(mid))
+            iqrs.append(mid.iqr_ratio)
+        progress("noise floor", len(ests), repeats)
+    return NoiseFloor(space.to_published(config), ests, iqrs)
 
 
 # ---------------------------------------------------------------------- measured subnets
@@ -315,33 +357,44 @@ class SubnetResult:
     config: Any  # published form
     resolution: int
     flops: int
-    measured: Stats
+    measured: Stats  # of the build whose estimate is the middle one
     predicted: dict[str, float] = field(default_factory=dict)
     misses: int = 0  # table keys priced by the fallback regression
+    builds_ms: list[float] = field(default_factory=list)  # every build's estimate, sorted
 
     def to_dict(self) -> dict[str, Any]:
         s = self.measured
         return {"config": self.config, "resolution": self.resolution, "flops": self.flops,
-                "measured_ms": s.median, "p25_ms": s.p25, "p75_ms": s.p75, "samples": s.n,
+                "measured_ms": estimate(s), "median_ms": s.median, "p25_ms": s.p25, "p75_ms": s.p75,
+                "samples": s.n, "round_medians_ms": list(s.rounds), "builds_ms": list(self.builds_ms),
                 "predicted_ms": dict(self.predicted), "misses": self.misses}
 
 
 def measure_subnets(agent, space, configs: np.ndarray, timing: TimingSettings, predictor: Predictor,
-                    task: str = "subnets", progress: Progress = _quiet) -> list[SubnetResult]:
-    """Measure each config end to end and attach the table predictor's raw value."""
+                    task: str = "subnets", progress: Progress = _quiet, builds: int = BUILDS) -> list[SubnetResult]:
+    """Measure each config end to end and attach the table predictor's raw value.
+
+    Each subnet is built `builds` times (its own session or interpreter each: where a runtime's
+    buffers land in memory moves a whole model's latency by up to ~10% on a shared host) and the
+    builds of `timing.interleave // builds` subnets are timed interleaved; the subnet's
+    measurement is its middle build (the median of an odd count, a real run either way)."""
     out = []
     progress(task, 0, len(configs))
-    for i, cfg in enumerate(configs):
-        raw, misses = predictor.predict_raw(cfg)
-        stats = measure_subnet(agent, space, cfg, timing)
-        out.append(SubnetResult(space.to_published(cfg), subnet_resolution(space, cfg), subnet_flops(space, cfg),
-                                stats, {UNCALIBRATED: raw}, misses))
-        progress(task, i + 1, len(configs))
+    per_batch = max(1, timing.interleave // builds)
+    for i in range(0, len(configs), per_batch):
+        batch = configs[i:i + per_batch]
+        runs = measure_built(agent, [subnet_model(agent, space, c) for c in batch], timing, builds)
+        for cfg, st in zip(batch, runs):
+            raw, misses = predictor.predict_raw(cfg)
+            out.append(SubnetResult(space.to_published(cfg), subnet_resolution(space, cfg),
+                                    subnet_flops(space, cfg), st[(len(st) - 1) // 2], {UNCALIBRATED: raw},
+                                    misses, [estimate(x) for x in st]))
+        progress(task, len(out), len(configs))
     return out
 
 
 def _measured(results: Sequence[SubnetResult]) -> np.ndarray:
-    return np.array([r.measured.median for r in results], dtype=np.float64)
+    return np.array([estimate(r.measured) for r in results], dtype=np.float64)
 
 
 def _predicted(results: Sequence[SubnetResult], name: str) -> np.ndarray:
@@ -371,7 +424,7 @@ class CalibrationRun:
 
 def calibrate(table: LatencyTable, space, agent, n: int = 10, seed: int = 0,
               resolutions: Sequence[int] | None = None, timing: TimingSettings | None = None,
-              progress: Progress = _quiet) -> CalibrationRun:
+              progress: Progress = _quiet, builds: int = BUILDS) -> CalibrationRun:
     """Measure n random subnets end to end and fit measured ~= scale * predicted + offset."""
     if n < 1:
         raise UsageError(f"calibration needs at least one subnet, got --n {n}")
@@ -380,7 +433,7 @@ def calibrate(table: LatencyTable, space, agent, n: int = 10, seed: int = 0,
     res = resolutions or covered_resolutions(table, space)
     predictor = Predictor.from_table(table, space, use_calibration=False)
     configs = sample_subnets(space, n, seed, res)
-    subnets = measure_subnets(agent, space, configs, timing, predictor, "calibration subnets", progress)
+    subnets = measure_subnets(agent, space, configs, timing, predictor, "calibration subnets", progress, builds)
     raw, meas = _predicted(subnets, UNCALIBRATED), _measured(subnets)
     cal = fit_calibration(raw, meas, space.name, predictor.granularity)
     for r in subnets:
@@ -419,21 +472,16 @@ def subnet_ops(space, configs: Iterable[np.ndarray]) -> list:
 
 
 def op_costs(path: str, agent, space, configs: np.ndarray, timing: TimingSettings,
-             progress: Progress = _quiet) -> tuple[dict[str, float], int]:
-    """{op key: ms} of every unfused op of `configs`, from the op table at `path` (same profile as
-    the agent, granularity op, fusion none); keys it lacks are profiled into it first. Returns the
-    costs and how many ops were profiled now."""
-    from .profiling import profile_into
+             progress: Progress = _quiet) -> tuple[Pricer, int]:
+    """A strict pricer of every unfused op of `configs`, from the op table at `path` (same profile
+    as the agent, granularity op, fusion none, the same cache context as `timing`); keys it lacks
+    (and its per-call cost) are profiled into it first. Returns it and how many ops were profiled."""
+    from .profiling import check_run_meta, measure_invocation, profile_into
 
-    want = {"granularity": "op", "fusion": "none"}
     ops = subnet_ops(space, configs)
     with LatencyTable.open(path, agent.profile) as t:
-        meta = t.meta_get("profile_run")
-        if meta and {k: meta.get(k) for k in want} != want:
-            raise UsageError(f"{path} holds {meta.get('granularity')}-granularity entries (fusion "
-                             f"{meta.get('fusion')}); the op-sum baseline needs op granularity, fusion none")
-        spaces = sorted(set((meta or {}).get("spaces", [])) | {space.name})
-        t.meta_set("profile_run", {**(meta or {}), **want, "spaces": spaces})
+        check_run_meta(t, "op", "none", space.name, timing)
+        measure_invocation(t, agent, timing)
         have = t.keys(status="ok")
         missing = [op for op in ops if op.key not in have]
         done = [0]
@@ -447,7 +495,7 @@ def op_costs(path: str, agent, space, configs: np.ndarray, timing: TimingSetting
             run = profile_into(t, agent, missing, timing, retry_failed=True, on_result=tick)
             if run.interrupted:
                 raise KeyboardInterrupt
-        return t.estimates(), len(missing)
+        return Pricer.from_table(t, "op", "none", strict=True), len(missing)
 
 
 # ---------------------------------------------------------------------- validation
@@ -472,6 +520,8 @@ class ValidationReport:
     op_profiled: int = 0
     stored_calibration: dict[str, Any] | None = None  # what the table held (not used here)
     noise: NoiseFloor | None = None
+    invocation_ms: float = 0.0  # the table's per-call cost (see latbench.predict)
+    builds: int = 1  # fresh builds per subnet measurement
     wall_s: float = 0.0
     loadavg: tuple[float, float, float] = (math.nan, math.nan, math.nan)
 
@@ -493,7 +543,7 @@ class ValidationReport:
             "op_table": self.op_table, "op_profiled": self.op_profiled,
             "stored_calibration": self.stored_calibration,
             "noise": self.noise.to_dict() if self.noise else None,
-            "wall_s": round(self.wall_s, 2), "loadavg": list(self.loadavg),
+            "invocation_ms": self.invocation_ms, "builds": self.builds, "wall_s": round(self.wall_s, 2), "loadavg": list(self.loadavg),
             "subnets": [r.to_dict() for r in self.subnets],
             "calibration_subnets": [r.to_dict() for r in self.calibration_subnets],
         }
@@ -508,6 +558,10 @@ class ValidationReport:
             f"{len(self.calibration_subnets)} other subnets to calibrate",
             f"timing: median of >= {t.min_samples} samples, stop at IQR/median < {t.target_iqr:g} or "
             f"{t.max_time_s:g} s; load average {' '.join(f'{x:.2f}' for x in self.loadavg)}; {self.wall_s:.0f} s",
+            f"table entries timed in {t.context} context"
+            + (f" ({t.context_bytes / (1 << 20):.1f} MB read before each call)" if t.context == "network" else "")
+            + f", per-call cost {1e3 * self.invocation_ms:.1f} us taken off each entry and added once; "
+              f"subnets timed back to back, {t.rounds} interleaved round(s), middle of {self.builds} fresh build(s) each",
         ]
         meas = _measured(self.subnets)
         if meas.size:
@@ -534,8 +588,8 @@ class ValidationReport:
                          f"'calibrated' above is fitted afresh on the calibration subnets")
         if self.noise:
             nf = self.noise
-            lines.append(f"noise floor: one subnet x{len(nf.medians)}: medians {min(nf.medians):.3f} .. "
-                         f"{max(nf.medians):.3f} ms, spread {_pct(nf.spread)}, CV {_pct(nf.cv)}, "
+            lines.append(f"noise floor: one subnet x{len(nf.estimates)}: {min(nf.estimates):.3f} .. "
+                         f"{max(nf.estimates):.3f} ms, spread {_pct(nf.spread)}, CV {_pct(nf.cv)}, "
                          f"within +-5% of their median {_pct(nf.within(0.05))}, +-10% {_pct(nf.within(0.10))}")
         return lines
 
@@ -565,7 +619,7 @@ def fit_flops(flops: Sequence[float], measured: Sequence[float]) -> tuple[float,
 def validate(table: LatencyTable, space, agent, n: int = 100, seed: int = 0,
              resolutions: Sequence[int] | None = None, calibrate_n: int = 10,
              timing: TimingSettings | None = None, op_table: str | None = None, op_baseline: bool = True,
-             noise: int = 0, progress: Progress = _quiet) -> ValidationReport:
+             noise: int = 0, progress: Progress = _quiet, builds: int = BUILDS) -> ValidationReport:
     """Measure n random subnets end to end and score every predictor (see PREDICTOR_HELP) on them."""
     # calibration and FLOPs fit: on `calibrate_n` other networks (disjoint from the n); op-sum: from
     # an unfused op table of the same profile (`op_table`, default beside the table), whose missing
@@ -584,23 +638,23 @@ def validate(table: LatencyTable, space, agent, n: int = 100, seed: int = 0,
     configs = sample_subnets(space, n + calibrate_n, seed, res)
     val_cfgs, cal_cfgs = configs[:n], configs[n:]
 
-    op_path, op_profiled, op_map = None, 0, None
+    op_path, op_profiled, op_pricer = None, 0, None
     if op_baseline:
         if predictor.granularity == "op" and predictor.pricer.fusion == "none":
-            op_path, op_map = table.path, table.estimates()  # the table is the unfused op table itself
+            op_path = table.path  # the table is the unfused op table itself
+            op_pricer = Pricer.from_table(table, "op", "none", strict=True)
         else:
             op_path = op_table or op_table_path(table.path)
-            op_map, op_profiled = op_costs(op_path, agent, space, val_cfgs, timing, progress)
+            op_pricer, op_profiled = op_costs(op_path, agent, space, val_cfgs, timing, progress)
 
-    cal_subnets = measure_subnets(agent, space, cal_cfgs, timing, predictor, "calibration subnets", progress)
-    subnets = measure_subnets(agent, space, val_cfgs, timing, predictor, "validation subnets", progress)
+    cal_subnets = measure_subnets(agent, space, cal_cfgs, timing, predictor, "calibration subnets", progress, builds)
+    subnets = measure_subnets(agent, space, val_cfgs, timing, predictor, "validation subnets", progress, builds)
 
     cal = flops_fit = None
     if cal_subnets:
         cal = fit_calibration(_predicted(cal_subnets, UNCALIBRATED), _measured(cal_subnets), space.name,
                               predictor.granularity)
         flops_fit = fit_flops([r.flops for r in cal_subnets], _measured(cal_subnets))
-    op_pricer = Pricer(op_map, "op", "none", strict=True) if op_map is not None else None
     for r, cfg in zip(subnets, val_cfgs):
         if cal:
             r.predicted[CALIBRATED] = float(cal.apply(r.predicted[UNCALIBRATED]))
@@ -616,7 +670,7 @@ def validate(table: LatencyTable, space, agent, n: int = 100, seed: int = 0,
         if ok.any():
             metrics[name] = error_metrics(p[ok], meas[ok])
 
-    noise_run = noise_floor(agent, space, val_cfgs[0], noise, timing, progress) if noise else None
+    noise_run = noise_floor(agent, space, val_cfgs[0], noise, timing, builds, progress) if noise else None
     stored = (table.meta_get("calibration") or {}).get(calibration_key(space, predictor.granularity))
     load1 = _loadavg()
     return ValidationReport(
@@ -624,7 +678,7 @@ def validate(table: LatencyTable, space, agent, n: int = 100, seed: int = 0,
         fusion=meta.get("fusion", predictor.pricer.fusion), timing=timing, seed=seed, resolutions=res,
         subnets=subnets, calibration_subnets=cal_subnets, calibration=cal, flops_fit=flops_fit,
         metrics=metrics, op_table=op_path, op_profiled=op_profiled, stored_calibration=stored,
-        noise=noise_run, wall_s=time.perf_counter() - t0,
+        noise=noise_run, invocation_ms=predictor.invocation_ms, builds=builds, wall_s=time.perf_counter() - t0,
         loadavg=tuple(max(a, b) for a, b in zip(load0, load1)),  # type: ignore[arg-type]
     )
 
@@ -646,18 +700,19 @@ def _loadavg() -> tuple[float, float, float]:
 
 # ---------------------------------------------------------------------- outputs
 def write_csv(report: ValidationReport, path: str | os.PathLike) -> None:
-    """One row per validation subnet: config (published form, JSON), resolution, FLOPs, measured
-    median/IQR, and each predictor's value in ms."""
+    """One row per validation subnet: config (published form, JSON), resolution, FLOPs, the
+    measured estimate (see `estimate`), median/IQR of all samples, and each predictor's value in ms."""
     names = report.predictors
     try:
         with open(path, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
-            w.writerow(["config", "resolution", "mflops", "measured_ms", "p25_ms", "p75_ms", "iqr_ms",
-                        "samples", "misses"] + [f"{p}_ms" for p in names])
+            w.writerow(["config", "resolution", "mflops", "measured_ms", "median_ms", "p25_ms", "p75_ms", "iqr_ms",
+                        "samples", "rounds", "misses"] + [f"{p}_ms" for p in names])
             for r in report.subnets:
                 s = r.measured
                 w.writerow([json.dumps(r.config, separators=(",", ":")), r.resolution, f"{r.flops / 1e6:.3f}",
-                            f"{s.median:.6g}", f"{s.p25:.6g}", f"{s.p75:.6g}", f"{s.iqr:.6g}", s.n, r.misses]
+                            f"{estimate(s):.6g}", f"{s.median:.6g}", f"{s.p25:.6g}", f"{s.p75:.6g}", f"{s.iqr:.6g}",
+                            s.n, len(s.rounds) or 1, r.misses]
                            + [f"{r.predicted[p]:.6g}" if p in r.predicted else "" for p in names])
     except OSError as e:
         raise LatbenchError(f"{path}: cannot write: {e.strerror or e}") from None
@@ -703,7 +758,7 @@ def plot(report: ValidationReport, path: str | os.PathLike) -> None:
 __all__ = [
     "Metrics", "error_metrics", "relative_errors", "covered_resolutions", "sample_subnets", "network_id",
     "subnet_flops", "profile_settings", "check_agent", "table_timing", "export_onnx", "tflite_model",
-    "prepare_subnet", "measure_subnet", "NoiseFloor", "noise_floor", "SubnetResult", "measure_subnets",
+    "subnet_model", "prepare_built", "measure_built", "BUILDS", "prepare_subnet", "time_subnets", "measure_subnet", "estimate", "NoiseFloor", "noise_floor", "SubnetResult", "measure_subnets",
     "CalibrationRun", "calibrate", "store_calibration", "calibration_key", "op_table_path", "op_costs",
     "ValidationReport", "validate", "fit_flops", "write_csv", "plot", "PREDICTORS",
 ]

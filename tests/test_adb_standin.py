@@ -9,7 +9,6 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -20,6 +19,7 @@ from adb_standin import (  # noqa: E402
     ADB_SERVER_VERSION, BENCHMARK_MODEL, FakeDevice, StandinServer, StandinUnavailable, conv_model, list_profiles,
     load_profile, real_adb_path,
 )
+from conftest import start_standin  # noqa: E402
 
 PIXEL = load_profile("pixel7")["serial"]
 GALAXY = load_profile("galaxy_s21_sd888")["serial"]
@@ -30,39 +30,9 @@ TIMINGS = re.compile(r"Inference timings in us: Init: (\d+), First inference: (\
 STAT20 = re.compile(r"count=20 (?:first=\d+ )?curr=\d+")
 FAST = "--min_secs=0 --warmup_min_secs=0"
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _no_real_adb_server() -> Iterator[None]:
-    """adbutils must never start a real adb server: point it at a harmless binary."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ADBUTILS_ADB_PATH", "/bin/true")
-        yield
-
-
-def _start(devices: list[FakeDevice]) -> StandinServer:
-    """Start a server or skip the test with the reason the stand-in cannot run here."""
-    srv = StandinServer(devices)
-    try:
-        return srv.start()
-    except StandinUnavailable as e:
-        pytest.skip(f"stand-in adb server unavailable here: {e}")
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[StandinServer]:
-    """One server with a Pixel 7-like and a Snapdragon 888-like device for the whole module."""
-    srv = _start([FakeDevice("pixel7"), FakeDevice("galaxy_s21_sd888")])
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def pixel(server: StandinServer) -> FakeDevice:
-    """The Pixel stand-in with fresh counters and healthy knobs."""
-    dev = server.device(PIXEL)
-    dev.reset_knobs()
-    dev.reset_counters()
-    return dev
+# The fixtures `server` (a Pixel 7 and a Galaxy S21 for the whole module) and `pixel` are conftest's;
+# adbutils never starts a real adb server in this module, even in tests without them.
+pytestmark = pytest.mark.usefixtures("no_real_adb_server")
 
 
 @pytest.fixture
@@ -375,7 +345,7 @@ def test_benchmark_model_runs_standalone_on_the_host(tmp_path: Path) -> None:
 
 
 def test_disconnect_after_drops_connection_and_hides_device(tmp_path: Path) -> None:
-    srv = _start([FakeDevice("pixel7", serial="STANDINDROP1")])
+    srv = start_standin([FakeDevice("pixel7", serial="STANDINDROP1")])
     try:
         dev = srv.device("STANDINDROP1")
         client = adbutils.AdbClient(host="127.0.0.1", port=srv.port, socket_timeout=T)

@@ -4,6 +4,12 @@ Adding an agent is one line in AGENT_FACTORIES: name -> factory(request, threads
 returning the agent (the factory may pull other fixtures, e.g. a stand-in adb server, through
 `request.getfixturevalue`). An agent whose runtime is not installed or whose device is absent
 is skipped with a warning naming the reason, so it shows in the summary even without `-rs`.
+An agent named in PROBED is built once at collection instead: absent there (cuda without a GPU),
+it is left out of every test and skipped once, by test_probed_agent_present_or_skipped_once.
+
+A measurement's statistics are checked by its estimator: "median" rows (every local agent) carry
+sample quantiles; "mean" rows (benchmark_model on Android: count/min/max/avg/std, no per-run
+times) carry what the runner gave and no invented quantiles.
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ import numpy as np
 import pytest
 
 import device_agents
+from conftest import android_on_standin
 from device_agents import Agent, get_agent
 from latbench import ops as O
 from latbench.errors import DeviceUnavailableError, MissingExtraError
@@ -43,7 +50,12 @@ AGENT_FACTORIES: dict[str, AgentFactory] = {
     "cuda": by_name("cuda"),
     "ort": by_name("ort"),
     "tflite": by_name("tflite"),
+    # the stand-in adb server's Pixel (conftest); batch_size=1: the laziness check holds per op as is
+    "android": lambda request, **kw: android_on_standin(request.getfixturevalue("server"), batch_size=1, **kw),
 }
+# agents built once at collection (no fixtures needed, cheap): one absent here is left out of every
+# test and reported by one skip with its reason, not one per test
+PROBED = ("cuda",)
 
 # short timings keep the suite fast; min_samples is what the statistics checks rely on
 FAST = TimingSettings(warmup=1, warmup_s=0.0, min_samples=5, max_samples=30, max_time_s=0.2)
@@ -60,24 +72,48 @@ def _skip(name: str, reason: str) -> None:
     pytest.skip(msg)
 
 
-def build_agent(request: pytest.FixtureRequest, name: str, **kw: Any) -> Agent:
-    """The agent from its factory, or a skip naming why it cannot exist on this machine."""
+def _build(request: pytest.FixtureRequest | None, name: str, **kw: Any) -> Agent | str:
+    """The agent from its factory, or why it cannot exist on this machine."""
     try:
         return AGENT_FACTORIES[name](request, **kw)
     except MissingExtraError as e:
-        _skip(name, f"runtime not installed ({e})")
+        return f"runtime not installed ({e})"
     except DeviceUnavailableError as e:
-        _skip(name, f"device unavailable ({e})")
+        return f"device unavailable ({e})"
+    except pytest.skip.Exception as e:  # a fixture the factory needs cannot run here (stand-in server)
+        return e.msg or "skipped"
     except ModuleNotFoundError as e:
         missing = e.name or ""
         own_module = device_agents._AGENTS.get(name, ("",))[0]  # the agent's module, not written yet
         if missing.split(".")[0] in ("latbench", "device_agents") and missing != own_module:
             raise  # a broken import inside latbench is a failure, not a skip
-        _skip(name, f"module {missing!r} not importable ({e})")
-    raise AssertionError("unreachable")  # pragma: no cover
+        return f"module {missing!r} not importable ({e})"
 
 
-@pytest.fixture(scope="module", params=list(AGENT_FACTORIES))
+def build_agent(request: pytest.FixtureRequest, name: str, **kw: Any) -> Agent:
+    """The agent from its factory, or a skip naming why it cannot exist on this machine."""
+    got = _build(request, name, **kw)
+    if isinstance(got, str):
+        _skip(name, got)
+    return got
+
+
+def _absent_here() -> dict[str, str]:
+    """name -> why, for the PROBED agents that cannot be built on this machine."""
+    absent = {}
+    for name in PROBED:
+        got = _build(None, name)
+        if isinstance(got, str):
+            absent[name] = got
+        else:
+            got.close()
+    return absent
+
+
+ABSENT = _absent_here()
+
+
+@pytest.fixture(scope="module", params=[name for name in AGENT_FACTORIES if name not in ABSENT])
 def agent_name(request: pytest.FixtureRequest) -> str:
     return request.param
 
@@ -196,14 +232,53 @@ def test_bigger_op_takes_longer(agent: Agent) -> None:
     assert big > 1.8 * small, f"{agent.name}: {BIGGER.key} {big:.3f} ms vs {BIG.key} {small:.3f} ms (medians {medians})"
 
 
+HEAVY = O.linear(1, 1280, 1000)  # 5 MB of weights for 2.6 MFLOP: memory-bound once out of cache
+
+
+def test_network_context_times_weights_cold(agent: Agent) -> None:
+    """An agent that times in network context reads its bytes before each call, so a weight-heavy
+    op measures slower than back to back (its weights come from memory, not cache); an agent that
+    cannot (benchmark_model on a phone) refuses the context by name instead of mislabelling rows."""
+    from latbench.errors import UsageError
+    from latbench.measure import last_level_cache_bytes
+
+    cold = TimingSettings(**{**FAST.to_dict(), "context": "network",
+                             "context_bytes": 2 * (last_level_cache_bytes() or 32 << 20) + (8 << 20)})
+    if "network" not in agent.contexts:
+        with pytest.raises(UsageError, match=f"{agent.name}: cannot time in 'network' context"):
+            list(agent.measure([HEAVY], cold))
+        return
+    runs = list(agent.measure([HEAVY] * 2, FAST)) + list(agent.measure([HEAVY] * 2, cold))
+    assert all(m.ok for m in runs), [m.error for m in runs if not m.ok]
+    warm_ms = min(m.median_ms for m in runs[:2])
+    cold_ms = min(m.median_ms for m in runs[2:])
+    assert all(m.stats.block == 1 and m.settings["timing"]["context"] == "network" for m in runs[2:])
+    assert cold_ms > 1.2 * warm_ms, f"{agent.name}: cold {cold_ms:.4f} ms vs warm {warm_ms:.4f} ms"
+
+
 def _check_measurement(m: Measurement, op: OpSpec, agent: Agent) -> None:
+    """An ok measurement of `op` whose statistics, settings and timings hold together.
+
+    Its estimate is the statistic settings["estimator"] names (the table's `estimate`): the median
+    (the default) or the mean. A mean row is benchmark_model's count/min/max/avg/std: times in whole
+    microseconds, so a sub-microsecond op reads min=0, and quantiles only if the runner gave them."""
     assert m.key == op.key and OpSpec.from_dict(m.op) == op
     assert m.ok and not m.error and m.stats is not None, m.error
     s = m.stats
-    assert 0 < s.min <= s.median <= s.max
-    assert s.p25 <= s.median <= s.p75
+    estimator = m.settings.get("estimator", "median")
+    if estimator == "median":
+        assert 0 < s.min <= s.median <= s.max
+        assert s.p25 <= s.median <= s.p75
+    else:
+        assert estimator == "mean", f"{agent.name}: unknown estimator {estimator!r}"
+        assert 0 <= s.min <= s.mean <= s.max
+        quantiles = (s.p25, s.median, s.p75)
+        assert all(map(math.isnan, quantiles)) or s.min <= s.p25 <= s.median <= s.p75 <= s.max, quantiles
     assert FAST.min_samples <= s.n <= FAST.max_samples
-    assert s.block >= 1 and s.std >= 0 and s.mean > 0
+    assert s.block >= 1 and s.std >= 0
+    # a mean of 0 is benchmark_model's whole-microsecond clock under a sub-microsecond op, and
+    # then the row says so; anything else measured takes time
+    assert s.mean > 0 or (estimator == "mean" and m.extra.get("runner", {}).get("below_resolution_us") == 1.0)
     assert m.profile_id == agent.profile.id
     p = agent.profile
     assert m.settings["threads"] == agent.threads == p.threads
@@ -277,3 +352,22 @@ def test_agent_leaves_no_global_torch_state(make_agent: Callable[..., Agent]) ->
     a.run(op, np.zeros(op.in_shape, np.float32))
     after = (torch.get_num_threads(), torch.is_grad_enabled(), torch.is_inference_mode_enabled())
     assert after == before
+
+
+# ---------------------------------------------------------------------- probed agents
+@pytest.mark.parametrize("name", PROBED)
+def test_probed_agent_present_or_skipped_once(request: pytest.FixtureRequest, name: str) -> None:
+    """A PROBED agent present at collection is in every test above; absent (cuda without a GPU), it
+    is in none of them and this one skip says why, once the agent has been asked again."""
+    if name not in ABSENT:
+        a = build_agent(request, name)
+        try:
+            assert a.name == name and a.profile.agent == name
+        finally:
+            a.close()
+        return
+    again = _build(request, name)
+    if not isinstance(again, str):
+        again.close()
+    assert again == ABSENT[name], f"agent {name!r} was absent at collection, now: {again!r}"
+    _skip(name, ABSENT[name])

@@ -1,9 +1,9 @@
-"""The Android agent against the stand-in adb server: shared conformance checks, batching and round
-trips, runner output formats, thermal gate, crashes, disconnect and resume, quoting, `latbench
-devices`, and the real `latbench profile --device android` in a subprocess."""
+"""The Android agent against the stand-in adb server: batching and round trips, runner output
+formats, thermal gate, crashes, disconnect and resume, quoting, `latbench devices`, and the real
+`latbench profile --device android` in a subprocess. The checks every agent passes (output against
+the torch reference, laziness, identity, failure isolation) are test_agent_conformance.py's."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -19,8 +19,8 @@ import pytest
 adbutils = pytest.importorskip("adbutils", reason="the android agent needs adbutils: pip install 'latbench[android]'")
 pytest.importorskip("ai_edge_litert", reason="the stand-in benchmark_model runs LiteRT: pip install 'latbench[tflite]'")
 
-from adb_standin import BENCHMARK_MODEL, FakeDevice, StandinServer, StandinUnavailable, load_profile  # noqa: E402
-from conftest import CLI_ENV, ROOT, latbench_exe  # noqa: E402
+from adb_standin import BENCHMARK_MODEL, FakeDevice, StandinServer, load_profile  # noqa: E402
+from conftest import CLI_ENV, ROOT, android_on_standin, latbench_exe  # noqa: E402
 
 from device_agents import get_agent  # noqa: E402
 from device_agents.android import (  # noqa: E402
@@ -28,13 +28,8 @@ from device_agents.android import (  # noqa: E402
 )
 from latbench import ops as O  # noqa: E402
 from latbench.errors import DeviceUnavailableError, UsageError  # noqa: E402
-from latbench.measure import Measurement, TimingSettings  # noqa: E402
+from latbench.measure import TimingSettings  # noqa: E402
 from latbench.store import LatencyTable  # noqa: E402
-
-try:  # the shared conformance suite (needs torch for its reference; it skips itself without)
-    import test_agent_conformance as suite
-except pytest.skip.Exception as e:  # pragma: no cover - torch missing
-    suite, SUITE_SKIP = None, str(e)
 
 PIXEL = load_profile("pixel7")["serial"]
 GALAXY = load_profile("galaxy_s21_sd888")["serial"]
@@ -45,46 +40,28 @@ SMALL = [O.conv(S, 24, 3), O.activation(S, "relu"), O.pool(S, "max", 3, 2, 1), O
 
 
 # ---------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def server() -> Iterator[StandinServer]:
-    """A stand-in adb server with a Pixel 7 and a Galaxy S21; adbutils pointed at it, never at a real adb."""
-    srv = StandinServer([FakeDevice("pixel7"), FakeDevice("galaxy_s21_sd888")])
-    try:
-        srv.start()
-    except StandinUnavailable as e:
-        pytest.skip(f"stand-in adb server unavailable here: {e}")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ADBUTILS_ADB_PATH", "/bin/true")
-        mp.setenv("ANDROID_ADB_SERVER_PORT", str(srv.port))
-        mp.delenv("ANDROID_ADB_SERVER_HOST", raising=False)
-        yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def pixel(server: StandinServer) -> FakeDevice:
-    """The Pixel with healthy knobs and fresh counters."""
-    dev = server.device(PIXEL)
-    dev.reset_knobs()
-    dev.reset_counters()
-    return dev
-
-
+# `server` (the stand-in adb server: a Pixel 7 and a Galaxy S21) and `pixel` are conftest's; the
+# shared conformance checks run on this agent in test_agent_conformance.py (its "android" entry).
 @pytest.fixture
 def make(server: StandinServer) -> Iterator[Callable[..., AndroidAgent]]:
     """Build android agents on the stand-in (Pixel, stand-in benchmark_model by default); closed after."""
     made: list[AndroidAgent] = []
 
     def build(**kw: Any) -> AndroidAgent:
-        kw.setdefault("serial", PIXEL)
-        kw.setdefault("runner", str(BENCHMARK_MODEL))
-        kw.setdefault("cooldown", 0.1)
-        made.append(get_agent("android", **kw))
+        made.append(android_on_standin(server, **kw))
         return made[-1]
 
     yield build
     for a in made:
         a.close()
+
+
+@pytest.fixture(scope="module")
+def one_per_batch(server: StandinServer) -> Iterator[AndroidAgent]:
+    """One agent for the module with batch_size=1 (one model per batch)."""
+    a = android_on_standin(server, batch_size=1)
+    yield a
+    a.close()
 
 
 def cli_env(server: StandinServer) -> dict[str, str]:
@@ -100,73 +77,6 @@ def latbench(server: StandinServer, *args: str, timeout: float = 120) -> subproc
 def sessions(dev: FakeDevice) -> list[str]:
     """latbench session directories left on a device."""
     return dev.listdir(DEVICE_ROOT) if dev.exists(DEVICE_ROOT) else []
-
-
-# ---------------------------------------------------------------------- shared conformance suite
-needs_suite = pytest.mark.skipif(suite is None, reason="conformance suite unavailable (torch missing)")
-
-
-@pytest.fixture(scope="module")
-def conf_agent(server: StandinServer) -> Iterator[AndroidAgent]:
-    """The suite's agent: batch_size=1, so its 'op 2 is not taken before result 1' check applies as is."""
-    a = get_agent("android", serial=PIXEL, runner=str(BENCHMARK_MODEL), batch_size=1, cooldown=0.1)
-    yield a
-    a.close()
-
-
-@pytest.fixture
-def android_check(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The suite's measurement check, adapted to what benchmark_model reports.
-
-    benchmark_model gives count/min/max/avg/std and no per-run times: median and IQR are NaN and
-    the estimator is the mean (checked here); the suite's ordering checks then run on the mean in
-    their place. It times in whole microseconds, so a sub-microsecond op reads min=0."""
-    original = suite._check_measurement
-
-    def check(m: Measurement, op, agent) -> None:
-        s = m.stats
-        assert m.ok and s is not None, m.error
-        assert math.isnan(s.median) and math.isnan(s.p25) and math.isnan(s.p75)
-        assert m.settings["estimator"] == "mean" and 0 <= s.min <= s.mean <= s.max
-        stand_in = dataclasses.replace(s, median=s.mean, p25=s.mean, p75=s.mean, min=s.min or s.mean)
-        original(dataclasses.replace(m, stats=stand_in), op, agent)
-
-    monkeypatch.setattr(suite, "_check_measurement", check)
-
-
-CORRECTNESS_OPS = (suite.OP_LEVEL + suite.BLOCK_LEVEL) if suite else []
-
-
-@needs_suite
-@pytest.mark.parametrize("op", CORRECTNESS_OPS, ids=[op.key for op in CORRECTNESS_OPS])
-def test_conformance_pushed_model_matches_torch(conf_agent: AndroidAgent, op) -> None:
-    """run() executes the exact bytes that are pushed, in the host's LiteRT (benchmark_model returns no outputs)."""
-    suite.test_output_matches_torch_reference(conf_agent, op)
-
-
-@needs_suite
-def test_conformance_one_result_per_op(conf_agent: AndroidAgent, android_check: None) -> None:
-    suite.test_measure_yields_one_result_per_op_as_each_finishes(conf_agent)
-
-
-@needs_suite
-def test_conformance_bigger_op_takes_longer(conf_agent: AndroidAgent) -> None:
-    suite.test_bigger_op_takes_longer(conf_agent)
-
-
-@needs_suite
-def test_conformance_bad_op_fails_alone(conf_agent: AndroidAgent, android_check: None) -> None:
-    suite.test_bad_op_fails_alone_and_the_next_op_runs(conf_agent)
-
-
-@needs_suite
-def test_conformance_fingerprint_stable(make: Callable[..., AndroidAgent]) -> None:
-    suite.test_fingerprint_stable_and_sensitive_to_threads(lambda **kw: make(batch_size=1, **kw))
-
-
-@needs_suite
-def test_conformance_no_global_torch_state(make: Callable[..., AndroidAgent]) -> None:
-    suite.test_agent_leaves_no_global_torch_state(lambda **kw: make(batch_size=1, **kw))
 
 
 # ---------------------------------------------------------------------- batching and round trips
@@ -300,6 +210,11 @@ def test_benchmark_model_output_edge_cases() -> None:
     assert nostats.stats.mean == 2.5 and nostats.stats.n == 0 and math.isnan(nostats.stats.std)
     profiled = CURRENT + "Timings (microseconds): count=107 first=1 curr=1 min=1 max=99 avg=50 std=1\n"
     assert parse_benchmark_model(profiled).stats.n == 107  # op profiling's summary line is not the runs'
+    # a sub-microsecond op: every run reads 0 on benchmark_model's whole-microsecond clock
+    zero = parse_benchmark_model("INFO: count=50 first=0 curr=0 min=0 max=0 avg=0 std=0\nINFO: Inference "
+                                 "timings in us: Init: 3, First inference: 1, Warmup (avg): 0, Inference (avg): 0\n")
+    assert zero.stats.mean == 0 and zero.stats.n == 50 and zero.details["below_resolution_us"] == 1.0
+    assert "below_resolution_us" not in parse_benchmark_model(CURRENT).details
 
 
 def test_perf_test_output_parses() -> None:
@@ -327,9 +242,9 @@ def test_temps_line_parses() -> None:
 
 
 @pytest.mark.parametrize("style", ["current", "pre2020", "legacy_nostats", "scientific"])
-def test_each_stand_in_output_style_measures(conf_agent: AndroidAgent, pixel: FakeDevice, style: str) -> None:
+def test_each_stand_in_output_style_measures(one_per_batch: AndroidAgent, pixel: FakeDevice, style: str) -> None:
     pixel.set_output_style(style)
-    (m,) = conf_agent.measure([O.conv(S, 24, 3)], FAST)
+    (m,) = one_per_batch.measure([O.conv(S, 24, 3)], FAST)
     assert m.ok, m.error
     assert m.stats.n == 30 and m.stats.mean > 0 and m.settings["estimator"] == "mean"
 
@@ -495,7 +410,8 @@ def test_disconnect_exits_4_and_rerun_measures_only_the_rest(server: StandinServ
         r = latbench(server, *args, "15")
         assert r.returncode == 4, r.stderr
         err = [x for x in r.stderr.splitlines() if x.startswith("latbench:")]
-        assert len(err) == 1 and f"device {PIXEL} disconnected during batch 1" in err[0], r.stderr
+        # batch 0 measured the per-call cost (one 1-element model), batch 1 five ops, batch 2 died
+        assert len(err) == 1 and f"device {PIXEL} disconnected during batch 2" in err[0], r.stderr
         assert time.monotonic() - t0 < 60
         with LatencyTable.open(out, create=False) as t:
             first = t.keys("ok")
@@ -511,7 +427,7 @@ def test_disconnect_exits_4_and_rerun_measures_only_the_rest(server: StandinServ
     with LatencyTable.open(out, create=False) as t:
         assert len(t.keys("ok")) == 15
         files = {row["extra"]["model_file"] for row in t.rows() if row["key"] in first}
-    assert len(rerun) == 10 and not files & set(rerun)
+    assert len(rerun) == 10 and not files & set(rerun)  # the per-call cost is not measured again
     assert sum("run_batch.sh" in c for c in pixel.commands) == 2
 
 
@@ -537,8 +453,16 @@ def test_cli_profile_android_end_to_end(server: StandinServer, pixel: FakeDevice
     assert set(sessions(pixel)) <= live  # its own cleaned, and those of dead runs of this host
     batches = sum("run_batch.sh" in c for c in pixel.commands)
     print(f"cli: {pixel.round_trips} adb round trips for 40 ops ({batches} batches)")
-    assert batches == 2 and pixel.services["sync"] == 3  # setup push + one per batch
+    # one batch for the per-call cost (a 1-element model, once per table), then 40 ops in 2 batches
+    assert batches == 3 and pixel.services["sync"] == 4  # setup push + one per batch
     assert pixel.round_trips == 2 + 2 * batches + 1  # setup, 2 per batch (0.1 per op), cleanup
+    with LatencyTable.open(out, create=False) as t:
+        inv = t.meta_get("invocation")
+    assert inv["key"] == "activation-input:1x1x1x1-type:relu" and inv["timing"]["context"] == "warm"
+    if inv["status"] == "ok":  # benchmark_model prints whole microseconds at times: a 0 avg is a failure
+        assert inv["estimator"] == "mean" and inv["estimate_ms"] == inv["stats"]["mean"] > 0
+    else:
+        assert inv["estimate_ms"] is None and inv["error"]
 
 
 def test_devices_command(server: StandinServer) -> None:

@@ -241,3 +241,22 @@ def test_fingerprint_and_measure_model_from_path(tmp_path) -> None:
     path.write_bytes(on.model(op))
     stats = off.measure_model(path, FAST)
     assert stats.median > 0 and stats.n >= FAST.min_samples
+
+
+def test_network_context_timing_reads_inputs_without_holding_them() -> None:
+    """touch() reads the interpreter's input buffer through views it drops at once (invoke
+    refuses to run while a numpy view of internal data is alive); measure in network context
+    then gives one call per sample."""
+    from latbench.measure import TimingSettings
+
+    agent = LiteRTAgent()
+    op = O.conv((1, 8, 12, 12), 16, 3)
+    p = agent.prepare(op)
+    for _ in range(3):
+        p.touch()
+        p()
+    timing = TimingSettings(warmup=1, warmup_s=0.0, min_samples=5, max_samples=5, context="network",
+                            context_bytes=1 << 20)
+    (m,) = agent.measure([op], timing)
+    assert m.ok and m.stats.block == 1 and m.stats.n == 5
+    assert m.settings["timing"]["context"] == "network"

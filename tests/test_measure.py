@@ -147,6 +147,127 @@ def test_warmup_calls_and_sync_before_every_clock_read(overhead: Callable[[float
     assert syncs[0] == 1 + 1 + 5
 
 
+# ---------------------------------------------------------------------- network context
+def test_network_context_evicts_and_touches_before_every_timed_call() -> None:
+    """One call per sample, each right after the evictor read its bytes and the input was touched."""
+    log: list[str] = []
+    settings = TimingSettings(warmup=3, warmup_s=0.0, min_samples=6, max_samples=6, context="network",
+                              context_bytes=1 << 20)
+    s = time_callable(lambda: log.append("run"), settings, touch=lambda: log.append("touch"))
+    assert s.block == 1 and s.n == 6
+    assert log == ["run"] * 3 + ["touch", "run"] * 6  # warm-up untouched, then touch before each call
+    assert M.evictor(1 << 20).nbytes == 1 << 20 and M._EVICTOR[0] is M.evictor(1 << 20)  # built once
+
+
+def test_network_context_makes_cached_data_cold() -> None:
+    """Reading a 4 MB array (max: vectorised, so memory-bound): back to back it stays in cache;
+    after twice the last-level cache was read through, it comes from memory and measures slower."""
+    data = np.ones(1 << 20, dtype=np.float32)
+    llc = M.last_level_cache_bytes() or (32 << 20)
+    base = dict(warmup=3, warmup_s=0.0, min_samples=15, max_samples=15, max_time_s=5.0)
+
+    def trial() -> tuple[bool, tuple[float, float]]:
+        warm = time_callable(data.max, TimingSettings(**base)).median
+        cold = time_callable(data.max, TimingSettings(**base, context="network", context_bytes=2 * llc + (8 << 20))).median
+        return cold > 1.5 * warm, (warm, cold)
+
+    best_of(3, trial)
+
+
+def test_timing_settings_check_their_context() -> None:
+    from latbench.errors import UsageError
+
+    with pytest.raises(UsageError, match="timing context must be one of warm, network"):
+        TimingSettings(context="hot")
+    with pytest.raises(UsageError, match="context bytes must be >= 0"):
+        TimingSettings(context="network", context_bytes=-1)
+    t = TimingSettings(min_samples=7, context="network", context_bytes=5)
+    assert t.warm() == TimingSettings(min_samples=7)
+    assert TimingSettings(**t.to_dict()) == t  # what a table row stores rebuilds the settings
+
+
+def test_last_level_cache_is_the_largest_sysfs_cache() -> None:
+    """Against the sizes sysfs lists (K/M suffixes), read here independently."""
+    import glob
+
+    sizes = []
+    for f in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
+        text = open(f).read().strip()
+        sizes.append(int(text[:-1]) * {"K": 1024, "M": 1024 ** 2}[text[-1]] if text[-1] in "KM" else int(text))
+    if not sizes:
+        pytest.skip("no cache sizes in sysfs on this machine")
+    assert M.last_level_cache_bytes() == max(sizes) > 0
+
+
+# ---------------------------------------------------------------------- interleaved rounds
+def test_batch_rounds_visit_every_callable_in_turn(overhead: Callable[[float], float]) -> None:
+    """Round r of every callable runs before round r+1 of any; warm-up calls open each round."""
+    overhead(1e-8)
+    log: list[str] = []
+    work = spin(1e-4)
+
+    def op(name: str) -> Callable[[], None]:
+        def f() -> None:
+            log.append(name)
+            work()
+        return f
+
+    settings = TimingSettings(warmup=1, warmup_s=0.0, min_samples=3, max_samples=9, rounds=3)
+    got = M.time_batch([op("a"), op("b")], settings)
+    runs = "".join(log)
+    # each round: 1 warm-up call, (the first round) 1 block-sizing call, 3 samples
+    assert runs == "a" * 5 + "b" * 5 + ("a" * 4 + "b" * 4) * 2, runs
+    for t in got:
+        assert t.error is None and t.stats.n == 9 and len(t.stats.rounds) == 3 and t.seconds > 0
+
+
+def test_a_slow_spell_slows_a_round_not_the_estimate(overhead: Callable[[float], float]) -> None:
+    """A callable twice as slow during its first three rounds (the machine busy) and at its own
+    speed in the last two: the median of all samples measures the slow spell, the estimate
+    (the fastest round's median) the op."""
+    overhead(1e-8)
+    slow, fast = spin(1e-3), spin(5e-4)
+    calls = [0]
+    per_round = 1 + 10  # warm-up call + samples (block sizing adds one call in round 0)
+
+    def f() -> None:
+        calls[0] += 1
+        (slow if calls[0] <= 3 * per_round + 1 else fast)()
+
+    settings = TimingSettings(warmup=1, warmup_s=0.0, min_samples=10, max_samples=50, rounds=5,
+                              target_iqr=0.0, max_time_s=10.0)
+
+    def trial() -> tuple[bool, Stats]:
+        calls[0] = 0
+        (t,) = M.time_batch([f], settings)
+        s = t.stats
+        return abs(s.round_min - 0.5) / 0.5 < 0.05 and s.median > 0.9, s
+
+    s = best_of(3, trial)
+    assert len(s.rounds) == 5 and s.round_min == min(s.rounds) and s.n == 50
+
+
+def test_a_failing_callable_is_reported_and_the_batch_goes_on(overhead: Callable[[float], float]) -> None:
+    overhead(1e-8)
+    state = {"n": 0}
+
+    def flaky() -> None:
+        state["n"] += 1
+        if state["n"] > 4:  # fails in its second round
+            raise RuntimeError("kernel crashed")
+
+    settings = TimingSettings(warmup=1, warmup_s=0.0, min_samples=2, max_samples=6, rounds=3)
+    ok, bad = M.time_batch([spin(1e-4), flaky], settings)
+    assert ok.error is None and len(ok.stats.rounds) == 3
+    assert bad.stats is None and isinstance(bad.error, RuntimeError) and "kernel crashed" in str(bad.error)
+    with pytest.raises(RuntimeError, match="kernel crashed"):
+        state["n"] = 10
+        time_callable(flaky, settings)
+    assert TimingSettings(rounds=3).estimator == "round_min" and TimingSettings().estimator == "median"
+    with pytest.raises(M.UsageError, match="rounds and interleave must be >= 1"):
+        TimingSettings(rounds=0)
+
+
 # ---------------------------------------------------------------------- Stats
 SAMPLES = [3.0, 1.0, 4.0, 1.5, 9.0, 2.6, 5.3]
 
@@ -273,3 +394,37 @@ def test_agent_measure_passes_its_synchronizer_and_isolates_failures(overhead: C
     assert "ValueError: axis 7 out of range" in got[1].error and math.isnan(got[1].median_ms)
     assert syncs[0] == 2 * (1 + 1 + 5)
     assert got[0].settings["timing"]["min_samples"] == 5 and got[0].settings["threads"] == 1
+
+
+def test_agent_measure_interleaves_batches_and_keeps_order(overhead: Callable[[float], float]) -> None:
+    """interleave=2, rounds=3: ops are prepared two at a time and timed round-robin; results come
+    in op order, a failing op in its place, each with its round medians and estimator."""
+    from device_agents.base import Agent
+    from latbench.device import host_profile as hp
+
+    overhead(1e-8)
+    prepared: list[str] = []
+
+    class Dummy(Agent):
+        name = "dummy"
+
+        def fingerprint(self) -> DeviceProfile:
+            return hp(self.name, "none", "0", self.threads)
+
+        def prepare(self, op: O.OpSpec) -> Callable[[], Any]:
+            prepared.append(op.key)
+            if op.kind == "softmax":
+                raise ValueError("no softmax here")
+            return spin(1e-4)
+
+    ops = [O.activation((1, 2, 3, 3), "relu"), O.softmax((1, 2, 3, 3)), O.activation((1, 2, 3, 3), "tanh")]
+    settings = TimingSettings(warmup=1, warmup_s=0.0, min_samples=3, max_samples=9, rounds=3, interleave=2)
+    it = Dummy().measure(ops, settings)
+    first = next(it)
+    assert prepared == [ops[0].key, ops[1].key]  # the first batch only
+    got = [first, *it]
+    assert [m.key for m in got] == [o.key for o in ops] and [m.status for m in got] == ["ok", "failed", "ok"]
+    for m in (got[0], got[2]):
+        assert len(m.extra["round_medians"]) == 3 and m.settings["estimator"] == "round_min"
+        assert m.stats.round_min == min(m.extra["round_medians"]) and m.wall_s >= m.timed_s > 0
+    assert "no softmax here" in got[1].error

@@ -210,10 +210,26 @@ def test_sessions_do_not_pile_up() -> None:
     agent = OrtAgent()
     fn = agent.prepare(O.conv(S, 12, 3))
     fn()
-    ref = weakref.ref(fn.session)
+    ref = weakref.ref(fn.run.session)
     del fn
     agent.prepare(O.conv(S, 16, 3))()
     gc.collect()
     assert ref() is None
     agent.close()
     assert agent._live is None
+
+
+def test_prepared_session_reads_the_array_touch_reads() -> None:
+    """Network-context timing re-reads the op's input through `touch`: that must be the very
+    buffer the session reads, so writing into it changes the next run's output."""
+    agent = OrtAgent()
+    op = O.activation((1, 4, 5, 5), "relu")
+    p = agent.prepare(op)
+    _, _, x, outs = p.keep
+    p()
+    assert np.array_equal(outs[0].numpy(), np.maximum(x, 0))
+    x[...] = -np.abs(x) - 1.0  # every input negative now: relu gives zeros
+    p.touch()
+    p()
+    assert not outs[0].numpy().any()
+    agent.close()

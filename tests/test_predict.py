@@ -35,11 +35,13 @@ def table_keys(space, granularity: str, fusion: str = "none"):
 
 
 @pytest.mark.parametrize("name", SPACES)
-@pytest.mark.parametrize("granularity,fusion", [("block", "none"), ("op", "none"), ("op", "ort")])
-def test_predict_equals_hand_sum_and_batch(name: str, granularity: str, fusion: str) -> None:
+@pytest.mark.parametrize("granularity,fusion,inv", [("block", "none", 0.0), ("op", "none", 0.0), ("op", "ort", 0.0),
+                                                    ("block", "none", 5e-4), ("op", "ort", 5e-4)])
+def test_predict_equals_hand_sum_and_batch(name: str, granularity: str, fusion: str, inv: float) -> None:
+    """The sum of the config's entries, less the per-call cost `inv` for all entries but one."""
     space = get_space(name)
     costs = known_costs(table_keys(space, granularity, fusion))
-    pred = Predictor(space, costs, granularity, fusion, strict=True)
+    pred = Predictor(space, costs, granularity, fusion, strict=True, invocation_ms=inv)
     configs = np.vstack([space.sample(7, 40), space.smallest()[None], space.largest()[None]])
     singles = []
     for c in configs:
@@ -47,14 +49,49 @@ def test_predict_equals_hand_sum_and_batch(name: str, granularity: str, fusion: 
             keys = [b.key for b in space.blocks(c)]
         else:  # the hand lowering: every op of the subnet, fused the runtime's way
             keys = [o.key for o in O.fuse([o for b in space.blocks(c) for o in O.expand(b)], fusion)]
-        hand = math.fsum(costs[k] for k in keys)
+        hand = math.fsum(costs[k] for k in keys) - (len(keys) - 1) * inv
         got = pred.predict(c)
+        assert pred.explain(c).raw_ms == pytest.approx(hand, rel=1e-12, abs=1e-12)
         assert got == pytest.approx(hand, rel=1e-12, abs=1e-12)
         singles.append(got)
     batch = pred.predict_batch(configs)
     np.testing.assert_allclose(batch, singles, rtol=1e-12)
     ms, misses = pred.predict_batch(configs, return_misses=True)
     assert (misses == 0).all()
+
+
+def test_pricer_counts_the_per_call_cost_once() -> None:
+    """Three entries of 1, 2 and 1 ms, each holding a 0.25 ms call cost: 4 - 2 x 0.25 = 3.5 ms."""
+    from latbench.predict import Pricer
+    from latbench.errors import UsageError
+
+    a, b = O.conv((1, 8, 8, 8), 8, 3), O.conv((1, 8, 8, 8), 16, 1)
+    p = Pricer({a.key: 1.0, b.key: 2.0}, "op", invocation_ms=0.25).price([a, b, a])
+    assert p.raw_ms == pytest.approx(3.5, abs=1e-12) and p.invocation_ms == 0.25
+    assert Pricer({a.key: 1.0}, "op").price([a, a]).raw_ms == 2.0  # none measured: plain sum
+    for bad in (-0.1, math.nan, math.inf):
+        with pytest.raises(UsageError, match="invocation cost"):
+            Pricer({}, "op", invocation_ms=bad)
+
+
+def test_predictor_reads_the_tables_per_call_cost(tmp_path: Path) -> None:
+    """from_table takes the per-call cost the profile stored in the table's meta."""
+    from latbench.store import LatencyTable, import_profile
+    from latbench.measure import Measurement, Stats
+
+    space = get_space("tiny")
+    cfg = space.sample(5, 1)[0]
+    blocks = space.blocks(cfg)
+    prof = import_profile("host", "onnxruntime", 1)
+    with LatencyTable.open(tmp_path / "t.sqlite", prof) as t:
+        for i, bl in enumerate(O.unique(blocks)):
+            t.add(Measurement(bl.key, prof.id, bl.to_dict(), Stats.from_samples([0.1 + 0.01 * i])))
+        t.meta_set("profile_run", {"granularity": "block", "fusion": "none"})
+        plain = Predictor.from_table(t, space, strict=True).predict(cfg)
+        t.meta_set("invocation", {"estimate_ms": 0.004})
+        pred = Predictor.from_table(t, space, strict=True)
+    assert pred.invocation_ms == 0.004
+    assert pred.predict(cfg) == pytest.approx(plain - (len(blocks) - 1) * 0.004, rel=1e-12)
 
 
 def test_published_form_predicts_like_index() -> None:
@@ -200,9 +237,14 @@ def test_predict_cli_config_matches_library(tiny_table: Path) -> None:
     out = json.loads(r.stdout)
     with LatencyTable.open(tiny_table, create=False) as t:
         est = t.estimates()
-    hand = math.fsum(est[b.key] for b in space.blocks(cfg))
+        inv = t.meta_get("invocation")["estimate_ms"]  # the profile measured the per-call cost
+    assert inv > 0
+    blocks = space.blocks(cfg)
+    # each entry holds one call's fixed cost; the network pays it once
+    hand = math.fsum(est[b.key] for b in blocks) - (len(blocks) - 1) * inv
     (row,) = out["predictions"]
     assert row["ms"] == pytest.approx(hand, rel=1e-9) and row["misses"] == 0
+    assert row["invocation_ms"] == inv
     assert out["calibrated"] is False and out["granularity"] == "block"
 
 

@@ -161,3 +161,66 @@ def test_bad_resolution_and_granularity(tmp_path: Path) -> None:
 def test_space_and_ops_are_exclusive(tmp_path: Path) -> None:
     r = run_latbench("profile", "--device", "tflite", "--out", str(tmp_path / "t"))
     _one_line_error(r, 2, "--space or --ops")
+
+
+# ---------------------------------------------------------------------- cache context
+def test_space_profile_times_in_network_context(tmp_path: Path) -> None:
+    """With --space every entry is timed in network context, reading the space's median subnet
+    weights (capped at twice the last-level cache) before each call, and the table holds the
+    runtime's per-call cost with its statistics."""
+    from latbench.measure import last_level_cache_bytes
+    from latbench.spaces import get_space
+
+    table = tmp_path / "t.sqlite"
+    r = run_latbench("profile", "-d", "ort", "-s", "tiny", "-r", "24", "--max-ops", "3", "--out", str(table), *FAST, "--json")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    want = get_space("tiny").context_bytes()
+    llc = last_level_cache_bytes()
+    expected = min(want, 2 * llc) if llc else min(want, 64 << 20)
+    assert summary["context"] == "network" and summary["context_bytes"] == expected > 0
+    assert (summary["rounds"], summary["interleave"]) == (5, 16)
+    with LatencyTable.open(table, create=False) as t:
+        rows = list(t.measurements())
+        estimates = t.estimates()
+        meta, inv = t.meta_get("profile_run"), t.meta_get("invocation")
+    assert len(rows) == 3
+    for m in rows:
+        assert m.settings["timing"]["context"] == "network" and m.settings["timing"]["context_bytes"] == expected
+        assert m.stats.block == 1  # one call per sample
+        # timed in 5 interleaved rounds of >= 5 samples; priced by the fastest round's median
+        rounds = m.extra["round_medians"]
+        assert len(rounds) == 5 and m.stats.n >= 25 and m.settings["estimator"] == "round_min"
+        assert estimates[m.key] == min(rounds) == m.stats.round_min
+    assert (meta["context"], meta["context_bytes"]) == ("network", expected)
+    assert inv["key"] == "activation-input:1x1x1x1-type:relu" and inv["stats"]["n"] >= 25
+    assert inv["estimate_ms"] == min(inv["round_medians"]) == summary["invocation_ms"] > 0
+    assert inv["timing"]["context"] == "network" and inv["estimator"] == "round_min"
+
+
+def test_context_flags_and_resume_checks(tmp_path: Path) -> None:
+    """--context warm times back to back; a table is resumed only in the context it was timed in;
+    an op list has no space to size the network context from unless --context-mb says."""
+    warm = tmp_path / "warm.sqlite"
+    r = run_latbench("profile", "-d", "ort", "-s", "tiny", "-r", "24", "--max-ops", "2", "--context", "warm",
+                     "--out", str(warm), *FAST, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["context"] == "warm"
+    with LatencyTable.open(warm, create=False) as t:
+        assert {m.settings["timing"]["context"] for m in t.measurements()} == {"warm"}
+    r = run_latbench("profile", "-d", "ort", "-s", "tiny", "-r", "24", "--out", str(warm), *FAST)
+    assert r.returncode == 2 and "timed in warm context" in r.stderr and "--context warm" in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+    ops = tmp_path / "ops.txt"
+    assert run_latbench("enumerate", "tiny", "-r", "24", "-o", str(ops)).returncode == 0
+    r = run_latbench("profile", "-d", "ort", "--ops", str(ops), "--context", "network", "--out", str(tmp_path / "o.sqlite"))
+    assert r.returncode == 2 and "network context needs --space" in r.stderr
+    r = run_latbench("profile", "-d", "ort", "--ops", str(ops), "--context", "network", "--context-mb", "0.5",
+                     "--max-ops", "1", "--out", str(tmp_path / "o.sqlite"), *FAST, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["context_bytes"] == 1 << 19
+    r = run_latbench("profile", "-d", "ort", "--ops", str(ops), "--context-mb", "1", "--out", str(tmp_path / "o.sqlite"), *FAST)
+    assert r.returncode == 2 and "--context network --context-mb 0.5" in r.stderr  # says how to resume
+    r = run_latbench("profile", "-d", "ort", "-s", "tiny", "--context", "hot", "--out", str(tmp_path / "h.sqlite"))
+    assert r.returncode == 2 and "--context must be auto, warm or network" in r.stderr

@@ -205,6 +205,20 @@ class SearchSpace:
                     nxt.add((hit[1], keep))
             states = nxt
 
+    # ------------------------------------------------------------------ footprint
+    def weight_bytes(self, config: Any) -> int:
+        """float32 bytes of the subnet's weights (every parameter of its blocks)."""
+        return O.BYTES_PER_ELEMENT * sum(b.params for b in self.blocks(config))
+
+    def context_bytes(self, samples: int = 100, seed: int = 0) -> int:
+        """Median weight bytes of `samples` seeded random subnets: about what the rest of a
+        network streams through the caches between two runs of one of its blocks (profiling in
+        network context reads that much before each timed call)."""
+        if samples < 1:
+            raise UsageError(f"context_bytes needs at least one sample, got {samples}")
+        cfgs = self.sample(np.random.default_rng(seed), samples)
+        return int(np.median([self.weight_bytes(c) for c in cfgs]))
+
     # ------------------------------------------------------------------ build
     def build(self, config: Any):
         """A torch.nn.Module of the subnet with random weights (torch imported lazily)."""
