@@ -11,7 +11,7 @@ Beside them: the op-sum baseline (unfused single ops measured with the same agen
 and a FLOPs-linear fit, plus a noise floor (one subnet measured 10 times).
 
 Timing (profile and end-to-end alike, set with --max-time/--min-samples/--target-iqr): the
-profile defaults (network cache context for table entries, 5 interleaved rounds over 16 ops,
+profile defaults (network cache context for table entries, 10 interleaved rounds over 24 ops,
 the fastest round's median), at least 10 samples a round, a round stops once IQR/median < 5% or
 after its fifth of 1 s (profile's default cap is 2 s). Subnets are timed back to back in the
 same rounds, each on --builds fresh builds (the middle one counts).

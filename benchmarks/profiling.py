@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # (label, extra profile flags); the first is the profile command's defaults
 SETTINGS = [
-    ("defaults: network context, 5 rounds x 16 ops", []),
-    ("warm context, 5 rounds x 16 ops", ["--context", "warm"]),
+    ("defaults: network context, 10 rounds x 24 ops", []),
+    ("warm context, 10 rounds x 24 ops", ["--context", "warm"]),
     ("baseline: warm, 1 round (one burst per op)", ["--context", "warm", "--rounds", "1", "--interleave", "1"]),
 ]
 

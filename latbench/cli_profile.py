@@ -73,9 +73,9 @@ def profile_command(
     max_time: float = typer.Option(2.0, "--max-time", help="time cap per op in seconds"),
     min_samples: int = typer.Option(10, "--min-samples", help="samples per op at least"),
     rounds: Optional[int] = typer.Option(None, "--rounds", help="interleaved rounds per op; the estimate is "
-                                         "the fastest round's median (default 5; 1 on android)"),
+                                         "the fastest round's median (default 10; 1 on android)"),
     interleave: Optional[int] = typer.Option(None, "--interleave", help="ops timed together, round-robin "
-                                             "(default 16; 1 on android)"),
+                                             "(default 24; 1 on android)"),
     context: str = typer.Option("auto", "--context", help="cache context: network (weights as cold as "
                                 "inside a network; the default with --space), warm (calls back to back), auto"),
     context_mb: Optional[float] = typer.Option(None, "--context-mb", help="network context: MB read through "
@@ -136,11 +136,11 @@ def profile_command(
         raise typer.Exit(3)
 
 
-ROUNDS, INTERLEAVE = 5, 16  # profile defaults where the agent can interleave
+ROUNDS, INTERLEAVE = 10, 24  # profile defaults where the agent can interleave
 
 
 def default_timing(agent, rounds: Optional[int] = None, interleave: Optional[int] = None, **kw):
-    """TimingSettings with latbench's profile defaults: 5 rounds over 16 ops interleaved (spread over
+    """TimingSettings with latbench's profile defaults: 10 rounds over 24 ops interleaved (spread over
     seconds, so a slow spell of a shared machine hits a round, not an op) where the agent can."""
     from .measure import TimingSettings
 

@@ -1,7 +1,7 @@
 """Drive an agent over a list of ops into a latency table: resumable, committed op by op.
 
 Every Measurement is written in its own transaction as it arrives, so a crash, Ctrl-C or reboot
-loses at most the ops in flight (one op, or the batch an agent times interleaved: 16 by default);
+loses at most the ops in flight (one op, or the batch an agent times interleaved: 24 by default);
 a rerun skips every key already stored for the table's profile. Also here: the cache context and
 rounds a profile times in, and the runtime's per-call cost each table records.
 """
