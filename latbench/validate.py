@@ -280,15 +280,30 @@ def time_subnets(agent, prepared: Sequence[Any], timing: TimingSettings) -> list
     return out
 
 
-def measure_built(agent, models: Sequence[tuple[str, Any]], timing: TimingSettings,
-                  builds: int = BUILDS) -> list[list[Stats]]:
-    """Each model timed on `builds` fresh runnables, all interleaved: per model, its builds' Stats
-    sorted by estimate (the middle one is the measurement, see measure_subnets)."""
+def measure_built(agent, items: Sequence[Any], timing: TimingSettings, builds: int = BUILDS,
+                  done: Callable[[int], None] | None = None,
+                  model: Callable[[Any], tuple[str, Any]] = lambda m: m) -> list[list[Stats]]:
+    """Each item's model (`model(item)`, made when its batch comes: whole models are big) timed
+    on `builds` fresh runnables; the builds of `timing.interleave // builds` items at a time are
+    interleaved. Per item, its builds' Stats sorted by estimate (`middle` picks the measurement);
+    `done(n)` is told how many items are measured after each batch."""
     if builds < 1:
         raise UsageError(f"builds must be >= 1, got {builds}")
-    prepared = [prepare_built(agent, m) for m in models for _ in range(builds)]
-    stats = time_subnets(agent, prepared, timing)
-    return [sorted(stats[i * builds:(i + 1) * builds], key=estimate) for i in range(len(models))]
+    per_batch = max(1, timing.interleave // builds)
+    out: list[list[Stats]] = []
+    for i in range(0, len(items), per_batch):
+        models = [model(it) for it in items[i:i + per_batch]]
+        prepared = [prepare_built(agent, m) for m in models for _ in range(builds)]
+        stats = time_subnets(agent, prepared, timing)
+        out += [sorted(stats[j:j + builds], key=estimate) for j in range(0, len(stats), builds)]
+        if done:
+            done(len(out))
+    return out
+
+
+def middle(runs: Sequence[Stats]) -> Stats:
+    """The build whose estimate is the median (the lower middle of an even count): a real run."""
+    return runs[(len(runs) - 1) // 2]
 
 
 def measure_subnet(agent, space, config, timing: TimingSettings = TimingSettings()) -> Stats:
@@ -338,15 +353,9 @@ def noise_floor(agent, space, config, repeats: int, timing: TimingSettings, buil
     """Measure one subnet `repeats` times exactly as validation subnets are measured (each time on
     `builds` freshly built runnables, scored by their middle estimate)."""
     model = subnet_model(agent, space, config)
-    ests, iqrs = [], []
-    per_batch = max(1, timing.interleave // builds)
-    for i in range(0, repeats, per_batch):
-        for runs in measure_built(agent, [model] * min(per_batch, repeats - i), timing, builds):
-            mid = runs[(len(runs) - 1) // 2]
-            ests.append(estimate(mid))
-            iqrs.append(mid.iqr_ratio)
-        progress("noise floor", len(ests), repeats)
-    return NoiseFloor(space.to_published(config), ests, iqrs)
+    runs = [middle(r) for r in measure_built(agent, [model] * repeats, timing, builds,
+                                             lambda n: progress("noise floor", n, repeats))]
+    return NoiseFloor(space.to_published(config), [estimate(r) for r in runs], [r.iqr_ratio for r in runs])
 
 
 # ---------------------------------------------------------------------- measured subnets
@@ -378,18 +387,14 @@ def measure_subnets(agent, space, configs: np.ndarray, timing: TimingSettings, p
     buffers land in memory moves a whole model's latency by up to ~10% on a shared host) and the
     builds of `timing.interleave // builds` subnets are timed interleaved; the subnet's
     measurement is its middle build (the median of an odd count, a real run either way)."""
-    out = []
     progress(task, 0, len(configs))
-    per_batch = max(1, timing.interleave // builds)
-    for i in range(0, len(configs), per_batch):
-        batch = configs[i:i + per_batch]
-        runs = measure_built(agent, [subnet_model(agent, space, c) for c in batch], timing, builds)
-        for cfg, st in zip(batch, runs):
-            raw, misses = predictor.predict_raw(cfg)
-            out.append(SubnetResult(space.to_published(cfg), subnet_resolution(space, cfg),
-                                    subnet_flops(space, cfg), st[(len(st) - 1) // 2], {UNCALIBRATED: raw},
-                                    misses, [estimate(x) for x in st]))
-        progress(task, len(out), len(configs))
+    runs = measure_built(agent, configs, timing, builds, lambda n: progress(task, n, len(configs)),
+                         model=lambda c: subnet_model(agent, space, c))
+    out = []
+    for cfg, st in zip(configs, runs):
+        raw, misses = predictor.predict_raw(cfg)
+        out.append(SubnetResult(space.to_published(cfg), subnet_resolution(space, cfg), subnet_flops(space, cfg),
+                                middle(st), {UNCALIBRATED: raw}, misses, [estimate(x) for x in st]))
     return out
 
 
@@ -758,7 +763,7 @@ def plot(report: ValidationReport, path: str | os.PathLike) -> None:
 __all__ = [
     "Metrics", "error_metrics", "relative_errors", "covered_resolutions", "sample_subnets", "network_id",
     "subnet_flops", "profile_settings", "check_agent", "table_timing", "export_onnx", "tflite_model",
-    "subnet_model", "prepare_built", "measure_built", "BUILDS", "prepare_subnet", "time_subnets", "measure_subnet", "estimate", "NoiseFloor", "noise_floor", "SubnetResult", "measure_subnets",
+    "subnet_model", "prepare_built", "measure_built", "middle", "BUILDS", "prepare_subnet", "time_subnets", "measure_subnet", "estimate", "NoiseFloor", "noise_floor", "SubnetResult", "measure_subnets",
     "CalibrationRun", "calibrate", "store_calibration", "calibration_key", "op_table_path", "op_costs",
     "ValidationReport", "validate", "fit_flops", "write_csv", "plot", "PREDICTORS",
 ]
