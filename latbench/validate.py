@@ -652,8 +652,13 @@ def validate(table: LatencyTable, space, agent, n: int = 100, seed: int = 0,
             op_path = op_table or op_table_path(table.path)
             op_pricer, op_profiled = op_costs(op_path, agent, space, val_cfgs, timing, progress)
 
-    cal_subnets = measure_subnets(agent, space, cal_cfgs, timing, predictor, "calibration subnets", progress, builds)
-    subnets = measure_subnets(agent, space, val_cfgs, timing, predictor, "validation subnets", progress, builds)
+    # calibration and validation subnets are measured in one seeded shuffled order: a slow spell of
+    # the machine (minutes, on a shared host) then hits both groups alike instead of skewing the fit
+    order = np.random.default_rng([seed, 2]).permutation(len(configs))
+    measured = measure_subnets(agent, space, configs[order], timing, predictor, "validation subnets (with calibration)", progress, builds)
+    by_index = {int(i): r for i, r in zip(order, measured)}
+    subnets = [by_index[i] for i in range(n)]
+    cal_subnets = [by_index[i] for i in range(n, len(configs))]
 
     cal = flops_fit = None
     if cal_subnets:
