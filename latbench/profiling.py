@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
@@ -24,6 +25,7 @@ from .ops import OpSpec, unique
 INVOCATION_OP = O.activation((1, 1, 1, 1), "relu")
 INVOCATION_META = "invocation"
 EVICT_CAP_BYTES = 64 << 20  # without a readable cache size: reading more evicts nothing more
+ORDER_SEED = 0  # ops are measured in a seeded shuffled order: two runs of one command alike
 
 
 @dataclass
@@ -170,13 +172,23 @@ def invocation_ms(table) -> float:
     return float(have["estimate_ms"]) if have and have.get("estimate_ms") is not None else 0.0
 
 
+def measure_order(ops: Sequence[OpSpec], seed: int = ORDER_SEED) -> list[OpSpec]:
+    """`ops` in a seeded shuffled order. Enumeration order groups one resolution's blocks together,
+    so a slow minute of the machine would skew one resolution's entries alike (+10% at 176 and 192
+    in one ort table here); shuffled, it spreads over every resolution as per-op noise."""
+    out = list(ops)
+    random.Random(seed).shuffle(out)
+    return out
+
+
 def profile_into(table, agent, ops: Iterable[OpSpec], timing: TimingSettings = TimingSettings(),
-                 max_ops: int | None = None, retry_failed: bool = False,
+                 max_ops: int | None = None, retry_failed: bool = False, shuffle: bool = True,
                  resolutions: dict[str, list[int]] | None = None,
                  on_start: Callable[[int], None] | None = None,
                  on_op: Callable[[OpSpec], None] | None = None,
                  on_result: Callable[[Measurement], None] | None = None) -> ProfileRun:
-    """Measure the ops missing from `table` with `agent`, committing each as it arrives."""
+    """Measure the ops missing from `table` with `agent`, committing each as it arrives. `max_ops`
+    takes the first ops in enumeration order; they are measured in `measure_order` unless not `shuffle`."""
     t0 = time.perf_counter()
     todo_all = unique(ops)
     stored_ok = table.keys(status="ok")
@@ -186,6 +198,8 @@ def profile_into(table, agent, ops: Iterable[OpSpec], timing: TimingSettings = T
     run = ProfileRun(total=len(todo_all), skipped=len(todo_all) - len(todo))
     if max_ops is not None:
         todo = todo[:max_ops]
+    if shuffle:
+        todo = measure_order(todo)
     if on_start:
         on_start(len(todo))
     todo_iter = iter(todo)

@@ -16,13 +16,11 @@ adbutils = pytest.importorskip("adbutils")
 pytest.importorskip("ai_edge_litert")
 
 from adb_standin import (  # noqa: E402
-    ADB_SERVER_VERSION, BENCHMARK_MODEL, FakeDevice, StandinServer, StandinUnavailable, conv_model, list_profiles,
+    ADB_SERVER_VERSION, BENCHMARK_MODEL, GALAXY, PIXEL, FakeDevice, StandinServer, StandinUnavailable, conv_model, list_profiles,
     load_profile, real_adb_path,
 )
 from conftest import start_standin  # noqa: E402
 
-PIXEL = load_profile("pixel7")["serial"]
-GALAXY = load_profile("galaxy_s21_sd888")["serial"]
 T = 30  # seconds: every adb call in these tests is bounded by this
 LB = "/data/local/tmp/latbench"
 TIMINGS = re.compile(r"Inference timings in us: Init: (\d+), First inference: (\d+), "

@@ -19,7 +19,7 @@ import pytest
 adbutils = pytest.importorskip("adbutils", reason="the android agent needs adbutils: pip install 'latbench[android]'")
 pytest.importorskip("ai_edge_litert", reason="the stand-in benchmark_model runs LiteRT: pip install 'latbench[tflite]'")
 
-from adb_standin import BENCHMARK_MODEL, FakeDevice, StandinServer, load_profile  # noqa: E402
+from adb_standin import BENCHMARK_MODEL, GALAXY, PIXEL, FakeDevice, StandinServer, load_profile  # noqa: E402
 from conftest import CLI_ENV, ROOT, android_on_standin, latbench_exe  # noqa: E402
 
 from device_agents import get_agent  # noqa: E402
@@ -31,8 +31,6 @@ from latbench.errors import DeviceUnavailableError, UsageError  # noqa: E402
 from latbench.measure import TimingSettings  # noqa: E402
 from latbench.store import LatencyTable  # noqa: E402
 
-PIXEL = load_profile("pixel7")["serial"]
-GALAXY = load_profile("galaxy_s21_sd888")["serial"]
 FAST = TimingSettings(warmup=1, warmup_s=0.0, min_samples=5, max_samples=30, max_time_s=0.2)
 S = (1, 16, 12, 12)
 SMALL = [O.conv(S, 24, 3), O.activation(S, "relu"), O.pool(S, "max", 3, 2, 1), O.eltwise(S, "add"),

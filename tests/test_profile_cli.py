@@ -84,6 +84,29 @@ def test_max_ops_limits_new_measurements(tmp_path: Path) -> None:
     assert len(_stored(table)) == 3
 
 
+def test_ops_are_measured_in_a_seeded_shuffled_order(tmp_path: Path) -> None:
+    """max_ops takes the first ops in enumeration order; they are measured shuffled (so a slow
+    minute does not land on one resolution's blocks), the same way in every run."""
+    from device_agents import get_agent
+    from latbench.measure import TimingSettings
+    from latbench.profiling import measure_order, ops_with_resolutions, profile_into
+    from latbench.spaces import get_space
+
+    ops, _ = ops_with_resolutions(get_space("tiny"), [24, 32], "block")
+    assert len(ops) >= 8
+    agent = get_agent("tflite", threads=1)
+    timing = TimingSettings(warmup=1, warmup_s=0.0, min_samples=3, max_samples=5, max_time_s=0.02)
+    orders = []
+    for shuffle in (True, True, False):
+        seen: list[str] = []
+        with LatencyTable.open(tmp_path / f"t{len(orders)}.sqlite", agent.profile) as t:
+            run = profile_into(t, agent, ops, timing, max_ops=8, shuffle=shuffle, on_op=lambda op: seen.append(op.key))
+            assert run.measured + run.failed == 8 and t.keys(status=None) == {op.key for op in ops[:8]}
+        orders.append(seen)
+    assert orders[0] == orders[1] == [op.key for op in measure_order(ops[:8])]
+    assert orders[2] == [op.key for op in ops[:8]] != orders[0]
+
+
 def test_ops_file_from_enumerate(tmp_path: Path) -> None:
     """`--ops` takes the PaddleSlim op list that `latbench enumerate` writes."""
     ops = tmp_path / "ops.txt"

@@ -19,6 +19,8 @@ from .server import ADB_SERVER_VERSION, FEATURES, StandinServer
 from .tflite_models import add_model, conv_model, write_model
 
 BENCHMARK_MODEL = Path(__file__).resolve().with_name("benchmark_model")
+PIXEL = load_profile("pixel7")["serial"]  # the serials of the two bundled device profiles
+GALAXY = load_profile("galaxy_s21_sd888")["serial"]
 
 
 def real_adb_path() -> Path | None:
@@ -31,6 +33,6 @@ def real_adb_path() -> Path | None:
     return exe if exe.is_file() and os.access(exe, os.X_OK) else None
 
 
-__all__ = ["ADB_SERVER_VERSION", "BENCHMARK_MODEL", "FEATURES", "OUTPUT_STYLES", "FakeDevice", "StandinServer",
+__all__ = ["ADB_SERVER_VERSION", "BENCHMARK_MODEL", "FEATURES", "GALAXY", "OUTPUT_STYLES", "PIXEL", "FakeDevice", "StandinServer",
            "StandinUnavailable", "add_model", "conv_model", "list_profiles", "load_profile", "real_adb_path",
            "write_model"]
