@@ -157,6 +157,9 @@ def measure_invocation(table, agent, timing: TimingSettings, retry_failed: bool 
                      round_medians=list(s.rounds),
                      stats={k: _finite_or_none(getattr(s, k))
                             for k in ("median", "p25", "p75", "min", "max", "mean", "std", "n", "block")})
+        below = m.extra.get("runner", {}).get("below_resolution_us")
+        if below is not None:  # benchmark_model's whole microseconds read 0: a bound, not a cost
+            entry["below_resolution_us"] = below
     table.meta_set(INVOCATION_META, entry)
     return entry if entry["estimate_ms"] is not None else None
 
