@@ -35,6 +35,7 @@ class Prepared:
     run: Callable[[], Any]
     touch: Callable[[], Any] = _nothing
     keep: Any = None
+    note: dict[str, Any] | None = None  # how it was built, kept in the measurement's extra
 
     def __call__(self) -> Any:
         return self.run()
@@ -132,6 +133,7 @@ class Agent:
                                   wall_s=prep_s + t.seconds)
                 continue
             extra = {"round_medians": list(t.stats.rounds)} if t.stats.rounds else {}
+            extra.update(getattr(fn, "note", None) or {})
             yield Measurement(**base, stats=t.stats, wall_s=prep_s + t.seconds, timed_s=t.seconds, extra=extra)
 
     def check_timing(self, timing: TimingSettings) -> None:

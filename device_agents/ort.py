@@ -16,6 +16,7 @@ from latbench.ops import OpSpec
 
 from .base import Agent, Prepared
 from .onnx_build import build_onnx, graph_in_shape, graph_out_shape
+from .ort_layout import network_graph
 from .weights import Weights
 
 ort = require("onnxruntime", "ort")
@@ -28,6 +29,7 @@ OPT_LEVELS = {
     "basic": _GOL.ORT_ENABLE_BASIC,
     "disable": _GOL.ORT_DISABLE_ALL,
 }
+BOUNDARIES = ("network", "graph")  # how an op's graph meets its neighbours (OrtAgent.prepare)
 
 
 class OrtAgent(Agent):
@@ -36,7 +38,7 @@ class OrtAgent(Agent):
     name = "ort"
 
     def __init__(self, threads: int = 1, opt_level: str = "all", provider: str = "CPUExecutionProvider",
-                 seed: int = 0, **options: Any):
+                 seed: int = 0, boundary: str = "network", **options: Any):
         super().__init__(threads=threads, seed=seed, **options)
         if self.threads < 1:  # 0 would mean "all cores" to onnxruntime, not what the profile says
             raise UsageError(f"ort: threads must be >= 1, got {threads}")
@@ -45,18 +47,25 @@ class OrtAgent(Agent):
         have = ort.get_available_providers()
         if provider not in have:
             raise DeviceUnavailableError(f"ort: execution provider {provider!r} is not available (have: {', '.join(have)})")
+        if boundary not in BOUNDARIES:
+            raise UsageError(f"ort: boundary must be one of {', '.join(BOUNDARIES)}, got {boundary!r}")
         self.opt_level = opt_level
         self.provider = provider
+        # network: time ops as they run between convolutions (ort_layout), which differs from an
+        # op's own graph only where ONNX Runtime converts to NCHWc (level all)
+        self.boundary = boundary if opt_level == "all" else "graph"
         # BN folding + conv/activation fusion (latbench.ops.FUSIONS["ort"]) happen from EXTENDED
         # on; BASIC folds BN only, which no FUSIONS entry describes, so it counts as unfused
         self.fusion = {"all": "ort", "extended": "ort", "basic": "ort-basic"}.get(opt_level, "none")
         self._sess_options = session_options(self.threads, opt_level)
+        self._cut_options = session_options(self.threads, "disable")  # cut graphs are optimised already
         self._live: tuple | None = None  # the session (and binding) of the op being timed
         self._pool: np.ndarray | None = None  # random values that timing weights are cut from
 
     def fingerprint(self) -> DeviceProfile:
         return host_profile("ort", "onnxruntime", ort.__version__, self.threads, delegate=self.provider,
-                            options={"opt_level": self.opt_level})
+                            options={"opt_level": self.opt_level,  # no boundary: a table from before it
+                                     **({"boundary": self.boundary} if self.boundary != "graph" else {})})
 
     # ---------------------------------------------------------------- sessions
     def session(self, model: "onnx.ModelProto | bytes | str | os.PathLike") -> "ort.InferenceSession":
@@ -89,13 +98,25 @@ class OrtAgent(Agent):
 
     def prepare(self, op: OpSpec) -> Prepared:
         """A session for `op` with input and output bound once; calling it runs it once, `touch`
-        re-reads the bound input (a numpy array the session reads in place)."""
+        re-reads the bound input (a numpy array the session reads in place). With boundary
+        `network`, the op's kernels as ONNX Runtime runs them between two convolutions (NCHWc,
+        no reorders at its ends: ort_layout); ops that are not between convolutions, and other
+        optimisation levels, run their own graph (`note` says which)."""
         self._release()
-        sess = self.session(build_onnx(op, self.timing_weights(op)))
-        x = np.array(_cut(self.pool, graph_in_shape(op)), dtype=np.float32)  # owned, contiguous
-        binding, outs = bind(sess, x, [graph_out_shape(op)], share_input=True)
+        w = self.timing_weights(op)
+        cut = None
+        if self.boundary == "network":
+            cut = network_graph(op, w, self.timing_weights, self._sess_options, self.provider)
+        if cut is None:
+            sess, shapes = self.session(build_onnx(op, w)), (graph_in_shape(op), graph_out_shape(op))
+        else:
+            sess = ort.InferenceSession(cut.model, self._cut_options, providers=[self.provider])
+            shapes = (cut.in_shape, cut.out_shape)
+        x = np.array(_cut(self.pool, shapes[0]), dtype=np.float32)  # owned, contiguous
+        binding, outs = bind(sess, x, [shapes[1]], share_input=True)
         self._live = (sess, binding)
-        return Prepared(runner(sess, binding), x.sum, keep=(sess, binding, x, outs))
+        note = {"graph": "between convolutions" if cut is not None else "own"}
+        return Prepared(runner(sess, binding), x.sum, keep=(sess, binding, x, outs), note=note)
 
     def run(self, op: OpSpec, x: np.ndarray) -> np.ndarray:
         """One inference with the canonical weights; a linear's (n, c, 1, 1) input is reshaped."""

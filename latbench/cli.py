@@ -301,7 +301,8 @@ def _qs_profile(st: QuickstartState, con: Console) -> None:
     from device_agents import get_agent
 
     from .cli_profile import context_line, default_timing
-    from .profiling import check_run_meta, measure_invocation, ops_with_resolutions, profile_into, timing_for
+    from .profiling import (check_run_meta, invocation_entry, measure_invocation, ops_with_resolutions,
+                            profile_into, timing_for)
     from .spaces import get_space
     from .store import LatencyTable
 
@@ -314,8 +315,9 @@ def _qs_profile(st: QuickstartState, con: Console) -> None:
         timing = timing_for(agent, default_timing(agent, max_time_s=0.3), "auto", sp)
         with LatencyTable.open(str(st.table), agent.profile) as t:
             check_run_meta(t, "block", "none", sp.name, timing)
-            invocation = measure_invocation(t, agent, timing)
+            measure_invocation(t, agent, timing)
             run = profile_into(t, agent, ops, timing, resolutions=res)
+            invocation = invocation_entry(t)  # each batch added a sample
             est = t.estimates()
             rows = sorted(t.measurements(), key=lambda m: -est.get(m.key, 0.0))
     finally:

@@ -37,11 +37,11 @@ def select_ops(space: Optional[str], ops_file: Optional[Path], resolution: list[
 
 
 def agent_options(device: str, threads: int = 1, opt_level: str = "all", xnnpack: bool = True,
-                  **android) -> dict:
+                  boundary: str = "network", **android) -> dict:
     """The agent constructor options of `device` from CLI values (shared by profile, calibrate, validate)."""
     options: dict = {"threads": threads}
     if device == "ort":
-        options["opt_level"] = opt_level
+        options.update(opt_level=opt_level, boundary=boundary)
     elif device == "tflite":
         options["xnnpack"] = xnnpack
     elif device == "android":
@@ -61,6 +61,9 @@ def profile_command(
     retry_failed: bool = typer.Option(False, "--retry-failed", help="measure again ops that failed before"),
     opt_level: str = typer.Option("all", "--opt-level", help="ort: graph optimisation level (disable, basic, extended, all)"),
     xnnpack: bool = typer.Option(True, "--xnnpack/--no-xnnpack", help="tflite: XNNPACK delegate"),
+    boundary: str = typer.Option("network", "--boundary", help="ort: time each op as it runs between two "
+                                 "convolutions in a network (network: NCHWc, no reorders at its ends) "
+                                 "or as a graph of its own (graph)"),
     serial: Optional[str] = typer.Option(None, "--serial", help="android: device serial"),
     runner: Optional[Path] = typer.Option(None, "--runner", help="android: benchmark_model (or onnxruntime_perf_test) binary to push"),
     cpus: str = typer.Option("big", "--cpus", help="android: big, little, all or a hex mask for taskset"),
@@ -86,13 +89,13 @@ def profile_command(
     """Profile ops on a device into a latency table (resumable; every op committed as measured)."""
     from device_agents import get_agent
 
-    from .profiling import check_run_meta, measure_invocation, timing_for
+    from .profiling import check_run_meta, invocation_entry, measure_invocation, timing_for
     from .spaces import get_space
     from .store import LatencyTable
 
     if granularity not in ("op", "block"):
         raise UsageError(f"--granularity must be op or block, got {granularity!r}")
-    options = agent_options(device, threads, opt_level, xnnpack, serial=serial,
+    options = agent_options(device, threads, opt_level, xnnpack, boundary, serial=serial,
                             runner=str(runner) if runner else None, runtime=runtime, cpus=cpus,
                             delegate=delegate, max_temp=max_temp, cooldown=cooldown, batch_size=batch_size)
     agent = get_agent(device, **options)
@@ -106,8 +109,9 @@ def profile_command(
         try:
             with LatencyTable.open(str(out), agent.profile) as table:
                 check_run_meta(table, granularity, fusion, space, timing)
-                invocation = measure_invocation(table, agent, timing, retry_failed)
+                measure_invocation(table, agent, timing, retry_failed)
                 run = _run_with_progress(table, agent, ops, timing, max_ops, retry_failed, res)
+                invocation = invocation_entry(table)  # each batch added a sample
         finally:
             signal.signal(signal.SIGTERM, old)
     finally:
@@ -157,7 +161,10 @@ def context_line(timing, invocation: dict | None) -> str:
         words = "warm context (calls back to back)"
     if timing.rounds > 1:
         words += f"; {timing.rounds} rounds over {timing.interleave} ops at a time"
-    inv = f"{invocation['estimate_ms'] * 1e3:.1f} us" if invocation else "not measured"
+    inv = "not measured"
+    if invocation:
+        n = sum(x.get("estimate_ms") is not None for x in invocation.get("samples", ()))
+        inv = f"{invocation['estimate_ms'] * 1e3:.1f} us" + (f" (median of {n} samples)" if n > 1 else "")
     return f"{words}; per-call cost {inv}"
 
 

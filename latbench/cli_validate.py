@@ -47,7 +47,8 @@ def open_agent(table, device: Optional[str], threads: Optional[int], opt_level: 
     dev = device or want["device"]
     options = agent_options(dev, want["threads"] if threads is None else threads,
                             opt_level or want.get("opt_level", "all"),
-                            want.get("xnnpack", True) if xnnpack is None else xnnpack)
+                            want.get("xnnpack", True) if xnnpack is None else xnnpack,
+                            want.get("boundary", "network"))
     agent = get_agent(dev, **options)
     try:
         check_agent(agent, table)

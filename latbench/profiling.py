@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import statistics
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
@@ -139,29 +141,59 @@ def _context_flags(d: dict) -> str:
 def measure_invocation(table, agent, timing: TimingSettings, retry_failed: bool = False) -> dict | None:
     """Measure the runtime's per-call cost (INVOCATION_OP) under `timing` into the table's meta,
     unless it is there for this timing's context already (a failed attempt is kept like a failed
-    row, and tried again with `retry_failed`); returns the entry when it holds an estimate."""
+    row, and tried again with `retry_failed`); returns the entry when it holds an estimate.
+    profile_into adds a sample from every interleaved batch (`record_invocation`)."""
     have = table.meta_get(INVOCATION_META)
-    ctx = {"context": timing.context, "context_bytes": timing.context_bytes}
-    if have and {k: have.get("timing", {}).get(k) for k in ctx} == ctx:
+    if have and _same_context(have, timing):
         if have.get("status", "ok") == "ok" or not retry_failed:
             return have if have.get("estimate_ms") is not None else None
     m = next(iter(agent.measure([INVOCATION_OP], timing)), None)
     if m is None:
         return None
-    entry = {"key": m.key, "op": m.op, "status": m.status, "error": m.error, "estimate_ms": None,
-             "timing": timing.to_dict(), "profile_id": m.profile_id, "taken_at": m.taken_at}
+    entry = record_invocation(table, m, timing, fresh=True)
+    return entry if entry["estimate_ms"] is not None else None
+
+
+def record_invocation(table, m: Measurement, timing: TimingSettings, fresh: bool = False) -> dict:
+    """Add one measurement of INVOCATION_OP to the table's per-call cost and commit it.
+
+    In network context the cost of a call moves by 2-3x within seconds on a shared host (10-35 us
+    for ONNX Runtime here), and a subnet's price subtracts it once per block (~50 times), so one
+    measurement is not enough: each interleaved batch times one, and the estimate is the median
+    of every ok sample's estimate (`samples` keeps each with its statistics)."""
+    have = table.meta_get(INVOCATION_META)
+    samples = [] if fresh or not have or not _same_context(have, timing) else _samples_of(have)
+    sample = {"status": m.status, "error": m.error, "estimate_ms": None, "taken_at": m.taken_at}
     if m.ok and m.stats is not None:
         s = m.stats
-        estimator = m.settings.get("estimator", "median")
-        entry.update(estimator=estimator, estimate_ms=getattr(s, estimator),
-                     round_medians=list(s.rounds),
-                     stats={k: _finite_or_none(getattr(s, k))
-                            for k in ("median", "p25", "p75", "min", "max", "mean", "std", "n", "block")})
+        sample.update(estimate_ms=getattr(s, m.settings.get("estimator", "median")),
+                      round_medians=list(s.rounds),
+                      stats={k: _finite_or_none(getattr(s, k))
+                             for k in ("median", "p25", "p75", "min", "max", "mean", "std", "n", "block")})
         below = m.extra.get("runner", {}).get("below_resolution_us")
         if below is not None:  # benchmark_model's whole microseconds read 0: a bound, not a cost
-            entry["below_resolution_us"] = below
+            sample["below_resolution_us"] = below
+    samples.append(sample)
+    ok = [x for x in samples if x.get("estimate_ms") is not None]
+    entry = {"key": m.key, "op": m.op, "status": "ok" if ok else m.status, "error": None if ok else m.error,
+             "estimate_ms": float(statistics.median([x["estimate_ms"] for x in ok])) if ok else None,
+             "estimator": m.settings.get("estimator", "median"), "combine": "median of samples",
+             "timing": timing.to_dict(), "profile_id": m.profile_id, "taken_at": m.taken_at, "samples": samples}
     table.meta_set(INVOCATION_META, entry)
-    return entry if entry["estimate_ms"] is not None else None
+    return entry
+
+
+def _samples_of(entry: dict) -> list[dict]:
+    """An entry's samples; a table from before samples were kept holds its one measurement flat."""
+    if "samples" in entry:
+        return list(entry["samples"])
+    keep = ("status", "error", "estimate_ms", "taken_at", "round_medians", "stats", "below_resolution_us")
+    return [{k: entry[k] for k in keep if k in entry}]
+
+
+def _same_context(entry: dict, timing: TimingSettings) -> bool:
+    t = entry.get("timing", {})
+    return (t.get("context"), t.get("context_bytes")) == (timing.context, timing.context_bytes)
 
 
 def _finite_or_none(x):
@@ -169,10 +201,16 @@ def _finite_or_none(x):
     return None if isinstance(x, float) and not math.isfinite(x) else x
 
 
+def invocation_entry(table) -> dict | None:
+    """The table's per-call cost entry (meta "invocation") when it holds an estimate, else None."""
+    have = table.meta_get(INVOCATION_META)
+    return have if have and have.get("estimate_ms") is not None else None
+
+
 def invocation_ms(table) -> float:
     """The table's measured per-call cost in ms (0 when it holds none, e.g. an imported table)."""
-    have = table.meta_get(INVOCATION_META)
-    return float(have["estimate_ms"]) if have and have.get("estimate_ms") is not None else 0.0
+    have = invocation_entry(table)
+    return float(have["estimate_ms"]) if have else 0.0
 
 
 def measure_order(ops: Sequence[OpSpec], seed: int = ORDER_SEED) -> list[OpSpec]:
@@ -186,12 +224,14 @@ def measure_order(ops: Sequence[OpSpec], seed: int = ORDER_SEED) -> list[OpSpec]
 
 def profile_into(table, agent, ops: Iterable[OpSpec], timing: TimingSettings = TimingSettings(),
                  max_ops: int | None = None, retry_failed: bool = False, shuffle: bool = True,
-                 resolutions: dict[str, list[int]] | None = None,
+                 resolutions: dict[str, list[int]] | None = None, sample_invocation: bool = True,
                  on_start: Callable[[int], None] | None = None,
                  on_op: Callable[[OpSpec], None] | None = None,
                  on_result: Callable[[Measurement], None] | None = None) -> ProfileRun:
     """Measure the ops missing from `table` with `agent`, committing each as it arrives. `max_ops`
-    takes the first ops in enumeration order; they are measured in `measure_order` unless not `shuffle`."""
+    takes the first ops in enumeration order; they are measured in `measure_order` unless not `shuffle`.
+    Where the agent times interleaved batches, each batch also times INVOCATION_OP into the table's
+    per-call cost (`record_invocation`), unless not `sample_invocation`."""
     t0 = time.perf_counter()
     todo_all = unique(ops)
     stored_ok = table.keys(status="ok")
@@ -206,20 +246,30 @@ def profile_into(table, agent, ops: Iterable[OpSpec], timing: TimingSettings = T
     if on_start:
         on_start(len(todo))
     todo_iter = iter(todo)
+    batched = sample_invocation and getattr(agent, "interleaves", False) and timing.interleave > 1
+    per_batch = timing.interleave - 1 if batched else 0  # real ops per batch beside INVOCATION_OP
+    companions: deque[bool] = deque()  # per op fed, in order: is it the batch's INVOCATION_OP
 
     def feed():
-        for op in todo_iter:
+        for i, op in enumerate(todo_iter):
             if on_op:
                 on_op(op)
+            companions.append(False)
             yield op
+            if per_batch and (i % per_batch == per_batch - 1 or i == len(todo) - 1):
+                companions.append(True)
+                yield INVOCATION_OP
 
     try:
         for m in agent.measure(feed(), timing):
+            run.timed_s += m.timed_s
+            if companions.popleft():
+                record_invocation(table, m, timing)
+                continue
             if resolutions and m.key in resolutions:
                 m = dataclasses.replace(m, extra={**m.extra, "resolutions": resolutions[m.key]})
             # benchmark_model reports a mean and no median: the row says which estimate it holds
             table.add(m, estimator=m.settings.get("estimator", "median"))
-            run.timed_s += m.timed_s
             if m.ok:
                 run.measured += 1
             else:

@@ -160,11 +160,12 @@ def subnet_resolution(space, config) -> int:
 
 # ---------------------------------------------------------------------- agents
 def profile_settings(profile: DeviceProfile) -> dict[str, Any]:
-    """The agent name and settings (threads, opt_level, xnnpack) that reproduce `profile` here."""
+    """The agent name and settings (threads, opt_level, boundary, xnnpack) that reproduce `profile`
+    here (an ort profile from before boundaries were recorded timed each op's own graph)."""
     opts = dict(profile.options)
     out: dict[str, Any] = {"device": profile.agent, "threads": profile.threads}
     if profile.agent == "ort":
-        out["opt_level"] = opts.get("opt_level", "all")
+        out.update(opt_level=opts.get("opt_level", "all"), boundary=opts.get("boundary", "graph"))
     elif profile.agent == "tflite":
         out["xnnpack"] = profile.delegate == "xnnpack"
     return out

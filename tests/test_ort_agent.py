@@ -186,7 +186,10 @@ def test_opt_levels_are_distinct_profiles() -> None:
     assert len({p.id for p in ids.values()}) == 4
     p = ids["all"]
     assert p.agent == "ort" and p.runtime == "onnxruntime" and p.delegate == "CPUExecutionProvider"
-    assert dict(p.options) == {"opt_level": "all"}
+    assert dict(p.options) == {"opt_level": "all", "boundary": "network"}
+    own = OrtAgent(boundary="graph").profile  # as tables from before boundaries were recorded
+    assert dict(own.options) == {"opt_level": "all"} and own.id != p.id
+    assert dict(ids["extended"].options) == {"opt_level": "extended"}  # no NCHWc: own graphs run
     assert OrtAgent(threads=2).profile.id != p.id
     assert OrtAgent(opt_level="all").fusion == "ort" and OrtAgent(opt_level="disable").fusion == "none"
 

@@ -107,6 +107,40 @@ def test_ops_are_measured_in_a_seeded_shuffled_order(tmp_path: Path) -> None:
     assert orders[2] == [op.key for op in ops[:8]] != orders[0]
 
 
+def test_every_interleaved_batch_samples_the_per_call_cost(tmp_path: Path) -> None:
+    """In interleaved batches each batch also times INVOCATION_OP: the table gets no row for it,
+    its meta one sample per batch (a resumed run adds its own), the estimate their median."""
+    import statistics
+
+    from device_agents import get_agent
+    from latbench.measure import TimingSettings
+    from latbench.profiling import INVOCATION_OP, invocation_ms, ops_with_resolutions, profile_into
+    from latbench.spaces import get_space
+
+    ops, _ = ops_with_resolutions(get_space("tiny"), [24, 32], "block")
+    assert len(ops) >= 10
+    agent = get_agent("ort", threads=1)
+    timing = TimingSettings(warmup=1, warmup_s=0.0, min_samples=3, max_samples=5, max_time_s=0.02,
+                            rounds=2, interleave=4)
+    with LatencyTable.open(tmp_path / "t.sqlite", agent.profile) as t:
+        run = profile_into(t, agent, ops, timing, max_ops=7)  # batches of 3 ops + 3, + 1
+        assert run.measured + run.failed == 7 and INVOCATION_OP.key not in t.keys(status=None)
+        assert len(t.meta_get("invocation")["samples"]) == 3
+        profile_into(t, agent, ops, timing, max_ops=2)  # a resumed run: one batch of 2 more
+        inv = t.meta_get("invocation")
+        assert len(t.keys(status=None)) == 9 and INVOCATION_OP.key not in t.keys(status=None)
+        est = [x["estimate_ms"] for x in inv["samples"]]
+        assert len(est) == 4 and all(e > 0 and len(x["round_medians"]) == 2 for e, x in zip(est, inv["samples"]))
+        assert invocation_ms(t) == inv["estimate_ms"] == statistics.median(est)
+        run = profile_into(t, agent, ops, timing, max_ops=1, sample_invocation=False)
+        assert run.measured + run.failed == 1 and len(t.meta_get("invocation")["samples"]) == 4
+    with LatencyTable.open(tmp_path / "old.sqlite", agent.profile) as t:  # from before samples were kept
+        t.meta_set("invocation", {"status": "ok", "estimate_ms": 1.0, "timing": timing.to_dict()})
+        profile_into(t, agent, ops, timing, max_ops=2)
+        inv = t.meta_get("invocation")
+        assert [x["estimate_ms"] for x in inv["samples"]][0] == 1.0 and len(inv["samples"]) == 2
+        assert inv["estimate_ms"] == pytest.approx((1.0 + inv["samples"][1]["estimate_ms"]) / 2, rel=1e-12)
+
 def test_ops_file_from_enumerate(tmp_path: Path) -> None:
     """`--ops` takes the PaddleSlim op list that `latbench enumerate` writes."""
     ops = tmp_path / "ops.txt"
@@ -216,9 +250,14 @@ def test_space_profile_times_in_network_context(tmp_path: Path) -> None:
         assert len(rounds) == 10 and m.stats.n >= 50 and m.settings["estimator"] == "round_min"
         assert estimates[m.key] == min(rounds) == m.stats.round_min
     assert (meta["context"], meta["context_bytes"]) == ("network", expected)
-    assert inv["key"] == "activation-input:1x1x1x1-type:relu" and inv["stats"]["n"] >= 50
-    assert inv["estimate_ms"] == min(inv["round_medians"]) == summary["invocation_ms"] > 0
-    assert inv["timing"]["context"] == "network" and inv["estimator"] == "round_min"
+    assert inv["key"] == "activation-input:1x1x1x1-type:relu" and inv["timing"]["context"] == "network"
+    # one sample before the run, one from the run's batch; the estimate is their median
+    samples = inv["samples"]
+    assert len(samples) == 2 and inv["estimator"] == "round_min" and inv["combine"] == "median of samples"
+    for x in samples:
+        assert x["stats"]["n"] >= 50 and x["estimate_ms"] == min(x["round_medians"]) > 0
+    assert inv["estimate_ms"] == pytest.approx((samples[0]["estimate_ms"] + samples[1]["estimate_ms"]) / 2, rel=1e-12)
+    assert summary["invocation_ms"] == inv["estimate_ms"]
 
 
 def test_context_flags_and_resume_checks(tmp_path: Path) -> None:
