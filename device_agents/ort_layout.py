@@ -21,14 +21,16 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 
 from latbench import ops as O
+from latbench.errors import require
 from latbench.ops import OpSpec
 
 from .onnx_build import build_onnx_chain, graph_in_shape, graph_out_shape
 from .weights import Weights
+
+ort = require("onnxruntime", "ort")
+onnx = require("onnx", "ort")
 
 NCHWC = "com.microsoft.nchwc"
 IMAGE_CHANNELS = 4
