@@ -128,7 +128,8 @@ def calibrate_command(
     min_samples: Optional[int] = _MIN_SAMPLES, target_iqr: Optional[float] = _TARGET_IQR, as_json: bool = _JSON,
     builds: int = _BUILDS,
 ) -> None:
-    """Measure n random subnets end to end, fit measured = scale x predicted + offset, store it in the table."""
+    """Measure n random subnets end to end, fit measured = scale x predicted + offset (or one of
+    them, whichever predicts left-out subnets best), store it in the table."""
     from .spaces import get_space
     from .validate import calibrate, store_calibration
 
@@ -142,7 +143,8 @@ def calibrate_command(
         return
     c, b, a = run.calibration, run.before, run.after
     typer.echo(f"{table}: calibration {run.key} from {c.n} subnets (seed {seed}, resolutions "
-               f"{', '.join(map(str, res))}): measured = {c.scale:.4f} x predicted {c.offset_ms:+.4f} ms")
+               f"{', '.join(map(str, res))}): measured = {c.scale:.4f} x predicted {c.offset_ms:+.4f} ms "
+               f"(fitted: {c.form})")
     typer.echo(f"in sample: uncalibrated RMSPE {100 * b.rmspe:.1f}%, within 10% {100 * b.within10:.0f}%, "
                f"bias {100 * b.bias:+.1f}%; calibrated RMSPE {100 * a.rmspe:.1f}%, within 5% "
                f"{100 * a.within5:.0f}%, within 10% {100 * a.within10:.0f}%")

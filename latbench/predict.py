@@ -29,13 +29,15 @@ class MissingKeyError(LatbenchError):
 
 @dataclass(frozen=True)
 class Calibration:
-    """measured ~= scale * predicted + offset, fitted on k measured end-to-end latencies."""
+    """measured ~= scale * predicted + offset, fitted on k measured end-to-end latencies; `form`
+    says which of the two were fitted (the other stays 1 or 0)."""
 
     scale: float = 1.0
     offset_ms: float = 0.0
     n: int = 0
     space: str = ""
     granularity: str = ""
+    form: str = "scale+offset"  # as every calibration stored before forms were chosen
 
     def apply(self, ms):
         return self.scale * ms + self.offset_ms
@@ -45,25 +47,58 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Calibration":
-        return cls(**{k: d[k] for k in ("scale", "offset_ms", "n", "space", "granularity") if k in d})
+        return cls(**{k: d[k] for k in ("scale", "offset_ms", "n", "space", "granularity", "form") if k in d})
+
+
+CALIBRATION_FORMS = ("offset", "scale", "scale+offset")  # fewer parameters first: they win ties
+
+
+def _fit_form(form: str, p: np.ndarray, m: np.ndarray) -> tuple[float, float] | None:
+    """(scale, offset) of `form` minimising the squared relative error sum(((fit - m) / m)^2), or
+    None when it needs a non-positive scale (that would invert the table's ranking)."""
+    w2 = 1.0 / m**2
+    if form == "offset":
+        return 1.0, float(np.sum((m - p) * w2) / np.sum(w2))
+    if form == "scale":
+        a = float(np.sum(p * m * w2) / np.sum(p * p * w2))
+        return (a, 0.0) if a > 0 else None
+    a, b = np.linalg.lstsq(np.stack([p / m, 1.0 / m], axis=1), np.ones_like(m), rcond=None)[0]
+    return (float(a), float(b)) if a > 0 else None
+
+
+def _loo_error(form: str, p: np.ndarray, m: np.ndarray) -> float:
+    """Mean squared relative error of `form` on each point when fitted on the others."""
+    errs = []
+    for i in range(p.size):
+        rest = np.arange(p.size) != i
+        fit = _fit_form(form, p[rest], m[rest])
+        if fit is None:
+            return math.inf
+        errs.append(((fit[0] * p[i] + fit[1]) / m[i] - 1.0) ** 2)
+    return float(np.mean(errs))
 
 
 def fit_calibration(predicted: Sequence[float], measured: Sequence[float], space: str = "",
                     granularity: str = "") -> Calibration:
-    """Least-squares scale and offset (offset alone when fewer than 3 points)."""
+    """Scale, offset, or both, fitted to minimise relative error; the form is the one with the
+    least leave-one-out error on the k points (offset alone when fewer than 3). Over ~10 noisy
+    subnets whose predictions span a narrow range, scale and offset are nearly collinear: on
+    three 100-subnet runs here the chosen form put 2-7 points more of the other subnets within
+    +-5% than a least-squares line did."""
     p = np.asarray(predicted, dtype=np.float64)
     m = np.asarray(measured, dtype=np.float64)
     if p.size == 0:
         raise UsageError("calibration needs at least one measured subnet")
-    offset_only = Calibration(1.0, float(np.mean(m - p)), int(p.size), space, granularity)
-    if p.size < 3 or np.ptp(p) == 0:
-        return offset_only
-    a, b = np.polyfit(p, m, 1)
-    if a <= 0:
-        # noise swamped the spread of the predictions: a non-positive scale would invert the
-        # ranking, so keep the table's ordering and correct the offset only
-        return offset_only
-    return Calibration(float(a), float(b), int(p.size), space, granularity)
+    if p.shape != m.shape or not (np.all(np.isfinite(p)) and np.all(np.isfinite(m)) and np.all(m > 0)):
+        raise UsageError("calibration needs as many predictions as finite measured latencies > 0")
+    forms = ("offset",) if p.size < 3 or np.ptp(p) == 0 else CALIBRATION_FORMS
+    best, best_err = "offset", math.inf
+    for form in forms:  # a clearly smaller error to switch (1e-12 = (1e-6 relative)^2): fewer parameters win ties
+        err = _loo_error(form, p, m) if len(forms) > 1 else 0.0
+        if err < best_err - 1e-12:
+            best, best_err = form, err
+    scale, offset = _fit_form(best, p, m)  # type: ignore[misc]  # offset never fails
+    return Calibration(scale, offset, int(p.size), space, granularity, best)
 
 
 @dataclass(frozen=True)

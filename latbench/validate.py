@@ -581,7 +581,8 @@ class ValidationReport:
                          f"{_num(m.spearman):>6} {_num(m.kendall):>6}")
         if self.calibration:
             c = self.calibration
-            lines.append(f"calibration: measured = {c.scale:.4f} x predicted {c.offset_ms:+.4f} ms (n={c.n})")
+            lines.append(f"calibration: measured = {c.scale:.4f} x predicted {c.offset_ms:+.4f} ms "
+                         f"(n={c.n}; fitted: {c.form}, the least leave-one-out error)")
         if self.flops_fit:
             lines.append(f"flops fit: measured = {self.flops_fit[0]:.5f} ms/MFLOP x MFLOPs {self.flops_fit[1]:+.4f} ms")
         if self.op_table:

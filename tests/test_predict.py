@@ -161,14 +161,41 @@ def test_calibration_fit_and_apply() -> None:
     cal = fit_calibration(p, 1.5 * p + 0.2, "s", "block")
     assert cal.scale == pytest.approx(1.5) and cal.offset_ms == pytest.approx(0.2)
     assert Calibration.from_dict(cal.to_dict()) == cal
+    assert cal.form == "scale+offset"
     inverted = fit_calibration(p, 10.0 - p, "s", "block")  # noise that anti-correlates
-    assert inverted.scale == 1.0 and inverted.offset_ms == pytest.approx(np.mean(10.0 - 2 * p))
+    assert inverted.scale > 0  # never a scale that inverts the table's ranking
+    assert Calibration.from_dict({"scale": 2.0, "offset_ms": 0.1, "n": 3}).form == "scale+offset"  # stored before forms
     space = get_space("tiny")
     pred = Predictor(space, known_costs(space.enumerate_blocks()), "block", calibration=cal)
     c = space.sample(0, 3)
     raw = pred.predict_batch(c, calibrated=False)
     np.testing.assert_allclose(pred.predict_batch(c), 1.5 * raw + 0.2)
     assert pred.explain(c[0]).calibrated and pred.explain(c[0]).raw_ms == pytest.approx(raw[0])
+
+
+def test_calibration_form_is_chosen_by_leave_one_out_relative_error() -> None:
+    """Exact data recovers its own form; fewer parameters win a tie; the fit minimises relative
+    error (hand-computed); noisy points over a narrow range get one parameter, not a line."""
+    from latbench.errors import UsageError
+
+    p = np.array([2.0, 4.0, 5.0, 8.0])
+    only_scale = fit_calibration(p, 1.25 * p)
+    assert only_scale.form == "scale" and only_scale.scale == pytest.approx(1.25) and only_scale.offset_ms == 0.0
+    only_offset = fit_calibration(p, p + 0.5)
+    assert only_offset.form == "offset" and only_offset.offset_ms == pytest.approx(0.5) and only_offset.scale == 1.0
+    m = np.array([2.424, 4.752, 5.94, 9.696])  # 1.2 p +-1%; scale alone: sum(p m / m^2) / sum(p^2 / m^2)
+    want = np.sum(p / m) / np.sum((p / m) ** 2)
+    assert fit_calibration(p, m).form == "scale" and fit_calibration(p, m).scale == pytest.approx(want)
+    two = fit_calibration([3.0, 4.0], [3.5, 4.0])  # under 3 points: the relative-error offset
+    w2 = 1 / np.array([3.5, 4.0]) ** 2
+    assert two.form == "offset" and two.offset_ms == pytest.approx(np.sum(np.array([0.5, 0.0]) * w2) / np.sum(w2))
+    rng = np.random.default_rng(1)
+    p = np.linspace(6.0, 7.0, 10)
+    noisy = fit_calibration(p, 1.1 * p * (1 + 0.03 * rng.standard_normal(10)))
+    assert noisy.form != "scale+offset"
+    for bad in ([1.0, 2.0], [1.0, -1.0, 2.0]):
+        with pytest.raises(UsageError, match="calibration needs"):
+            fit_calibration([1.0, 2.0, 3.0], bad)
 
 
 # ---------------------------------------------------------------------- lowering real models
