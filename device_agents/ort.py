@@ -106,7 +106,7 @@ class OrtAgent(Agent):
         w = self.timing_weights(op)
         cut = None
         if self.boundary == "network":
-            cut = network_graph(op, w, self.timing_weights, self._sess_options, self.provider)
+            cut = network_graph(op, w, self.timing_weights, self._sess_options, self._cut_options, self.provider)
         if cut is None:
             sess, shapes = self.session(build_onnx(op, w)), (graph_in_shape(op), graph_out_shape(op))
         else:

@@ -52,9 +52,10 @@ def can_cut(op: OpSpec) -> bool:
 
 
 def network_graph(op: OpSpec, weights: Weights, weights_for: Callable[[OpSpec], Weights],
-                  sess_options, provider: str) -> NetworkGraph | None:
+                  sess_options, cut_options, provider: str) -> NetworkGraph | None:
     """`op`'s graph (with `weights`) as ONNX Runtime runs it between two 1x1 convolutions (with
-    `weights_for` theirs), or None where the op is not between convolutions (not 4-D) or would
+    `weights_for` theirs), optimised under `sess_options`; `cut_options` (optimisations off) run
+    the optimised graph once to read its tensor shapes. None where the op is not between convolutions (not 4-D) or would
     vanish into one (ONNX Runtime fused it into the producer or consumer). Where ONNX Runtime does
     not convert to NCHWc (another optimisation level or provider), the cut is the op's own graph."""
     if not can_cut(op):
@@ -75,7 +76,7 @@ def network_graph(op: OpSpec, weights: Weights, weights_for: Callable[[OpSpec], 
     if cut is None:
         return None
     model, t_in, t_out = cut
-    in_shape, out_shape = _tensor_shapes(opt, t_in, t_out, provider)
+    in_shape, out_shape = _tensor_shapes(opt, t_in, t_out, cut_options, provider)
     g = model.graph
     g.input.append(onnx.helper.make_tensor_value_info(t_in, onnx.TensorProto.FLOAT, list(in_shape)))
     g.output.append(onnx.helper.make_tensor_value_info(t_out, onnx.TensorProto.FLOAT, list(out_shape)))
@@ -143,17 +144,14 @@ def _plain_conv(n) -> bool:
             and not any(a.name == "activation" for a in n.attribute))
 
 
-def _tensor_shapes(opt, t_in: str, t_out: str, provider: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def _tensor_shapes(opt, t_in: str, t_out: str, cut_options, provider: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The shapes ONNX Runtime gives the NCHWc tensors `t_in` and `t_out` (channels padded to its
     block size): read off one run of the optimised graph with both exposed as outputs."""
     probe = onnx.ModelProto()
     probe.CopyFrom(opt)
     for name in (t_in, t_out):
         probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.intra_op_num_threads = 1
-    sess = ort.InferenceSession(probe.SerializeToString(), so, providers=[provider])
+    sess = ort.InferenceSession(probe.SerializeToString(), cut_options, providers=[provider])
     i = sess.get_inputs()[0]
     x = np.zeros([int(d) for d in i.shape], dtype=np.float32)
     a, b = sess.run([t_in, t_out], {i.name: x})

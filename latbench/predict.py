@@ -91,12 +91,13 @@ def fit_calibration(predicted: Sequence[float], measured: Sequence[float], space
         raise UsageError("calibration needs at least one measured subnet")
     if p.shape != m.shape or not (np.all(np.isfinite(p)) and np.all(np.isfinite(m)) and np.all(m > 0)):
         raise UsageError("calibration needs as many predictions as finite measured latencies > 0")
-    forms = ("offset",) if p.size < 3 or np.ptp(p) == 0 else CALIBRATION_FORMS
-    best, best_err = "offset", math.inf
-    for form in forms:  # a clearly smaller error to switch (1e-12 = (1e-6 relative)^2): fewer parameters win ties
-        err = _loo_error(form, p, m) if len(forms) > 1 else 0.0
-        if err < best_err - 1e-12:
-            best, best_err = form, err
+    best = "offset"
+    if p.size >= 3 and np.ptp(p) > 0:
+        best_err = math.inf
+        for form in CALIBRATION_FORMS:  # fewer parameters win ties: switch on a clearly smaller error
+            err = _loo_error(form, p, m)
+            if err < best_err - 1e-12:  # (1e-6 relative)^2
+                best, best_err = form, err
     scale, offset = _fit_form(best, p, m)  # type: ignore[misc]  # offset never fails
     return Calibration(scale, offset, int(p.size), space, granularity, best)
 

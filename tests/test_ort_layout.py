@@ -22,7 +22,8 @@ PROVIDER = "CPUExecutionProvider"
 
 
 def _cut(op):
-    return network_graph(op, op_weights(op), lambda o: op_weights(o, 1), session_options(1, "all"), PROVIDER)
+    return network_graph(op, op_weights(op), lambda o: op_weights(o, 1), session_options(1, "all"),
+                         session_options(1, "disable"), PROVIDER)
 
 
 def _run(model: bytes, x: np.ndarray, level: str = "disable") -> np.ndarray:
@@ -102,7 +103,8 @@ def test_what_is_not_cut() -> None:
     assert _cut(O.linear(1, 64, 10)) is None
     assert _cut(O.activation((1, 16, 8, 8), "relu")) is None
     conv = O.conv((1, 16, 12, 12), 32, kernel=3)
-    plain = network_graph(conv, op_weights(conv), op_weights, session_options(1, "extended"), PROVIDER)
+    plain = network_graph(conv, op_weights(conv), op_weights, session_options(1, "extended"),
+                          session_options(1, "disable"), PROVIDER)
     nodes = onnx.load_from_string(plain.model).graph.node
     assert [(n.domain, n.op_type) for n in nodes] == [("", "Conv")] and plain.in_shape == conv.in_shape
     stem = _cut(O.conv((1, 3, 32, 32), 16, kernel=3, stride=2, bn=True, act="hswish"))
