@@ -95,10 +95,6 @@ def goal_lines(report) -> list[str]:
         ok = v >= goal if op == ">=" else v <= goal
         verdict = "ok" if ok else f"MISSED by {100 * abs(v - goal):.1f} points"
         out.append(f"  {pred:12} {metric:8} {100 * v:6.1f}%  (goal {op} {100 * goal:.0f}%: {verdict})")
-    if report.unscaled is not None:
-        w = report.unscaled
-        out.append(f"  against the measurements as timed (not put on the table's yardstick): uncalibrated "
-                   f"{100 * w.within10:.1f}% within +-10%, RMSPE {100 * w.rmspe:.1f}%, bias {100 * w.bias:+.1f}%")
     u = report.metrics.get("uncalibrated")
     if u is not None:
         out.append(f"  uncalibrated bias {100 * u.bias:+.1f}% (mean signed error): "

@@ -3,10 +3,8 @@
 Repeatability: the same N ops of ofa-mbv3-w10 at 160 profiled twice, in two separate `latbench
 profile` processes, with ort on 1 thread; prints the median and 90th percentile of
 |a - b| / mean(a, b). Goal: median <= 3%, p90 <= 8%. Measured for the profile defaults (network
-context, 10 interleaved rounds of 24, rows put on the yardstick) and, in the same run, without the
-yardstick, for warm context with rounds and for the baseline of one burst of samples per op
-(warm, 1 round: latbench before rounds). Tables with a yardstick also print the figures for
-their raw estimates (the fastest round as timed).
+context, 5 interleaved rounds) and, in the same run, for warm context with rounds and for the
+baseline of one burst of samples per op (warm, 1 round: latbench before rounds).
 Machine steadiness: how much a fixed L1-resident compute kernel's speed moves over 1 s windows
 during the run (shared hosts move by +-10-30%): read the repeatability figures beside it.
 Throughput: ops profiled per minute per agent and the share of wall time spent outside the timed
@@ -32,7 +30,6 @@ ROOT = Path(__file__).resolve().parents[1]
 # (label, extra profile flags); the first is the profile command's defaults
 SETTINGS = [
     ("defaults: network context, 10 rounds x 24 ops", []),
-    ("network context, without the yardstick", ["--no-yardstick"]),
     ("warm context, 10 rounds x 24 ops", ["--context", "warm"]),
     ("baseline: warm, 1 round (one burst per op)", ["--context", "warm", "--rounds", "1", "--interleave", "1"]),
 ]
@@ -54,24 +51,6 @@ def estimates(path: Path) -> dict[str, float]:
 
     with LatencyTable.open(path, create=False) as t:
         return t.estimates()
-
-
-def raw_estimates(path: Path) -> dict[str, float]:
-    """Each row's estimate as timed: before it was divided by its batch's yardstick factor."""
-    from latbench.store import LatencyTable
-
-    with LatencyTable.open(path, create=False) as t:
-        return {r["key"]: r["estimate"] * r["extra"].get("yardstick", {}).get("factor", 1.0)
-                for r in t.rows(status="ok")}
-
-
-def agreement(e1: dict[str, float], e2: dict[str, float]) -> tuple[int, float, float, float]:
-    """(ops in both, median, p90, max of |a - b| / mean(a, b))."""
-    keys = sorted(set(e1) & set(e2))
-    x = np.array([e1[k] for k in keys])
-    y = np.array([e2[k] for k in keys])
-    rel = np.abs(x - y) / ((x + y) / 2)
-    return len(keys), float(np.median(rel)), float(np.percentile(rel, 90)), float(rel.max())
 
 
 def steadiness(seconds: float = 10.0) -> tuple[float, float]:
@@ -110,14 +89,15 @@ def main() -> None:
             s1 = profile(tmp / f"a{i}.sqlite", "ort", a.ops, a.granularity, a.space, a.resolution, extra)
             profile(tmp / f"b{i}.sqlite", "ort", a.ops, a.granularity, a.space, a.resolution, extra)
             first = first or s1
-            n, med, p90, top = agreement(estimates(tmp / f"a{i}.sqlite"), estimates(tmp / f"b{i}.sqlite"))
+            e1, e2 = estimates(tmp / f"a{i}.sqlite"), estimates(tmp / f"b{i}.sqlite")
+            keys = sorted(set(e1) & set(e2))
+            x = np.array([e1[k] for k in keys])
+            y = np.array([e2[k] for k in keys])
+            rel = np.abs(x - y) / ((x + y) / 2)
+            med, p90 = float(np.median(rel)), float(np.percentile(rel, 90))
             verdict = "ok" if med <= 0.03 and p90 <= 0.08 else "MISSED"
-            print(f"  {label:46} {n} ops: |diff|/mean median {100 * med:5.2f}%, p90 {100 * p90:5.2f}%, "
-                  f"max {100 * top:5.2f}%  ({verdict}: goal median <= 3%, p90 <= 8%; {s1['wall_s']:.0f} s)")
-            if s1.get("yardstick"):
-                n, med, p90, top = agreement(raw_estimates(tmp / f"a{i}.sqlite"), raw_estimates(tmp / f"b{i}.sqlite"))
-                print(f"  {'  the same tables, raw (before the yardstick)':46} {n} ops: |diff|/mean median "
-                      f"{100 * med:5.2f}%, p90 {100 * p90:5.2f}%, max {100 * top:5.2f}%")
+            print(f"  {label:46} {len(keys)} ops: |diff|/mean median {100 * med:5.2f}%, p90 {100 * p90:5.2f}%, "
+                  f"max {100 * rel.max():5.2f}%  ({verdict}: goal median <= 3%, p90 <= 8%; {s1['wall_s']:.0f} s)")
         p, full = steadiness()
         print(f"machine steadiness after: p90/p10 {100 * p:.1f}%, max/min {100 * full:.1f}%")
         print(f"throughput: {a.ops} {a.granularity} ops per agent (profile defaults)")

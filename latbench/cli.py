@@ -318,14 +318,13 @@ def _qs_profile(st: QuickstartState, con: Console) -> None:
             measure_invocation(t, agent, timing)
             run = profile_into(t, agent, ops, timing, resolutions=res)
             invocation = invocation_entry(t)  # each batch added a sample
-            ys = t.meta_get("yardstick")
             est = t.estimates()
             rows = sorted(t.measurements(), key=lambda m: -est.get(m.key, 0.0))
     finally:
         agent.close()
     con.print(f"{sp.name} at {st.table_resolution}: {len(ops)} unique blocks; {run.measured} measured now, "
               f"{run.skipped} already in {st.table} ({run.wall_s:.1f} s); profile {agent.profile.describe()}; "
-              f"{context_line(timing, invocation, ys)}", markup=False)
+              f"{context_line(timing, invocation)}", markup=False)
     tab = Table(title="slowest blocks (ms)", title_justify="left")
     for col in ("key", "median", "IQR", "n", "note"):
         tab.add_column(col, overflow="fold")

@@ -84,8 +84,6 @@ def profile_command(
     context_mb: Optional[float] = typer.Option(None, "--context-mb", help="network context: MB read through "
                                                "the caches before each timed call (default: the space's "
                                                "median subnet weights)"),
-    yardstick: bool = typer.Option(True, "--yardstick/--no-yardstick", help="time 3 of the ops again in "
-                                   "every interleaved batch and put each batch's rows on one machine speed"),
     as_json: bool = typer.Option(False, "--json", help="print the run summary as JSON"),
 ) -> None:
     """Profile ops on a device into a latency table (resumable; every op committed as measured)."""
@@ -112,9 +110,8 @@ def profile_command(
             with LatencyTable.open(str(out), agent.profile) as table:
                 check_run_meta(table, granularity, fusion, space, timing)
                 measure_invocation(table, agent, timing, retry_failed)
-                run = _run_with_progress(table, agent, ops, timing, max_ops, retry_failed, res, yardstick)
+                run = _run_with_progress(table, agent, ops, timing, max_ops, retry_failed, res)
                 invocation = invocation_entry(table)  # each batch added a sample
-                ys = table.meta_get("yardstick")
         finally:
             signal.signal(signal.SIGTERM, old)
     finally:
@@ -126,8 +123,6 @@ def profile_command(
         "overhead": round(run.overhead, 4), "context": timing.context, "context_bytes": timing.context_bytes,
         "rounds": timing.rounds, "interleave": timing.interleave,
         "invocation_ms": invocation["estimate_ms"] if invocation else None,
-        "yardstick": ({"keys": ys["keys"], "batches": len(ys["batches"]),
-                       "factors": [b["factor"] for b in ys["batches"]]} if ys else None),
         "failures": [{"key": k, "error": e} for k, e in run.failures],
     }
     if as_json:
@@ -135,7 +130,7 @@ def profile_command(
     else:
         typer.echo(f"{out}: {run.measured} measured, {run.skipped} already stored, {run.failed} failed, "
                    f"{run.remaining} remaining ({run.wall_s:.1f} s, {100 * run.overhead:.0f}% outside timed loops); "
-                   f"{context_line(timing, invocation, ys)}")
+                   f"{context_line(timing, invocation)}")
         for k, e in run.failures[:10]:
             typer.echo(f"  failed: {k}: {e}", err=True)
     if run.interrupted:
@@ -158,7 +153,7 @@ def default_timing(agent, rounds: Optional[int] = None, interleave: Optional[int
                           interleave=interleave if interleave is not None else (INTERLEAVE if can else 1), **kw)
 
 
-def context_line(timing, invocation: dict | None, yardstick: dict | None = None) -> str:
+def context_line(timing, invocation: dict | None) -> str:
     """How the entries were timed, in a few words (profile and quickstart print it)."""
     if timing.context == "network":
         words = f"network context, {timing.context_bytes / (1 << 20):.1f} MB read before each call"
@@ -170,15 +165,10 @@ def context_line(timing, invocation: dict | None, yardstick: dict | None = None)
     if invocation:
         n = sum(x.get("estimate_ms") is not None for x in invocation.get("samples", ()))
         inv = f"{invocation['estimate_ms'] * 1e3:.1f} us" + (f" (median of {n} samples)" if n > 1 else "")
-    out = f"{words}; per-call cost {inv}"
-    factors = [b["factor"] for b in (yardstick or {}).get("batches", ()) if b.get("factor")]
-    if factors:
-        out += (f"; yardstick: {len(yardstick['keys'])} ops read in {len(factors)} batches, "
-                f"speed factors {min(factors):.3f} .. {max(factors):.3f}")
-    return out
+    return f"{words}; per-call cost {inv}"
 
 
-def _run_with_progress(table, agent, ops, timing, max_ops, retry_failed, res, yardstick=True):
+def _run_with_progress(table, agent, ops, timing, max_ops, retry_failed, res):
     """profile_into with a rich progress bar on stderr (done/total, ETA, current op)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -191,7 +181,6 @@ def _run_with_progress(table, agent, ops, timing, max_ops, retry_failed, res, ya
         task = bar.add_task("", total=None)
         return profile_into(
             table, agent, ops, timing, max_ops=max_ops, retry_failed=retry_failed, resolutions=res,
-            yardstick=yardstick,
             on_start=lambda n: bar.update(task, total=n),
             on_op=lambda op: bar.update(task, description=op.key[:70]),
             on_result=lambda m: bar.advance(task),

@@ -19,7 +19,6 @@ samples measures the spell.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import time
@@ -240,12 +239,9 @@ class Timed:
 
 def time_batch(fns: Sequence[Callable[[], Any]], settings: TimingSettings = TimingSettings(),
                sync: Callable[[], Any] | None = None,
-               touches: Sequence[Callable[[], Any] | None] | None = None,
-               each: Sequence[TimingSettings | None] | None = None) -> list[Timed]:
+               touches: Sequence[Callable[[], Any] | None] | None = None) -> list[Timed]:
     """Time several prepared callables in `settings.rounds` rounds, each round visiting every
     callable in turn (warm-up, then samples until stable or the round's share of the time cap).
-    `each` may give one callable its own settings (e.g. a yardstick op in network context among
-    whole subnets timed warm); every callable is timed in `settings.rounds` rounds.
 
     Each one's samples are spread over the whole batch's time, so a slow spell of the machine (a
     busy neighbour on a shared host, a frequency dip) slows a round, not a whole measurement; the
@@ -253,9 +249,7 @@ def time_batch(fns: Sequence[Callable[[], Any]], settings: TimingSettings = Timi
     callable that raises gets its exception in its place and is left out of later rounds."""
     sync = sync or _nothing
     touch_list = list(touches) if touches is not None else [None] * len(fns)
-    own = list(each) if each is not None else [None] * len(fns)
-    timers = [_Timer(fn, dataclasses.replace(o, rounds=settings.rounds) if o else settings, sync, t or _nothing)
-              for fn, t, o in zip(fns, touch_list, own)]
+    timers = [_Timer(fn, settings, sync, t or _nothing) for fn, t in zip(fns, touch_list)]
     errors: list[Exception | None] = [None] * len(timers)
     for r in range(settings.rounds):
         for i, timer in enumerate(timers):

@@ -154,29 +154,25 @@ def measure_invocation(table, agent, timing: TimingSettings, retry_failed: bool 
     return entry if entry["estimate_ms"] is not None else None
 
 
-def record_invocation(table, m: Measurement, timing: TimingSettings, factor: float | None = None,
-                      fresh: bool = False) -> dict:
+def record_invocation(table, m: Measurement, timing: TimingSettings, fresh: bool = False) -> dict:
     """Add one measurement of INVOCATION_OP to the table's per-call cost and commit it.
 
     In network context the cost of a call moves by 2-3x within seconds on a shared host (10-35 us
     for ONNX Runtime here), and a subnet's price subtracts it once per block (~50 times), so one
     measurement is not enough: each interleaved batch times one, and the estimate is the median
-    of every ok sample's estimate (`samples` keeps each with its statistics), each over its
-    batch's yardstick `factor` where there is one (`raw_ms` keeps it before)."""
+    of every ok sample's estimate (`samples` keeps each with its statistics)."""
     have = table.meta_get(INVOCATION_META)
     samples = [] if fresh or not have or not _same_context(have, timing) else _samples_of(have)
     sample = {"status": m.status, "error": m.error, "estimate_ms": None, "taken_at": m.taken_at}
     if m.ok and m.stats is not None:
         s = m.stats
-        raw = getattr(s, m.settings.get("estimator", "median"))
-        sample.update(estimate_ms=raw / factor if factor else raw, round_medians=list(s.rounds),
+        sample.update(estimate_ms=getattr(s, m.settings.get("estimator", "median")),
+                      round_medians=list(s.rounds),
                       stats={k: _finite_or_none(getattr(s, k))
                              for k in ("median", "p25", "p75", "min", "max", "mean", "std", "n", "block")})
         below = m.extra.get("runner", {}).get("below_resolution_us")
         if below is not None:  # benchmark_model's whole microseconds read 0: a bound, not a cost
             sample["below_resolution_us"] = below
-        if factor:
-            sample.update(raw_ms=raw, yardstick_factor=factor)
     samples.append(sample)
     ok = [x for x in samples if x.get("estimate_ms") is not None]
     entry = {"key": m.key, "op": m.op, "status": "ok" if ok else m.status, "error": None if ok else m.error,
@@ -229,18 +225,13 @@ def measure_order(ops: Sequence[OpSpec], seed: int = ORDER_SEED) -> list[OpSpec]
 def profile_into(table, agent, ops: Iterable[OpSpec], timing: TimingSettings = TimingSettings(),
                  max_ops: int | None = None, retry_failed: bool = False, shuffle: bool = True,
                  resolutions: dict[str, list[int]] | None = None, sample_invocation: bool = True,
-                 yardstick: bool = True,
                  on_start: Callable[[int], None] | None = None,
                  on_op: Callable[[OpSpec], None] | None = None,
                  on_result: Callable[[Measurement], None] | None = None) -> ProfileRun:
     """Measure the ops missing from `table` with `agent`, committing each as it arrives. `max_ops`
     takes the first ops in enumeration order; they are measured in `measure_order` unless not `shuffle`.
     Where the agent times interleaved batches, each batch also times INVOCATION_OP into the table's
-    per-call cost (`record_invocation`), unless not `sample_invocation`, and the table's yardstick
-    ops (latbench.yardstick), unless not `yardstick`: the batch's rows are then priced on the
-    yardstick's speed (estimator round_min_yardstick), their raw statistics kept."""
-    from . import yardstick as Y
-
+    per-call cost (`record_invocation`), unless not `sample_invocation`."""
     t0 = time.perf_counter()
     todo_all = unique(ops)
     stored_ok = table.keys(status="ok")
@@ -255,46 +246,30 @@ def profile_into(table, agent, ops: Iterable[OpSpec], timing: TimingSettings = T
     if on_start:
         on_start(len(todo))
     todo_iter = iter(todo)
-    batched = getattr(agent, "interleaves", False) and timing.interleave > 1
-    ys = Y.for_profile(table, todo_all, timing) if batched and yardstick and todo else None
-    ys_ops = ys.ops if ys else []
-    per_batch = timing.interleave - len(ys_ops) - (1 if sample_invocation else 0)  # real ops per batch
-    if not batched or per_batch == timing.interleave:
-        per_batch = 0  # nothing rides along: the agent batches the ops as they come
-    companions: deque[str] = deque()  # per op fed, in order: "op", "yardstick" or "invocation"
+    batched = sample_invocation and getattr(agent, "interleaves", False) and timing.interleave > 1
+    per_batch = timing.interleave - 1 if batched else 0  # real ops per batch beside INVOCATION_OP
+    companions: deque[bool] = deque()  # per op fed, in order: is it the batch's INVOCATION_OP
 
     def feed():
         for i, op in enumerate(todo_iter):
-            if per_batch and i % per_batch == 0:
-                for y in ys_ops:
-                    companions.append("yardstick")
-                    yield y
             if on_op:
                 on_op(op)
-            companions.append("op")
+            companions.append(False)
             yield op
-            if per_batch and sample_invocation and (i % per_batch == per_batch - 1 or i == len(todo) - 1):
-                companions.append("invocation")
+            if per_batch and (i % per_batch == per_batch - 1 or i == len(todo) - 1):
+                companions.append(True)
                 yield INVOCATION_OP
 
-    readings: list[float | None] = []
-    factor: float | None = None
     try:
         for m in agent.measure(feed(), timing):
             run.timed_s += m.timed_s
-            kind = companions.popleft()
-            if kind == "yardstick":
-                readings.append(Y.reading(m))
-                if len(readings) == len(ys_ops):
-                    factor = Y.record_batch(table, ys, readings, m.taken_at)
-                    readings = []
-                continue
-            if kind == "invocation":
-                record_invocation(table, m, timing, factor)
+            if companions.popleft():
+                record_invocation(table, m, timing)
                 continue
             if resolutions and m.key in resolutions:
                 m = dataclasses.replace(m, extra={**m.extra, "resolutions": resolutions[m.key]})
-            _add_row(table, m, factor if ys else None, len(ys.batches) - 1 if ys else None)
+            # benchmark_model reports a mean and no median: the row says which estimate it holds
+            table.add(m, estimator=m.settings.get("estimator", "median"))
             if m.ok:
                 run.measured += 1
             else:
@@ -308,16 +283,3 @@ def profile_into(table, agent, ops: Iterable[OpSpec], timing: TimingSettings = T
         run.wall_s = time.perf_counter() - t0
         run.remaining = run.total - run.skipped - run.measured - run.failed
     return run
-
-
-def _add_row(table, m: Measurement, factor: float | None, batch: int | None) -> None:
-    """Commit one measurement; in a batch read by the yardstick, its estimate is the raw estimate
-    over the batch's factor (`extra.yardstick` says which batch and factor)."""
-    estimator = m.settings.get("estimator", "median")  # benchmark_model gives a mean, no median
-    if factor is None or not m.ok or m.stats is None:
-        table.add(m, estimator=estimator)
-        return
-    from .yardstick import ESTIMATOR
-
-    m = dataclasses.replace(m, extra={**m.extra, "yardstick": {"factor": factor, "batch": batch}})
-    table.add(m, estimator=ESTIMATOR, estimate=getattr(m.stats, estimator) / factor)

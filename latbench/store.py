@@ -45,7 +45,7 @@ FORMAT_VERSION = 1
 CSV_FORMAT_NAME = "latbench-table-csv"
 SQLITE_MAGIC = b"SQLite format 3\x00"
 RESERVED_META = ("format", "version", "profile")
-ESTIMATORS = ("median", "round_min", "round_min_yardstick", "mean", "min", "value")
+ESTIMATORS = ("median", "round_min", "mean", "min", "value")
 STATUSES = ("ok", "failed")
 
 # Column order of the table, of to_frame() and of the CSV export.

@@ -26,7 +26,6 @@ from .errors import LatbenchError, UsageError
 from .measure import Stats, TimingSettings, time_batch
 from .predict import Calibration, Predictor, Pricer, fit_calibration
 from .store import LatencyTable, ProfileMismatchError
-from .yardstick import Yardstick, table_yardstick
 
 # progress(task, done, total): the CLI draws bars from it; the library never prints
 Progress = Callable[[str, int, int], None]
@@ -267,90 +266,37 @@ def prepare_subnet(agent, space, config):
     return prepare_built(agent, subnet_model(agent, space, config))
 
 
-def time_subnets(agent, prepared: Sequence[Any], timing: TimingSettings,
-                 yardstick: Yardstick | None = None) -> list[tuple[Stats, float | None]]:
+def time_subnets(agent, prepared: Sequence[Any], timing: TimingSettings) -> list[Stats]:
     """Time prepared subnets `timing.interleave` at a time in `timing.rounds` interleaved rounds,
-    always back to back: a whole network is its own cache context, whatever the table's was. With
-    a `yardstick` (the table's), its ops are timed beside each batch exactly as in the table's
-    batches (its cache context), and each subnet comes with its batch's factor (else None)."""
+    always back to back: a whole network is its own cache context, whatever the table's was."""
     warm = timing.warm()
-    out: list[tuple[Stats, float | None]] = []
+    out: list[Stats] = []
     with agent.state():  # e.g. torch's thread count and inference mode, restored after
         for i in range(0, len(prepared), timing.interleave):
-            batch = list(prepared[i:i + timing.interleave])
-            sticks = _prepare_yardstick(agent, yardstick)
-            fns = batch + [fn for fn in sticks if fn is not None]
-            timed = time_batch(fns, warm, sync=agent.synchronizer(),
-                               touches=[None] * len(batch) + [getattr(fn, "touch", None) for fn in fns[len(batch):]],
-                               each=[None] * len(batch) + [timing] * (len(fns) - len(batch)))
-            for t in timed[:len(batch)]:
+            batch = prepared[i:i + timing.interleave]
+            for t in time_batch(batch, warm, sync=agent.synchronizer()):
                 if t.error is not None:
                     raise LatbenchError(f"end-to-end run failed: {type(t.error).__name__}: {t.error}") from t.error
-            factor = None
-            if yardstick is not None:
-                got = iter(timed[len(batch):])
-                readings = [None if fn is None else _reading(next(got)) for fn in sticks]
-                factor = yardstick.factor(readings)
-            out += [(t.stats, factor) for t in timed[:len(batch)]]
+                out.append(t.stats)
     return out
-
-
-def _prepare_yardstick(agent, yardstick) -> list[Any]:
-    """The yardstick's ops prepared by `agent` (None for one it could not build)."""
-    out = []
-    for op in yardstick.ops if yardstick is not None else ():
-        try:
-            out.append(agent.prepare(op))
-        except Exception:  # that op reads nothing this batch; the factor uses the others
-            out.append(None)
-    return out
-
-
-def _reading(t) -> float | None:
-    return None if t.error is not None or t.stats is None else estimate(t.stats)
-
-
-@dataclass(frozen=True)
-class Measured:
-    """One item measured end to end: its builds' Stats sorted by estimate, and the yardstick
-    factor of the batch they were timed in (None without a yardstick)."""
-
-    builds: list[Stats]
-    factor: float | None = None
-
-    @property
-    def stats(self) -> Stats:
-        """The build whose estimate is the median (the lower middle of an even count): a real run."""
-        return middle(self.builds)
-
-    @property
-    def raw_ms(self) -> float:
-        return estimate(self.stats)
-
-    @property
-    def ms(self) -> float:
-        """The estimate on the table's yardstick speed (raw without a yardstick)."""
-        return self.raw_ms / self.factor if self.factor else self.raw_ms
 
 
 def measure_built(agent, items: Sequence[Any], timing: TimingSettings, builds: int = BUILDS,
                   done: Callable[[int], None] | None = None,
-                  model: Callable[[Any], tuple[str, Any]] = lambda m: m,
-                  yardstick: Yardstick | None = None) -> list[Measured]:
+                  model: Callable[[Any], tuple[str, Any]] = lambda m: m) -> list[list[Stats]]:
     """Each item's model (`model(item)`, made when its batch comes: whole models are big) timed
     on `builds` fresh runnables; the builds of `timing.interleave // builds` items at a time are
-    interleaved (beside the `yardstick`'s ops, if given). `done(n)` is told how many items are
-    measured after each batch."""
+    interleaved. Per item, its builds' Stats sorted by estimate (`middle` picks the measurement);
+    `done(n)` is told how many items are measured after each batch."""
     if builds < 1:
         raise UsageError(f"builds must be >= 1, got {builds}")
     per_batch = max(1, timing.interleave // builds)
-    out: list[Measured] = []
+    out: list[list[Stats]] = []
     for i in range(0, len(items), per_batch):
         models = [model(it) for it in items[i:i + per_batch]]
         prepared = [prepare_built(agent, m) for m in models for _ in range(builds)]
-        timed = time_subnets(agent, prepared, timing, yardstick)
-        for j in range(0, len(timed), builds):
-            out.append(Measured(sorted((s for s, _ in timed[j:j + builds]), key=estimate), timed[j][1]))
+        stats = time_subnets(agent, prepared, timing)
+        out += [sorted(stats[j:j + builds], key=estimate) for j in range(0, len(stats), builds)]
         if done:
             done(len(out))
     return out
@@ -363,7 +309,7 @@ def middle(runs: Sequence[Stats]) -> Stats:
 
 def measure_subnet(agent, space, config, timing: TimingSettings = TimingSettings()) -> Stats:
     """End-to-end latency of one subnet with `agent` (ort: exported ONNX; tflite: one .tflite; cpu: torch)."""
-    return time_subnets(agent, [prepare_subnet(agent, space, config)], timing)[0][0]
+    return time_subnets(agent, [prepare_subnet(agent, space, config)], timing)[0]
 
 
 def estimate(stats: Stats) -> float:
@@ -378,9 +324,8 @@ class NoiseFloor:
     moves from run to run."""
 
     config: Any
-    estimates: list[float]  # ms (see `estimate`), on the table's yardstick speed where it has one
+    estimates: list[float]  # ms (see `estimate`)
     iqr_ratios: list[float]
-    raw: list[float] = field(default_factory=list)  # the estimates before the yardstick
 
     @property
     def spread(self) -> float:
@@ -400,19 +345,18 @@ class NoiseFloor:
         return float(np.mean(np.abs(m / np.median(m) - 1) <= tol + 1e-12)) if m.size else math.nan
 
     def to_dict(self) -> dict[str, Any]:
-        return {"config": self.config, "estimates_ms": self.estimates, "raw_ms": self.raw, "iqr_ratios": self.iqr_ratios,
+        return {"config": self.config, "estimates_ms": self.estimates, "iqr_ratios": self.iqr_ratios,
                 "spread": self.spread, "cv": self.cv, "within5": self.within(0.05), "within10": self.within(0.10)}
 
 
 def noise_floor(agent, space, config, repeats: int, timing: TimingSettings, builds: int = BUILDS,
-                progress: Progress = _quiet, yardstick: Yardstick | None = None) -> NoiseFloor:
+                progress: Progress = _quiet) -> NoiseFloor:
     """Measure one subnet `repeats` times exactly as validation subnets are measured (each time on
-    `builds` freshly built runnables, scored by their middle estimate, beside the yardstick)."""
+    `builds` freshly built runnables, scored by their middle estimate)."""
     model = subnet_model(agent, space, config)
-    runs = measure_built(agent, [model] * repeats, timing, builds, lambda n: progress("noise floor", n, repeats),
-                         yardstick=yardstick)
-    return NoiseFloor(space.to_published(config), [r.ms for r in runs], [r.stats.iqr_ratio for r in runs],
-                      [r.raw_ms for r in runs])
+    runs = [middle(r) for r in measure_built(agent, [model] * repeats, timing, builds,
+                                             lambda n: progress("noise floor", n, repeats))]
+    return NoiseFloor(space.to_published(config), [estimate(r) for r in runs], [r.iqr_ratio for r in runs])
 
 
 # ---------------------------------------------------------------------- measured subnets
@@ -427,30 +371,17 @@ class SubnetResult:
     predicted: dict[str, float] = field(default_factory=dict)
     misses: int = 0  # table keys priced by the fallback regression
     builds_ms: list[float] = field(default_factory=list)  # every build's estimate, sorted
-    factor: float | None = None  # the yardstick factor of its batch (None: the table has none)
-
-    @property
-    def raw_ms(self) -> float:
-        """The measured estimate as timed (see `estimate`)."""
-        return estimate(self.measured)
-
-    @property
-    def measured_ms(self) -> float:
-        """What predictions are scored against: the estimate on the table's yardstick speed."""
-        return self.raw_ms / self.factor if self.factor else self.raw_ms
 
     def to_dict(self) -> dict[str, Any]:
         s = self.measured
         return {"config": self.config, "resolution": self.resolution, "flops": self.flops,
-                "measured_ms": self.measured_ms, "raw_ms": self.raw_ms, "yardstick_factor": self.factor,
-                "median_ms": s.median, "p25_ms": s.p25, "p75_ms": s.p75,
+                "measured_ms": estimate(s), "median_ms": s.median, "p25_ms": s.p25, "p75_ms": s.p75,
                 "samples": s.n, "round_medians_ms": list(s.rounds), "builds_ms": list(self.builds_ms),
                 "predicted_ms": dict(self.predicted), "misses": self.misses}
 
 
 def measure_subnets(agent, space, configs: np.ndarray, timing: TimingSettings, predictor: Predictor,
-                    task: str = "subnets", progress: Progress = _quiet, builds: int = BUILDS,
-                    yardstick: Yardstick | None = None) -> list[SubnetResult]:
+                    task: str = "subnets", progress: Progress = _quiet, builds: int = BUILDS) -> list[SubnetResult]:
     """Measure each config end to end and attach the table predictor's raw value.
 
     Each subnet is built `builds` times (its own session or interpreter each: where a runtime's
@@ -459,21 +390,17 @@ def measure_subnets(agent, space, configs: np.ndarray, timing: TimingSettings, p
     measurement is its middle build (the median of an odd count, a real run either way)."""
     progress(task, 0, len(configs))
     runs = measure_built(agent, configs, timing, builds, lambda n: progress(task, n, len(configs)),
-                         model=lambda c: subnet_model(agent, space, c), yardstick=yardstick)
+                         model=lambda c: subnet_model(agent, space, c))
     out = []
-    for cfg, run in zip(configs, runs):
+    for cfg, st in zip(configs, runs):
         raw, misses = predictor.predict_raw(cfg)
         out.append(SubnetResult(space.to_published(cfg), subnet_resolution(space, cfg), subnet_flops(space, cfg),
-                                run.stats, {UNCALIBRATED: raw}, misses, [estimate(x) for x in run.builds], run.factor))
+                                middle(st), {UNCALIBRATED: raw}, misses, [estimate(x) for x in st]))
     return out
 
 
 def _measured(results: Sequence[SubnetResult]) -> np.ndarray:
-    return np.array([r.measured_ms for r in results], dtype=np.float64)
-
-
-def _raw(results: Sequence[SubnetResult]) -> np.ndarray:
-    return np.array([r.raw_ms for r in results], dtype=np.float64)
+    return np.array([estimate(r.measured) for r in results], dtype=np.float64)
 
 
 def _predicted(results: Sequence[SubnetResult], name: str) -> np.ndarray:
@@ -512,8 +439,7 @@ def calibrate(table: LatencyTable, space, agent, n: int = 10, seed: int = 0,
     res = resolutions or covered_resolutions(table, space)
     predictor = Predictor.from_table(table, space, use_calibration=False)
     configs = sample_subnets(space, n, seed, res)
-    subnets = measure_subnets(agent, space, configs, timing, predictor, "calibration subnets", progress, builds,
-                              table_yardstick(table))
+    subnets = measure_subnets(agent, space, configs, timing, predictor, "calibration subnets", progress, builds)
     raw, meas = _predicted(subnets, UNCALIBRATED), _measured(subnets)
     cal = fit_calibration(raw, meas, space.name, predictor.granularity)
     for r in subnets:
@@ -602,8 +528,6 @@ class ValidationReport:
     noise: NoiseFloor | None = None
     invocation_ms: float = 0.0  # the table's per-call cost (see latbench.predict)
     builds: int = 1  # fresh builds per subnet measurement
-    yardstick: Yardstick | None = None  # the table's, which the measurements were put on
-    unscaled: Metrics | None = None  # uncalibrated against the measurements before the yardstick
     wall_s: float = 0.0
     loadavg: tuple[float, float, float] = (math.nan, math.nan, math.nan)
 
@@ -626,9 +550,6 @@ class ValidationReport:
             "stored_calibration": self.stored_calibration,
             "noise": self.noise.to_dict() if self.noise else None,
             "invocation_ms": self.invocation_ms, "builds": self.builds, "wall_s": round(self.wall_s, 2), "loadavg": list(self.loadavg),
-            "yardstick": ({"keys": [op.key for op in self.yardstick.ops], "base_ms": self.yardstick.base_ms}
-                          if self.yardstick else None),
-            "unscaled": self.unscaled.to_dict() if self.unscaled else None,
             "subnets": [r.to_dict() for r in self.subnets],
             "calibration_subnets": [r.to_dict() for r in self.calibration_subnets],
         }
@@ -658,13 +579,6 @@ class ValidationReport:
             lines.append(f"{name:14} {m.n:4d} {_pct(m.within5):>6} {_pct(m.within10):>6} {_pct(m.rmspe):>7} "
                          f"{_pct(m.mape):>7} {_pct(m.bias, sign=True):>7} {_pct(m.max_abs):>7} "
                          f"{_num(m.spearman):>6} {_num(m.kendall):>6}")
-        if self.yardstick and self.unscaled:
-            f = [r.factor for r in self.subnets + self.calibration_subnets if r.factor]
-            u = self.unscaled
-            lines.append(f"measured subnets put on the table's yardstick ({len(self.yardstick.ops)} of its ops timed "
-                         f"beside each batch): batch factors {min(f, default=math.nan):.3f} .. {max(f, default=math.nan):.3f}; "
-                         f"uncalibrated against the unscaled measurements: {_pct(u.within5)} <=5%, "
-                         f"{_pct(u.within10)} <=10%, RMSPE {_pct(u.rmspe)}, bias {_pct(u.bias, sign=True)}")
         if self.calibration:
             c = self.calibration
             lines.append(f"calibration: measured = {c.scale:.4f} x predicted {c.offset_ms:+.4f} ms "
@@ -684,10 +598,6 @@ class ValidationReport:
             lines.append(f"noise floor: one subnet x{len(nf.estimates)}: {min(nf.estimates):.3f} .. "
                          f"{max(nf.estimates):.3f} ms, spread {_pct(nf.spread)}, CV {_pct(nf.cv)}, "
                          f"within +-5% of their median {_pct(nf.within(0.05))}, +-10% {_pct(nf.within(0.10))}")
-            if self.yardstick and nf.raw:
-                raw = NoiseFloor(nf.config, nf.raw, nf.iqr_ratios)
-                lines.append(f"noise floor before the yardstick: spread {_pct(raw.spread)}, CV {_pct(raw.cv)}, "
-                             f"within +-5% {_pct(raw.within(0.05))}")
         return lines
 
 
@@ -747,9 +657,7 @@ def validate(table: LatencyTable, space, agent, n: int = 100, seed: int = 0,
     # calibration and validation subnets are measured in one seeded shuffled order: a slow spell of
     # the machine (minutes, on a shared host) then hits both groups alike instead of skewing the fit
     order = np.random.default_rng([seed, 2]).permutation(len(configs))
-    ys = table_yardstick(table)  # subnets are put on the speed the table's rows were put on
-    measured = measure_subnets(agent, space, configs[order], timing, predictor, "validation subnets (with calibration)",
-                               progress, builds, ys)
+    measured = measure_subnets(agent, space, configs[order], timing, predictor, "validation subnets (with calibration)", progress, builds)
     by_index = {int(i): r for i, r in zip(order, measured)}
     subnets = [by_index[i] for i in range(n)]
     cal_subnets = [by_index[i] for i in range(n, len(configs))]
@@ -774,8 +682,7 @@ def validate(table: LatencyTable, space, agent, n: int = 100, seed: int = 0,
         if ok.any():
             metrics[name] = error_metrics(p[ok], meas[ok])
 
-    unscaled = error_metrics(_predicted(subnets, UNCALIBRATED), _raw(subnets)) if ys else None
-    noise_run = noise_floor(agent, space, val_cfgs[0], noise, timing, builds, progress, ys) if noise else None
+    noise_run = noise_floor(agent, space, val_cfgs[0], noise, timing, builds, progress) if noise else None
     stored = (table.meta_get("calibration") or {}).get(calibration_key(space, predictor.granularity))
     load1 = _loadavg()
     return ValidationReport(
@@ -784,7 +691,6 @@ def validate(table: LatencyTable, space, agent, n: int = 100, seed: int = 0,
         subnets=subnets, calibration_subnets=cal_subnets, calibration=cal, flops_fit=flops_fit,
         metrics=metrics, op_table=op_path, op_profiled=op_profiled, stored_calibration=stored,
         noise=noise_run, invocation_ms=predictor.invocation_ms, builds=builds, wall_s=time.perf_counter() - t0,
-        yardstick=ys, unscaled=unscaled,
         loadavg=tuple(max(a, b) for a, b in zip(load0, load1)),  # type: ignore[arg-type]
     )
 
@@ -807,19 +713,17 @@ def _loadavg() -> tuple[float, float, float]:
 # ---------------------------------------------------------------------- outputs
 def write_csv(report: ValidationReport, path: str | os.PathLike) -> None:
     """One row per validation subnet: config (published form, JSON), resolution, FLOPs, the
-    measured estimate (on the table's yardstick speed; raw_ms as timed, and the batch's factor),
-    median/IQR of all samples, and each predictor's value in ms."""
+    measured estimate (see `estimate`), median/IQR of all samples, and each predictor's value in ms."""
     names = report.predictors
     try:
         with open(path, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
-            w.writerow(["config", "resolution", "mflops", "measured_ms", "raw_ms", "yardstick_factor", "median_ms",
-                        "p25_ms", "p75_ms", "iqr_ms", "samples", "rounds", "misses"] + [f"{p}_ms" for p in names])
+            w.writerow(["config", "resolution", "mflops", "measured_ms", "median_ms", "p25_ms", "p75_ms", "iqr_ms",
+                        "samples", "rounds", "misses"] + [f"{p}_ms" for p in names])
             for r in report.subnets:
                 s = r.measured
                 w.writerow([json.dumps(r.config, separators=(",", ":")), r.resolution, f"{r.flops / 1e6:.3f}",
-                            f"{r.measured_ms:.6g}", f"{r.raw_ms:.6g}", f"{r.factor:.6g}" if r.factor else "",
-                            f"{s.median:.6g}", f"{s.p25:.6g}", f"{s.p75:.6g}", f"{s.iqr:.6g}",
+                            f"{estimate(s):.6g}", f"{s.median:.6g}", f"{s.p25:.6g}", f"{s.p75:.6g}", f"{s.iqr:.6g}",
                             s.n, len(s.rounds) or 1, r.misses]
                            + [f"{r.predicted[p]:.6g}" if p in r.predicted else "" for p in names])
     except OSError as e:
@@ -850,7 +754,7 @@ def plot(report: ValidationReport, path: str | os.PathLike) -> None:
                    label=f"{p}: {_pct(m.within10)} in +-10%, RMSPE {_pct(m.rmspe)}", zorder=2)
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
-    ax.set_xlabel("measured end-to-end latency (ms)" + (", on the table's yardstick" if report.yardstick else ""))
+    ax.set_xlabel("measured end-to-end latency (ms)")
     ax.set_ylabel("predicted latency (ms)")
     ax.set_title(f"{report.space}, {report.profile.agent} {report.profile.threads} thread(s), "
                  f"{len(report.subnets)} subnets", fontsize=10)
@@ -866,7 +770,7 @@ def plot(report: ValidationReport, path: str | os.PathLike) -> None:
 __all__ = [
     "Metrics", "error_metrics", "relative_errors", "covered_resolutions", "sample_subnets", "network_id",
     "subnet_flops", "profile_settings", "check_agent", "table_timing", "export_onnx", "tflite_model",
-    "subnet_model", "prepare_built", "measure_built", "Measured", "middle", "BUILDS", "prepare_subnet", "time_subnets", "measure_subnet", "estimate", "NoiseFloor", "noise_floor", "SubnetResult", "measure_subnets",
+    "subnet_model", "prepare_built", "measure_built", "middle", "BUILDS", "prepare_subnet", "time_subnets", "measure_subnet", "estimate", "NoiseFloor", "noise_floor", "SubnetResult", "measure_subnets",
     "CalibrationRun", "calibrate", "store_calibration", "calibration_key", "op_table_path", "op_costs",
     "ValidationReport", "validate", "fit_flops", "write_csv", "plot", "PREDICTORS",
 ]
