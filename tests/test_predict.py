@@ -156,6 +156,27 @@ def test_missing_keys_priced_by_fallback_and_counted() -> None:
     np.testing.assert_allclose(strict.predict_batch(cfgs[clean]), ms[clean])
 
 
+def test_predict_batch_across_chunks_equals_single_predictions() -> None:
+    """Batches pass in chunks of BATCH_CHUNK rows: two full chunks and a partial one, with
+    fallback-priced keys, agree with predict_raw row by row (prices and miss counts)."""
+    from latbench.predict import BATCH_CHUNK
+
+    space = get_space("tiny")
+    blocks = space.enumerate_blocks()
+    costs = {b.key: 1e-3 * b.flops / 1e6 + 0.01 for b in blocks}
+    dropped = sorted(b.key for b in blocks if b.kind == "mbconv")[:4]
+    pred = Predictor(space, {k: v for k, v in costs.items() if k not in dropped}, "block",
+                     fallback_ops=blocks, invocation_ms=1e-3)
+    cfgs = space.sample(3, 2 * BATCH_CHUNK + 37)
+    ms, misses = pred.predict_batch(cfgs, return_misses=True)
+    rows = np.r_[0:5, BATCH_CHUNK - 2:BATCH_CHUNK + 2, 2 * BATCH_CHUNK:len(cfgs)]  # each chunk's edges
+    for i in rows:
+        raw, missed = pred.predict_raw(cfgs[i])
+        assert ms[i] == pytest.approx(raw, rel=1e-12) and misses[i] == missed
+    assert misses.any() and ms.shape == misses.shape == (len(cfgs),)
+    assert pred.predict_batch(cfgs[:0]).shape == (0,)
+
+
 def test_calibration_fit_and_apply() -> None:
     p = np.array([1.0, 2.0, 3.0, 4.0])
     cal = fit_calibration(p, 1.5 * p + 0.2, "s", "block")
