@@ -28,7 +28,7 @@ import os
 import sqlite3
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence, Union
 
 from .device import DeviceProfile
 from .errors import FormatError, LatbenchError, OpError, UsageError
@@ -613,11 +613,17 @@ def import_csv(path: PathLike, out_table: LatencyTable, profile: DeviceProfile |
     rows = _read_csv_rows(p, prof.id)
     out_table._put_rows(rows)
     if side:
-        have = out_table.meta()
-        for name, value in (side.get("meta") or {}).items():
-            if name not in have and name not in RESERVED_META:
-                out_table.meta_set(name, value)
+        _copy_missing_meta(out_table, side.get("meta") or {})
     return Transfer(written=len(rows), files=[p])
+
+
+def _copy_missing_meta(dst: LatencyTable, meta: Mapping[str, Any]) -> None:
+    """Copy the meta entries `dst` lacks (a calibration, the per-call cost, the run settings);
+    what `dst` has already is its own and stays."""
+    have = dst.meta()
+    for name, value in meta.items():
+        if name not in have and name not in RESERVED_META:
+            dst.meta_set(name, value)
 
 
 def _read_csv_rows(p: str, profile_id: str) -> list[dict[str, Any]]:
@@ -855,7 +861,9 @@ def import_ofa_yaml(paths: PathLike | Iterable[PathLike], table: LatencyTable,
 
 # ---------------------------------------------------------------------- merge
 def merge(dst: LatencyTable, srcs: Iterable[LatencyTable | PathLike], force: bool = False) -> Transfer:
-    """Copy every row of `srcs` into `dst`, refusing other device profiles unless `force`."""
+    """Copy every row of `srcs` into `dst`, refusing other device profiles unless `force`; the
+    meta entries `dst` lacks (per-call cost, run settings, calibration) come from sources of its
+    own profile, so a merged table prices subnets as its sources do."""
     # a later source replaces a key, but a failed row never replaces an ok one; with force, dst
     # keeps its profile and each copied row records its source profile id in extra["source_profile"]
     res = Transfer()
@@ -892,6 +900,8 @@ def merge(dst: LatencyTable, srcs: Iterable[LatencyTable | PathLike], force: boo
                 merged = dst.meta_get("merged_profiles", {}) or {}
                 merged[s.profile.id] = s.profile.to_dict()
                 dst.meta_set("merged_profiles", merged)
+            else:  # e.g. the per-call cost and the run settings the rows were priced and taken with
+                _copy_missing_meta(dst, s.meta())
             res.written += len(rows)
         finally:
             if own:

@@ -315,6 +315,29 @@ def test_merge_same_profile_refuses_other_unless_forced(tmp_path: Path, filled: 
         assert OTHER.id in d.meta_get("merged_profiles")
 
 
+def test_merge_carries_the_meta_the_rows_are_priced_with(tmp_path: Path, filled: Path):
+    """A table merged into an empty one keeps its per-call cost and run settings (a price
+    subtracts the per-call cost per entry); an entry dst has already stays, and a foreign
+    profile's meta is not taken."""
+    inv = {"estimate_ms": 0.02, "samples": [{"estimate_ms": 0.02}]}
+    with LatencyTable.open(filled) as t:
+        t.meta_set("invocation", inv)
+        t.meta_set("run", {"granularity": "op"})
+    other = tmp_path / "other.db"
+    with LatencyTable.open(other, OTHER) as t:
+        t.add(measurement(O.activation((1, 8, 8, 8), "relu"), 2.0, profile=OTHER))
+        t.meta_set("calibration", {"from": "other"})
+    dst = tmp_path / "dst.db"
+    with LatencyTable.open(dst) as d:
+        merge(d, [filled])
+        assert d.meta_get("invocation") == inv and d.meta_get("run") == {"granularity": "op"}
+        d.meta_set("run", {"granularity": "block"})
+        merge(d, [filled])  # dst's own entry stays
+        assert d.meta_get("run") == {"granularity": "block"}
+        merge(d, [other], force=True)
+        assert d.meta_get("calibration") is None
+
+
 # ---------------------------------------------------------------------- CSV
 def test_csv_roundtrip_is_lossless(tmp_path: Path, filled: Path):
     """table -> CSV -> table keeps every column and every Measurement exactly."""
