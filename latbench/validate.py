@@ -284,22 +284,37 @@ def time_subnets(agent, prepared: Sequence[Any], timing: TimingSettings) -> list
 def measure_built(agent, items: Sequence[Any], timing: TimingSettings, builds: int = BUILDS,
                   done: Callable[[int], None] | None = None,
                   model: Callable[[Any], tuple[str, Any]] = lambda m: m) -> list[list[Stats]]:
-    """Each item's model (`model(item)`, made when its batch comes: whole models are big) timed
-    on `builds` fresh runnables; the builds of `timing.interleave // builds` items at a time are
-    interleaved. Per item, its builds' Stats sorted by estimate (`middle` picks the measurement);
-    `done(n)` is told how many items are measured after each batch."""
+    """Each item's model (`model(item)`, made once and kept while its builds are timed) timed on
+    `builds` fresh runnables, each build in another interleaved batch. Per item, its builds'
+    Stats sorted by estimate (`middle` picks the measurement); `done(n)` is told how many items
+    are measured after each batch.
+
+    Items go in groups of `timing.interleave // builds`; batch b times build k of group b - k,
+    so an item's builds run in consecutive batches, tens of seconds apart. A slow minute of the
+    host (seen here moving a whole batch by 10-15%) then slows one build, which the middle one
+    leaves out, instead of all of them."""
     if builds < 1:
         raise UsageError(f"builds must be >= 1, got {builds}")
     per_batch = max(1, timing.interleave // builds)
-    out: list[list[Stats]] = []
-    for i in range(0, len(items), per_batch):
-        models = [model(it) for it in items[i:i + per_batch]]
-        prepared = [prepare_built(agent, m) for m in models for _ in range(builds)]
-        stats = time_subnets(agent, prepared, timing)
-        out += [sorted(stats[j:j + builds], key=estimate) for j in range(0, len(stats), builds)]
-        if done:
-            done(len(out))
-    return out
+    groups = [list(range(i, min(len(items), i + per_batch))) for i in range(0, len(items), per_batch)]
+    runs: list[list[Stats]] = [[] for _ in items]
+    models: dict[int, tuple[str, Any]] = {}
+    finished = 0
+    for b in range(len(groups) + builds - 1 if groups else 0):
+        slots = [i for k in range(builds) if 0 <= b - k < len(groups) for i in groups[b - k]]
+        for i in slots:
+            if i not in models:
+                models[i] = model(items[i])
+        stats = time_subnets(agent, [prepare_built(agent, models[i]) for i in slots], timing)
+        for i, st in zip(slots, stats):
+            runs[i].append(st)
+        if b - builds + 1 >= 0:  # this batch timed the last build of group b - builds + 1
+            for i in groups[b - builds + 1]:
+                models.pop(i, None)
+            finished += len(groups[b - builds + 1])
+            if done:
+                done(finished)
+    return [sorted(r, key=estimate) for r in runs]
 
 
 def middle(runs: Sequence[Stats]) -> Stats:

@@ -246,3 +246,43 @@ def test_whole_subnets_are_timed_back_to_back_whatever_the_tables_context(device
         agent.close()
     assert stats.median > 0 and stats.n >= 3
     assert not M._EVICTOR or M._EVICTOR[0].nbytes != odd
+
+
+def test_builds_of_a_subnet_are_timed_in_consecutive_batches(monkeypatch) -> None:
+    """With 3 builds and batches of 6, five subnets go in groups [0 1] [2 3] [4]; batch b times
+    build k of group b - k, so each subnet's builds land in three different batches (a slow
+    minute then slows one build, not all), each model is made once, and every subnet gets its
+    three builds' Stats, sorted."""
+    from device_agents import get_agent
+    from latbench import validate as V
+    from latbench.measure import TimingSettings
+
+    sp = get_space("tiny")
+    agent = get_agent("ort", threads=1)
+    configs = sp.sample(5, 5)
+    made: list[int] = []
+    batches: list[list[int]] = []
+    real_prepare, real_time = V.prepare_built, V.time_subnets
+
+    def model(i):
+        made.append(i)
+        return V.subnet_model(agent, sp, configs[i])
+
+    def prepare(agent_, m):  # tag each runnable with the subnet it runs
+        return (m[2], real_prepare(agent_, m[:2]))
+
+    def time_batch(agent_, prepared, timing):
+        batches.append([i for i, _ in prepared])
+        return real_time(agent_, [r for _, r in prepared], timing)
+
+    monkeypatch.setattr(V, "prepare_built", prepare)
+    monkeypatch.setattr(V, "time_subnets", time_batch)
+    told: list[int] = []
+    timing = TimingSettings(max_time_s=0.03, min_samples=3, warmup=1, rounds=2, interleave=6)
+    runs = V.measure_built(agent, list(range(5)), timing, builds=3, done=told.append,
+                           model=lambda i: (*model(i), i))
+    assert sorted(made) == [0, 1, 2, 3, 4]  # one model each
+    assert batches == [[0, 1], [2, 3, 0, 1], [4, 2, 3, 0, 1], [4, 2, 3], [4]]
+    assert told == [2, 4, 5]
+    for r in runs:
+        assert len(r) == 3 and [V.estimate(s) for s in r] == sorted(V.estimate(s) for s in r)
