@@ -291,7 +291,7 @@ def measure_built(agent, items: Sequence[Any], timing: TimingSettings, builds: i
 
     Items go in groups of `timing.interleave // builds`; batch b times build k of group b - k,
     so an item's builds run in consecutive batches, tens of seconds apart. A slow minute of the
-    host (seen here moving a whole batch by 10-15%) then slows one build, which the middle one
+    host (seen here moving a whole batch by 5-15%) then slows one build, which the middle one
     leaves out, instead of all of them."""
     if builds < 1:
         raise UsageError(f"builds must be >= 1, got {builds}")
