@@ -295,12 +295,14 @@ def measure_built(agent, items: Sequence[Any], timing: TimingSettings, builds: i
     leaves out, instead of all of them."""
     if builds < 1:
         raise UsageError(f"builds must be >= 1, got {builds}")
+    if len(items) == 0:
+        return []
     per_batch = max(1, timing.interleave // builds)
     groups = [list(range(i, min(len(items), i + per_batch))) for i in range(0, len(items), per_batch)]
     runs: list[list[Stats]] = [[] for _ in items]
     models: dict[int, tuple[str, Any]] = {}
     finished = 0
-    for b in range(len(groups) + builds - 1 if groups else 0):
+    for b in range(len(groups) + builds - 1):
         slots = [i for k in range(builds) if 0 <= b - k < len(groups) for i in groups[b - k]]
         for i in slots:
             if i not in models:
