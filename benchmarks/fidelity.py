@@ -14,7 +14,8 @@ Timing (profile and end-to-end alike, set with --max-time/--min-samples/--target
 profile defaults (network cache context for table entries, 10 interleaved rounds over 24 ops,
 the fastest round's median), at least 10 samples a round, a round stops once IQR/median < 5% or
 after its fifth of 1 s (profile's default cap is 2 s). Subnets are timed back to back in the
-same rounds, each on --builds fresh builds (the middle one counts).
+same rounds, each on --builds fresh builds in consecutive batches, each batch's speed taken out
+(latbench.validate.batch_adjusted).
 
     python benchmarks/fidelity.py                               # both devices, N=100
     python benchmarks/fidelity.py --device ort --n 20 --resolutions 160
@@ -164,7 +165,7 @@ def main() -> None:
     ap.add_argument("--max-time", type=float, default=1.0, help="time cap per op and per subnet (s)")
     ap.add_argument("--min-samples", type=int, default=10)
     ap.add_argument("--target-iqr", type=float, default=0.05)
-    ap.add_argument("--builds", type=int, default=3, help="fresh builds per subnet measurement (middle one counts)")
+    ap.add_argument("--builds", type=int, default=3, help="fresh builds per subnet measurement, each in another batch")
     ap.add_argument("--no-op-baseline", action="store_true", help="skip the op-sum baseline (saves ~1/3 of the time)")
     ap.add_argument("--json", help="also write every figure and pair to this JSON file")
     a = ap.parse_args()

@@ -27,7 +27,7 @@ _MIN_SAMPLES = typer.Option(None, "--min-samples", help="samples per subnet at l
 _TARGET_IQR = typer.Option(None, "--target-iqr", help="stop sampling once IQR/median is below this (default: the table's)")
 _JSON = typer.Option(False, "--json", help="print the result as one JSON document")
 _BUILDS = typer.Option(3, "--builds", help="fresh builds (sessions, interpreters) per subnet, timed interleaved; "
-                       "a subnet's measurement is the middle one")
+                       "each in another batch; each batch's speed is taken out")
 
 
 def _raise_interrupt(signum, frame):  # SIGTERM behaves like Ctrl-C

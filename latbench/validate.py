@@ -281,18 +281,35 @@ def time_subnets(agent, prepared: Sequence[Any], timing: TimingSettings) -> list
     return out
 
 
+@dataclass(frozen=True)
+class Builds:
+    """One item's builds as measured, in build order: each build's Stats and the interleaved
+    batch it was timed in (batches are numbered in one `measure_built` call)."""
+
+    stats: tuple[Stats, ...]
+    batches: tuple[int, ...]
+
+    def sorted(self) -> list[Stats]:
+        """The builds' Stats, fastest estimate first."""
+        return sorted(self.stats, key=estimate)
+
+    def middle(self) -> Stats:
+        """The build whose estimate is the median (the lower middle of an even count): a real run."""
+        return middle(self.sorted())
+
+
 def measure_built(agent, items: Sequence[Any], timing: TimingSettings, builds: int = BUILDS,
                   done: Callable[[int], None] | None = None,
-                  model: Callable[[Any], tuple[str, Any]] = lambda m: m) -> list[list[Stats]]:
+                  model: Callable[[Any], tuple[str, Any]] = lambda m: m) -> list[Builds]:
     """Each item's model (`model(item)`, made once and kept while its builds are timed) timed on
-    `builds` fresh runnables, each build in another interleaved batch. Per item, its builds'
-    Stats sorted by estimate (`middle` picks the measurement); `done(n)` is told how many items
-    are measured after each batch.
+    `builds` fresh runnables, each build in another interleaved batch; `done(n)` is told how many
+    items are measured after each batch.
 
     Items go in groups of `timing.interleave // builds`; batch b times build k of group b - k,
-    so an item's builds run in consecutive batches, tens of seconds apart. A slow minute of the
-    host (seen here moving a whole batch by 5-15%) then slows one build, which the middle one
-    leaves out, instead of all of them."""
+    so an item's builds run in consecutive batches, tens of seconds apart, and each batch holds
+    builds of `builds` groups. A slow minute of the host (seen here moving a whole batch by
+    5-15%) then slows one build of many items, and the overlap lets `batch_adjusted` tell the
+    batch's speed from the items' own latencies."""
     if builds < 1:
         raise UsageError(f"builds must be >= 1, got {builds}")
     if len(items) == 0:
@@ -300,6 +317,7 @@ def measure_built(agent, items: Sequence[Any], timing: TimingSettings, builds: i
     per_batch = max(1, timing.interleave // builds)
     groups = [list(range(i, min(len(items), i + per_batch))) for i in range(0, len(items), per_batch)]
     runs: list[list[Stats]] = [[] for _ in items]
+    where: list[list[int]] = [[] for _ in items]
     models: dict[int, tuple[str, Any]] = {}
     finished = 0
     for b in range(len(groups) + builds - 1):
@@ -310,13 +328,52 @@ def measure_built(agent, items: Sequence[Any], timing: TimingSettings, builds: i
         stats = time_subnets(agent, [prepare_built(agent, models[i]) for i in slots], timing)
         for i, st in zip(slots, stats):
             runs[i].append(st)
+            where[i].append(b)
         if b - builds + 1 >= 0:  # this batch timed the last build of group b - builds + 1
             for i in groups[b - builds + 1]:
                 models.pop(i, None)
             finished += len(groups[b - builds + 1])
             if done:
                 done(finished)
-    return [sorted(r, key=estimate) for r in runs]
+    return [Builds(tuple(r), tuple(w)) for r, w in zip(runs, where)]
+
+
+def batch_adjusted(items: Sequence[Builds], max_iter: int = 200) -> tuple[np.ndarray, dict[int, float]]:
+    """Each item's latency (ms) at the typical batch's speed, and each batch's speed factor.
+
+    Fits log(estimate of item i in batch b) = a_i + c_b by median polish (Tukey): alternately
+    a_i = median over i's builds of (y - c_b) and c_b = median over b's builds of (y - a_i),
+    with the c_b centred on their median. A batch's slow or fast spell is common to all it
+    holds, so c_b takes it out; medians keep one odd build from moving a whole batch. With one
+    build per item the batches share no item, the c_b stay 0 and each item keeps its estimate."""
+    ii = np.array([i for i, it in enumerate(items) for _ in it.stats], dtype=np.int64)
+    bb = np.array([b for it in items for b in it.batches], dtype=np.int64)
+    y = np.log([estimate(s) for it in items for s in it.stats])
+    if y.size == 0:
+        return np.zeros(0), {}
+    batches, bidx = np.unique(bb, return_inverse=True)
+    c = np.zeros(batches.size)
+    a = np.zeros(len(items))
+    for _ in range(max_iter):
+        a = _group_medians(y - c[bidx], ii, len(items))
+        c_new = _group_medians(y - a[ii], bidx, batches.size)
+        c_new -= np.median(c_new)
+        moved = float(np.max(np.abs(c_new - c)))
+        c = c_new
+        if moved < 1e-10:
+            break
+    a = _group_medians(y - c[bidx], ii, len(items))
+    return np.exp(a), {int(b): float(np.exp(x)) for b, x in zip(batches, c)}
+
+
+def _group_medians(values: np.ndarray, groups: np.ndarray, n: int) -> np.ndarray:
+    """The median of `values` within each of n groups (labels 0..n-1; a group must be non-empty)."""
+    order = np.lexsort((values, groups))
+    v, g = values[order], groups[order]
+    starts = np.searchsorted(g, np.arange(n), side="left")
+    ends = np.searchsorted(g, np.arange(n), side="right")
+    lo, hi = (starts + ends - 1) // 2, (starts + ends) // 2
+    return (v[lo] + v[hi]) / 2
 
 
 def middle(runs: Sequence[Stats]) -> Stats:
@@ -369,11 +426,12 @@ class NoiseFloor:
 def noise_floor(agent, space, config, repeats: int, timing: TimingSettings, builds: int = BUILDS,
                 progress: Progress = _quiet) -> NoiseFloor:
     """Measure one subnet `repeats` times exactly as validation subnets are measured (each time on
-    `builds` freshly built runnables, scored by their middle estimate)."""
+    `builds` freshly built runnables, with the batches' speed taken out: `batch_adjusted`)."""
     model = subnet_model(agent, space, config)
-    runs = [middle(r) for r in measure_built(agent, [model] * repeats, timing, builds,
-                                             lambda n: progress("noise floor", n, repeats))]
-    return NoiseFloor(space.to_published(config), [estimate(r) for r in runs], [r.iqr_ratio for r in runs])
+    built = measure_built(agent, [model] * repeats, timing, builds, lambda n: progress("noise floor", n, repeats))
+    adjusted, _ = batch_adjusted(built)
+    return NoiseFloor(space.to_published(config), [float(x) for x in adjusted],
+                      [b.middle().iqr_ratio for b in built])
 
 
 # ---------------------------------------------------------------------- measured subnets
@@ -385,15 +443,18 @@ class SubnetResult:
     resolution: int
     flops: int
     measured: Stats  # of the build whose estimate is the middle one
+    measured_ms: float  # what predictions are scored against: the batch-adjusted estimate
     predicted: dict[str, float] = field(default_factory=dict)
     misses: int = 0  # table keys priced by the fallback regression
-    builds_ms: list[float] = field(default_factory=list)  # every build's estimate, sorted
+    builds_ms: list[float] = field(default_factory=list)  # every build's estimate, in build order
+    batches: list[int] = field(default_factory=list)  # the interleaved batch each build was timed in
 
     def to_dict(self) -> dict[str, Any]:
         s = self.measured
         return {"config": self.config, "resolution": self.resolution, "flops": self.flops,
-                "measured_ms": estimate(s), "median_ms": s.median, "p25_ms": s.p25, "p75_ms": s.p75,
-                "samples": s.n, "round_medians_ms": list(s.rounds), "builds_ms": list(self.builds_ms),
+                "measured_ms": self.measured_ms, "middle_ms": estimate(s), "median_ms": s.median,
+                "p25_ms": s.p25, "p75_ms": s.p75, "samples": s.n, "round_medians_ms": list(s.rounds),
+                "builds_ms": list(self.builds_ms), "batches": list(self.batches),
                 "predicted_ms": dict(self.predicted), "misses": self.misses}
 
 
@@ -403,21 +464,24 @@ def measure_subnets(agent, space, configs: np.ndarray, timing: TimingSettings, p
 
     Each subnet is built `builds` times (its own session or interpreter each: where a runtime's
     buffers land in memory moves a whole model's latency by up to ~10% on a shared host) and the
-    builds of `timing.interleave // builds` subnets are timed interleaved; the subnet's
-    measurement is its middle build (the median of an odd count, a real run either way)."""
+    builds of `timing.interleave // builds` subnets are timed interleaved, each build in another
+    batch; the subnet's measurement is its latency with each batch's speed taken out
+    (`batch_adjusted`), and the middle build keeps its statistics."""
     progress(task, 0, len(configs))
     runs = measure_built(agent, configs, timing, builds, lambda n: progress(task, n, len(configs)),
                          model=lambda c: subnet_model(agent, space, c))
+    adjusted, _ = batch_adjusted(runs)
     out = []
-    for cfg, st in zip(configs, runs):
+    for cfg, built, ms in zip(configs, runs, adjusted):
         raw, misses = predictor.predict_raw(cfg)
         out.append(SubnetResult(space.to_published(cfg), subnet_resolution(space, cfg), subnet_flops(space, cfg),
-                                middle(st), {UNCALIBRATED: raw}, misses, [estimate(x) for x in st]))
+                                built.middle(), float(ms), {UNCALIBRATED: raw}, misses,
+                                [estimate(x) for x in built.stats], list(built.batches)))
     return out
 
 
 def _measured(results: Sequence[SubnetResult]) -> np.ndarray:
-    return np.array([estimate(r.measured) for r in results], dtype=np.float64)
+    return np.array([r.measured_ms for r in results], dtype=np.float64)
 
 
 def _predicted(results: Sequence[SubnetResult], name: str) -> np.ndarray:
@@ -584,7 +648,8 @@ class ValidationReport:
             f"table entries timed in {t.context} context"
             + (f" ({t.context_bytes / (1 << 20):.1f} MB read before each call)" if t.context == "network" else "")
             + f", per-call cost {1e3 * self.invocation_ms:.1f} us taken off each entry and added once; "
-              f"subnets timed back to back, {t.rounds} interleaved round(s), middle of {self.builds} fresh build(s) each",
+              f"subnets timed back to back, {t.rounds} interleaved round(s), {self.builds} fresh build(s) each "
+              f"in consecutive batches, each batch's speed taken out",
         ]
         meas = _measured(self.subnets)
         if meas.size:
@@ -730,18 +795,20 @@ def _loadavg() -> tuple[float, float, float]:
 # ---------------------------------------------------------------------- outputs
 def write_csv(report: ValidationReport, path: str | os.PathLike) -> None:
     """One row per validation subnet: config (published form, JSON), resolution, FLOPs, the
-    measured estimate (see `estimate`), median/IQR of all samples, and each predictor's value in ms."""
+    measured latency scored against (`batch_adjusted`), the middle build's estimate (`estimate`)
+    and the median/IQR of its samples, every build's estimate, and each predictor's value in ms."""
     names = report.predictors
     try:
         with open(path, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
-            w.writerow(["config", "resolution", "mflops", "measured_ms", "median_ms", "p25_ms", "p75_ms", "iqr_ms",
-                        "samples", "rounds", "misses"] + [f"{p}_ms" for p in names])
+            w.writerow(["config", "resolution", "mflops", "measured_ms", "middle_ms", "median_ms", "p25_ms",
+                        "p75_ms", "iqr_ms", "samples", "rounds", "builds_ms", "misses"] + [f"{p}_ms" for p in names])
             for r in report.subnets:
                 s = r.measured
                 w.writerow([json.dumps(r.config, separators=(",", ":")), r.resolution, f"{r.flops / 1e6:.3f}",
-                            f"{estimate(s):.6g}", f"{s.median:.6g}", f"{s.p25:.6g}", f"{s.p75:.6g}", f"{s.iqr:.6g}",
-                            s.n, len(s.rounds) or 1, r.misses]
+                            f"{r.measured_ms:.6g}", f"{estimate(s):.6g}", f"{s.median:.6g}", f"{s.p25:.6g}",
+                            f"{s.p75:.6g}", f"{s.iqr:.6g}", s.n, len(s.rounds) or 1,
+                            " ".join(f"{x:.6g}" for x in r.builds_ms), r.misses]
                            + [f"{r.predicted[p]:.6g}" if p in r.predicted else "" for p in names])
     except OSError as e:
         raise LatbenchError(f"{path}: cannot write: {e.strerror or e}") from None
@@ -787,7 +854,7 @@ def plot(report: ValidationReport, path: str | os.PathLike) -> None:
 __all__ = [
     "Metrics", "error_metrics", "relative_errors", "covered_resolutions", "sample_subnets", "network_id",
     "subnet_flops", "profile_settings", "check_agent", "table_timing", "export_onnx", "tflite_model",
-    "subnet_model", "prepare_built", "measure_built", "middle", "BUILDS", "prepare_subnet", "time_subnets", "measure_subnet", "estimate", "NoiseFloor", "noise_floor", "SubnetResult", "measure_subnets",
+    "subnet_model", "prepare_built", "measure_built", "Builds", "batch_adjusted", "middle", "BUILDS", "prepare_subnet", "time_subnets", "measure_subnet", "estimate", "NoiseFloor", "noise_floor", "SubnetResult", "measure_subnets",
     "CalibrationRun", "calibrate", "store_calibration", "calibration_key", "op_table_path", "op_costs",
     "ValidationReport", "validate", "fit_flops", "write_csv", "plot", "PREDICTORS",
 ]

@@ -15,6 +15,8 @@ import pytest
 from conftest import run_latbench
 from latbench.device import DeviceProfile
 from latbench.errors import UsageError
+from latbench.measure import Stats
+from latbench import validate as V
 from latbench.predict import Calibration, Predictor, fit_calibration
 from latbench.spaces import get_space
 from latbench.store import LatencyTable
@@ -146,9 +148,11 @@ def test_validate_end_to_end(tables, device: str, tmp_path: Path, cli) -> None:
         # the estimate: the fastest round's median (never above the median of all samples), or
         # the median itself for a measurement in one round
         if int(row["rounds"]) > 1:
-            assert float(row["measured_ms"]) <= float(row["median_ms"])
+            assert float(row["middle_ms"]) <= float(row["median_ms"])
         else:
-            assert float(row["measured_ms"]) == float(row["median_ms"])
+            assert float(row["middle_ms"]) == float(row["median_ms"])
+        builds = [float(x) for x in row["builds_ms"].split()]
+        assert float(row["middle_ms"]) == pytest.approx(sorted(builds)[(len(builds) - 1) // 2], rel=1e-5)
         assert row["op-sum_ms"] and row["flops-linear_ms"] and row["calibrated_ms"]
     import matplotlib.image
 
@@ -252,7 +256,7 @@ def test_builds_of_a_subnet_are_timed_in_consecutive_batches(monkeypatch) -> Non
     """With 3 builds and batches of 6, five subnets go in groups [0 1] [2 3] [4]; batch b times
     build k of group b - k, so each subnet's builds land in three different batches (a slow
     minute then slows one build, not all), each model is made once, and every subnet gets its
-    three builds' Stats, sorted."""
+    three builds' Stats in build order with the batch of each."""
     from device_agents import get_agent
     from latbench import validate as V
     from latbench.measure import TimingSettings
@@ -284,5 +288,43 @@ def test_builds_of_a_subnet_are_timed_in_consecutive_batches(monkeypatch) -> Non
     assert sorted(made) == [0, 1, 2, 3, 4]  # one model each
     assert batches == [[0, 1], [2, 3, 0, 1], [4, 2, 3, 0, 1], [4, 2, 3], [4]]
     assert told == [2, 4, 5]
+    # each item's builds in build order, with the batch each ran in: group g's build k in batch g + k
+    assert [r.batches for r in runs] == [(0, 1, 2), (0, 1, 2), (1, 2, 3), (1, 2, 3), (2, 3, 4)]
     for r in runs:
-        assert len(r) == 3 and [V.estimate(s) for s in r] == sorted(V.estimate(s) for s in r)
+        assert len(r.stats) == 3 and [V.estimate(s) for s in r.sorted()] == sorted(V.estimate(s) for s in r.stats)
+        assert V.estimate(r.middle()) == sorted(V.estimate(s) for s in r.stats)[1]
+
+
+def _builds(ms_by_build: list[float], batches: list[int]):
+    return V.Builds(tuple(Stats.from_samples([x]) for x in ms_by_build), tuple(batches))
+
+
+def test_batch_adjusted_takes_each_batch_speed_out():
+    # items of known latency, 2 per group, 3 builds in consecutive batches (as measure_built
+    # schedules them), each batch slower or faster by a known factor
+    true = [1.0, 2.0, 3.0, 4.0, 5.0]
+    factor = [1.0, 1.1, 0.9, 1.25, 1.0]  # median 1.0: the typical batch
+    items = []
+    for i, t in enumerate(true):
+        bs = [i // 2 + k for k in range(3)]
+        items.append(_builds([t * factor[b] for b in bs], bs))
+    got, speeds = V.batch_adjusted(items)
+    assert got == pytest.approx(true, rel=1e-9)
+    assert [speeds[b] for b in range(5)] == pytest.approx(factor, rel=1e-9)
+    # the middle build alone is off wherever two of its three batches were slow or fast
+    assert [V.estimate(it.middle()) for it in items] != pytest.approx(true, rel=0.01)
+
+
+def test_batch_adjusted_is_robust_to_one_odd_build_and_neutral_without_overlap():
+    true = [2.0, 3.0, 5.0, 7.0, 11.0, 13.0]
+    items = [_builds([t, t, t], [i // 2 + k for k in range(3)]) for i, t in enumerate(true)]
+    odd = list(items[2].stats)
+    odd[1] = Stats.from_samples([true[2] * 1.4])  # one build 40% slow (a preempted run)
+    items[2] = V.Builds(tuple(odd), items[2].batches)
+    got, speeds = V.batch_adjusted(items)
+    assert got == pytest.approx(true, rel=1e-9) and set(speeds.values()) == {1.0}
+    # one build per item: batches share no item, nothing can be told apart, estimates are kept
+    single = [_builds([t], [i // 2]) for i, t in enumerate([1.5, 2.5, 3.5, 4.5])]
+    got, speeds = V.batch_adjusted(single)
+    assert got == pytest.approx([1.5, 2.5, 3.5, 4.5], rel=1e-12) and set(speeds.values()) == {1.0}
+    assert V.batch_adjusted([])[0].size == 0
