@@ -515,6 +515,8 @@ def calibrate(table: LatencyTable, space, agent, n: int = 10, seed: int = 0,
     """Measure n random subnets end to end and fit measured ~= scale * predicted + offset."""
     if n < 1:
         raise UsageError(f"calibration needs at least one subnet, got --n {n}")
+    if builds < 1:
+        raise UsageError(f"--builds must be >= 1, got {builds}")
     check_agent(agent, table)
     timing = timing or table_timing(table) or TimingSettings()
     res = resolutions or covered_resolutions(table, space)
@@ -717,6 +719,8 @@ def validate(table: LatencyTable, space, agent, n: int = 100, seed: int = 0,
         raise UsageError(f"validation needs at least one subnet, got --n {n}")
     if calibrate_n < 0 or noise < 0:
         raise UsageError("--calibrate-n and --noise must be >= 0")
+    if builds < 1:  # before the op baseline profiles anything
+        raise UsageError(f"--builds must be >= 1, got {builds}")
     t0 = time.perf_counter()
     load0 = _loadavg()
     profile = check_agent(agent, table)

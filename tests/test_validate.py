@@ -185,6 +185,14 @@ def test_bad_inputs_are_one_line(tables, cli, tmp_path: Path) -> None:
     assert code == 2 and "pass --resolution" in err
     code, _, err = cli("validate", "--table", str(tables["ort"]), "--space", "tiny", "--n", "0")
     assert code == 2 and "at least one subnet" in err
+    # refused before the op baseline profiles anything into a new op table
+    op_table = tmp_path / "ops.sqlite"
+    code, _, err = cli("validate", "--table", str(tables["ort"]), "--space", "tiny", "--builds", "0",
+                       "--op-table", str(op_table))
+    assert code == 2 and err.strip().splitlines()[-1] == "latbench: error: --builds must be >= 1, got 0"
+    assert not op_table.exists()
+    code, _, err = cli("calibrate", "--table", str(tables["ort"]), "--space", "tiny", "--builds", "0")
+    assert code == 2 and "--builds must be >= 1" in err
 
 
 def test_calibrate_then_predict_says_calibrated(tables, tmp_path: Path, cli) -> None:
