@@ -295,7 +295,8 @@ class Builds:
 
     def middle(self) -> Stats:
         """The build whose estimate is the median (the lower middle of an even count): a real run."""
-        return middle(self.sorted())
+        runs = self.sorted()
+        return runs[(len(runs) - 1) // 2]
 
 
 def measure_built(agent, items: Sequence[Any], timing: TimingSettings, builds: int = BUILDS,
@@ -374,11 +375,6 @@ def _group_medians(values: np.ndarray, groups: np.ndarray, n: int) -> np.ndarray
     ends = np.searchsorted(g, np.arange(n), side="right")
     lo, hi = (starts + ends - 1) // 2, (starts + ends) // 2
     return (v[lo] + v[hi]) / 2
-
-
-def middle(runs: Sequence[Stats]) -> Stats:
-    """The build whose estimate is the median (the lower middle of an even count): a real run."""
-    return runs[(len(runs) - 1) // 2]
 
 
 def measure_subnet(agent, space, config, timing: TimingSettings = TimingSettings()) -> Stats:
@@ -858,7 +854,7 @@ def plot(report: ValidationReport, path: str | os.PathLike) -> None:
 __all__ = [
     "Metrics", "error_metrics", "relative_errors", "covered_resolutions", "sample_subnets", "network_id",
     "subnet_flops", "profile_settings", "check_agent", "table_timing", "export_onnx", "tflite_model",
-    "subnet_model", "prepare_built", "measure_built", "Builds", "batch_adjusted", "middle", "BUILDS", "prepare_subnet", "time_subnets", "measure_subnet", "estimate", "NoiseFloor", "noise_floor", "SubnetResult", "measure_subnets",
+    "subnet_model", "prepare_built", "measure_built", "Builds", "batch_adjusted", "BUILDS", "prepare_subnet", "time_subnets", "measure_subnet", "estimate", "NoiseFloor", "noise_floor", "SubnetResult", "measure_subnets",
     "CalibrationRun", "calibrate", "store_calibration", "calibration_key", "op_table_path", "op_costs",
     "ValidationReport", "validate", "fit_flops", "write_csv", "plot", "PREDICTORS",
 ]
