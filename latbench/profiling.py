@@ -8,6 +8,7 @@ rounds a profile times in, and the runtime's per-call cost each table records.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import random
 import statistics
@@ -115,7 +116,7 @@ def check_run_meta(table, granularity: str, fusion: str, space: str | None, timi
     if not meta:
         table.meta_set("profile_run", {**want, "spaces": [space] if space else []})
         return
-    have = {"context": "warm", "context_bytes": 0, **{k: meta[k] for k in want if k in meta}}
+    have = _run_settings(meta)
     if {k: have[k] for k in ("granularity", "fusion")} != {k: want[k] for k in ("granularity", "fusion")}:
         raise UsageError(f"{table.path} holds {have['granularity']}-granularity entries (fusion {have['fusion']}); "
                          f"this run asks for {want['granularity']} (fusion {want['fusion']}): use another --out")
@@ -174,13 +175,57 @@ def record_invocation(table, m: Measurement, timing: TimingSettings, fresh: bool
         if below is not None:  # benchmark_model's whole microseconds read 0: a bound, not a cost
             sample["below_resolution_us"] = below
     samples.append(sample)
-    ok = [x for x in samples if x.get("estimate_ms") is not None]
-    entry = {"key": m.key, "op": m.op, "status": "ok" if ok else m.status, "error": None if ok else m.error,
-             "estimate_ms": float(statistics.median([x["estimate_ms"] for x in ok])) if ok else None,
-             "estimator": m.settings.get("estimator", "median"), "combine": "median of samples",
-             "timing": timing.to_dict(), "profile_id": m.profile_id, "taken_at": m.taken_at, "samples": samples}
+    entry = _pooled({"key": m.key, "op": m.op, "status": m.status, "error": m.error,
+                     "estimator": m.settings.get("estimator", "median"), "combine": "median of samples",
+                     "timing": timing.to_dict(), "profile_id": m.profile_id, "taken_at": m.taken_at}, samples)
     table.meta_set(INVOCATION_META, entry)
     return entry
+
+
+def _pooled(entry: dict, samples: list[dict]) -> dict:
+    """`entry` holding `samples`, its estimate the median of the ok ones (status and error are
+    `entry`'s own when none is ok)."""
+    ok = [x for x in samples if x.get("estimate_ms") is not None]
+    out = {**entry, "samples": samples, "estimate_ms": float(statistics.median([x["estimate_ms"] for x in ok])) if ok else None}
+    if ok:
+        out.update(status="ok", error=None)
+    return out
+
+
+def merge_run_meta(table, src_meta: dict, src_name: str) -> None:
+    """Take in how a source of the same device profile timed its rows, before they are merged into
+    `table`: other run settings (granularity, fusion, cache context) are refused as `profile`
+    refuses them, the spaces are united, and two per-call costs timed in one context are pooled
+    (every sample kept, the estimate their median), so neither table's rows are priced with the
+    other's alone. What `table` lacks is copied by the caller."""
+    have, theirs = table.meta_get("profile_run"), src_meta.get("profile_run")
+    if have and theirs:
+        a, b = _run_settings(have), _run_settings(theirs)
+        if a != b:
+            raise UsageError(f"cannot merge {src_name} into {table.path}: its entries were timed as "
+                             f"{_run_words(b)}, the table's as {_run_words(a)}")
+        spaces = sorted(set(have.get("spaces", [])) | set(theirs.get("spaces", [])))
+        if spaces != have.get("spaces", []):
+            table.meta_set("profile_run", {**have, "spaces": spaces})
+    inv, their_inv = table.meta_get(INVOCATION_META), src_meta.get(INVOCATION_META)
+    if inv and their_inv and _context_of(inv) == _context_of(their_inv):
+        mine = _samples_of(inv)
+        seen = {json.dumps(x, sort_keys=True) for x in mine}
+        new = [x for x in _samples_of(their_inv) if json.dumps(x, sort_keys=True) not in seen]
+        if new:
+            table.meta_set(INVOCATION_META, _pooled(inv, mine + new))
+
+
+def _run_settings(meta: dict) -> dict:
+    """The settings a table's rows were timed with (a table from before contexts were recorded
+    was timed warm)."""
+    return {"context": "warm", "context_bytes": 0, "fusion": "none",
+            **{k: meta[k] for k in ("granularity", "fusion", "context", "context_bytes") if k in meta}}
+
+
+def _run_words(d: dict) -> str:
+    fusion = f", fusion {d['fusion']}" if d.get("granularity") == "op" else ""
+    return f"{d.get('granularity', '?')}-granularity{fusion}, in {_context_words(d)}"
 
 
 def _samples_of(entry: dict) -> list[dict]:
@@ -191,9 +236,14 @@ def _samples_of(entry: dict) -> list[dict]:
     return [{k: entry[k] for k in keep if k in entry}]
 
 
-def _same_context(entry: dict, timing: TimingSettings) -> bool:
+def _context_of(entry: dict) -> tuple:
+    """(cache context, context bytes) a per-call cost entry was timed in."""
     t = entry.get("timing", {})
-    return (t.get("context"), t.get("context_bytes")) == (timing.context, timing.context_bytes)
+    return t.get("context"), t.get("context_bytes")
+
+
+def _same_context(entry: dict, timing: TimingSettings) -> bool:
+    return _context_of(entry) == (timing.context, timing.context_bytes)
 
 
 def _finite_or_none(x):

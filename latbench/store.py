@@ -34,6 +34,7 @@ from .device import DeviceProfile
 from .errors import FormatError, LatbenchError, OpError, UsageError
 from .measure import Measurement, Stats
 from .ops import OpSpec
+from .profiling import merge_run_meta
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas
@@ -861,9 +862,10 @@ def import_ofa_yaml(paths: PathLike | Iterable[PathLike], table: LatencyTable,
 
 # ---------------------------------------------------------------------- merge
 def merge(dst: LatencyTable, srcs: Iterable[LatencyTable | PathLike], force: bool = False) -> Transfer:
-    """Copy every row of `srcs` into `dst`, refusing other device profiles unless `force`; the
-    meta entries `dst` lacks (per-call cost, run settings, calibration) come from sources of its
-    own profile, so a merged table prices subnets as its sources do."""
+    """Copy every row of `srcs` into `dst`, refusing other device profiles unless `force` and rows
+    timed in another granularity or cache context always; from sources of its own profile, the
+    per-call costs are pooled and the meta entries `dst` lacks (per-call cost, run settings,
+    calibration) copied, so a merged table prices subnets as its sources do."""
     # a later source replaces a key, but a failed row never replaces an ok one; with force, dst
     # keeps its profile and each copied row records its source profile id in extra["source_profile"]
     res = Transfer()
@@ -885,6 +887,8 @@ def merge(dst: LatencyTable, srcs: Iterable[LatencyTable | PathLike], force: boo
                 raise ProfileMismatchError(
                     _mismatch_message(f"cannot merge {s.path} into {dst.path}", dst.profile, s.profile)  # type: ignore[arg-type]
                     + "; --force merges anyway, recording each row's source profile")
+            if not foreign:  # refuses rows timed otherwise before any is copied; pools the per-call costs
+                merge_run_meta(dst, s.meta(), s.path)
             dst_ok = dst.keys("ok")
             rows = []
             for r in s.rows():

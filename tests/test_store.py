@@ -338,6 +338,43 @@ def test_merge_carries_the_meta_the_rows_are_priced_with(tmp_path: Path, filled:
         assert d.meta_get("calibration") is None
 
 
+def test_merge_pools_per_call_costs_and_refuses_rows_timed_otherwise(tmp_path: Path, filled: Path):
+    """Two tables of one device timed in one context: the merged per-call cost is the median of
+    both tables' samples (each sample once, however often merged) and the spaces are united; a
+    table timed in another cache context is refused and nothing of it is copied."""
+    net = {"granularity": "op", "fusion": "ort", "context": "network", "context_bytes": 1 << 20}
+    ctx = {"context": "network", "context_bytes": 1 << 20}
+
+    def inv(*ms):
+        return {"estimate_ms": sorted(ms)[len(ms) // 2], "timing": ctx, "status": "ok",
+                "samples": [{"estimate_ms": m, "taken_at": 1000.0 + i + 10 * m} for i, m in enumerate(ms)]}
+
+    with LatencyTable.open(filled) as t:
+        t.meta_set("profile_run", {**net, "spaces": ["ofa-mbv3-w10"]})
+        t.meta_set("invocation", inv(0.010, 0.012, 0.014))
+    second = tmp_path / "second.db"
+    with LatencyTable.open(second, PROFILE) as t:
+        t.add(measurement(O.activation((1, 4, 4, 4), "relu"), 3.0))
+        t.meta_set("profile_run", {**net, "spaces": ["bignas-resnet"]})
+        t.meta_set("invocation", inv(0.030, 0.032))
+    warm = tmp_path / "warm.db"
+    with LatencyTable.open(warm, PROFILE) as t:
+        t.add(measurement(O.activation((1, 2, 2, 2), "relu"), 1.0))
+        t.meta_set("profile_run", {**net, "context": "warm", "context_bytes": 0, "spaces": []})
+    with LatencyTable.open(filled) as d:
+        merge(d, [second])
+        merge(d, [second])
+        pooled = d.meta_get("invocation")
+        assert sorted(x["estimate_ms"] for x in pooled["samples"]) == [0.010, 0.012, 0.014, 0.030, 0.032]
+        assert pooled["estimate_ms"] == pytest.approx(0.014)  # median of the five, by hand
+        assert d.meta_get("profile_run")["spaces"] == ["bignas-resnet", "ofa-mbv3-w10"]
+        n = len(d)
+        with pytest.raises(UsageError) as e:
+            merge(d, [warm])
+        assert str(warm) in str(e.value) and "warm context" in str(e.value) and "network context" in str(e.value)
+        assert len(d) == n and d.meta_get("invocation") == pooled
+
+
 # ---------------------------------------------------------------------- CSV
 def test_csv_roundtrip_is_lossless(tmp_path: Path, filled: Path):
     """table -> CSV -> table keeps every column and every Measurement exactly."""
