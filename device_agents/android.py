@@ -771,6 +771,10 @@ class AndroidAgent(Agent):
                 "waited_s": round(time.monotonic() - t0, 3) if waits else 0.0, "gave_up": hot}
 
     # ------------------------------------------------------------------ measuring
+    def batch_len(self, timing: TimingSettings) -> int:
+        """A batch is one push and one run of benchmark_model over `batch_size` models."""
+        return self.batch_size
+
     def measure(self, ops: Iterable[OpSpec], timing: TimingSettings = TimingSettings()) -> Iterator[Measurement]:
         """Measure `ops` in batches of batch_size; each batch's results are yielded, in op order,
         as soon as the batch is back from the phone. A device lost mid-batch raises

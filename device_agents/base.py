@@ -136,6 +136,11 @@ class Agent:
             extra.update(getattr(fn, "note", None) or {})
             yield Measurement(**base, stats=t.stats, wall_s=prep_s + t.seconds, timed_s=t.seconds, extra=extra)
 
+    def batch_len(self, timing: TimingSettings) -> int:
+        """Ops `measure` takes and times together under `timing` (profile_into adds one sample
+        of the per-call cost to each batch when this is > 1)."""
+        return timing.interleave if self.interleaves else 1
+
     def check_timing(self, timing: TimingSettings) -> None:
         """Refuse settings this agent cannot time under (its rows would claim them falsely): a
         cache context it lacks, or interleaved rounds when it runs each op in one go."""

@@ -280,8 +280,9 @@ def profile_into(table, agent, ops: Iterable[OpSpec], timing: TimingSettings = T
                  on_result: Callable[[Measurement], None] | None = None) -> ProfileRun:
     """Measure the ops missing from `table` with `agent`, committing each as it arrives. `max_ops`
     takes the first ops in enumeration order; they are measured in `measure_order` unless not `shuffle`.
-    Where the agent times interleaved batches, each batch also times INVOCATION_OP into the table's
-    per-call cost (`record_invocation`), unless not `sample_invocation`."""
+    Where the agent times ops in batches (interleaved rounds; a phone's push-and-run), each batch
+    also times INVOCATION_OP into the table's per-call cost (`record_invocation`), unless not
+    `sample_invocation`."""
     t0 = time.perf_counter()
     todo_all = unique(ops)
     stored_ok = table.keys(status="ok")
@@ -296,8 +297,7 @@ def profile_into(table, agent, ops: Iterable[OpSpec], timing: TimingSettings = T
     if on_start:
         on_start(len(todo))
     todo_iter = iter(todo)
-    batched = sample_invocation and getattr(agent, "interleaves", False) and timing.interleave > 1
-    per_batch = timing.interleave - 1 if batched else 0  # real ops per batch beside INVOCATION_OP
+    per_batch = agent.batch_len(timing) - 1 if sample_invocation else 0  # real ops beside INVOCATION_OP
     companions: deque[bool] = deque()  # per op fed, in order: is it the batch's INVOCATION_OP
 
     def feed():

@@ -9,6 +9,7 @@ import math
 import os
 import shlex
 import shutil
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ from device_agents.android import (  # noqa: E402
 from latbench import ops as O  # noqa: E402
 from latbench.errors import DeviceUnavailableError, UsageError  # noqa: E402
 from latbench.measure import TimingSettings  # noqa: E402
+from latbench.profiling import INVOCATION_OP  # noqa: E402
 from latbench.store import LatencyTable  # noqa: E402
 
 FAST = TimingSettings(warmup=1, warmup_s=0.0, min_samples=5, max_samples=30, max_time_s=0.2)
@@ -408,25 +410,32 @@ def test_disconnect_exits_4_and_rerun_measures_only_the_rest(server: StandinServ
         r = latbench(server, *args, "15")
         assert r.returncode == 4, r.stderr
         err = [x for x in r.stderr.splitlines() if x.startswith("latbench:")]
-        # batch 0 measured the per-call cost (one 1-element model), batch 1 five ops, batch 2 died
+        # batch 0 measured the per-call cost (one 1-element model), batch 1 four ops and a sample
+        # of the per-call cost, batch 2 died
         assert len(err) == 1 and f"device {PIXEL} disconnected during batch 2" in err[0], r.stderr
         assert time.monotonic() - t0 < 60
         with LatencyTable.open(out, create=False) as t:
             first = t.keys("ok")
-        assert len(first) == 5  # the completed batch, committed before the device went away
+            assert len(t.meta_get("invocation")["samples"]) == 2
+        assert len(first) == 4  # the completed batch, committed before the device went away
         ran_before = len(pixel.models_run)
     finally:
         pixel.reconnect()
     pixel.reset_counters()
-    r = latbench(server, *args, "10")  # the 10 ops the first run missed
+    r = latbench(server, *args, "11")  # the 11 ops the first run missed
     assert r.returncode == 0, r.stderr
-    assert "10 measured, 5 already stored" in r.stdout
+    assert "11 measured, 4 already stored" in r.stdout
     rerun = pixel.models_run[ran_before:]
     with LatencyTable.open(out, create=False) as t:
         assert len(t.keys("ok")) == 15
         files = {row["extra"]["model_file"] for row in t.rows() if row["key"] in first}
-    assert len(rerun) == 10 and not files & set(rerun)  # the per-call cost is not measured again
-    assert sum("run_batch.sh" in c for c in pixel.commands) == 2
+        assert len(t.meta_get("invocation")["samples"]) == 2 + 3  # one more in each batch of the rerun
+    agent = android_on_standin(server)
+    inv_file = agent.model_file(INVOCATION_OP)
+    agent.close()
+    # batches of 4, 4 and 3 ops, each with a sample of the per-call cost; no stored op again
+    assert len(rerun) == 11 + 3 and rerun.count(inv_file) == 3 and not files & set(rerun)
+    assert sum("run_batch.sh" in c for c in pixel.commands) == 3
 
 
 # ---------------------------------------------------------------------- the CLI
@@ -451,17 +460,18 @@ def test_cli_profile_android_end_to_end(server: StandinServer, pixel: FakeDevice
     assert set(sessions(pixel)) <= live  # its own cleaned, and those of dead runs of this host
     batches = sum("run_batch.sh" in c for c in pixel.commands)
     print(f"cli: {pixel.round_trips} adb round trips for 40 ops ({batches} batches)")
-    # one batch for the per-call cost (a 1-element model, once per table), then 40 ops in 2 batches
-    assert batches == 3 and pixel.services["sync"] == 4  # setup push + one per batch
+    # one batch for the per-call cost (a 1-element model), then 40 ops in batches of 19, 19 and 2,
+    # each with one more sample of the per-call cost
+    assert batches == 4 and pixel.services["sync"] == 5  # setup push + one per batch
     assert pixel.round_trips == 2 + 2 * batches + 1  # setup, 2 per batch (0.1 per op), cleanup
     with LatencyTable.open(out, create=False) as t:
         inv = t.meta_get("invocation")
     assert inv["key"] == "activation-input:1x1x1x1-type:relu" and inv["timing"]["context"] == "warm"
-    assert len(inv["samples"]) == 1  # android runs no interleaved batches to add samples from
-    if inv["status"] == "ok":  # benchmark_model prints whole microseconds: a 0 avg is flagged as a bound
-        sample = inv["samples"][0]
-        assert inv["estimator"] == "mean" and inv["estimate_ms"] == sample["stats"]["mean"] >= 0
-        assert inv["estimate_ms"] > 0 or sample["below_resolution_us"] == 1.0
+    assert len(inv["samples"]) == 4  # the first and one from each batch
+    ok = [x for x in inv["samples"] if x["status"] == "ok"]
+    if ok:  # benchmark_model prints whole microseconds: a 0 avg is flagged as a bound
+        assert inv["estimator"] == "mean" and inv["estimate_ms"] == statistics.median(x["stats"]["mean"] for x in ok)
+        assert all(x["estimate_ms"] > 0 or x["below_resolution_us"] == 1.0 for x in ok)
     else:
         assert inv["estimate_ms"] is None and inv["error"]
 
