@@ -192,10 +192,10 @@ def _pooled(entry: dict, samples: list[dict]) -> dict:
     return out
 
 
-def merge_run_meta(table, src_meta: dict, src_name: str) -> None:
-    """Take in how a source of the same device profile timed its rows, before they are merged into
-    `table`: other run settings (granularity, fusion, cache context) are refused as `profile`
-    refuses them, the spaces are united, and two per-call costs timed in one context are pooled
+def merge_run_meta(table, src_meta: dict, src_name: str, same_device: bool = True) -> None:
+    """Take in how a source timed its rows, before they are merged into `table`: other run
+    settings (granularity, fusion, cache context) are refused as `profile` refuses them; from the
+    same device, the spaces are united and two per-call costs timed in one context are pooled
     (every sample kept, the estimate their median), so neither table's rows are priced with the
     other's alone. What `table` lacks is copied by the caller."""
     have, theirs = table.meta_get("profile_run"), src_meta.get("profile_run")
@@ -204,6 +204,9 @@ def merge_run_meta(table, src_meta: dict, src_name: str) -> None:
         if a != b:
             raise UsageError(f"cannot merge {src_name} into {table.path}: its entries were timed as "
                              f"{_run_words(b)}, the table's as {_run_words(a)}")
+    if not same_device:
+        return
+    if have and theirs:
         spaces = sorted(set(have.get("spaces", [])) | set(theirs.get("spaces", [])))
         if spaces != have.get("spaces", []):
             table.meta_set("profile_run", {**have, "spaces": spaces})

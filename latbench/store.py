@@ -887,8 +887,8 @@ def merge(dst: LatencyTable, srcs: Iterable[LatencyTable | PathLike], force: boo
                 raise ProfileMismatchError(
                     _mismatch_message(f"cannot merge {s.path} into {dst.path}", dst.profile, s.profile)  # type: ignore[arg-type]
                     + "; --force merges anyway, recording each row's source profile")
-            if not foreign:  # refuses rows timed otherwise before any is copied; pools the per-call costs
-                merge_run_meta(dst, s.meta(), s.path)
+            # refuses rows timed otherwise before any is copied; pools one device's per-call costs
+            merge_run_meta(dst, s.meta(), s.path, same_device=not foreign)
             dst_ok = dst.keys("ok")
             rows = []
             for r in s.rows():

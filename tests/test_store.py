@@ -372,6 +372,12 @@ def test_merge_pools_per_call_costs_and_refuses_rows_timed_otherwise(tmp_path: P
         with pytest.raises(UsageError) as e:
             merge(d, [warm])
         assert str(warm) in str(e.value) and "warm context" in str(e.value) and "network context" in str(e.value)
+        other = tmp_path / "other.db"  # another device, timed warm: --force takes the device, not the context
+        with LatencyTable.open(other, OTHER) as t:
+            t.add(measurement(O.activation((1, 2, 2, 2), "relu"), 1.0, profile=OTHER))
+            t.meta_set("profile_run", {**net, "context": "warm", "context_bytes": 0})
+        with pytest.raises(UsageError, match="warm context"):
+            merge(d, [other], force=True)
         assert len(d) == n and d.meta_get("invocation") == pooled
 
 
