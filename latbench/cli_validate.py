@@ -165,6 +165,8 @@ def validate_command(
     threads: Optional[int] = _THREADS, opt_level: Optional[str] = _OPT, xnnpack: Optional[bool] = _XNN,
     max_time: Optional[float] = _MAX_TIME, min_samples: Optional[int] = _MIN_SAMPLES,
     target_iqr: Optional[float] = _TARGET_IQR, as_json: bool = _JSON, builds: int = _BUILDS,
+    retime: int = typer.Option(24, "--retime", help="table entries to time again before and after the subnets, "
+                               "as the profile timed them: how far the machine's speed moved since (0: none)"),
 ) -> None:
     """Measure n random subnets end to end and report how close each predictor comes."""
     from .spaces import get_space
@@ -175,7 +177,7 @@ def validate_command(
     with _session(table, device, threads, opt_level, xnnpack, max_time, min_samples, target_iqr) as (t, agent, timing, bars):
         report = _run(lambda: validate(
             t, sp, agent, n, seed, resolution or None, calibrate_n, timing,
-            str(op_table) if op_table else None, op_baseline, noise, bars, builds))
+            str(op_table) if op_table else None, op_baseline, noise, bars, builds, retime))
     if csv:
         write_csv(report, csv)
     if plot:
@@ -208,7 +210,7 @@ def quickstart_validate(st, con, n: int = 8, calibrate_n: int = 4) -> None:
             timing = _timing(t, 0.1, None, None)  # a demo: 0.1 s per subnet and per baseline op
             with _Bars() as bars:
                 report = validate(t, sp, agent, n=n, seed=st.seed, calibrate_n=calibrate_n, timing=timing,
-                                  progress=bars)
+                                  progress=bars, retime=8)
         finally:
             agent.close()
     for line in report.summary_lines():

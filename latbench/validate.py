@@ -24,6 +24,7 @@ import numpy as np
 from .device import DeviceProfile
 from .errors import LatbenchError, UsageError
 from .measure import Stats, TimingSettings, time_batch
+from .ops import OpSpec
 from .predict import Calibration, Predictor, Pricer, fit_calibration
 from .store import LatencyTable, ProfileMismatchError
 
@@ -430,6 +431,65 @@ def noise_floor(agent, space, config, repeats: int, timing: TimingSettings, buil
                       [b.middle().iqr_ratio for b in built])
 
 
+# ---------------------------------------------------------------------- table drift
+RETIME = 24  # table entries timed again before and after the subnets (one interleaved batch)
+
+
+@dataclass
+class Retime:
+    """Table entries timed again during a validation exactly as the profile timed them: how far
+    this machine's speed has moved since the table was taken (a shared host drifts by 5-10% over
+    tens of minutes). A diagnostic: predictions are scored as the table stands."""
+
+    keys: list[str]
+    stored_ms: list[float]  # the table's estimates
+    passes: dict[str, list[float]]  # "before"/"after" the subnets: ms per key (nan where it failed)
+
+    def ratio(self, name: str) -> float:
+        """Median of now / stored over the pass's keys."""
+        r = np.asarray(self.passes[name]) / np.asarray(self.stored_ms)
+        r = r[np.isfinite(r)]
+        return float(np.median(r)) if r.size else math.nan
+
+    @property
+    def drift(self) -> float:
+        """The machine's speed during the validation over its speed in the table: the geometric
+        mean of the passes' median ratios (below 1: faster now)."""
+        rs = [self.ratio(k) for k in self.passes]
+        rs = [r for r in rs if math.isfinite(r) and r > 0]
+        return float(np.exp(np.mean(np.log(rs)))) if rs else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"keys": self.keys, "stored_ms": self.stored_ms, "passes_ms": self.passes,
+                "ratios": {k: self.ratio(k) for k in self.passes}, "drift": self.drift}
+
+
+def retime_keys(table: LatencyTable, n: int, seed: int) -> list[tuple[dict[str, Any], OpSpec]]:
+    """`n` of the table's ok rows whose op it can rebuild, with their ops: a seeded choice (the
+    same rows for the same table and seed)."""
+    import random
+
+    found = []
+    for r in table.rows(status="ok"):
+        try:
+            op = OpSpec.from_dict(r["op"])
+        except (TypeError, ValueError, KeyError, LatbenchError):  # e.g. an imported row without its op
+            continue
+        if r["estimate"] and r["estimate"] > 0 and op.key == r["key"]:
+            found.append((r, op))
+    return random.Random(seed).sample(found, min(n, len(found)))
+
+
+def retime_entries(agent, ops: Sequence[OpSpec], timing: TimingSettings) -> list[float]:
+    """Time `ops` again with `agent` under `timing` (the table's own settings): ms each, by the
+    estimator the table stores; nan where a measurement failed."""
+    out = []
+    for m in agent.measure(ops, timing):
+        est = m.settings.get("estimator", timing.estimator)
+        out.append(float(getattr(m.stats, est)) if m.ok and m.stats is not None else math.nan)
+    return out
+
+
 # ---------------------------------------------------------------------- measured subnets
 @dataclass
 class SubnetResult:
@@ -607,6 +667,7 @@ class ValidationReport:
     noise: NoiseFloor | None = None
     invocation_ms: float = 0.0  # the table's per-call cost (see latbench.predict)
     builds: int = 1  # fresh builds per subnet measurement
+    retime: Retime | None = None  # table entries timed again before and after the subnets
     wall_s: float = 0.0
     loadavg: tuple[float, float, float] = (math.nan, math.nan, math.nan)
 
@@ -628,7 +689,9 @@ class ValidationReport:
             "op_table": self.op_table, "op_profiled": self.op_profiled,
             "stored_calibration": self.stored_calibration,
             "noise": self.noise.to_dict() if self.noise else None,
-            "invocation_ms": self.invocation_ms, "builds": self.builds, "wall_s": round(self.wall_s, 2), "loadavg": list(self.loadavg),
+            "invocation_ms": self.invocation_ms, "builds": self.builds,
+            "retime": self.retime.to_dict() if self.retime else None,
+            "wall_s": round(self.wall_s, 2), "loadavg": list(self.loadavg),
             "subnets": [r.to_dict() for r in self.subnets],
             "calibration_subnets": [r.to_dict() for r in self.calibration_subnets],
         }
@@ -673,6 +736,16 @@ class ValidationReport:
         if self.stored_calibration:
             lines.append(f"the table holds a calibration for this space (n={self.stored_calibration.get('n')}); "
                          f"'calibrated' above is fitted afresh on the calibration subnets")
+        if self.retime and math.isfinite(self.retime.drift):
+            rt, u = self.retime, self.metrics.get(UNCALIBRATED)
+            line = (f"table drift: {len(rt.keys)} table entries timed again as the profile timed them read "
+                    + " and ".join(f"{rt.ratio(k):.3f}x ({k} the subnets)" for k in rt.passes)
+                    + " their stored values (median)")
+            if u is not None:
+                d = error_metrics(_predicted(self.subnets, UNCALIBRATED) * rt.drift, meas)
+                line += (f"; uncalibrated x {rt.drift:.3f} would score bias {_pct(d.bias, sign=True)}, within +-10% "
+                         f"{_pct(d.within10)}, RMSPE {_pct(d.rmspe)} (a diagnostic, not applied)")
+            lines.append(line)
         if self.noise:
             nf = self.noise
             lines.append(f"noise floor: one subnet x{len(nf.estimates)}: {min(nf.estimates):.3f} .. "
@@ -706,15 +779,17 @@ def fit_flops(flops: Sequence[float], measured: Sequence[float]) -> tuple[float,
 def validate(table: LatencyTable, space, agent, n: int = 100, seed: int = 0,
              resolutions: Sequence[int] | None = None, calibrate_n: int = 10,
              timing: TimingSettings | None = None, op_table: str | None = None, op_baseline: bool = True,
-             noise: int = 0, progress: Progress = _quiet, builds: int = BUILDS) -> ValidationReport:
-    """Measure n random subnets end to end and score every predictor (see PREDICTOR_HELP) on them."""
+             noise: int = 0, progress: Progress = _quiet, builds: int = BUILDS,
+             retime: int = RETIME) -> ValidationReport:
+    """Measure n random subnets end to end and score every predictor (see PREDICTOR_HELP) on them;
+    `retime` of the table's entries are timed again before and after the subnets (`Retime`)."""
     # calibration and FLOPs fit: on `calibrate_n` other networks (disjoint from the n); op-sum: from
     # an unfused op table of the same profile (`op_table`, default beside the table), whose missing
     # ops are profiled first with the same agent and timing
     if n < 1:
         raise UsageError(f"validation needs at least one subnet, got --n {n}")
-    if calibrate_n < 0 or noise < 0:
-        raise UsageError("--calibrate-n and --noise must be >= 0")
+    if calibrate_n < 0 or noise < 0 or retime < 0:
+        raise UsageError("--calibrate-n, --noise and --retime must be >= 0")
     if builds < 1:  # before the op baseline profiles anything
         raise UsageError(f"--builds must be >= 1, got {builds}")
     t0 = time.perf_counter()
@@ -739,7 +814,19 @@ def validate(table: LatencyTable, space, agent, n: int = 100, seed: int = 0,
     # calibration and validation subnets are measured in one seeded shuffled order: a slow spell of
     # the machine (minutes, on a shared host) then hits both groups alike instead of skewing the fit
     order = np.random.default_rng([seed, 2]).permutation(len(configs))
+    picked = retime_keys(table, retime, seed) if retime else []
+    table_settings = table_timing(table) or timing  # as the entries were timed, whatever `timing` says
+    again = [op for _, op in picked]
+    passes = {}
+    if picked:
+        progress("table entries timed again", 0, 2)
+        passes["before"] = retime_entries(agent, again, table_settings)
     measured = measure_subnets(agent, space, configs[order], timing, predictor, "validation subnets (with calibration)", progress, builds)
+    if picked:
+        progress("table entries timed again", 1, 2)
+        passes["after"] = retime_entries(agent, again, table_settings)
+        progress("table entries timed again", 2, 2)
+    drift = Retime([op.key for op in again], [float(r["estimate"]) for r, _ in picked], passes) if picked else None
     by_index = {int(i): r for i, r in zip(order, measured)}
     subnets = [by_index[i] for i in range(n)]
     cal_subnets = [by_index[i] for i in range(n, len(configs))]
@@ -772,7 +859,8 @@ def validate(table: LatencyTable, space, agent, n: int = 100, seed: int = 0,
         fusion=meta.get("fusion", predictor.pricer.fusion), timing=timing, seed=seed, resolutions=res,
         subnets=subnets, calibration_subnets=cal_subnets, calibration=cal, flops_fit=flops_fit,
         metrics=metrics, op_table=op_path, op_profiled=op_profiled, stored_calibration=stored,
-        noise=noise_run, invocation_ms=predictor.invocation_ms, builds=builds, wall_s=time.perf_counter() - t0,
+        noise=noise_run, invocation_ms=predictor.invocation_ms, builds=builds, retime=drift,
+        wall_s=time.perf_counter() - t0,
         loadavg=tuple(max(a, b) for a, b in zip(load0, load1)),  # type: ignore[arg-type]
     )
 
@@ -855,6 +943,7 @@ __all__ = [
     "Metrics", "error_metrics", "relative_errors", "covered_resolutions", "sample_subnets", "network_id",
     "subnet_flops", "profile_settings", "check_agent", "table_timing", "export_onnx", "tflite_model",
     "subnet_model", "prepare_built", "measure_built", "Builds", "batch_adjusted", "BUILDS", "prepare_subnet", "time_subnets", "measure_subnet", "estimate", "NoiseFloor", "noise_floor", "SubnetResult", "measure_subnets",
+    "Retime", "RETIME", "retime_keys", "retime_entries",
     "CalibrationRun", "calibrate", "store_calibration", "calibration_key", "op_table_path", "op_costs",
     "ValidationReport", "validate", "fit_flops", "write_csv", "plot", "PREDICTORS",
 ]

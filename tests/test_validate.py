@@ -21,6 +21,7 @@ from latbench.predict import Calibration, Predictor, fit_calibration
 from latbench.spaces import get_space
 from latbench.store import LatencyTable
 from latbench.validate import (
+    Retime,
     CalibrationRun, error_metrics, network_id, sample_subnets, store_calibration,
 )
 
@@ -135,6 +136,15 @@ def test_validate_end_to_end(tables, device: str, tmp_path: Path, cli) -> None:
     assert rep["calibration"]["n"] == 3 and rep["op_profiled"] > 0 and rep["op_table"] == str(op_table)
     assert len(rep["noise"]["estimates_ms"]) == 3
     assert "validation subnets" in err  # progress on stderr
+    # table entries timed again before and after the subnets, against the table's own values
+    rt = rep["retime"]
+    with LatencyTable.open(tables[device], create=False) as t:
+        stored = {r["key"]: r["estimate"] for r in t.rows(status="ok")}
+    assert len(rt["keys"]) == min(24, len(stored)) and set(rt["keys"]) <= set(stored)
+    assert rt["stored_ms"] == [stored[k] for k in rt["keys"]] and set(rt["passes_ms"]) == {"before", "after"}
+    for name, ms in rt["passes_ms"].items():
+        assert len(ms) == len(rt["keys"]) and all(x > 0 for x in ms)
+        assert rt["ratios"][name] == pytest.approx(float(np.median(np.array(ms) / np.array(rt["stored_ms"]))))
     # the CSV: one row per validation subnet, configs in published form
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -163,6 +173,7 @@ def test_validate_end_to_end(tables, device: str, tmp_path: Path, cli) -> None:
                              "--calibrate-n", "0", "--seed", "1", "--op-table", str(op_table))
         assert code == 0, err
         assert "(0 ops profiled in this run)" in out and "uncalibrated" in out and "flops" not in out
+        assert "table entries timed again as the profile timed them read" in out and "(a diagnostic, not applied)" in out
 
 
 def test_table_of_another_profile_is_refused_in_one_line(tables, cli) -> None:
@@ -193,6 +204,21 @@ def test_bad_inputs_are_one_line(tables, cli, tmp_path: Path) -> None:
     assert not op_table.exists()
     code, _, err = cli("calibrate", "--table", str(tables["ort"]), "--space", "tiny", "--builds", "0")
     assert code == 2 and "--builds must be >= 1" in err
+    code, _, err = cli("validate", "--table", str(tables["ort"]), "--space", "tiny", "--retime", "-1")
+    assert code == 2 and "--retime must be >= 0" in err.strip().splitlines()[-1]
+
+
+def test_retime_ratios_and_drift_against_hand_computed_values() -> None:
+    """Each pass is scored by its median now/stored ratio (failed entries left out); the drift is
+    the geometric mean of the passes' ratios."""
+    rt = Retime(["a", "b", "c"], [1.0, 2.0, 4.0],
+                {"before": [1.1, 2.2, 4.8], "after": [0.9, float("nan"), 3.6]})
+    assert rt.ratio("before") == pytest.approx(1.1)  # ratios 1.1, 1.1, 1.2
+    assert rt.ratio("after") == pytest.approx(0.9)  # ratios 0.9, 0.9 (b failed)
+    assert rt.drift == pytest.approx(math.sqrt(1.1 * 0.9))
+    d = rt.to_dict()
+    assert d["ratios"] == {"before": pytest.approx(1.1), "after": pytest.approx(0.9)}
+    assert math.isnan(Retime(["a"], [1.0], {"before": [float("nan")]}).drift)
 
 
 def test_calibrate_then_predict_says_calibrated(tables, tmp_path: Path, cli) -> None:
