@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -102,6 +103,11 @@ def goal_lines(report) -> list[str]:
                    + ("mostly systematic (sum of per-block runs vs one whole-model run: per-call overhead, "
                       "caches warm per block but cold across a whole model); a calibration removes it"
                       if abs(u.bias) > 0.5 * u.rmspe else "errors mostly scatter, not a common offset"))
+        rt = report.retime
+        if rt is not None and math.isfinite(rt.drift):
+            out.append(f"  table drift: its entries, timed again during the validation, read {rt.drift:.3f}x their "
+                       f"stored values: the host's speed moved {100 * (rt.drift - 1):+.1f}% since the table was taken "
+                       f"(a table timed now would price subnets {100 * (rt.drift - 1):+.1f}%)")
     if report.noise:
         nf = report.noise
         out.append(f"  noise floor: one subnet x{len(nf.estimates)}, each on a fresh build: spread {100 * nf.spread:.1f}% "
