@@ -815,10 +815,10 @@ def validate(table: LatencyTable, space, agent, n: int = 100, seed: int = 0,
     # the machine (minutes, on a shared host) then hits both groups alike instead of skewing the fit
     order = np.random.default_rng([seed, 2]).permutation(len(configs))
     picked = retime_keys(table, retime, seed) if retime else []
-    table_settings = table_timing(table) or timing  # as the entries were timed, whatever `timing` says
     again = [op for _, op in picked]
     passes = {}
     if picked:
+        table_settings = table_timing(table) or timing  # as the entries were timed, whatever `timing` says
         progress("table entries timed again", 0, 2)
         passes["before"] = retime_entries(agent, again, table_settings)
     measured = measure_subnets(agent, space, configs[order], timing, predictor, "validation subnets (with calibration)", progress, builds)
