@@ -464,20 +464,14 @@ class Retime:
                 "ratios": {k: self.ratio(k) for k in self.passes}, "drift": self.drift}
 
 
-def retime_keys(table: LatencyTable, n: int, seed: int) -> list[tuple[dict[str, Any], OpSpec]]:
-    """`n` of the table's ok rows whose op it can rebuild, with their ops: a seeded choice (the
-    same rows for the same table and seed)."""
+def retime_ops(table: LatencyTable, n: int, seed: int) -> list[OpSpec]:
+    """`n` of the table's ok entries (a positive estimate), a seeded choice: the same ops for the
+    same table and seed."""
     import random
 
-    found = []
-    for r in table.rows(status="ok"):
-        try:
-            op = OpSpec.from_dict(r["op"])
-        except (TypeError, ValueError, KeyError, LatbenchError):  # e.g. an imported row without its op
-            continue
-        if r["estimate"] and r["estimate"] > 0 and op.key == r["key"]:
-            found.append((r, op))
-    return random.Random(seed).sample(found, min(n, len(found)))
+    stored = table.estimates()
+    ops = [op for op in table.ops() if stored.get(op.key, 0) > 0]
+    return random.Random(seed).sample(ops, min(n, len(ops)))
 
 
 def retime_entries(agent, ops: Sequence[OpSpec], timing: TimingSettings) -> list[float]:
@@ -814,19 +808,18 @@ def validate(table: LatencyTable, space, agent, n: int = 100, seed: int = 0,
     # calibration and validation subnets are measured in one seeded shuffled order: a slow spell of
     # the machine (minutes, on a shared host) then hits both groups alike instead of skewing the fit
     order = np.random.default_rng([seed, 2]).permutation(len(configs))
-    picked = retime_keys(table, retime, seed) if retime else []
-    again = [op for _, op in picked]
+    again = retime_ops(table, retime, seed) if retime else []
     passes = {}
-    if picked:
+    if again:
         table_settings = table_timing(table) or timing  # as the entries were timed, whatever `timing` says
         progress("table entries timed again", 0, 2)
         passes["before"] = retime_entries(agent, again, table_settings)
     measured = measure_subnets(agent, space, configs[order], timing, predictor, "validation subnets (with calibration)", progress, builds)
-    if picked:
+    if again:
         progress("table entries timed again", 1, 2)
         passes["after"] = retime_entries(agent, again, table_settings)
         progress("table entries timed again", 2, 2)
-    drift = Retime([op.key for op in again], [float(r["estimate"]) for r, _ in picked], passes) if picked else None
+    drift = Retime([op.key for op in again], [table.estimate(op.key) for op in again], passes) if again else None
     by_index = {int(i): r for i, r in zip(order, measured)}
     subnets = [by_index[i] for i in range(n)]
     cal_subnets = [by_index[i] for i in range(n, len(configs))]
@@ -943,7 +936,7 @@ __all__ = [
     "Metrics", "error_metrics", "relative_errors", "covered_resolutions", "sample_subnets", "network_id",
     "subnet_flops", "profile_settings", "check_agent", "table_timing", "export_onnx", "tflite_model",
     "subnet_model", "prepare_built", "measure_built", "Builds", "batch_adjusted", "BUILDS", "prepare_subnet", "time_subnets", "measure_subnet", "estimate", "NoiseFloor", "noise_floor", "SubnetResult", "measure_subnets",
-    "Retime", "RETIME", "retime_keys", "retime_entries",
+    "Retime", "RETIME", "retime_ops", "retime_entries",
     "CalibrationRun", "calibrate", "store_calibration", "calibration_key", "op_table_path", "op_costs",
     "ValidationReport", "validate", "fit_flops", "write_csv", "plot", "PREDICTORS",
 ]
