@@ -6,11 +6,15 @@ inference for the conformance suite); the timing loop is latbench.measure's, sha
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
+import math
+import os
 import time
 import traceback
+import typing
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -41,8 +45,105 @@ class Prepared:
         return self.run()
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - platforms without affinity
+        return max(1, os.cpu_count() or 1)
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _coerce(agent: str, name: str, hint: Any, value: Any) -> Any:
+    """`value` as the field's declared type (int, float, bool, str, or Optional of one); text as
+    it comes from a command line is parsed; anything else is a one-line UsageError."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is typing.Union or (args and type(None) in args):
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+    bad = UsageError(f"{agent}: option {name} must be {getattr(hint, '__name__', hint)}, got {value!r}")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+            return value.strip().lower() in _TRUE
+        raise bad
+    if hint is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.strip(), 0)
+            except ValueError:
+                raise bad from None
+        raise bad
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise bad
+        try:
+            x = float(value)
+        except ValueError:
+            raise bad from None
+        if not math.isfinite(x):
+            raise UsageError(f"{agent}: option {name} must be a finite number, got {value!r}")
+        return x
+    if hint is str:
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        if not isinstance(value, str):
+            raise bad
+        return value
+    return value  # pragma: no cover - option types are the four above
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    """An agent's constructor options, typed: an unknown name, a wrong type or a value out of
+    range is refused where it enters (`from_kwargs`), and the options are plain JSON (`to_dict`)
+    so an agent can be rebuilt from them anywhere. Agents subclass this with their own fields
+    and extend `check`."""
+
+    threads: int = 1
+    seed: int = 0
+
+    @classmethod
+    def from_kwargs(cls, agent: str, kwargs: Mapping[str, Any]) -> "AgentOptions":
+        hints = typing.get_type_hints(cls)
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(k for k in kwargs if k not in known)
+        if unknown:
+            raise UsageError(f"{agent}: unknown option{'s' if len(unknown) > 1 else ''} "
+                             f"{', '.join(unknown)} (known: {', '.join(known)})")
+        opts = cls(**{k: _coerce(agent, k, hints[k], v) for k, v in kwargs.items()})
+        opts.check(agent)
+        return opts
+
+    def check(self, agent: str) -> None:
+        """Refuse values out of range (subclasses call this and add their own)."""
+        cores = self.max_threads()
+        if not 1 <= self.threads <= cores:
+            raise UsageError(f"{agent}: threads must be between 1 and {cores} (the cores this "
+                             f"machine gives the process), got {self.threads}")
+
+    def max_threads(self) -> int:
+        """The most threads that make sense: the cores this process may use (a device agent
+        whose threads run elsewhere overrides this)."""
+        return usable_cores()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 class Agent:
-    """Base class of every agent. Agents hold no global state: several may run side by side."""
+    """Base class of every agent. Agents hold no global state: several may run side by side.
+
+    Options are the class's `Options` dataclass: `Agent(**options)` validates them
+    (AgentOptions.from_kwargs) into `self.opts`."""
 
     name: str = ""
     granularities = ("op", "block")
@@ -50,10 +151,12 @@ class Agent:
     contexts = ("warm", "network")  # cache contexts the agent can time in (TimingSettings.context)
     interleaves = True  # times ops in interleaved rounds (TimingSettings.rounds/interleave)
 
-    def __init__(self, threads: int = 1, seed: int = 0, **options: Any):
-        self.threads = int(threads)
-        self.seed = seed
-        self.options = options
+    Options: type[AgentOptions] = AgentOptions
+
+    def __init__(self, **options: Any):
+        self.opts = self.Options.from_kwargs(self.name or type(self).__name__, options)
+        self.threads = self.opts.threads
+        self.seed = self.opts.seed
         self._profile: DeviceProfile | None = None
 
     # ---------------------------------------------------------------- to implement

@@ -4,6 +4,7 @@ kernels. The same model bytes are what an Android agent pushes to benchmark_mode
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
@@ -14,7 +15,7 @@ from latbench.errors import MissingExtraError
 from latbench.measure import Stats, TimingSettings, time_callable
 from latbench.ops import OpSpec
 
-from .base import Agent, Prepared
+from .base import Agent, AgentOptions, Prepared
 from .tflite_build import build_tflite
 
 
@@ -34,15 +35,24 @@ def _runtime() -> tuple[Any, Any, str, str]:
         raise MissingExtraError("LiteRT is not installed: pip install 'latbench[tflite]' (ai-edge-litert)") from None
 
 
+@dataclass(frozen=True)
+class LiteRTOptions(AgentOptions):
+    """tflite: the XNNPACK delegate (LiteRT's default) or the builtin kernels only."""
+
+    xnnpack: bool = True
+
+
 class LiteRTAgent(Agent):
     """Times ops in the LiteRT interpreter; `xnnpack=False` runs the builtin kernels only."""
 
     name = "tflite"
     fusion = "tflite"  # converters fold BN into the conv and fuse RELU/RELU6 (tflite_build does too)
 
-    def __init__(self, threads: int = 1, xnnpack: bool | str = True, seed: int = 0, **options: Any):
-        super().__init__(threads=threads, seed=seed, **options)
-        self.xnnpack = xnnpack.strip().lower() in ("1", "true", "yes", "on") if isinstance(xnnpack, str) else bool(xnnpack)
+    Options = LiteRTOptions
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        self.xnnpack = self.opts.xnnpack
         self._Interpreter, self._Resolver, self._runtime_name, self._version = _runtime()
 
     def fingerprint(self) -> DeviceProfile:

@@ -4,6 +4,7 @@ the timed call is the runtime's kernel work and little else."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -14,7 +15,7 @@ from latbench.errors import DeviceUnavailableError, UsageError, require
 from latbench.measure import Stats, TimingSettings, time_callable
 from latbench.ops import OpSpec
 
-from .base import Agent, Prepared
+from .base import Agent, AgentOptions, Prepared
 from .onnx_build import build_onnx, graph_in_shape, graph_out_shape
 from .ort_layout import network_graph
 from .weights import Weights
@@ -32,23 +33,35 @@ OPT_LEVELS = {
 BOUNDARIES = ("network", "graph")  # how an op's graph meets its neighbours (OrtAgent.prepare)
 
 
+@dataclass(frozen=True)
+class OrtOptions(AgentOptions):
+    """ort: graph optimisation level, execution provider, how an op meets its neighbours."""
+
+    opt_level: str = "all"
+    provider: str = "CPUExecutionProvider"
+    boundary: str = "network"
+
+    def check(self, agent: str) -> None:
+        super().check(agent)
+        if self.opt_level not in OPT_LEVELS:
+            raise UsageError(f"{agent}: opt_level must be one of {', '.join(OPT_LEVELS)}, got {self.opt_level!r}")
+        if self.boundary not in BOUNDARIES:
+            raise UsageError(f"{agent}: boundary must be one of {', '.join(BOUNDARIES)}, got {self.boundary!r}")
+
+
 class OrtAgent(Agent):
     """Times ops in onnxruntime on this host (one session per op, freed before the next)."""
 
     name = "ort"
 
-    def __init__(self, threads: int = 1, opt_level: str = "all", provider: str = "CPUExecutionProvider",
-                 seed: int = 0, boundary: str = "network", **options: Any):
-        super().__init__(threads=threads, seed=seed, **options)
-        if self.threads < 1:  # 0 would mean "all cores" to onnxruntime, not what the profile says
-            raise UsageError(f"ort: threads must be >= 1, got {threads}")
-        if opt_level not in OPT_LEVELS:
-            raise UsageError(f"ort: opt_level must be one of {', '.join(OPT_LEVELS)}, got {opt_level!r}")
+    Options = OrtOptions
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        opt_level, provider, boundary = self.opts.opt_level, self.opts.provider, self.opts.boundary
         have = ort.get_available_providers()
         if provider not in have:
             raise DeviceUnavailableError(f"ort: execution provider {provider!r} is not available (have: {', '.join(have)})")
-        if boundary not in BOUNDARIES:
-            raise UsageError(f"ort: boundary must be one of {', '.join(BOUNDARIES)}, got {boundary!r}")
         self.opt_level = opt_level
         self.provider = provider
         # network: time ops as they run between convolutions (ort_layout), which differs from an

@@ -9,6 +9,7 @@ different thread counts can therefore be interleaved in one process, and nothing
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
@@ -19,7 +20,7 @@ from latbench.errors import DeviceUnavailableError, OpError, require
 from latbench.measure import Measurement, TimingSettings
 from latbench.ops import OpSpec
 
-from .base import Agent, Prepared
+from .base import Agent, AgentOptions, Prepared
 from .weights import BN_EPS, Weights
 
 torch = require("torch", "torch")
@@ -121,10 +122,8 @@ class TorchCPUAgent(Agent):
     name = "cpu"
     device_type = "cpu"
 
-    def __init__(self, threads: int = 1, seed: int = 0, **options: Any):
-        super().__init__(threads=threads, seed=seed, **options)
-        if self.threads < 1:
-            raise OpError(f"{self.name}: threads must be >= 1, got {self.threads}")
+    def __init__(self, **options: Any):
+        super().__init__(**options)
         self.device = torch.device(self.device_type)
 
     # ------------------------------------------------------------ identity
@@ -216,6 +215,13 @@ class TorchCPUAgent(Agent):
         """Wait for queued device work (nothing to wait for on the CPU)."""
 
 
+@dataclass(frozen=True)
+class CudaOptions(AgentOptions):
+    """cuda: which visible CUDA device."""
+
+    index: int = 0
+
+
 class TorchCUDAAgent(TorchCPUAgent):
     """Torch eager on one CUDA device in full float32 (TF32 off while measuring); the timing loop
     synchronizes the device before each clock read."""
@@ -223,16 +229,19 @@ class TorchCUDAAgent(TorchCPUAgent):
     name = "cuda"
     device_type = "cuda"
 
-    def __init__(self, threads: int = 1, seed: int = 0, index: int = 0, **options: Any):
+    Options = CudaOptions
+
+    def __init__(self, **options: Any):
+        opts = CudaOptions.from_kwargs(self.name, options)
         if not torch.cuda.is_available():
             raise DeviceUnavailableError(
                 f"no CUDA device: torch {torch.__version__} (CUDA build {torch.version.cuda or 'none'})"
                 " reports torch.cuda.is_available() == False")
         count = torch.cuda.device_count()
-        if not 0 <= int(index) < count:
-            raise DeviceUnavailableError(f"no CUDA device: index {index} but {count} device(s) visible")
-        super().__init__(threads=threads, seed=seed, **options)
-        self.index = int(index)
+        if not 0 <= opts.index < count:
+            raise DeviceUnavailableError(f"no CUDA device: index {opts.index} but {count} device(s) visible")
+        super().__init__(**options)
+        self.index = opts.index
         self.device = torch.device("cuda", self.index)
 
     def fingerprint(self) -> DeviceProfile:

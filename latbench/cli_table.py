@@ -119,15 +119,15 @@ def export_cmd(
                                           "instead of failing"),
 ) -> None:
     """Write a table as CSV (lossless, with a .meta.json profile sidecar), PaddleSlim text or OFA YAML."""
-    from . import store
+    from . import store, tableio
 
     with store.LatencyTable.open(table, create=False) as t:
         if fmt is TableFormat.csv:
-            res = store.export_csv(t, out)
+            res = tableio.export_csv(t, out)
         elif fmt is TableFormat.paddleslim:
-            res = store.export_paddleslim(t, out, skip_unsupported=skip_unsupported)
+            res = tableio.export_paddleslim(t, out, skip_unsupported=skip_unsupported)
         else:
-            res = store.export_ofa_yaml(t, out, skip_unsupported=skip_unsupported)
+            res = tableio.export_ofa_yaml(t, out, skip_unsupported=skip_unsupported)
     _log(f"{table} -> {', '.join(res.files) or out}: {res.describe()}")
 
 
@@ -156,7 +156,7 @@ def import_cmd(
     threads: int = typer.Option(0, "--threads", min=0, help="threads used when measuring (0 = unknown)"),
 ) -> None:
     """Import CSV exports, PaddleSlim latency tables or Once-for-All lookup-table YAML into a table."""
-    from . import store
+    from . import store, tableio
 
     fmts = {fmt or _detect_format(f) for f in files}
     if len(fmts) != 1:
@@ -167,20 +167,20 @@ def import_cmd(
         raise UsageError(f"no such file: {', '.join(missing)}")
     profile = None
     if device is not None:
-        profile = store.import_profile(device, runtime, threads, source=", ".join(f.name for f in files))
+        profile = tableio.import_profile(device, runtime, threads, source=", ".join(f.name for f in files))
     elif kind is not TableFormat.csv:
         raise UsageError(f"importing {kind.value} needs --device NAME (and ideally --runtime, --threads): "
                          f"the file does not say where its numbers were measured")
     new = not out.exists()
-    total = store.Transfer()
+    total = tableio.Transfer()
     try:
         with store.LatencyTable.open(out, create=True) as t:
             if kind is TableFormat.ofa_yaml:
-                total = store.import_ofa_yaml(files, t, profile)
+                total = tableio.import_ofa_yaml(files, t, profile)
             else:
                 for f in files:
-                    res = (store.import_csv(f, t, profile) if kind is TableFormat.csv
-                           else store.import_paddleslim(f, t, profile))
+                    res = (tableio.import_csv(f, t, profile) if kind is TableFormat.csv
+                           else tableio.import_paddleslim(f, t, profile))
                     total.written += res.written
                     total.files += res.files
             counts = t.counts()
@@ -205,7 +205,7 @@ def merge_cmd(
                                "source profile id in extra)"),
 ) -> None:
     """Merge tables of one device profile into DST (a failed row never replaces an ok one)."""
-    from . import store
+    from . import store, tableio
 
     missing = [str(s) for s in srcs if not s.is_file()]
     if missing:
@@ -213,7 +213,7 @@ def merge_cmd(
     new = not dst.exists()
     try:
         with store.LatencyTable.open(dst, create=True) as t:
-            res = store.merge(t, srcs, force=force)
+            res = tableio.merge(t, srcs, force=force)
             counts = t.counts()
     except BaseException:
         if new:

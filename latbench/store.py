@@ -1,4 +1,5 @@
-"""The latency table: an SQLite file that is latbench's store of record, plus its exports/imports.
+"""The latency table: an SQLite file that is latbench's store of record (exports, imports and
+merge live in latbench.tableio).
 
 One row per op key, holding everything a Measurement carries (statistics, raw samples, settings,
 extra facts such as temperatures or the resolutions an op belongs to) and the number used for
@@ -21,20 +22,17 @@ ProfileMismatchError naming both profiles and the fields that differ.
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
 import sqlite3
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence, Union
 
 from .device import DeviceProfile
 from .errors import FormatError, LatbenchError, OpError, UsageError
 from .measure import Measurement, Stats
 from .ops import OpSpec
-from .profiling import merge_run_meta
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas
@@ -103,25 +101,7 @@ class KeyNotFoundError(LatbenchError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-@dataclass
-class Transfer:
-    """What an export, import or merge did."""
-
-    written: int = 0  # rows written (export) or stored (import, merge)
-    skipped: list[str] = field(default_factory=list)  # keys the target format cannot express
-    not_ok: int = 0  # failed rows left out (exports carry numbers only)
-    files: list[str] = field(default_factory=list)
-
-    def describe(self) -> str:
-        parts = [f"{self.written} rows"]
-        if self.skipped:
-            parts.append(f"{len(self.skipped)} unsupported skipped")
-        if self.not_ok:
-            parts.append(f"{self.not_ok} failed left out")
-        return ", ".join(parts)
-
-
-def _mismatch_message(what: str, have: DeviceProfile, other: DeviceProfile) -> str:
+def mismatch_message(what: str, have: DeviceProfile, other: DeviceProfile) -> str:
     diff = "; ".join(have.differences(other)) or "same fields, different id"
     return (f"{what}: the table's profile is {have.describe()}, the other is {other.describe()} "
             f"(differs in {diff})")
@@ -293,7 +273,7 @@ class LatencyTable:
         """Store `profile` on first use; a different one raises ProfileMismatchError."""
         if self._profile is not None:
             if self._profile.id != profile.id:
-                raise ProfileMismatchError(_mismatch_message(self.path, self._profile, profile))
+                raise ProfileMismatchError(mismatch_message(self.path, self._profile, profile))
             return
         with self._tx():
             self.conn.execute("INSERT OR REPLACE INTO meta(name, value) VALUES ('profile', ?)",
@@ -531,390 +511,6 @@ def read_table(path: PathLike) -> "pandas.DataFrame":
         return t.to_frame()
 
 
-# ---------------------------------------------------------------------- profiles of imports
-def import_profile(device: str, runtime: str = "unknown", threads: int = 0, source: str = "") -> DeviceProfile:
-    """The profile of imported foreign numbers, so a table still says where they were measured."""
-    # `source` goes into info, which is not hashed: files imported from one device share a profile
-    if not device or not device.strip():
-        raise UsageError("importing a foreign table needs the device it was measured on (--device NAME)")
-    if threads < 0:
-        raise UsageError(f"threads must be >= 0 (0 = unknown), got {threads}")
-    return DeviceProfile(agent="import", runtime=runtime or "unknown", runtime_version="",
-                         threads=int(threads), delegate="cpu", device=device.strip(),
-                         info={"source": source} if source else {})
 
-
-def _use_profile(table: LatencyTable, profile: DeviceProfile | None, what: str) -> DeviceProfile:
-    if profile is not None:
-        table.set_profile(profile)
-    if table.profile is None:
-        raise UsageError(f"importing {what} into {table.path} needs a device profile: the table has "
-                         f"none yet (pass --device NAME, or import_profile(...))")
-    return table.profile
-
-
-# ---------------------------------------------------------------------- CSV
-def csv_meta_path(path: PathLike) -> str:
-    """The JSON sidecar of a CSV export (`x.csv` -> `x.meta.json`): profile and meta entries."""
-    p = os.fspath(path)
-    return (p[:-4] if p.lower().endswith(".csv") else p) + ".meta.json"
-
-
-def export_csv(table: LatencyTable, path: PathLike) -> Transfer:
-    """Every row and column (failed rows too) as CSV, plus the profile in a `.meta.json` sidecar."""
-    p = os.fspath(path)
-    rows = list(table.rows())
-    try:
-        with open(p, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(COLUMNS)
-            for r in rows:
-                w.writerow(["" if r[c] is None else (_dumps(r[c]) if c in JSON_COLUMNS else
-                            repr(float(r[c])) if c in FLOAT_COLUMNS else r[c]) for c in COLUMNS])
-        side = {"format": CSV_FORMAT_NAME, "version": FORMAT_VERSION,
-                "profile": table.profile.to_dict() if table.profile else None,
-                "meta": table.meta(), "columns": list(COLUMNS)}
-        with open(csv_meta_path(p), "w", encoding="utf-8") as f:
-            json.dump(side, f, indent=2, sort_keys=True)
-            f.write("\n")
-    except OSError as e:
-        raise FormatError(f"{p}: cannot write: {e.strerror or e}") from None
-    return Transfer(written=len(rows), files=[p, csv_meta_path(p)])
-
-
-def _read_sidecar(p: str) -> dict[str, Any] | None:
-    side = csv_meta_path(p)
-    if not os.path.exists(side):
-        return None
-    try:
-        with open(side, encoding="utf-8") as f:
-            doc = json.load(f)
-    except (OSError, ValueError) as e:
-        raise FormatError(f"{side}: not a latbench CSV sidecar: {e}") from None
-    if not isinstance(doc, dict) or doc.get("format") != CSV_FORMAT_NAME:
-        raise FormatError(f"{side}: not a latbench CSV sidecar (format {doc.get('format') if isinstance(doc, dict) else None!r})")
-    return doc
-
-
-def import_csv(path: PathLike, out_table: LatencyTable, profile: DeviceProfile | None = None) -> Transfer:
-    """Rows of a CSV export into `out_table`, losslessly, under the profile its sidecar names."""
-    # without a sidecar the profile is `profile` or the table's own; sidecar meta entries the
-    # table lacks (e.g. a calibration) are copied
-    p = os.fspath(path)
-    side = _read_sidecar(p)
-    side_prof = None
-    if side and side.get("profile"):
-        try:
-            side_prof = DeviceProfile.from_dict(side["profile"])
-        except (TypeError, ValueError) as e:
-            raise FormatError(f"{csv_meta_path(p)}: profile is unreadable: {e}") from None
-        if profile is not None and profile.id != side_prof.id:
-            raise ProfileMismatchError(_mismatch_message(f"{p} (profile of its sidecar)", side_prof, profile))
-    prof = _use_profile(out_table, side_prof or profile, p)
-    rows = _read_csv_rows(p, prof.id)
-    out_table._put_rows(rows)
-    if side:
-        _copy_missing_meta(out_table, side.get("meta") or {})
-    return Transfer(written=len(rows), files=[p])
-
-
-def _copy_missing_meta(dst: LatencyTable, meta: Mapping[str, Any]) -> None:
-    """Copy the meta entries `dst` lacks (a calibration, the per-call cost, the run settings);
-    what `dst` has already is its own and stays."""
-    have = dst.meta()
-    for name, value in meta.items():
-        if name not in have and name not in RESERVED_META:
-            dst.meta_set(name, value)
-
-
-def _read_csv_rows(p: str, profile_id: str) -> list[dict[str, Any]]:
-    try:
-        with open(p, newline="", encoding="utf-8") as f:
-            records = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError) as e:
-        raise FormatError(f"{p}: cannot read: {getattr(e, 'strerror', None) or e}") from None
-    except csv.Error as e:
-        raise FormatError(f"{p}: not a CSV file: {e}") from None
-    if not records:
-        raise FormatError(f"{p}: empty file (a latbench CSV starts with a header: {','.join(COLUMNS)})")
-    header = [h.strip() for h in records[0]]
-    unknown = [h for h in header if h not in COLUMNS]
-    missing = [c for c in ("key", "op", "estimate") if c not in header]
-    if unknown or missing:
-        raise FormatError(f"{p}:1: not a latbench table CSV ("
-                          + (f"unknown column(s) {', '.join(unknown)}" if unknown else "")
-                          + ("; " if unknown and missing else "")
-                          + (f"missing column(s) {', '.join(missing)}" if missing else "") + ")")
-    name = os.path.basename(p)
-    out: dict[str, dict[str, Any]] = {}
-    for lineno, rec in enumerate(records[1:], 2):
-        if not any(x.strip() for x in rec):
-            continue
-        where = f"{p}:{lineno}"
-        if len(rec) != len(header):
-            raise FormatError(f"{where}: {len(rec)} fields, the header has {len(header)}")
-        raw = dict(zip(header, rec))
-        row: dict[str, Any] = {c: None for c in COLUMNS}
-        for c, v in raw.items():
-            row[c] = _csv_value(c, v, where)
-        key = row["key"]
-        if not key:
-            raise FormatError(f"{where}: empty key")
-        row["status"] = row["status"] or "ok"
-        if row["status"] not in STATUSES:
-            raise FormatError(f"{where}: status must be ok or failed, got {row['status']!r}")
-        row["estimator"] = row["estimator"] or ("value" if "estimator" not in raw else None)
-        if row["estimator"] is not None and row["estimator"] not in ESTIMATORS:
-            raise FormatError(f"{where}: estimator must be one of {', '.join(ESTIMATORS)}, got {row['estimator']!r}")
-        if row["status"] == "ok" and (row["estimate"] is None or row["estimate"] < 0):
-            raise FormatError(f"{where}: an ok row of {key!r} needs a non-negative estimate")
-        if row["profile_id"] and row["profile_id"] != profile_id:
-            raise ProfileMismatchError(f"{where}: row {key!r} belongs to profile {row['profile_id']}, "
-                                       f"the table's profile is {profile_id}")
-        row["profile_id"] = profile_id
-        try:
-            op = _op_for(key, row["op"], where)
-        except OpError as e:
-            raise FormatError(str(e)) from None
-        row["kind"] = row["kind"] or op.kind
-        row["source"] = row["source"] or f"csv:{name}"
-        row["error"] = row["error"] or ""
-        for c in ("settings", "extra"):
-            row[c] = row[c] if row[c] is not None else {}
-            if not isinstance(row[c], dict):
-                raise FormatError(f"{where}: column {c} must hold a JSON object")
-        out[key] = row
-    return list(out.values())
-
-
-def _csv_value(c: str, v: str, where: str) -> Any:
-    if v == "":
-        return None
-    try:
-        if c in JSON_COLUMNS:
-            return json.loads(v)
-        if c in FLOAT_COLUMNS:
-            return float(v)
-        if c in INT_COLUMNS:
-            return int(v)
-    except ValueError:
-        what = "JSON" if c in JSON_COLUMNS else ("a number" if c in FLOAT_COLUMNS else "an integer")
-        shown = v if len(v) <= 60 else v[:57] + "..."
-        raise FormatError(f"{where}: column {c}: {shown!r} is not {what}") from None
-    return v
-
-
-# ---------------------------------------------------------------------- PaddleSlim text
-def export_paddleslim(table: LatencyTable, path: PathLike, skip_unsupported: bool = False) -> Transfer:
-    """ok rows as PaddleSlim latency-table lines (op line + estimate in ms) for LightNAS tools."""
-    # a row PaddleSlim has no line for (blocks, OFA layers, conv+BN) is an error naming its key,
-    # or skipped and counted with skip_unsupported
-    from .formats.paddleslim import op_to_line, write_table
-
-    p = os.fspath(path)
-    res = Transfer(not_ok=table.counts()["failed"], files=[p])
-    rows: list[tuple[OpSpec, float]] = []
-    for r in table.rows(status="ok"):
-        op = OpSpec.from_dict(r["op"])
-        try:
-            op_to_line(op)
-        except FormatError as e:
-            if not skip_unsupported:
-                raise FormatError(f"{table.path}: cannot export {r['key']} as PaddleSlim text: {e} "
-                                  f"(--skip-unsupported leaves such rows out)") from None
-            res.skipped.append(r["key"])
-            continue
-        rows.append((op, r["estimate"]))
-    try:
-        res.written = write_table(rows, p)
-    except OSError as e:
-        raise FormatError(f"{p}: cannot write: {e.strerror or e}") from None
-    return res
-
-
-def import_paddleslim(path: PathLike, table: LatencyTable, profile: DeviceProfile | None = None) -> Transfer:
-    """A PaddleSlim latency table into `table` with estimator `value` and no invented statistics."""
-    # a key listed twice keeps its last line
-    from .formats.paddleslim import read_table as read_paddle
-
-    p = os.fspath(path)
-    prof = _use_profile(table, profile, p)
-    rows = read_paddle(p)
-    source = f"paddleslim:{os.path.basename(p)}"
-    now = time.time()
-    by_key: dict[str, dict[str, Any]] = {}
-    for op, ms in rows:
-        if not math.isfinite(ms) or ms < 0:
-            raise FormatError(f"{p}: latency of {op.key} must be a finite number >= 0, got {ms!r}")
-        m = Measurement(key=op.key, profile_id=prof.id, op=op.to_dict(), stats=None, taken_at=now)
-        by_key[op.key] = table._measurement_row(m, source, "value", ms)
-    table._put_rows(list(by_key.values()))
-    return Transfer(written=len(by_key), files=[p])
-
-
-# ---------------------------------------------------------------------- Once-for-All YAML
-def _ofa_entry(row: dict[str, Any]) -> dict[str, Any]:
-    mean = row["mean"] if row["mean"] is not None else row["estimate"]
-    return {"count": row["n"], "mean": mean, "std": row["std"]}
-
-
-def export_ofa_yaml(table: LatencyTable, out: PathLike, skip_unsupported: bool = False) -> Transfer:
-    """ok rows with OFA keys as OFA LatencyTable YAML, so OFA's own tools can use the numbers."""
-    # `out` a directory (existing, or not ending in .yaml/.yml): one {r}_lookup_table.yaml per
-    # resolution in each row's extra["resolutions"]; `out` a file: every row in it. `mean` is the
-    # row's mean, or its estimate when the source gave no mean; count and std only when known.
-    from .formats.ofa import is_ofa_key, table_file_name, write_ofa_yaml
-
-    o = os.fspath(out)
-    to_dir = os.path.isdir(o) or not o.lower().endswith((".yaml", ".yml"))
-    res = Transfer(not_ok=table.counts()["failed"])
-    per_res: dict[int, dict[str, dict[str, Any]]] = {}
-    flat: dict[str, dict[str, Any]] = {}
-    for r in table.rows(status="ok"):
-        key = r["key"]
-        if not is_ofa_key(key):
-            if not skip_unsupported:
-                raise FormatError(f"{table.path}: {key} is not a Once-for-All block key, which OFA "
-                                  f"YAML cannot hold (--skip-unsupported leaves such rows out)")
-            res.skipped.append(key)
-            continue
-        entry = _ofa_entry(r)
-        if not to_dir:
-            flat[key] = entry
-            continue
-        resolutions = (r["extra"] or {}).get("resolutions") or []
-        if not resolutions:
-            if not skip_unsupported:
-                raise FormatError(f"{table.path}: {key} has no resolutions recorded (extra "
-                                  f"['resolutions']), so it belongs to no {{r}}_lookup_table.yaml; "
-                                  f"export to one .yaml file instead, or --skip-unsupported")
-            res.skipped.append(key)
-            continue
-        alt = (r["extra"] or {}).get("ofa_by_resolution") or {}
-        for rr in resolutions:
-            per_res.setdefault(int(rr), {})[key] = alt.get(str(rr), entry)
-    try:
-        if to_dir:
-            os.makedirs(o, exist_ok=True)
-            for rr in sorted(per_res):
-                f = os.path.join(o, table_file_name(rr))
-                write_ofa_yaml(per_res[rr], f)
-                res.files.append(f)
-            res.written = len({k for d in per_res.values() for k in d})
-        else:
-            res.written = write_ofa_yaml(flat, o)
-            res.files.append(o)
-    except OSError as e:
-        raise FormatError(f"{o}: cannot write: {e.strerror or e}") from None
-    return res
-
-
-def import_ofa_yaml(paths: PathLike | Iterable[PathLike], table: LatencyTable,
-                    profile: DeviceProfile | None = None) -> Transfer:
-    """OFA LatencyTable YAML files into `table` with estimator `mean`, so lookups match OFA's own."""
-    # count/std kept, median and IQR NULL. A {r}_lookup_table.yaml name records r in
-    # extra["resolutions"]; a key in several files (or already imported from OFA YAML) keeps its
-    # first numbers, gains the other resolutions, and keeps differing per-resolution numbers in
-    # extra["ofa_by_resolution"] so a directory export gives each file back.
-    from .formats.ofa import parse_ofa_key, read_ofa_yaml, resolution_of
-
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    paths = [os.fspath(p) for p in paths]
-    prof = _use_profile(table, profile, ", ".join(paths))
-    now = time.time()
-    acc: dict[str, dict[str, Any]] = {}
-    for p in paths:
-        entries = read_ofa_yaml(p)
-        r = resolution_of(p)
-        source = f"ofa-yaml:{os.path.basename(p)}"
-        for key, e in entries.items():
-            try:
-                op = parse_ofa_key(key)
-            except FormatError as err:
-                raise FormatError(f"{p}: {err}") from None
-            if key not in acc:
-                old = table.row(key)
-                if old is not None and str(old["source"]).startswith("ofa-yaml:") and old["status"] == "ok":
-                    acc[key] = old
-                else:
-                    stats = Stats(median=math.nan, p25=math.nan, p75=math.nan, min=math.nan,
-                                  max=math.nan, mean=e["mean"], std=_nan(e["std"]),
-                                  n=e["count"] or 0, block=0)
-                    m = Measurement(key=key, profile_id=prof.id, op=op.to_dict(), stats=stats,
-                                    taken_at=now, extra={})
-                    acc[key] = table._measurement_row(m, source, "mean", e["mean"])
-            row = acc[key]
-            if r is None:
-                continue
-            extra = row["extra"]
-            rs = set(extra.get("resolutions") or [])
-            first = not rs and not extra.get("ofa_by_resolution")
-            rs.add(r)
-            extra["resolutions"] = sorted(rs)
-            if not first:
-                main = {"count": row["n"], "mean": row["mean"], "std": row["std"]}
-                if e != main:
-                    extra.setdefault("ofa_by_resolution", {})[str(r)] = e
-    table._put_rows(list(acc.values()))
-    return Transfer(written=len(acc), files=paths)
-
-
-# ---------------------------------------------------------------------- merge
-def merge(dst: LatencyTable, srcs: Iterable[LatencyTable | PathLike], force: bool = False) -> Transfer:
-    """Copy every row of `srcs` into `dst`, refusing other device profiles unless `force` and rows
-    timed in another granularity or cache context always; from sources of its own profile, the
-    per-call costs are pooled and the meta entries `dst` lacks (per-call cost, run settings,
-    calibration) copied, so a merged table prices subnets as its sources do."""
-    # a later source replaces a key, but a failed row never replaces an ok one; with force, dst
-    # keeps its profile and each copied row records its source profile id in extra["source_profile"]
-    res = Transfer()
-    for src in srcs:
-        own = not isinstance(src, LatencyTable)
-        s = LatencyTable.open(src, create=False) if own else src
-        try:
-            if os.path.realpath(s.path) == os.path.realpath(dst.path):
-                raise UsageError(f"cannot merge {s.path} into itself")
-            res.files.append(s.path)
-            if s.profile is None:
-                if len(s):
-                    raise FormatError(f"{s.path}: rows without a device profile")
-                continue
-            if dst.profile is None:
-                dst.set_profile(s.profile)
-            foreign = s.profile.id != dst.profile.id  # type: ignore[union-attr]
-            if foreign and not force:
-                raise ProfileMismatchError(
-                    _mismatch_message(f"cannot merge {s.path} into {dst.path}", dst.profile, s.profile)  # type: ignore[arg-type]
-                    + "; --force merges anyway, recording each row's source profile")
-            # refuses rows timed otherwise before any is copied; pools one device's per-call costs
-            merge_run_meta(dst, s.meta(), s.path, same_device=not foreign)
-            dst_ok = dst.keys("ok")
-            rows = []
-            for r in s.rows():
-                if r["status"] != "ok" and r["key"] in dst_ok:
-                    continue
-                if foreign:
-                    r["extra"] = {**(r["extra"] or {}), "source_profile": (r["extra"] or {}).get(
-                        "source_profile", r["profile_id"])}
-                    r["profile_id"] = dst.profile.id  # type: ignore[union-attr]
-                rows.append(r)
-            dst._put_rows(rows)
-            if foreign:
-                merged = dst.meta_get("merged_profiles", {}) or {}
-                merged[s.profile.id] = s.profile.to_dict()
-                dst.meta_set("merged_profiles", merged)
-            else:  # e.g. the per-call cost and the run settings the rows were priced and taken with
-                _copy_missing_meta(dst, s.meta())
-            res.written += len(rows)
-        finally:
-            if own:
-                s.close()
-    return res
-
-
-__all__ = [
-    "LatencyTable", "ProfileMismatchError", "KeyNotFoundError", "Transfer", "COLUMNS", "ESTIMATORS",
-    "read_table", "row_to_measurement", "import_profile", "export_csv", "import_csv", "csv_meta_path",
-    "export_paddleslim", "import_paddleslim", "export_ofa_yaml", "import_ofa_yaml", "merge",
-]
+__all__ = ["LatencyTable", "ProfileMismatchError", "KeyNotFoundError", "COLUMNS", "ESTIMATORS",
+           "read_table", "row_to_measurement", "mismatch_message"]

@@ -76,7 +76,8 @@ def test_pricer_counts_the_per_call_cost_once() -> None:
 
 def test_predictor_reads_the_tables_per_call_cost(tmp_path: Path) -> None:
     """from_table takes the per-call cost the profile stored in the table's meta."""
-    from latbench.store import LatencyTable, import_profile
+    from latbench.store import LatencyTable
+    from latbench.tableio import import_profile
     from latbench.measure import Measurement, Stats
 
     space = get_space("tiny")
@@ -105,7 +106,8 @@ def test_published_form_predicts_like_index() -> None:
 # ---------------------------------------------------------------------- OFA parity
 def test_imported_ofa_yaml_prices_like_ofa(tmp_path: Path) -> None:
     """A hand-written YAML in OFA's format, imported into a table, prices configs as OFA would."""
-    from latbench.store import LatencyTable, import_ofa_yaml, import_profile
+    from latbench.store import LatencyTable
+    from latbench.tableio import import_ofa_yaml, import_profile
 
     space = get_space("ofa-mbv3-w10")
     rng = np.random.default_rng(0)

@@ -25,9 +25,10 @@ from latbench.errors import FormatError, OpError, UsageError
 from latbench.formats.ofa import parse_ofa_key
 from latbench.measure import Measurement, Stats
 from latbench.spaces import get_space
-from latbench.store import (
-    KeyNotFoundError, LatencyTable, ProfileMismatchError, export_csv, export_ofa_yaml,
-    export_paddleslim, import_csv, import_ofa_yaml, import_paddleslim, import_profile, merge,
+from latbench.store import KeyNotFoundError, LatencyTable, ProfileMismatchError
+from latbench.tableio import (
+    export_csv, export_ofa_yaml, export_paddleslim, import_csv, import_ofa_yaml, import_paddleslim,
+    import_profile, merge,
 )
 
 PROFILE = DeviceProfile(agent="cpu", runtime="torch", runtime_version="2.13.0", threads=1,
