@@ -3,10 +3,15 @@
 
 Per batch: one adb sync session pushes the models, one adb shell runs an on-device POSIX-sh loop
 (android_scripts/run_batch.sh) that runs each model pinned with taskset, captures its output
-`2>&1` between delimiters with its exit code, reads the thermal zones before and after, writes one
-result file and prints it back: two adb round trips per batch, not per op. A thermal gate waits
-between batches while the phone is hot. Setup (push runner and scripts, probe device facts, fixed
-performance mode) is two more round trips, cleanup one.
+`2>&1` between delimiters with its exit code, writes one result file and prints it back: two adb
+round trips per batch, not per op. Setup (push runner and scripts, probe device facts, fixed
+performance mode) is two more round trips, cleanup one: a 200-op profile at the default batch
+size takes 19 (0.095 per op; tests/test_android_agent.py counts them on the stand-in server).
+
+Thermal gate, on the phone: the loop reads the thermal zones and the battery before each model
+and stops the batch while the hottest reading is above max_temp; the agent waits `cooldown` and
+resumes with the rest (one more shell). After max_waits waits in a row with no model run, the
+rest runs ungated and rows that started above max_temp are flagged `extra["hot"]`.
 
 Statistics: benchmark_model prints count, min, max, avg and std of its runs and no per-run times,
 so a Measurement holds mean/std/min/max/n as given and median/IQR as NaN, with
@@ -15,7 +20,8 @@ with -s prints P50: there the estimator is the median.
 
 adb: the adb server protocol is spoken by adbutils, through a client that never starts a server
 itself (adbutils would run `adb start-server` when a connect fails): no server means
-DeviceUnavailableError (exit 4) with a hint, fast.
+DeviceUnavailableError (exit 4) with a hint, fast. The server and the phone are chosen as adb's
+own client chooses them (ADB_SERVER_SOCKET, ANDROID_ADB_SERVER_ADDRESS/PORT, ANDROID_SERIAL).
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ import signal
 import socket
 import stat as stat_mod
 import struct
+import sys
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -43,15 +50,21 @@ from latbench.errors import DeviceUnavailableError, LatbenchError, UsageError, r
 from latbench.measure import Measurement, Stats, TimingSettings
 from latbench.ops import OpSpec
 
-from .base import Agent, _one_line
+from .base import Agent, AgentOptions, _one_line
 
 log = logging.getLogger("latbench.android")
 
 DEVICE_ROOT = "/data/local/tmp/latbench"  # every file latbench puts on a phone lives below this
 SCRIPTS = ("probe.sh", "run_batch.sh")
 DELEGATES = ("cpu", "xnnpack", "gpu", "nnapi")
+BATCH_SIZE = 32  # models per push-and-run: a 200-op profile in 0.095 adb round trips per op
+MAX_PHONE_THREADS = 64  # threads bound before a phone is probed (then: its core count)
+# the variables adb's own client reads (and adbutils' ANDROID_ADB_SERVER_HOST)
+ENV_SOCKET, ENV_ADDRESS, ENV_HOST, ENV_PORT = ("ADB_SERVER_SOCKET", "ANDROID_ADB_SERVER_ADDRESS",
+                                               "ANDROID_ADB_SERVER_HOST", "ANDROID_ADB_SERVER_PORT")
+ENV_SERIAL = "ANDROID_SERIAL"  # the device adb picks when no serial is given
 CONNECT_HINT = ("start one with `adb start-server` (platform-tools), or point latbench at a running "
-                "server with ANDROID_ADB_SERVER_HOST / ANDROID_ADB_SERVER_PORT")
+                "server with ADB_SERVER_SOCKET=tcp:HOST:PORT or ANDROID_ADB_SERVER_ADDRESS / ANDROID_ADB_SERVER_PORT")
 PLAUSIBLE_C = (-30.0, 125.0)  # thermal readings outside this are broken sensors, not heat
 SYNC_CHUNK = 64 * 1024
 # session directories are named s<host>-<pid>-<random>: a later run on this host removes those
@@ -62,21 +75,65 @@ _NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf)"
 
 
 # ====================================================================== adb without spawning
+def _port(text: str, what: str) -> int:
+    """A port number (1-65535) from `text`, else a UsageError naming where it came from."""
+    t = text.strip()
+    if not re.fullmatch(r"[0-9]{1,5}", t) or not 1 <= int(t) <= 65535:
+        raise UsageError(f"{what} must be a port number (1-65535), got {text!r}")
+    return int(t)
+
+
+def _socket_spec(spec: str) -> tuple[str, int]:
+    """ADB_SERVER_SOCKET as adb reads it (socket_spec.cpp): tcp:PORT (this host) or tcp:HOST:PORT,
+    an IPv6 host in brackets; adb's local: forms are unix sockets, which latbench does not speak."""
+    rest = spec[4:] if spec.startswith("tcp:") else None
+    if rest is not None and re.fullmatch(r"[0-9]+", rest):
+        return "127.0.0.1", _port(rest, f"the port of {ENV_SOCKET}")
+    m = re.fullmatch(r"\[([^\]]+)\]:([0-9]+)|([^:\[\]]+):([0-9]+)", rest or "")
+    if m is None:
+        raise UsageError(f"{ENV_SOCKET} must be tcp:PORT or tcp:HOST:PORT (latbench talks TCP to the adb "
+                         f"server), got {spec!r}")
+    return m.group(1) or m.group(3), _port(m.group(2) or m.group(4), f"the port of {ENV_SOCKET}")
+
+
+def _env_set(name: str) -> bool:
+    """Whether an environment variable holds more than blanks (adb ignores an empty one)."""
+    return bool(os.environ.get(name, "").strip())
+
+
 def server_address(host: str | None = None, port: int | None = None) -> tuple[str, int]:
-    """The adb server to talk to: arguments, else ANDROID_ADB_SERVER_HOST/PORT, else 127.0.0.1:5037."""
-    host = host or os.environ.get("ANDROID_ADB_SERVER_HOST") or "127.0.0.1"
-    raw = port if port is not None else os.environ.get("ANDROID_ADB_SERVER_PORT") or 5037
+    """The adb server to talk to, chosen as adb's client chooses (commandline.cpp): an explicit
+    host or port (adb -H/-P) rules its own part and turns ADB_SERVER_SOCKET off; else
+    ADB_SERVER_SOCKET (tcp:[HOST:]PORT); else ANDROID_ADB_SERVER_ADDRESS (adbutils reads
+    ANDROID_ADB_SERVER_HOST: honoured after it) and ANDROID_ADB_SERVER_PORT; else 127.0.0.1:5037.
+    A malformed variable is a UsageError naming it (ANDROID_ADB_SERVER_PORT whenever it is set:
+    importing adbutils reads it too)."""
+    env = os.environ
+    env_port = _port(env[ENV_PORT], ENV_PORT) if _env_set(ENV_PORT) else None
+    if host is None and port is None and _env_set(ENV_SOCKET):
+        return _socket_spec(env[ENV_SOCKET].strip())
+    host = host or env.get(ENV_ADDRESS, "").strip() or env.get(ENV_HOST, "").strip() or "127.0.0.1"
+    return host, port if port is not None else env_port or 5037
+
+
+def _adbutils():
+    """adbutils, imported after server_address checked the variables: its import builds a client
+    from ANDROID_ADB_SERVER_PORT and fails on any value int() rejects, even the empty one adb ignores."""
+    if "adbutils" in sys.modules or _env_set(ENV_PORT):
+        return require("adbutils", "android")
+    saved = os.environ.pop(ENV_PORT, None)
     try:
-        return host, int(raw)
-    except ValueError:
-        raise UsageError(f"ANDROID_ADB_SERVER_PORT must be a port number, got {raw!r}") from None
+        return require("adbutils", "android")
+    finally:
+        if saved is not None:
+            os.environ[ENV_PORT] = saved
 
 
 def adb_client(host: str | None = None, port: int | None = None, timeout: float = 30.0):
     """An adbutils client that never spawns `adb start-server`: DeviceUnavailableError when no
     server answers (checked at once, within a 2 s connect timeout)."""
-    adbutils = require("adbutils", "android")
     host, port = server_address(host, port)
+    adbutils = _adbutils()
 
     class NoSpawnConnection(adbutils.AdbConnection):
         """adbutils' connection minus its fallback of running `adb start-server` (which reads
@@ -141,7 +198,7 @@ def list_devices(client) -> list[dict[str, Any]]:
 
 
 def _adb_errors() -> tuple[type[BaseException], ...]:
-    adbutils = require("adbutils", "android")
+    adbutils = _adbutils()
     return (adbutils.AdbError, OSError, EOFError, socket.timeout)
 
 
@@ -394,20 +451,13 @@ class Temps:
         vals = list(self.zones.values()) + ([self.battery_c] if self.battery_c is not None else [])
         return max(vals) if vals else None
 
-    def hottest(self, names: dict[int, str]) -> str:
-        """The sensor that reads max_c (zone type or 'battery'), for messages."""
-        zone = max(self.zones, key=self.zones.get, default=None)
-        if zone is None or (self.battery_c is not None and self.battery_c >= self.zones[zone]):
-            return "battery"
-        return names.get(zone, f"zone{zone}")
-
     def to_dict(self, names: dict[int, str]) -> dict[str, Any]:
         return {"max_c": self.max_c, "battery_c": self.battery_c,
                 "zones": {names.get(i, f"zone{i}"): v for i, v in sorted(self.zones.items())}}
 
 
 def parse_temps(line: str) -> Temps:
-    """'... up=U zones=0:36500,1:35200 battery=310' (run_batch.sh and THERMAL_READ) -> Temps."""
+    """'... up=U zones=0:36500,1:35200 battery=310' (run_batch.sh's temps lines) -> Temps."""
     kv = dict(re.findall(r"(\w+)=(\S*)", line))
     zones: dict[int, float] = {}
     for part in kv.get("zones", "").split(","):
@@ -417,13 +467,6 @@ def parse_temps(line: str) -> Temps:
             zones[int(i)] = c
     up = kv.get("up")
     return Temps(zones, _battery_celsius(kv.get("battery", "")), float(up) if up and re.fullmatch(_NUM, up) else None)
-
-
-# The host-side temperature read of the thermal gate: one adb shell, same line format as run_batch.sh.
-THERMAL_READ = ("z=; for f in /sys/class/thermal/thermal_zone*/temp; do t=$(cat \"$f\" 2>/dev/null) && "
-                "[ -n \"$t\" ] && n=${f%/temp} && z=\"$z${n##*thermal_zone}:$t,\"; done; "
-                "b=$(dumpsys battery 2>/dev/null | grep -m 1 'temperature:'); read -r u _ < /proc/uptime; "
-                "echo \"@@gate temps gate up=$u zones=${z%,} battery=$(echo ${b##*:})\"")
 
 
 # ====================================================================== runtimes
@@ -478,50 +521,83 @@ class _Pending:
     error: str = ""  # set when the model could not even be built
 
 
+@dataclass(frozen=True)
+class AndroidOptions(AgentOptions):
+    """android: the phone and adb server, the runner pushed and where it runs, the thermal gate
+    between models, and how many models one push-and-run carries. Threads run on the phone: the
+    bound here is static, the phone's core count is checked once it is probed."""
+
+    serial: str | None = None  # None: ANDROID_SERIAL, else the only ready device
+    runner: str | None = None  # benchmark_model (or onnxruntime_perf_test) for the phone's ABI
+    runtime: str | None = None  # tflite | ort; default from the runner's name
+    cpus: str = "big"  # big | little | all | a hex mask for taskset
+    delegate: str = "cpu"  # cpu (builtin kernels) | xnnpack | gpu | nnapi
+    max_temp: float = 45.0  # C: a model starts only while the hottest sensor reads at most this
+    cooldown: float = 30.0  # s to wait when the phone is hotter
+    max_waits: int = 10  # waits in a row without a model run before the rest runs anyway (flagged hot)
+    batch_size: int = BATCH_SIZE  # models per push-and-run (two adb round trips)
+    fixed_performance: bool = True  # `cmd power set-fixed-performance-mode-enabled` while measuring
+    adb_host: str | None = None  # adb -H: None = the variables adb reads (server_address)
+    adb_port: int | None = None  # adb -P
+    adb_timeout: float = 30.0  # s for one adb exchange (a batch's shell gets its runs' limits on top)
+
+    def check(self, agent: str) -> None:
+        if not 1 <= self.threads <= MAX_PHONE_THREADS:  # before the base's words about this host's cores
+            raise UsageError(f"{agent}: threads must be between 1 and {MAX_PHONE_THREADS} (and at most the "
+                             f"phone's cores), got {self.threads}")
+        super().check(agent)
+        if not self.runner:
+            raise UsageError(f"{agent} needs the benchmark runner to push: --runner PATH to TFLite's "
+                             "benchmark_model for the phone's ABI (or onnxruntime_perf_test with --runtime ort)")
+        runtime = _runtime_for(self.runtime, self.runner)
+        delegate = self.delegate.strip().lower()
+        if delegate not in DELEGATES:
+            raise UsageError(f"{agent}: delegate must be one of {', '.join(DELEGATES)}, got {self.delegate!r}")
+        if runtime == "ort" and delegate == "gpu":
+            raise UsageError("onnxruntime_perf_test has no GPU execution provider on Android: use cpu, xnnpack or nnapi")
+        if not re.fullmatch(r"big|little|all|(0x)?[0-9a-f]+", self.cpus.strip().lower()):
+            raise UsageError(f"{agent}: cpus must be big, little, all or a hex mask, got {self.cpus!r}")
+        lo, hi = PLAUSIBLE_C
+        if not lo < self.max_temp < hi:
+            raise UsageError(f"{agent}: max_temp must be a temperature between {lo:g} and {hi:g} C, got {self.max_temp:g}")
+        for name, value, least in (("cooldown", self.cooldown, 0), ("max_waits", self.max_waits, 0),
+                                   ("batch_size", self.batch_size, 1)):
+            if value < least:
+                raise UsageError(f"{agent}: {name} must be >= {least}, got {value:g}")
+        if self.adb_timeout <= 0:
+            raise UsageError(f"{agent}: adb_timeout must be > 0 s, got {self.adb_timeout:g}")
+        if self.adb_port is not None:
+            _port(str(self.adb_port), f"{agent}: adb_port")
+
+    def max_threads(self) -> int:
+        """Threads run on the phone: a static bound here, its core count once probed (_setup)."""
+        return MAX_PHONE_THREADS
+
+
 class AndroidAgent(Agent):
     """Times ops on an Android phone over adb with benchmark_model (or onnxruntime_perf_test),
-    `batch_size` models per two adb round trips; see the module docstring.
-
-    Options: serial (None: the only ready device), runner (path of the binary to push), runtime
-    (tflite | ort; default from the runner's name), cpus (big | little | all | hex mask), delegate
-    (cpu = builtin kernels | xnnpack | gpu | nnapi), max_temp (C) / cooldown (s) / max_waits of the
-    thermal gate, batch_size, fixed_performance, adb_host / adb_port / adb_timeout."""
+    `batch_size` models per two adb round trips; see the module docstring and AndroidOptions."""
 
     name = "android"
     contexts = ("warm",)  # benchmark_model runs each model back to back on the phone
     interleaves = False  # ... and all of its runs in one go (batches are the adb unit, not rounds)
 
-    def __init__(self, threads: int = 1, seed: int = 0, serial: str | None = None, runner: str | None = None,
-                 runtime: str | None = None, cpus: str = "big", delegate: str = "cpu", max_temp: float = 45.0,
-                 cooldown: float = 30.0, max_waits: int = 10, batch_size: int = 20,
-                 fixed_performance: bool = True, adb_host: str | None = None, adb_port: int | None = None,
-                 adb_timeout: float = 30.0, **options: Any):
-        super().__init__(threads=threads, seed=seed, **options)
-        if not runner:
-            raise UsageError("android needs the benchmark runner to push: --runner PATH to TFLite's "
-                             "benchmark_model for the phone's ABI (or onnxruntime_perf_test with --runtime ort)")
-        self.runner = os.fspath(runner)
+    Options = AndroidOptions
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        o = self.opts
+        self.runner = o.runner
         if not os.path.isfile(self.runner):
             raise UsageError(f"--runner {self.runner}: no such file")
-        self.runtime_key = _runtime_for(runtime, self.runner)
+        self.runtime_key = _runtime_for(o.runtime, self.runner)
         self.rt = RUNTIMES[self.runtime_key]
         self.fusion = self.rt.fusion
-        self.delegate = (delegate or "cpu").strip().lower()
-        if self.delegate not in DELEGATES:
-            raise UsageError(f"--delegate must be one of {', '.join(DELEGATES)}, got {delegate!r}")
-        if self.runtime_key == "ort" and self.delegate == "gpu":
-            raise UsageError("onnxruntime_perf_test has no GPU execution provider on Android: "
-                             "use cpu, xnnpack or nnapi")
-        if self.threads < 1:
-            raise UsageError(f"--threads must be >= 1 on android, got {self.threads}")
-        if batch_size < 1:
-            raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
-        self.cpus, self.max_temp, self.cooldown = cpus, float(max_temp), max(0.0, float(cooldown))
-        self.max_waits, self.batch_size = max(0, int(max_waits)), int(batch_size)
-        self.fixed_performance = bool(fixed_performance)
-        self.adb_timeout = float(adb_timeout)
-        self.client = adb_client(adb_host, adb_port, timeout=self.adb_timeout)
-        self.serial = self._pick_serial(serial)
+        self.delegate = o.delegate.strip().lower()
+        self.cpus, self.max_temp, self.cooldown, self.max_waits = o.cpus, o.max_temp, o.cooldown, o.max_waits
+        self.batch_size, self.fixed_performance, self.adb_timeout = o.batch_size, o.fixed_performance, o.adb_timeout
+        self.client = adb_client(o.adb_host, o.adb_port, timeout=self.adb_timeout)
+        self.serial = self._pick_serial(o.serial)
         self.device = self.client.device(serial=self.serial)
         with open(self.runner, "rb") as f:
             self._runner_bytes = f.read()
@@ -532,31 +608,36 @@ class AndroidAgent(Agent):
         self._probed: DeviceFacts | None = None  # what the probe said, even if setup then failed
         self._pushed = False  # the session directory may exist on the device
         self.mask, self.cores = "", []
-        self._temps: Temps | None = None
         self._batches = 0
+        self._handed = 0  # measurements handed over by measure(): what a lost device leaves behind
         self._local: Any = None
         self._closed = False
 
     # ------------------------------------------------------------------ device choice
     def _pick_serial(self, serial: str | None) -> str:
-        """The serial to use: the given one (checked) or the only ready device."""
+        """The serial to use, as adb picks it: the given one, else ANDROID_SERIAL (both checked),
+        else the only ready device."""
         devices = list_devices(self.client)
         listing = ", ".join(f"{d['serial']} ({d['state']})" for d in devices) or "none"
+        named = f" (from {ENV_SERIAL})" if not serial and _env_set(ENV_SERIAL) else ""
+        serial = serial or os.environ.get(ENV_SERIAL, "").strip()
         if serial:
             found = [d for d in devices if d["serial"] == serial]
             if not found:
-                raise DeviceUnavailableError(f"no device {serial!r} attached to the adb server; attached: {listing}")
+                raise DeviceUnavailableError(f"no device {serial!r}{named} attached to the adb server; "
+                                             f"attached: {listing}")
             state = found[0]["state"]
             if state != "device":
                 why = " (accept the USB debugging prompt on the phone)" if state == "unauthorized" else ""
-                raise DeviceUnavailableError(f"device {serial!r} is {state}{why}")
+                raise DeviceUnavailableError(f"device {serial!r}{named} is {state}{why}")
             return serial
         ready = [d["serial"] for d in devices if d["state"] == "device"]
         if not ready:
             raise DeviceUnavailableError(f"no Android device ready (attached: {listing}); plug one in with "
                                          f"USB debugging on, check `latbench devices`")
         if len(ready) > 1:
-            raise UsageError(f"{len(ready)} devices attached ({', '.join(ready)}): pick one with --serial")
+            raise UsageError(f"{len(ready)} devices attached ({', '.join(ready)}): pick one with --serial "
+                             f"or {ENV_SERIAL}")
         return ready[0]
 
     # ------------------------------------------------------------------ adb primitives
@@ -568,8 +649,10 @@ class AndroidAgent(Agent):
             state = "unknown (adb server gone)"
         where = "disconnected" if state is None else f"{state}, adb link broken"
         detail = str(e).strip().replace("\n", " ")[:200] or type(e).__name__
+        after = (f"results of earlier batches ({self._handed} models) were handed over: rerun to resume"
+                 if self._handed else "nothing was measured yet: rerun once it is back")
         return DeviceUnavailableError(f"device {self.serial} {where} during {what} ({type(e).__name__}: {detail}); "
-                                      f"results of earlier batches were handed over: rerun to resume")
+                                      f"{after}")
 
     def _shell(self, cmd: str, what: str, timeout: float | None = None) -> tuple[int, str, str]:
         """Run one device shell command (shell v2 where offered): (exit code, stdout, stderr)."""
@@ -632,10 +715,12 @@ class AndroidAgent(Agent):
                              f"{facts.runner_rc}, output {' | '.join(facts.runner_out[:3]) or 'none'}; "
                              f"is it built for {abi}?")
         self.mask, self.cores = cpu_mask(self.cpus, facts.cpus)
+        if self.threads > len(facts.cpus):
+            raise UsageError(f"{self.name}: threads must be between 1 and {len(facts.cpus)} (the cores of "
+                             f"{self.serial}), got {self.threads}")
         if self.threads > len(self.cores):
             log.warning("%d threads on %d pinned core(s) (%s): threads will share cores", self.threads,
                         len(self.cores), _ranges(self.cores))
-        self._temps = Temps({i: c for i, (_, c) in facts.zones.items() if c is not None}, facts.battery_c, None)
         self.facts = facts
         return facts
 
@@ -669,7 +754,8 @@ class AndroidAgent(Agent):
             "hardware": p.get("ro.hardware", ""), "abilist": p.get("ro.product.cpu.abilist", ""),
             "cpus": {str(c): v for c, v in sorted(f.cpus.items())}, "core_tiers": core_tiers(f.cpus),
             "cpus_option": self.cpus, "cpu_mask": self.mask, "thermal_zones": self._zone_names(),
-            "temps_at_setup": self._temps.to_dict(self._zone_names()) if self._temps else None,
+            "temps_at_setup": Temps({i: c for i, (_, c) in f.zones.items() if c is not None}, f.battery_c,
+                                    None).to_dict(self._zone_names()),
             "fixed_performance_detail": list(f.fixed_perf) if f.fixed_perf else None,
             "runner": {"path": self.runner, "device_path": self.runner_path, "sha256": self._runner_sha,
                        "size": len(self._runner_bytes), "first_line": (f.runner_out or [""])[0],
@@ -745,31 +831,6 @@ class AndroidAgent(Agent):
         y = it.get_tensor(it.get_output_details()[0]["index"])
         return np.ascontiguousarray(y.transpose(0, 3, 1, 2)) if y.ndim == 4 else y.copy()
 
-    # ------------------------------------------------------------------ thermal gate
-    def _read_temps(self) -> Temps:
-        """One host-side temperature read (one adb shell)."""
-        _, out, _ = self._shell(THERMAL_READ, "a temperature read")
-        line = next((x for x in out.splitlines() if x.startswith("@@gate temps")), "")
-        return parse_temps(line)
-
-    def _thermal_gate(self) -> dict[str, Any]:
-        """Wait (cooldown s, at most max_waits times) while the last reading is above max_temp."""
-        t = self._temps
-        waits, t0 = 0, time.monotonic()
-        first = t.max_c if t else None
-        while t is not None and t.max_c is not None and t.max_c > self.max_temp and waits < self.max_waits:
-            log.warning("device %s at %.1f C (%s) > %.1f C: cooling down %g s (%d/%d)", self.serial, t.max_c,
-                        t.hottest(self._zone_names()), self.max_temp, self.cooldown, waits + 1, self.max_waits)
-            time.sleep(self.cooldown)
-            waits += 1
-            t = self._temps = self._read_temps()
-        hot = t is not None and t.max_c is not None and t.max_c > self.max_temp
-        if hot:
-            log.warning("device %s still at %.1f C (%s) after %d wait(s): measuring anyway (flagged)",
-                        self.serial, t.max_c, t.hottest(self._zone_names()), waits)
-        return {"max_temp": self.max_temp, "gate_c": first, "waits": waits,
-                "waited_s": round(time.monotonic() - t0, 3) if waits else 0.0, "gave_up": hot}
-
     # ------------------------------------------------------------------ measuring
     def batch_len(self, timing: TimingSettings) -> int:
         """A batch is one push and one run of benchmark_model over `batch_size` models."""
@@ -789,7 +850,9 @@ class AndroidAgent(Agent):
             batch = [_Pending(op) for op in itertools.islice(it, self.batch_size)]
             if not batch:
                 return
-            yield from self._run_batch(batch, timing, args, settings, profile.id)
+            for m in self._run_batch(batch, timing, args, settings, profile.id):
+                self._handed += 1
+                yield m
 
     def _run_batch(self, batch: list[_Pending], timing: TimingSettings, args: list[str],
                    settings: dict[str, Any], profile_id: str) -> Iterator[Measurement]:
@@ -814,61 +877,116 @@ class AndroidAgent(Agent):
 
     def _run_on_device(self, runnable: list[_Pending], timing: TimingSettings, args: list[str],
                        settings: dict[str, Any], profile_id: str, t_start: float) -> dict[int, Measurement]:
-        """Gate, push, run, parse one batch: id(pending) -> Measurement."""
-        q = shlex.quote
+        """Push one batch, run it (resumed after each cooldown), parse it: id(pending) -> Measurement."""
         k = self._batches
         self._batches += 1
-        gate = self._thermal_gate()
         bdir = f"{self.session}/b{k}"
         listing = "".join(f"{bdir}/{p.file}\n" for p in runnable).encode()
         self._push([*((f"{bdir}/{p.file}", p.model, 0o644) for p in runnable), (f"{bdir}/list.txt", listing, 0o644)],
                    f"batch {k} (push)")
-        token = secrets.token_hex(8)
         limit = self._run_limit(timing)
-        cmd = " ".join(q(a) for a in ["sh", f"{self.session}/run_batch.sh", bdir, token, self.mask, str(limit),
-                                      self.rt.graph_prefix, self.runner_path, *args])
-        t_run = time.perf_counter()
-        _, out, err = self._shell(cmd, f"batch {k} ({len(runnable)} models)",
-                                  timeout=len(runnable) * limit + 60 + self.adb_timeout)
-        t_back, now = time.perf_counter(), time.time()
-        sections, before, after, done = _split_result(out, token)
-        if before is None:
-            raise LatbenchError(f"device {self.serial}: batch script gave no result: {(err or out).strip()[-300:]}")
-        if after is not None:
-            self._temps = after
-        names = self._zone_names()
-        extra_base = {"batch": k, "thermal": gate, "temps_before": before.to_dict(names),
-                      "temps_after": after.to_dict(names) if after else None}
-        overhead = max(0.0, (t_back - t_start) - sum(s.get("wall", 0.0) for s in sections.values()))
-        end_up = after.uptime if after and after.uptime is not None else None
+        runs = self._run_gated(k, bdir, len(runnable), limit, args)
+        t_back = runs[-1].t_back
+        ran = {i: (sec, run) for run in runs for i, sec in run.sections.items()}
+        overhead = max(0.0, (t_back - t_start) - sum(sec.wall for sec, _ in ran.values())) / len(runnable)
         out_map: dict[int, Measurement] = {}
         for i, p in enumerate(runnable):
-            s = sections.get(i)
             base = dict(key=p.op.key, profile_id=profile_id, op=p.op.to_dict())
-            if s is None:
-                why = "batch output ended early" if done is None else "no result"
+            if i not in ran:
+                why = "batch output ended early" if runs[-1].done is None else "no result"
                 out_map[id(p)] = Measurement(**base, stats=None, settings={**settings, "estimator": "mean"},
                                              status="failed", error=f"{self.rt.runner}: {why} ({p.file})",
-                                             wall_s=(t_back - t_run) / len(runnable), extra=extra_base)
+                                             wall_s=(t_back - t_start) / len(runnable), extra=self._run_extra(k, runs[-1]))
                 continue
-            res = self.rt.parse(s["text"]) if s["rc"] == 0 else None
-            taken = now - (end_up - s["t1"]) if end_up is not None and s["t1"] is not None else now
-            extra = {**extra_base, "exit_code": s["rc"], "model_file": p.file}
-            if res is None:
-                err_line = (failure_message(self.rt.runner, s["rc"], s["text"], limit) if s["rc"] != 0 else
-                            f"{self.rt.runner} printed no timings: "
-                            f"{' | '.join(x.strip() for x in s['text'].splitlines() if x.strip())[-400:]}")
-                out_map[id(p)] = Measurement(**base, stats=None, settings={**settings, "estimator": "mean"},
-                                             status="failed", error=err_line,
-                                             wall_s=s["wall"] + overhead / len(runnable), taken_at=min(taken, now),
-                                             extra=extra)
-                continue
-            timed = res.stats.n * res.stats.mean / 1e3 if res.stats.n else res.stats.mean / 1e3
-            out_map[id(p)] = Measurement(**base, stats=res.stats, settings={**settings, "estimator": res.estimator},
-                                         wall_s=max(s["wall"], timed) + overhead / len(runnable),
-                                         timed_s=timed, taken_at=min(taken, now),
-                                         extra={**extra, "runner": res.details})
+            sec, run = ran[i]
+            out_map[id(p)] = self._measurement(base, p.file, sec, run, k, settings, limit, overhead)
         return out_map
+
+    def _measurement(self, base: dict[str, Any], file: str, sec: _Section, run: _ScriptRun, k: int,
+                     settings: dict[str, Any], limit: float, overhead: float) -> Measurement:
+        """One model's result (ok or failed with the runner's reason), with the temperature it
+        started at and whether that was above max_temp (`hot`)."""
+        end_up = run.after.uptime if run.after else None
+        taken = run.now - (end_up - sec.t1) if end_up is not None and sec.t1 is not None else run.now
+        extra = {**self._run_extra(k, run), "exit_code": sec.rc, "model_file": file,
+                 "temp_c": _celsius_of(sec.temp_milli), "temp_sensor": self._sensor_name(sec.sensor),
+                 "hot": sec.temp_milli is not None and sec.temp_milli > self._max_milli}
+        res = self.rt.parse(sec.text) if sec.rc == 0 else None
+        if res is None:
+            lines = " | ".join(x.strip() for x in sec.text.splitlines() if x.strip())
+            err = (failure_message(self.rt.runner, sec.rc, sec.text, limit) if sec.rc != 0 else
+                   f"{self.rt.runner} printed no timings: {lines[-400:] or 'no output'}")
+            return Measurement(**base, stats=None, settings={**settings, "estimator": "mean"}, status="failed",
+                               error=err, wall_s=sec.wall + overhead, taken_at=min(taken, run.now), extra=extra)
+        timed = res.stats.n * res.stats.mean / 1e3 if res.stats.n else res.stats.mean / 1e3
+        return Measurement(**base, stats=res.stats, settings={**settings, "estimator": res.estimator},
+                           wall_s=max(sec.wall, timed) + overhead, timed_s=timed, taken_at=min(taken, run.now),
+                           extra={**extra, "runner": res.details})
+
+    def _run_extra(self, k: int, run: _ScriptRun) -> dict[str, Any]:
+        """What every row of one script run keeps: its batch, the thermal gate's state, the
+        temperatures before and after the run."""
+        names = self._zone_names()
+        return {"batch": k, "thermal": run.thermal, "temps_before": run.before.to_dict(names) if run.before else None,
+                "temps_after": run.after.to_dict(names) if run.after else None}
+
+    # ------------------------------------------------------------------ thermal gate
+    @property
+    def _max_milli(self) -> int:
+        """max_temp in millidegrees C, as run_batch.sh compares it."""
+        return round(self.max_temp * 1000)
+
+    def _run_gated(self, k: int, bdir: str, n: int, limit: float, args: list[str]) -> list[_ScriptRun]:
+        """Run batch k's script until every model had its turn. The script reads the temperature
+        before each model and stops while the phone is above max_temp; the agent then waits
+        `cooldown` and resumes with the rest. After max_waits waits in a row with no model run in
+        between, the rest runs ungated: its rows are flagged hot where the reading before them was."""
+        runs: list[_ScriptRun] = []
+        start, waits, in_row, waited, gave_up = 0, 0, 0, 0.0, False
+        while True:
+            run = self._run_script(k, bdir, start, n, limit, args, gated=not gave_up)
+            run.thermal = {"max_temp": self.max_temp, "waits": waits, "waited_s": round(waited, 3), "gave_up": gave_up}
+            runs.append(run)
+            if run.hot_at is None:
+                return runs
+            in_row = 0 if run.hot_at > start else in_row
+            start = run.hot_at
+            where = (f"{_celsius_of(run.hot_milli)} C ({self._sensor_name(run.hot_sensor)}) > {self.max_temp:g} C "
+                     f"before model {start + 1} of {n} in batch {k}")
+            if in_row >= self.max_waits:
+                log.warning("device %s still at %s after %d wait(s) in a row: measuring the rest of the batch "
+                            "anyway (rows flagged hot)", self.serial, where, in_row)
+                gave_up = True
+                continue
+            log.warning("device %s at %s: cooling down %g s (%d/%d)", self.serial, where, self.cooldown, in_row + 1,
+                        self.max_waits)
+            t0 = time.monotonic()
+            time.sleep(self.cooldown)
+            waited += time.monotonic() - t0
+            waits, in_row = waits + 1, in_row + 1
+
+    def _run_script(self, k: int, bdir: str, start: int, n: int, limit: float, args: list[str],
+                    gated: bool) -> _ScriptRun:
+        """One adb shell running run_batch.sh over batch k's models from index `start` on, stopping
+        before a model while the phone is above max_temp when `gated`."""
+        token = secrets.token_hex(8)
+        gate = str(self._max_milli) if gated else "-"
+        cmd = " ".join(shlex.quote(a) for a in [
+            "sh", f"{self.session}/run_batch.sh", bdir, token, self.mask, str(limit), self.rt.graph_prefix, gate,
+            str(start), self.runner_path, *args])
+        _, out, err = self._shell(cmd, f"batch {k} ({n - start} models)", timeout=(n - start) * limit + 60 + self.adb_timeout)
+        run = _split_result(out, token)
+        run.t_back, run.now = time.perf_counter(), time.time()
+        if run.before is None:
+            raise LatbenchError(f"device {self.serial}: batch script gave no result: {(err or out).strip()[-300:]}")
+        return run
+
+    def _sensor_name(self, sensor: str) -> str:
+        """A sensor as run_batch.sh names it (zone index or 'battery') by its zone type."""
+        index = _int_or_none(sensor)
+        if index is None:
+            return "" if sensor == "-" else sensor
+        return self._zone_names().get(index, f"zone{index}")
 
     # ------------------------------------------------------------------ cleanup
     def close(self) -> None:
@@ -891,13 +1009,44 @@ class AndroidAgent(Agent):
             log.info("device %s: cleanup skipped (%s)", self.serial, e)
 
 
-def _split_result(out: str, token: str) -> tuple[dict[int, dict[str, Any]], Temps | None, Temps | None, int | None]:
-    """run_batch.sh output -> ({index: {text, rc, t0, t1, wall}}, temps before, after, done count)."""
+@dataclass(frozen=True)
+class _Section:
+    """One model's run in run_batch.sh's output."""
+
+    text: str  # the runner's output, stdout and stderr
+    rc: int
+    t0: float | None  # /proc/uptime before and after
+    t1: float | None
+    temp_milli: int | None  # the hottest reading just before it started (millidegrees C)
+    sensor: str  # which sensor read it: a zone index or 'battery'
+
+    @property
+    def wall(self) -> float:
+        return max(0.0, self.t1 - self.t0) if self.t0 is not None and self.t1 is not None else 0.0
+
+
+@dataclass
+class _ScriptRun:
+    """One run of run_batch.sh: the models it ran, the temperatures around it, where it stopped."""
+
+    sections: dict[int, _Section] = field(default_factory=dict)  # index in the batch -> its run
+    before: Temps | None = None
+    after: Temps | None = None
+    done: int | None = None  # index after the last model it got to; None: the output ended early
+    hot_at: int | None = None  # the model it did not start because the phone was above max_temp
+    hot_milli: int | None = None
+    hot_sensor: str = ""
+    thermal: dict[str, Any] = field(default_factory=dict)  # the gate's state when it started
+    t_back: float = 0.0  # perf_counter and wall clock when its output was back
+    now: float = 0.0
+
+
+def _split_result(out: str, token: str) -> _ScriptRun:
+    """run_batch.sh output -> _ScriptRun."""
     mark = f"@@{token} "
-    sections: dict[int, dict[str, Any]] = {}
-    before = after = None
-    done = None
+    run = _ScriptRun()
     cur: int | None = None
+    head: dict[str, str] = {}
     buf: list[str] = []
     for line in out.splitlines():
         if not line.startswith(mark):
@@ -906,23 +1055,29 @@ def _split_result(out: str, token: str) -> tuple[dict[int, dict[str, Any]], Temp
             continue
         words = line[len(mark):].split()
         kind = words[0] if words else ""
+        index = _int_or_none(words[1]) if len(words) > 1 else None
+        kv = dict(w.split("=", 1) for w in words[2:] if "=" in w)
         if kind == "temps" and len(words) > 1:
             if words[1] == "before":
-                before = parse_temps(line)
+                run.before = parse_temps(line)
             elif words[1] == "after":
-                after = parse_temps(line)
-        elif kind == "begin" and len(words) > 1 and words[1].isdigit():
-            cur, buf = int(words[1]), []
-        elif kind == "end" and len(words) > 1 and words[1].isdigit():
-            kv = dict(w.split("=", 1) for w in words[2:] if "=" in w)
-            t0, t1 = _float(kv.get("t0")), _float(kv.get("t1"))
+                run.after = parse_temps(line)
+        elif kind == "begin" and index is not None:
+            cur, head, buf = index, kv, []
+        elif kind == "end" and index is not None:
             rc = _int_or_none(kv.get("rc", ""))
-            sections[int(words[1])] = {"text": "\n".join(buf), "rc": 255 if rc is None else rc, "t0": t0, "t1": t1,
-                                       "wall": max(0.0, t1 - t0) if t0 is not None and t1 is not None else 0.0}
+            run.sections[index] = _Section("\n".join(buf), 255 if rc is None else rc, _float(kv.get("t0")),
+                                           _float(kv.get("t1")), _int_or_none(head.get("temp", "")), head.get("at", ""))
             cur, buf = None, []
+        elif kind == "hot" and index is not None:
+            run.hot_at, run.hot_milli, run.hot_sensor = index, _int_or_none(kv.get("temp", "")), kv.get("at", "")
         elif kind == "done":
-            done = _int_or_none(words[1]) if len(words) > 1 else 0
-    return sections, before, after, done
+            run.done = index if index is not None else 0
+    return run
+
+
+def _celsius_of(milli: int | None) -> float | None:
+    return milli / 1000.0 if milli is not None else None
 
 
 def _dead_session(name: str) -> bool:

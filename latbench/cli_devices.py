@@ -6,6 +6,7 @@ with a one-line hint, within seconds. One adb shell per ready device reads its p
 from __future__ import annotations
 
 import json
+import shlex
 from typing import Any
 
 import typer
@@ -24,7 +25,8 @@ def describe(client, row: dict[str, Any], timeout: float = 10.0) -> dict[str, An
         return out
     from device_agents.android import _adb_errors
 
-    cmd = "; ".join(f"echo \"{k}=$(getprop {p} | head -n 1)\"" for k, p in PROPS.items())
+    q = shlex.quote  # every word sent to the device shell is quoted
+    cmd = "; ".join(f"printf '%s=%s\\n' {q(k)} \"$(getprop {q(p)} | head -n 1)\"" for k, p in PROPS.items())
     try:
         text = client.device(serial=row["serial"]).shell(cmd, timeout=timeout)
     except _adb_errors() as e:

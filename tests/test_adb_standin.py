@@ -8,6 +8,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -235,6 +236,22 @@ def test_temperature_follows_set_temperature_and_schedule(client, pixel: FakeDev
     assert pixel.temperature_reads == 4 and pixel.temperature == 30.0
 
 
+def test_heating_phone_warms_per_run_and_cools_while_idle(client, pixel: FakeDevice, runner_pushed: str) -> None:
+    """set_heating: each benchmark_model run adds per_run C (no cooling inside one shell); the
+    next adb request after an idle spell finds it cooler, never below ambient."""
+    pixel.set_heating(start=40.0, per_run=1.5, cool_per_s=20.0)
+    zone = "cat /sys/class/thermal/thermal_zone0/temp"
+    run = f"{runner_pushed} --graph={LB}/conv.tflite --num_runs=1 {FAST} >/dev/null 2>&1"
+    battery = "dumpsys battery | grep temperature:"
+    out = sh(client, PIXEL, f"{zone}; {run}; {zone}; {run}; {zone}; {battery}").split()
+    assert out == ["40000", "41500", "43000", "temperature:", "430"]  # the battery follows
+    assert pixel.run_temperatures[-2:] == [("conv.tflite", 40.0), ("conv.tflite", 41.5)]
+    time.sleep(0.2)  # 20 C/s for 0.2 s: 4 C off, at most down to ambient (40 C)
+    assert sh(client, PIXEL, zone) == "40000"
+    pixel.set_temperature(None)
+    assert sh(client, PIXEL, zone) == str(load_profile("pixel7")["thermal_zones"][0]["temp"])
+
+
 def test_fixed_performance_mode_and_taskset(client, server: StandinServer, pixel: FakeDevice) -> None:
     d = client.device(PIXEL)
     assert d.shell2("cmd power set-fixed-performance-mode-enabled true", timeout=T, v2=True).returncode == 0
@@ -275,6 +292,7 @@ def test_unauthorized_device_is_listed_but_refuses_services(client, server: Stan
 
 # ---- the stand-in benchmark_model ----------------------------------------------------------------
 def test_benchmark_model_current_output(client, pixel: FakeDevice, runner_pushed: str) -> None:
+    ran = len(pixel.models_run)
     out = sh(client, PIXEL, f"taskset f0 {runner_pushed} --graph={LB}/conv.tflite --num_threads=4 "
                             f"--num_runs=20 {FAST} 2>&1")
     lines = out.splitlines()
@@ -286,7 +304,7 @@ def test_benchmark_model_current_output(client, pixel: FakeDevice, runner_pushed
     init, first, warm, avg = TIMINGS.search(out).groups()
     assert int(init) > 0 and int(first) > 0 and float(warm) > 0 and float(avg) > 0
     assert "Memory footprint delta from the start of the tool (MB)" in out
-    assert pixel.models_run == ["conv.tflite"] and pixel.taskset_calls[-1].startswith("f0 ")
+    assert pixel.models_run[ran:] == ["conv.tflite"] and pixel.taskset_calls[-1].startswith("f0 ")
 
 
 @pytest.mark.parametrize("style, pattern", [

@@ -25,7 +25,8 @@ from conftest import CLI_ENV, ROOT, android_on_standin, latbench_exe  # noqa: E4
 
 from device_agents import get_agent  # noqa: E402
 from device_agents.android import (  # noqa: E402
-    DEVICE_ROOT, AndroidAgent, cpu_mask, failure_message, parse_benchmark_model, parse_perf_test, parse_temps,
+    BATCH_SIZE, DEVICE_ROOT, AndroidAgent, cpu_mask, failure_message, parse_benchmark_model, parse_perf_test, parse_temps,
+    server_address,
 )
 from latbench import ops as O  # noqa: E402
 from latbench.errors import DeviceUnavailableError, UsageError  # noqa: E402
@@ -101,24 +102,39 @@ def test_batches_are_lazy_and_results_come_per_batch(make, pixel: FakeDevice) ->
 
 
 def test_round_trips_per_op(make, pixel: FakeDevice) -> None:
-    """Two adb round trips per batch of 20 (one sync session, one shell): 0.1 per op (the CLI test
-    checks the same over two batches)."""
+    """Setup is two adb round trips (one sync session, one shell), a batch of 20 two more (one sync
+    session pushing its models and list, one shell running them), cleanup one."""
     agent = make(batch_size=20)
-    agent.fingerprint()  # setup: one sync session + one shell
+    agent.fingerprint()
     setup = pixel.round_trips
     pixel.reset_counters()
     ops = [O.conv((1, c, 8, 8), c, 1) for c in range(1, 21)]
     results = list(agent.measure(ops, TimingSettings(warmup=1, warmup_s=0, max_samples=5, max_time_s=0.05)))
     assert all(m.ok for m in results), [m.error for m in results if not m.ok]
-    batches = pixel.round_trips
     assert pixel.services["sync"] == 1 and pixel.services["shell_v2"] + pixel.services["shell"] == 1
     assert pixel.sync_ops["SEND"] == 20 + 1  # 20 models + the list file, no STATs
     agent.close()
-    total = setup + pixel.round_trips
-    per_op, overall = batches / len(ops), total / len(ops)
-    print(f"adb round trips: {per_op:.3f}/op in batches of 20 ({batches} for {len(ops)} ops), "
-          f"{overall:.3f}/op with setup and cleanup ({total})")
-    assert per_op <= 0.1 and setup == 2 and total == 5
+    assert (setup, pixel.round_trips) == (2, 3)
+
+
+def test_cli_profile_of_200_ops_takes_under_0_12_round_trips_per_op(server: StandinServer, pixel: FakeDevice,
+                                                                    tmp_path: Path) -> None:
+    """A whole `latbench profile` of 200 ops at the default batch size, counted by the stand-in
+    server: device services opened (each a transport switch) over ops. Setup 2, the per-call cost
+    2 (a batch of its own), 7 batches of 31 ops and a per-call sample at 2 each, cleanup 1: 19."""
+    ops = tmp_path / "ops.txt"
+    ops.write_text("".join(f"activation relu 1 {c} 2 2\n" for c in range(1, 201)))  # tiny: quick to run
+    transports = server.host_requests["host:tport"] + server.host_requests["host:transport"]
+    r = latbench(server, "profile", "--device", "android", "--serial", PIXEL, "--runner", str(BENCHMARK_MODEL),
+                 "--ops", str(ops), "--out", str(tmp_path / "t.sqlite"), "--max-time", "0.001", timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "200 measured, 0 already stored, 0 failed" in r.stdout
+    trips = pixel.round_trips
+    assert server.host_requests["host:tport"] + server.host_requests["host:transport"] - transports == trips
+    runs = sum("run_batch.sh" in c for c in pixel.commands)
+    print(f"latbench profile of 200 ops: {trips} adb round trips ({runs} batch runs), {trips / 200:.3f} per op")
+    assert runs == 1 + math.ceil(200 / (BATCH_SIZE - 1)) == 8
+    assert trips == 2 + 2 * runs + 1 == 19 and trips / 200 <= 0.12
 
 
 # ---------------------------------------------------------------------- runner output formats
@@ -350,26 +366,47 @@ def test_crash_on_one_model_fails_that_op_only(make, pixel: FakeDevice) -> None:
     assert len(pixel.models_run) - ran == len(SMALL)
 
 
-def test_thermal_gate_waits_and_records_temperatures(make, pixel: FakeDevice) -> None:
-    pixel.set_temperature_schedule(hot=50.0, cool=30.0, hot_reads=2)
-    agent = make(max_temp=45, cooldown=0.2, max_waits=5)
+def test_phone_heating_up_stops_the_batch_between_models_and_resumes(make, pixel: FakeDevice) -> None:
+    """The gate on the device: a phone at 36 C that heats 2 C a model reads 46 C > 45 C before its
+    sixth model, so the batch script stops there; the agent waits (0.3 s at 50 C/s: back to 36 C)
+    and resumes with the rest. 12 models: runs of 5, 5 and 2, two waits, each model run once, and
+    by the phone's own log none started above max_temp."""
+    agent = make(max_temp=45, cooldown=0.3, max_waits=3, batch_size=12)
+    agent.fingerprint()
+    pixel.set_heating(start=36.0, per_run=2.0, cool_per_s=50.0)
+    ops = [O.activation((1, c, 3, 3), "relu") for c in range(1, 13)]
     t0 = time.monotonic()
-    results = list(agent.measure(SMALL[:2], FAST))
-    assert time.monotonic() - t0 >= 3 * 0.2 and pixel.temperature_reads == 3
+    results = list(agent.measure(ops, FAST))
+    elapsed = time.monotonic() - t0
+    assert [m.key for m in results] == [op.key for op in ops] and all(m.ok for m in results)
+    readings = [36.0, 38.0, 40.0, 42.0, 44.0]
+    assert [m.extra["temp_c"] for m in results] == readings * 2 + readings[:2]
+    assert [m.extra["thermal"]["waits"] for m in results] == [0] * 5 + [1] * 5 + [2] * 2
+    assert not any(m.extra["hot"] or m.extra["thermal"]["gave_up"] for m in results)
+    assert elapsed >= 2 * 0.3 and results[-1].extra["thermal"]["waited_s"] >= 2 * 0.3
+    ran = pixel.run_temperatures[-len(ops):]  # (model file, C when it started), the phone's own record
+    assert sorted(f for f, _ in ran) == sorted(agent.model_file(op) for op in ops)
+    assert max(c for _, c in ran) <= 45.0
+    assert {m.extra["model_file"]: m.extra["temp_c"] for m in results} == dict(ran)
+    runs = [shlex.split(c) for c in pixel.commands if "run_batch.sh" in c]
+    assert [(r[7], r[8]) for r in runs] == [("45000", "0"), ("45000", "5"), ("45000", "10")]  # gate, start
+
+
+def test_phone_that_stays_hot_gives_rows_flagged_hot(make, pixel: FakeDevice) -> None:
+    """Still above max_temp after max_waits cooldowns in a row: the rest of the batch runs
+    ungated, each row flagged hot with the temperature it started at."""
+    pixel.set_temperature(60.0)
+    agent = make(max_temp=45, cooldown=0.05, max_waits=2, batch_size=4)
+    ran = len(pixel.models_run)
+    results = list(agent.measure(SMALL[:3], FAST))
+    assert all(m.ok for m in results) and len(pixel.models_run) - ran == 3
     for m in results:
-        assert m.ok, m.error
-        gate = m.extra["thermal"]
-        assert gate["waits"] == 3 and gate["gate_c"] == 50.0 and not gate["gave_up"]
-        assert m.extra["temps_before"]["max_c"] == 30.0 and m.extra["temps_after"]["zones"]["BIG"] == 30.0
-        assert m.extra["temps_before"]["battery_c"] == 30.0
-
-
-def test_thermal_gate_gives_up_and_flags(make, pixel: FakeDevice) -> None:
-    pixel.set_temperature(48.0)
-    agent = make(max_temp=45, cooldown=0.05, max_waits=2)
-    (m,) = agent.measure([O.conv(S, 24, 3)], FAST)
-    assert m.ok and m.extra["thermal"]["waits"] == 2 and m.extra["thermal"]["gave_up"] is True
-    assert m.extra["temps_before"]["max_c"] == 48.0
+        assert m.extra["hot"] is True and m.extra["temp_c"] == 60.0 and m.extra["temp_sensor"] == "BIG"
+        assert m.extra["thermal"] == {**m.extra["thermal"], "waits": 2, "gave_up": True, "max_temp": 45.0}
+        assert m.extra["temps_before"]["max_c"] == 60.0
+    runs = [shlex.split(c) for c in pixel.commands if "run_batch.sh" in c]
+    # hot before the first model, again after each of the two waits, then the batch runs ungated
+    assert [(r[7], r[8]) for r in runs] == [("45000", "0")] * 3 + [("-", "0")]
 
 
 def test_odd_serial_and_runner_path_stay_one_argument(server: StandinServer, tmp_path: Path) -> None:
@@ -413,6 +450,7 @@ def test_disconnect_exits_4_and_rerun_measures_only_the_rest(server: StandinServ
         # batch 0 measured the per-call cost (one 1-element model), batch 1 four ops and a sample
         # of the per-call cost, batch 2 died
         assert len(err) == 1 and f"device {PIXEL} disconnected during batch 2" in err[0], r.stderr
+        assert err[0].endswith("results of earlier batches (6 models) were handed over: rerun to resume")
         assert time.monotonic() - t0 < 60
         with LatencyTable.open(out, create=False) as t:
             first = t.keys("ok")
@@ -438,6 +476,122 @@ def test_disconnect_exits_4_and_rerun_measures_only_the_rest(server: StandinServ
     assert sum("run_batch.sh" in c for c in pixel.commands) == 3
 
 
+def test_device_lost_before_any_result_says_nothing_was_handed_over(make, pixel: FakeDevice) -> None:
+    agent = make(batch_size=4)
+    agent.fingerprint()
+    pixel.disconnect_after(1)
+    try:
+        with pytest.raises(DeviceUnavailableError) as e:
+            list(agent.measure(SMALL[:3], FAST))
+    finally:
+        pixel.reconnect()
+    msg = str(e.value)
+    assert f"device {PIXEL} disconnected during batch 0" in msg and "handed over" not in msg
+    assert msg.endswith("nothing was measured yet: rerun once it is back")
+
+
+# ---------------------------------------------------------------------- options and environment
+def test_options_are_typed_and_checked_before_any_device_is_touched(server: StandinServer, pixel: FakeDevice) -> None:
+    base = {"serial": PIXEL, "runner": str(BENCHMARK_MODEL), "adb_port": server.port}
+    for bad, words in [({"serail": PIXEL}, "android: unknown option serail"),
+                       ({"batch_size": 0}, "android: batch_size must be >= 1, got 0"),
+                       ({"max_temp": "nan"}, "android: option max_temp must be a finite number"),
+                       ({"max_temp": 200}, "android: max_temp must be a temperature between -30 and 125 C, got 200"),
+                       ({"cooldown": -1}, "android: cooldown must be >= 0, got -1"),
+                       ({"max_waits": -2}, "android: max_waits must be >= 0, got -2"),
+                       ({"adb_timeout": 0}, "android: adb_timeout must be > 0 s, got 0"),
+                       ({"adb_port": 70000}, "android: adb_port must be a port number (1-65535), got '70000'"),
+                       ({"cpus": "zz"}, "android: cpus must be big, little, all or a hex mask, got 'zz'"),
+                       ({"delegate": "tpu"}, "android: delegate must be one of cpu, xnnpack, gpu, nnapi, got 'tpu'"),
+                       ({"threads": 65}, "android: threads must be between 1 and 64 (and at most the phone's cores)"),
+                       ({"threads": True}, "android: option threads must be int, got True")]:
+        with pytest.raises(UsageError) as e:
+            get_agent("android", **{**base, **bad})
+        assert str(e.value).startswith(words), (bad, str(e.value))
+    assert pixel.round_trips == 0 and pixel.connections == 0
+
+
+def test_threads_are_bounded_by_the_phones_cores(make, pixel: FakeDevice) -> None:
+    """Threads run on the phone: more than this host's cores pass, more than the phone's 8 do not."""
+    assert make(threads=8).profile.threads == 8
+    with pytest.raises(UsageError, match=f"android: threads must be between 1 and 8 \\(the cores of {PIXEL}\\), got 9"):
+        make(threads=9).fingerprint()
+
+
+@pytest.mark.parametrize("env, args, want", [
+    ({}, {}, ("127.0.0.1", 5037)),
+    ({"ANDROID_ADB_SERVER_PORT": "5038"}, {}, ("127.0.0.1", 5038)),
+    ({"ANDROID_ADB_SERVER_PORT": " "}, {}, ("127.0.0.1", 5037)),  # blank: adb's default
+    ({"ANDROID_ADB_SERVER_ADDRESS": "h1", "ANDROID_ADB_SERVER_HOST": "h2"}, {}, ("h1", 5037)),
+    ({"ANDROID_ADB_SERVER_HOST": "h2"}, {}, ("h2", 5037)),
+    ({"ADB_SERVER_SOCKET": "tcp:6000", "ANDROID_ADB_SERVER_PORT": "5038"}, {}, ("127.0.0.1", 6000)),
+    ({"ADB_SERVER_SOCKET": "tcp:example.org:6001", "ANDROID_ADB_SERVER_ADDRESS": "h1"}, {}, ("example.org", 6001)),
+    ({"ADB_SERVER_SOCKET": "tcp:[::1]:6002"}, {}, ("::1", 6002)),
+    # adb -H/-P turn ADB_SERVER_SOCKET off; each names its own part, the variables the other
+    ({"ADB_SERVER_SOCKET": "tcp:6000", "ANDROID_ADB_SERVER_ADDRESS": "h1"}, {"port": 7000}, ("h1", 7000)),
+    ({"ADB_SERVER_SOCKET": "tcp:6000", "ANDROID_ADB_SERVER_PORT": "5038"}, {"host": "h3"}, ("h3", 5038)),
+])
+def test_adb_server_address_follows_adbs_precedence(monkeypatch: pytest.MonkeyPatch, env: dict, args: dict,
+                                                    want: tuple) -> None:
+    for name in ("ADB_SERVER_SOCKET", "ANDROID_ADB_SERVER_ADDRESS", "ANDROID_ADB_SERVER_HOST",
+                 "ANDROID_ADB_SERVER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert server_address(**args) == want
+
+
+@pytest.mark.parametrize("name, value, words", [
+    ("ANDROID_ADB_SERVER_PORT", "abc", "ANDROID_ADB_SERVER_PORT must be a port number (1-65535), got 'abc'"),
+    ("ANDROID_ADB_SERVER_PORT", "0", "ANDROID_ADB_SERVER_PORT must be a port number (1-65535), got '0'"),
+    ("ANDROID_ADB_SERVER_PORT", "65536", "ANDROID_ADB_SERVER_PORT must be a port number (1-65535), got '65536'"),
+    ("ADB_SERVER_SOCKET", "localfilesystem:/tmp/adb.sock",
+     ("ADB_SERVER_SOCKET must be tcp:PORT or tcp:HOST:PORT (latbench talks TCP to the adb server), "
+      "got 'localfilesystem:/tmp/adb.sock'")),
+    ("ADB_SERVER_SOCKET", "tcp:host:",
+     "ADB_SERVER_SOCKET must be tcp:PORT or tcp:HOST:PORT (latbench talks TCP to the adb server), got 'tcp:host:'"),
+    ("ADB_SERVER_SOCKET", "tcp:host:99999", "the port of ADB_SERVER_SOCKET must be a port number (1-65535), got '99999'"),
+])
+@pytest.mark.parametrize("command", ["devices", "profile"])
+def test_bad_adb_variables_are_usage_errors(name: str, value: str, words: str, command: str, tmp_path: Path) -> None:
+    """One line naming the variable, exit 2, before adbutils is even imported (its import reads
+    ANDROID_ADB_SERVER_PORT itself)."""
+    args = ["devices"] if command == "devices" else [
+        "profile", "--device", "android", "--runner", str(BENCHMARK_MODEL), "--ops", str(tmp_path / "none.txt"),
+        "--out", str(tmp_path / "t.sqlite")]
+    env = {k: v for k, v in CLI_ENV.items() if k not in ("ADB_SERVER_SOCKET", "ANDROID_ADB_SERVER_PORT")}
+    r = subprocess.run([latbench_exe(), *args], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                       env={**env, "ADBUTILS_ADB_PATH": "/bin/true", name: value})
+    assert (r.returncode, r.stderr) == (2, f"latbench: error: {words}\n")
+
+
+def test_adb_server_socket_and_android_serial_are_honoured(server: StandinServer) -> None:
+    """ADB_SERVER_SOCKET wins over ANDROID_ADB_SERVER_PORT (here a port nobody serves; an empty
+    one is adb's default, not an error); ANDROID_SERIAL picks one of the two attached devices."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    env = {**CLI_ENV, "ADBUTILS_ADB_PATH": "/bin/true", "ADB_SERVER_SOCKET": f"tcp:127.0.0.1:{server.port}"}
+    for port in (str(dead), ""):
+        r = subprocess.run([latbench_exe(), "devices", "--json"], capture_output=True, text=True, cwd=ROOT,
+                           timeout=120, env={**env, "ANDROID_ADB_SERVER_PORT": port})
+        assert r.returncode == 0, r.stderr
+        assert {d["serial"] for d in json.loads(r.stdout)} == {PIXEL, GALAXY}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ANDROID_SERIAL", GALAXY)
+        agent = get_agent("android", runner=str(BENCHMARK_MODEL))
+        try:
+            assert agent.serial == GALAXY and agent.profile.info["serial"] == GALAXY
+        finally:
+            agent.close()
+        assert get_agent("android", runner=str(BENCHMARK_MODEL), serial=PIXEL).serial == PIXEL  # --serial first
+        mp.setenv("ANDROID_SERIAL", "NOPE")
+        with pytest.raises(DeviceUnavailableError, match="no device 'NOPE' \\(from ANDROID_SERIAL\\) attached"):
+            get_agent("android", runner=str(BENCHMARK_MODEL))
+
+
 # ---------------------------------------------------------------------- the CLI
 def test_cli_profile_android_end_to_end(server: StandinServer, pixel: FakeDevice, tmp_path: Path) -> None:
     out = tmp_path / "t.sqlite"
@@ -459,15 +613,14 @@ def test_cli_profile_android_end_to_end(server: StandinServer, pixel: FakeDevice
         assert row["n"] >= 1 and row["extra"]["temps_before"]["zones"]["BIG"] == 36.5
     assert set(sessions(pixel)) <= live  # its own cleaned, and those of dead runs of this host
     batches = sum("run_batch.sh" in c for c in pixel.commands)
-    print(f"cli: {pixel.round_trips} adb round trips for 40 ops ({batches} batches)")
-    # one batch for the per-call cost (a 1-element model), then 40 ops in batches of 19, 19 and 2,
-    # each with one more sample of the per-call cost
-    assert batches == 4 and pixel.services["sync"] == 5  # setup push + one per batch
-    assert pixel.round_trips == 2 + 2 * batches + 1  # setup, 2 per batch (0.1 per op), cleanup
+    # one batch for the per-call cost (a 1-element model), then 40 ops in batches of 31 and 9 (the
+    # default batch size 32 less one), each with one more sample of the per-call cost
+    assert batches == 3 and pixel.services["sync"] == 4  # setup push + one per batch
+    assert pixel.round_trips == 2 + 2 * batches + 1  # setup, 2 per batch, cleanup
     with LatencyTable.open(out, create=False) as t:
         inv = t.meta_get("invocation")
     assert inv["key"] == "activation-input:1x1x1x1-type:relu" and inv["timing"]["context"] == "warm"
-    assert len(inv["samples"]) == 4  # the first and one from each batch
+    assert len(inv["samples"]) == 3  # the first and one from each batch
     ok = [x for x in inv["samples"] if x["status"] == "ok"]
     if ok:  # benchmark_model prints whole microseconds: a 0 avg is flagged as a bound
         assert inv["estimator"] == "mean" and inv["estimate_ms"] == statistics.median(x["stats"]["mean"] for x in ok)

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,11 @@ class FakeDevice:
         self._disconnect_after: int | None = None
         self._temp_schedule: tuple[float, float, int] | None = None
         self.temperature_reads = 0
+        self._heating: tuple[float, float, float] | None = None  # (C per run, C per idle second, ambient C)
+        self._heat_c = 0.0
+        self._idle_since = 0.0
+        self._running = False
+        self.run_temperatures: list[tuple[str, float]] = []  # (model file, C) as each benchmark_model run starts
         self._holder: subprocess.Popen | None = None
         self._procs: set[subprocess.Popen] = set()
         self._conns: set[Any] = set()
@@ -298,15 +304,53 @@ class FakeDevice:
     def set_temperature(self, celsius: float | None) -> None:
         """Set every thermal zone and the battery to celsius (None: the profile's own values)."""
         with self._lock:
-            self._temp_schedule = None
+            self._temp_schedule = self._heating = None
             self._apply_temperature(celsius)
 
     def set_temperature_schedule(self, hot: float, cool: float, hot_reads: int) -> None:
         """The first hot_reads temperature reads see hot, later ones cool (see note_temperature_read)."""
         with self._lock:
+            self._heating = None
             self._temp_schedule = (hot, cool, hot_reads)
             self.temperature_reads = 0
             self._apply_temperature(hot if hot_reads > 0 else cool)
+
+    def set_heating(self, start: float, per_run: float, cool_per_s: float, ambient: float | None = None) -> None:
+        """A phone that heats up: from `start` C, every benchmark_model run adds per_run C, and the
+        time since the last run ended takes cool_per_s C a second off (down to `ambient`, default
+        `start`) when the next adb request arrives. So the runs of one batch script heat it by
+        exactly per_run each, and a host that waits before its next request finds it cooler.
+        Zones and battery all read it."""
+        with self._lock:
+            self._temp_schedule = None
+            self._heating = (per_run, cool_per_s, start if ambient is None else ambient)
+            self._heat_c, self._idle_since, self._running = start, time.monotonic(), False
+            self._apply_temperature(start)
+
+    def _cool(self) -> None:
+        """A heating phone loses the heat of the idle time since its last change (at adb requests)."""
+        if self._heating is None or self._running:
+            return
+        _, rate, ambient = self._heating
+        now = time.monotonic()
+        self._heat_c = max(ambient, self._heat_c - rate * (now - self._idle_since))
+        self._idle_since = now
+        self._apply_temperature(self._heat_c)
+
+    def begin_run(self, graph: str) -> None:
+        """A benchmark_model run starts timing `graph`: note the temperature it runs at."""
+        with self._lock:
+            self._running = True
+            self.run_temperatures.append((os.path.basename(graph), self.temperature))
+
+    def end_run(self) -> None:
+        """A benchmark_model run ended: a heating phone is per_run C hotter."""
+        with self._lock:
+            self._running = False
+            if self._heating is not None:
+                self._heat_c += self._heating[0]
+                self._idle_since = time.monotonic()
+                self._apply_temperature(self._heat_c)
 
     def note_temperature_read(self) -> None:
         """Count one temperature read (an adb command or sync read touching thermal/battery state)."""
@@ -482,6 +526,7 @@ class FakeDevice:
     def record(self, service: str, arg: str) -> None:
         """Log one device request; shell-like ones go to the command log and may read temperatures."""
         with self._lock:
+            self._cool()
             self.requests.append((service, arg))
             if service.startswith("sync:"):
                 self.sync_ops[service[5:]] += 1

@@ -755,7 +755,11 @@ class StandinServer:
                 host, _ = dev.resolve(req["graph"])
             except OSError as e:
                 return {"error": str(e)}, None
-            return self._runner.measure(str(host), req["params"]), None
+            dev.begin_run(req["graph"])
+            try:
+                return self._runner.measure(str(host), req["params"]), None
+            finally:
+                dev.end_run()
         if op == "done":
             return {"ok": True}, (dev if dev.note_model_run(req.get("graph", "")) else None)
         return {"error": f"unknown op {op!r}"}, None
