@@ -18,8 +18,8 @@ class SpaceError(LatbenchError):
     """A search space definition (built-in or YAML) is malformed."""
 
 
-class ConfigError(LatbenchError):
-    """A subnet config does not belong to its space."""
+class ConfigError(UsageError):
+    """A subnet config does not belong to its space (a usage error, as a bad `-r` is)."""
 
 
 class OpError(LatbenchError):
@@ -28,6 +28,11 @@ class OpError(LatbenchError):
 
 class FormatError(LatbenchError):
     """A file in a foreign format (op list, table, YAML) cannot be read; the message names file and line."""
+
+
+class TableError(LatbenchError):
+    """A table file cannot be read or written (permissions, read-only file system, damage); the
+    message names the file and why."""
 
 
 class MissingExtraError(LatbenchError):

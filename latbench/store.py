@@ -11,14 +11,22 @@ that the source did not give stays NULL; nothing is invented. No pickle anywhere
 
 Durability: WAL journal, `synchronous=NORMAL`, one transaction per `add`. In WAL mode a commit is
 complete once its frames are written to the -wal file, which lives in the OS page cache and so
-survives the death of the process (SIGKILL, Ctrl-C, OOM kill): a killed profile loses at most
-the op in flight. NORMAL skips the fsync per commit that FULL adds; what it risks is only the
+survives the death of the process (SIGKILL, Ctrl-C, OOM kill, the CLI's interrupt watchdog
+ending a process stuck in a native call), and a commit cut short is rolled back whole: a killed
+profile loses only what the agent had not handed over (the batch in flight). NORMAL skips the fsync per commit that FULL adds; what it risks is only the
 last commits on a power loss or kernel crash, never corruption (WAL replays whole transactions),
 and those ops are simply re-measured on resume. FULL would cost an fsync per op (tens of ms on
 phone-attached laptops and SD cards) and slow bulk imports, for no gain against process death.
 
 One device profile per table: stored on first use; opening or setting another one raises
 ProfileMismatchError naming both profiles and the fields that differ.
+
+Reading (`open(..., readonly=True)`) never writes and never creates a file, so a table can be read
+from a read-only directory or by another user: a table whose last writer closed cleanly (no -wal
+file) is read as `immutable` (no -shm needed), a table with a live or killed writer's -wal through
+that writer's -shm (`mode=ro`), so committed log frames are never skipped; a -wal without its
+-shm is refused in one line. A table that cannot be written, a damaged file and an estimate that
+is not a finite number >= 0 (written by another tool) are one-line TableErrors naming the file.
 """
 from __future__ import annotations
 
@@ -27,10 +35,11 @@ import math
 import os
 import sqlite3
 import time
+import urllib.parse
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence, Union
 
 from .device import DeviceProfile
-from .errors import FormatError, LatbenchError, OpError, UsageError
+from .errors import FormatError, LatbenchError, OpError, TableError, UsageError
 from .measure import Measurement, Stats
 from .ops import OpSpec
 
@@ -137,49 +146,145 @@ def _op_for(key: str, op_dict: Any, where: str) -> OpSpec:
     return op
 
 
+# ---------------------------------------------------------------------- opening a file
+def sql_error(path: str, e: sqlite3.Error, doing: str = "read") -> LatbenchError:
+    """One line naming the table file for an SQLite error met while `doing` (open, read, write)."""
+    name = getattr(e, "sqlite_errorname", "")
+    if name.startswith("SQLITE_CORRUPT"):
+        return damaged(path, str(e))
+    if name.startswith("SQLITE_NOTADB"):
+        return FormatError(f"{path} is not a latbench table ({e})")
+    return TableError(f"{path}: cannot {doing} the table ({e})")
+
+
+def damaged(path: str, why: str) -> TableError:
+    """One line for a table file SQLite finds damaged."""
+    return TableError(f"{path}: the table file is damaged ({' '.join(why.split())}); "
+                      f"`sqlite3 {path} .recover` saves what can be saved")
+
+
+def _check_file(p: str, create: bool) -> None:
+    """Refuse a directory, a missing table (unless `create`) and a file that is not SQLite."""
+    if os.path.isdir(p):
+        raise FormatError(f"{p} is not a latbench table (it is a directory)")
+    size = os.path.getsize(p) if os.path.exists(p) else -1
+    has_wal = os.path.exists(p + "-wal") and os.path.getsize(p + "-wal") > 0
+    if size <= 0 and not has_wal:
+        if not create:
+            raise FormatError(f"{p}: no such latbench table" + (" (empty file)" if size == 0 else ""))
+        return
+    if size > 0:
+        try:
+            with open(p, "rb") as f:
+                head = f.read(len(SQLITE_MAGIC))
+        except OSError as e:
+            raise TableError(f"{p}: cannot read: {e.strerror or e}") from None
+        if head != SQLITE_MAGIC:
+            raise FormatError(f"{p} is not a latbench table (not an SQLite database)")
+
+
+def _check_writable(p: str) -> None:
+    """A table opened for writing needs the file and its directory (where SQLite keeps FILE-wal
+    and FILE-shm) writable: say which is not, and why, before SQLite fails without a name."""
+    d = os.path.dirname(os.path.abspath(p))
+    why = ""
+    if not os.path.isdir(d):
+        why = f"no such directory {d}"
+    elif os.path.exists(p):
+        try:
+            os.close(os.open(p, os.O_RDWR))
+        except OSError as e:
+            why = f"the file cannot be written ({e.strerror or e})"
+    if not why and not os.access(d, os.W_OK | os.X_OK):
+        why = (f"its directory {d} is on a read-only file system" if os.statvfs(d).f_flag & os.ST_RDONLY
+               else f"its directory {d} is not writable (SQLite keeps FILE-wal and FILE-shm beside it)")
+    if why:
+        raise TableError(f"{p}: cannot write the table: {why}; reading commands (table show, "
+                         f"table export, predict, search) open it read-only")
+
+
+def _file_stamp(p: str) -> tuple:
+    """What changes when a file is written: inode, size, modification time (empty: gone)."""
+    try:
+        st = os.stat(p)
+    except OSError:
+        return ()
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _readonly_uri(p: str) -> tuple[str, tuple | None]:
+    """An SQLite URI that reads `p` without writing or creating any file, committed log included;
+    and, for an immutable read, the file's stat (a writer that starts meanwhile changes it)."""
+    wal, shm = p + "-wal", p + "-shm"
+    wal_bytes = os.path.getsize(wal) if os.path.exists(wal) else -1
+    journal = os.path.exists(p + "-journal") and os.path.getsize(p + "-journal") > 0
+    uri = f"file:{urllib.parse.quote(os.path.abspath(p))}?"
+    if (os.path.exists(shm) and wal_bytes >= 0) or journal:
+        return uri + "mode=ro", None  # a live (or killed) writer's log, read through its index
+    if wal_bytes <= 0:  # the last writer closed cleanly: no log to read, nothing to lock
+        return uri + "immutable=1", _file_stamp(p)
+    raise TableError(f"{p}: its write-ahead log {wal} holds commits but {shm} is missing, so "
+                     f"reading it would create files; where the file can be written, run "
+                     f"`sqlite3 {p} 'PRAGMA wal_checkpoint(TRUNCATE)'` (or any latbench "
+                     f"command that writes the table) to fold the log in")
+
+
+def _create_schema(conn: sqlite3.Connection) -> None:
+    """Create the meta and measurements tables of a new table file (WAL journal)."""
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
+            for stmt in _SCHEMA.split(";"):
+                if stmt.strip():
+                    conn.execute(stmt)
+            conn.executemany("INSERT INTO meta(name, value) VALUES (?, ?)", [
+                ("format", json.dumps(FORMAT_NAME)), ("version", json.dumps(FORMAT_VERSION)),
+                ("created_at", json.dumps(time.time())),
+            ])
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
 # ---------------------------------------------------------------------- the table
 class LatencyTable:
     """One device profile's latency table in an SQLite file; see the module docstring."""
 
-    def __init__(self, path: str, conn: sqlite3.Connection, profile: DeviceProfile | None):
+    def __init__(self, path: str, conn: sqlite3.Connection, profile: DeviceProfile | None,
+                 readonly: bool = False, snapshot: tuple | None = None):
         self.path = path
         self._conn = conn
         self._profile = profile
+        self.readonly = readonly
+        self._snapshot = snapshot  # the file's stat when read as immutable: a change ends the read
 
     # ------------------------------------------------------------------ opening
     @classmethod
     def open(cls, path: PathLike, profile: DeviceProfile | None = None, *,
-             create: bool = True) -> "LatencyTable":
-        """Open (or create) the table at `path`; with `profile`, check or store it."""
+             create: bool = True, readonly: bool = False) -> "LatencyTable":
+        """Open (or create) the table at `path`; with `profile`, check or store it. `readonly`
+        opens an existing table for reading only: no write access needed, no file created."""
         p = os.fspath(path)
-        if os.path.isdir(p):
-            raise FormatError(f"{p} is not a latbench table (it is a directory)")
-        size = os.path.getsize(p) if os.path.exists(p) else -1
-        has_wal = os.path.exists(p + "-wal") and os.path.getsize(p + "-wal") > 0
-        if size <= 0 and not has_wal:
-            if not create:
-                raise FormatError(f"{p}: no such latbench table" + (" (empty file)" if size == 0 else ""))
-        elif size > 0:
-            try:
-                with open(p, "rb") as f:
-                    head = f.read(len(SQLITE_MAGIC))
-            except OSError as e:
-                raise FormatError(f"{p}: cannot read: {e.strerror or e}") from None
-            if head != SQLITE_MAGIC:
-                raise FormatError(f"{p} is not a latbench table (not an SQLite database)")
+        _check_file(p, create and not readonly)
+        if not readonly:
+            _check_writable(p)
+        uri, snapshot = _readonly_uri(p) if readonly else (p, None)
         try:
-            conn = sqlite3.connect(p, timeout=30.0, isolation_level=None)
+            conn = sqlite3.connect(uri, uri=readonly, timeout=30.0, isolation_level=None)
         except sqlite3.Error as e:
-            raise FormatError(f"{p}: cannot open: {e}") from None
+            raise TableError(f"{p}: cannot open: {e}") from None
         try:
-            stored = cls._prepare(p, conn)
+            stored = cls._prepare(p, conn, readonly)
         except sqlite3.DatabaseError as e:
             conn.close()
-            raise FormatError(f"{p} is not a latbench table ({e})") from None
+            raise sql_error(p, e, "open") from None
         except BaseException:
             conn.close()
             raise
-        table = cls(p, conn, stored)
+        table = cls(p, conn, stored, readonly, snapshot)
         if profile is not None:
             try:
                 table.set_profile(profile)
@@ -189,31 +294,20 @@ class LatencyTable:
         return table
 
     @staticmethod
-    def _prepare(p: str, conn: sqlite3.Connection) -> DeviceProfile | None:
-        """Check (or create) the schema; return the stored profile."""
+    def _prepare(p: str, conn: sqlite3.Connection, readonly: bool = False) -> DeviceProfile | None:
+        """Check (or, writable, create) the schema; return the stored profile."""
         conn.execute("PRAGMA busy_timeout = 30000")
+        if readonly:
+            conn.execute("PRAGMA query_only = 1")
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if "meta" not in tables:
             others = sorted(t for t in tables if not t.startswith("sqlite_"))
             if others:
                 raise FormatError(f"{p} is not a latbench table (an SQLite database without "
                                   f"latbench's meta table; it holds: {', '.join(others[:8])})")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
-                    for stmt in _SCHEMA.split(";"):
-                        if stmt.strip():
-                            conn.execute(stmt)
-                    conn.executemany("INSERT INTO meta(name, value) VALUES (?, ?)", [
-                        ("format", json.dumps(FORMAT_NAME)), ("version", json.dumps(FORMAT_VERSION)),
-                        ("created_at", json.dumps(time.time())),
-                    ])
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+            if readonly:
+                raise FormatError(f"{p}: no such latbench table (an empty SQLite database)")
+            _create_schema(conn)
         rows = dict(conn.execute("SELECT name, value FROM meta WHERE name IN ('format', 'version', 'profile')"))
         try:
             fmt = json.loads(rows.get("format", "null"))
@@ -227,11 +321,12 @@ class LatencyTable:
                               f"reads (<= {FORMAT_VERSION}); upgrade latbench")
         if "measurements" not in {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}:
             raise FormatError(f"{p} is not a latbench table (no measurements table)")
-        try:
+        problem = conn.execute("PRAGMA quick_check(1)").fetchone()[0]  # every page, ~2 ms a MB
+        if problem != "ok":
+            raise damaged(p, problem.replace("*** in database main ***", ""))
+        if not readonly:
             conn.execute("PRAGMA journal_mode = WAL")
-        except sqlite3.OperationalError:  # read-only file or directory: reading still works
-            pass
-        conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
         if "profile" in rows:
             try:
                 return DeviceProfile.from_dict(json.loads(rows["profile"]))
@@ -261,8 +356,26 @@ class LatencyTable:
             raise UsageError(f"{self.path}: the table is closed")
         return self._conn
 
-    def _tx(self):
-        return _Transaction(self.conn)
+    def _tx(self) -> "_Transaction":
+        if self.readonly:
+            raise TableError(f"{self.path}: opened read-only; open it without readonly to write")
+        return _Transaction(self.conn, self.path)
+
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple]:
+        """Every row of one SELECT; an SQLite error (a damaged file, say) is one line naming the file."""
+        try:
+            rows = self.conn.execute(sql, args).fetchall()
+        except sqlite3.Error as e:
+            self._check_snapshot()  # a writer meanwhile explains the error
+            raise sql_error(self.path, e) from None
+        self._check_snapshot()
+        return rows
+
+    def _check_snapshot(self) -> None:
+        """An immutable read is only as good as the file staying unchanged: say so if it moved."""
+        if self._snapshot is not None and _file_stamp(self.path) != self._snapshot:
+            raise TableError(f"{self.path}: the table was written while it was being read; run the "
+                             f"command again")
 
     # ------------------------------------------------------------------ profile and meta
     @property
@@ -288,8 +401,8 @@ class LatencyTable:
 
     def meta_get(self, name: str, default: Any = None) -> Any:
         """A JSON value stored under `name` (e.g. a calibration), or `default`."""
-        row = self.conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
-        return default if row is None else json.loads(row[0])
+        rows = self._query("SELECT value FROM meta WHERE name = ?", (name,))
+        return default if not rows else json.loads(rows[0][0])
 
     def meta_set(self, name: str, value: Any) -> None:
         """Store a JSON-able value under `name` (format, version and profile are reserved)."""
@@ -302,7 +415,7 @@ class LatencyTable:
     def meta(self) -> dict[str, Any]:
         """Every meta entry but the reserved ones."""
         out = {}
-        for name, value in self.conn.execute("SELECT name, value FROM meta ORDER BY name"):
+        for name, value in self._query("SELECT name, value FROM meta ORDER BY name"):
             if name not in RESERVED_META:
                 out[name] = json.loads(value)
         return out
@@ -371,24 +484,24 @@ class LatencyTable:
 
     # ------------------------------------------------------------------ reading
     def __len__(self) -> int:
-        return self.conn.execute("SELECT COUNT(*) FROM measurements").fetchone()[0]
+        return self._query("SELECT COUNT(*) FROM measurements")[0][0]
 
     def __contains__(self, key: object) -> bool:
         """True when `key` has a row of any status (use `keys()` for ok rows)."""
-        return self.conn.execute("SELECT 1 FROM measurements WHERE key = ?", (key,)).fetchone() is not None
+        return bool(self._query("SELECT 1 FROM measurements WHERE key = ?", (key,)))
 
     def counts(self) -> dict[str, int]:
         """Rows per status: {"ok": n, "failed": m}."""
         out = {s: 0 for s in STATUSES}
-        for status, n in self.conn.execute("SELECT status, COUNT(*) FROM measurements GROUP BY status"):
+        for status, n in self._query("SELECT status, COUNT(*) FROM measurements GROUP BY status"):
             out[status] = n
         return out
 
     def keys(self, status: str | None = "ok") -> set[str]:
         """Keys with rows of `status` (None: every row)."""
         if status is None:
-            return {r[0] for r in self.conn.execute("SELECT key FROM measurements")}
-        return {r[0] for r in self.conn.execute("SELECT key FROM measurements WHERE status = ?", (status,))}
+            return {r[0] for r in self._query("SELECT key FROM measurements")}
+        return {r[0] for r in self._query("SELECT key FROM measurements WHERE status = ?", (status,))}
 
     def rows(self, status: str | None = None, kind: str | None = None) -> Iterator[dict[str, Any]]:
         """Every stored column of each row (JSON decoded), ordered by key."""
@@ -402,14 +515,13 @@ class LatencyTable:
         sql = f"SELECT {', '.join(COLUMNS)} FROM measurements"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        for rec in self.conn.execute(sql + " ORDER BY key", args).fetchall():
-            yield _from_sql(rec)
+        for rec in self._query(sql + " ORDER BY key", args):
+            yield _from_sql(rec, self.path)
 
     def row(self, key: str) -> dict[str, Any] | None:
         """Every stored column of one row, or None."""
-        rec = self.conn.execute(f"SELECT {', '.join(COLUMNS)} FROM measurements WHERE key = ?",
-                                (key,)).fetchone()
-        return None if rec is None else _from_sql(rec)
+        recs = self._query(f"SELECT {', '.join(COLUMNS)} FROM measurements WHERE key = ?", (key,))
+        return _from_sql(recs[0], self.path) if recs else None
 
     def get(self, key: str) -> Measurement | None:
         """The Measurement stored under `key` (any status), or None."""
@@ -423,51 +535,77 @@ class LatencyTable:
 
     def estimate(self, key: str) -> float:
         """The latency (ms) prediction uses for `key`; KeyNotFoundError when absent or failed."""
-        rec = self.conn.execute("SELECT status, estimate, error FROM measurements WHERE key = ?",
-                                (key,)).fetchone()
-        if rec is None:
+        recs = self._query("SELECT status, estimate, error FROM measurements WHERE key = ?", (key,))
+        if not recs:
             raise KeyNotFoundError(f"{key} is not in {self.path}")
-        if rec[0] != "ok":
-            raise KeyNotFoundError(f"{key} failed in {self.path}: {rec[2]}")
-        return float(rec[1])
+        if recs[0][0] != "ok":
+            raise KeyNotFoundError(f"{key} failed in {self.path}: {recs[0][2]}")
+        return self._price(key, recs[0][1])
 
     def estimates(self) -> dict[str, float]:
         """key -> estimate (ms) of every ok row."""
-        return {k: float(v) for k, v in
-                self.conn.execute("SELECT key, estimate FROM measurements WHERE status = 'ok'")}
+        return {k: self._price(k, v) for k, v in
+                self._query("SELECT key, estimate FROM measurements WHERE status = 'ok'")}
+
+    def _price(self, key: str, v: Any) -> float:
+        """A stored estimate as a price: a finite number >= 0, else one line naming file and key
+        (this latbench never writes another; an older one or another tool may have)."""
+        if isinstance(v, (int, float)) and math.isfinite(v) and v >= 0:
+            return float(v)
+        raise TableError(f"{self.path}: key {key!r} has estimate {v!r}; a price must be a finite "
+                         f"number of ms >= 0 (a row written by another tool or an older latbench?)")
 
     def ops(self, status: str | None = "ok") -> list[OpSpec]:
         """The OpSpecs of the rows of `status` (None: all), rebuilt from their stored op JSON."""
         sql = "SELECT op FROM measurements" + (" WHERE status = ?" if status else "") + " ORDER BY key"
-        return [OpSpec.from_dict(json.loads(r[0])) for r in self.conn.execute(sql, (status,) if status else ())]
+        return [OpSpec.from_dict(json.loads(r[0])) for r in self._query(sql, (status,) if status else ())]
 
     def to_frame(self) -> "pandas.DataFrame":
         """Every row and column as a DataFrame (JSON columns as text), ordered by key."""
         import pandas as pd
 
-        return pd.read_sql_query(f"SELECT {', '.join(COLUMNS)} FROM measurements ORDER BY key",
-                                 self.conn)
+        try:
+            frame = pd.read_sql_query(f"SELECT {', '.join(COLUMNS)} FROM measurements ORDER BY key",
+                                      self.conn)
+        except pd.errors.DatabaseError as e:
+            if isinstance(e.__cause__, sqlite3.Error):
+                self._check_snapshot()
+                raise sql_error(self.path, e.__cause__) from None
+            raise
+        self._check_snapshot()
+        return frame
 
     def integrity_check(self) -> str:
         """SQLite's own check: 'ok' when the file is sound."""
-        return self.conn.execute("PRAGMA integrity_check").fetchone()[0]
+        return self._query("PRAGMA integrity_check")[0][0]
 
 
 class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any exception."""
+    """BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any exception; an SQLite error (read-only file,
+    full disk, a constraint) becomes one line naming the table file."""
 
-    def __init__(self, conn: sqlite3.Connection):
+    def __init__(self, conn: sqlite3.Connection, path: str):
         self.conn = conn
+        self.path = path
 
     def __enter__(self) -> sqlite3.Connection:
-        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            raise sql_error(self.path, e, "write") from None
         return self.conn
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
-            self.conn.execute("COMMIT")
-        elif self.conn.in_transaction:
+            try:
+                self.conn.execute("COMMIT")
+            except sqlite3.Error as e:
+                raise sql_error(self.path, e, "write") from None
+            return
+        if self.conn.in_transaction:
             self.conn.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.Error):
+            raise sql_error(self.path, exc, "write") from None
 
 
 def _to_sql(col: str, v: Any) -> Any:
@@ -480,11 +618,19 @@ def _to_sql(col: str, v: Any) -> Any:
     return v
 
 
-def _from_sql(rec: Sequence[Any]) -> dict[str, Any]:
+def _from_sql(rec: Sequence[Any], path: str) -> dict[str, Any]:
+    """A stored row as a dict, JSON decoded; a value of the wrong type (a row another tool wrote)
+    is one line naming the file, the key and the column."""
     row = dict(zip(COLUMNS, rec))
+    for c in FLOAT_COLUMNS + INT_COLUMNS:
+        if row[c] is not None and not isinstance(row[c], (int, float)):
+            raise TableError(f"{path}: key {row['key']!r}: {c} holds {row[c]!r}, not a number")
     for c in JSON_COLUMNS:
         if row[c] is not None:
-            row[c] = json.loads(row[c])
+            try:
+                row[c] = json.loads(row[c])
+            except (TypeError, ValueError) as e:
+                raise TableError(f"{path}: key {row['key']!r}: {c} is not JSON ({e})") from None
     return row
 
 
@@ -507,7 +653,7 @@ def row_to_measurement(row: dict[str, Any]) -> Measurement:
 
 def read_table(path: PathLike) -> "pandas.DataFrame":
     """A latbench table file as a DataFrame, in one call."""
-    with LatencyTable.open(path, create=False) as t:
+    with LatencyTable.open(path, readonly=True) as t:
         return t.to_frame()
 
 

@@ -126,11 +126,22 @@ def _read_text(path: PathOrFile) -> tuple[str, str]:
     if isinstance(path, (str, os.PathLike)):
         name = os.fspath(path)
         try:
-            with open(path, encoding="utf-8", newline="") as f:
-                return f.read(), name
+            with open(path, "rb") as f:
+                data = f.read()
         except OSError as e:
             raise FormatError(f"{name}: cannot read: {e.strerror or e}") from None
+        return _decode(data, name), name
     return path.read(), getattr(path, "name", "<stream>")
+
+
+def _decode(data: bytes, name: str) -> str:
+    """UTF-8 text (a BOM dropped, line ends kept); else one line naming the line and byte offset."""
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise FormatError(f"{name}:{line}: not UTF-8 text (byte {data[e.start:e.start + 1]!r} at offset "
+                          f"{e.start}: {e.reason}); an op list is UTF-8") from None
 
 
 def read_csv(path: PathOrFile) -> list[OpSpec]:

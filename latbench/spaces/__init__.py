@@ -36,23 +36,16 @@ def get_space(name_or_path: str) -> SearchSpace:
 
 
 def _register_builtins() -> None:
+    """The built-in spaces; a module of them that fails to import fails loudly (no space vanishes)."""
+    from .bignas_resnet import bignas_resnet, packaged_space
+    from .lightnas import LightNASSpace
     from .ofa_mbv3 import OFAMobileNetV3
 
     register_space("ofa-mbv3-w10", lambda: OFAMobileNetV3(1.0))
     register_space("ofa-mbv3-w12", lambda: OFAMobileNetV3(1.2))
-    try:
-        from .lightnas import LightNASSpace
-
-        register_space("lightnas", LightNASSpace)
-    except ImportError:  # pragma: no cover - module being written
-        pass
-    try:
-        from .bignas_resnet import bignas_resnet, packaged_space
-
-        register_space("bignas-resnet", bignas_resnet)
-        register_space("tiny", lambda: packaged_space("tiny.yaml"))
-    except ImportError:  # pragma: no cover
-        pass
+    register_space("lightnas", LightNASSpace)
+    register_space("bignas-resnet", bignas_resnet)
+    register_space("tiny", lambda: packaged_space("tiny.yaml"))
 
 
 _register_builtins()

@@ -1,7 +1,8 @@
 """User-defined search spaces from a YAML file (`latbench enumerate my_space.yaml`).
 
-The schema is documented in docs/spaces.md. The file is read with yaml.safe_load only and fully
-checked before use: any mistake raises one SpaceError naming the file and the field.
+The schema is documented in docs/spaces.md. The file is read with yaml.safe_load only (aliases
+refused) and fully checked before use: any mistake raises one SpaceError naming the file and the
+field.
 """
 from __future__ import annotations
 
@@ -417,12 +418,29 @@ def _show(v: Any) -> str:
     return repr(v) if isinstance(v, str) else str(v)
 
 
+def _safe_load_without_aliases(text: str) -> Any:
+    """yaml.safe_load that refuses aliases (`*name`): a space needs none, and nested aliases
+    ("billion laughs") expand into more nodes than memory holds."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                ev = self.peek_event()
+                raise yaml.MarkedYAMLError(problem=f"alias *{ev.anchor} refused: a space file may not "
+                                           f"use YAML aliases (write the values out)",
+                                           problem_mark=ev.start_mark)
+            return super().compose_node(parent, index)
+
+    return yaml.load(text, Loader=Loader)  # a SafeLoader: nothing is executed
+
+
 def yaml_space_from_text(text: str, source: str = "<yaml>") -> YamlSpace:
-    """Parse YAML text (safe_load only) into a YamlSpace; errors name `source`."""
+    """Parse YAML text (safe_load only, no aliases) into a YamlSpace; errors name `source`."""
     import yaml
 
     try:
-        spec = yaml.safe_load(text)
+        spec = _safe_load_without_aliases(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         problem = getattr(e, "problem", None) or str(e)

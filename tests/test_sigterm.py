@@ -1,0 +1,128 @@
+"""SIGTERM and Ctrl-C end every command within about a second, even inside a native call that
+Python cannot interrupt (an ONNX Runtime run of seconds), with exit 130, one line, and every row
+committed before kept."""
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import CLI_ENV, ROOT, latbench_exe
+from latbench import ops as O
+from latbench.store import LatencyTable
+
+SMALL = [O.conv((1, 8, 8, 8), 8, 3), O.activation((1, 8, 8, 8), "relu")]
+HUGE = O.conv((1, 512, 192, 192), 512, 7)  # 947 GFLOPs: one run takes ~20 s on one thread
+NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-C (SIGINT)"}
+NATIVE_LINE = ("latbench: error: interrupted by {}: still busy 1 s later (in a native call Python "
+               "cannot interrupt), so ended there; everything committed before is kept")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a running process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def end_with(proc: subprocess.Popen, signum: int) -> tuple[int, float, str]:
+    """Send `signum`; the exit code, the seconds until the process ended, and its stderr."""
+    t0 = time.monotonic()
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, time.monotonic() - t0, err
+
+
+@pytest.fixture(scope="module")
+def small_table(tmp_path_factory) -> tuple[Path, dict[str, float], float]:
+    """A table of two small ops profiled with ort (closed cleanly), its estimates, and the CPU
+    seconds that run took (start-up included)."""
+    pytest.importorskip("onnxruntime")
+    d = tmp_path_factory.mktemp("sig")
+    ops = d / "small.txt"
+    ops.write_text("\n".join(op.key for op in SMALL) + "\n")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    r = subprocess.run([latbench_exe(), "profile", "--device", "ort", "--ops", str(ops), "--out",
+                        str(d / "t.sqlite"), "--max-time", "0.2"], capture_output=True, text=True,
+                       cwd=ROOT, env=CLI_ENV, timeout=300)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    assert r.returncode == 0, r.stderr
+    with LatencyTable.open(d / "t.sqlite", readonly=True) as t:
+        est = t.estimates()
+    assert sorted(est) == sorted(op.key for op in SMALL)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return d / "t.sqlite", est, cpu
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_profile_inside_a_long_native_run_ends_within_a_second(tmp_path: Path, small_table, signum):
+    src, est, startup_cpu = small_table
+    table = tmp_path / "t.sqlite"
+    shutil.copy(src, table)
+    ops = tmp_path / "ops.txt"
+    ops.write_text("\n".join(op.key for op in [*SMALL, HUGE]) + "\n")
+    proc = subprocess.Popen([latbench_exe(), "profile", "--device", "ort", "--ops", str(ops), "--out",
+                             str(table), "--max-time", "600", "--min-samples", "3", "--rounds", "1",
+                             "--interleave", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT, env=CLI_ENV)
+    try:  # the two small ops are stored already: past a whole small run's CPU, it is in HUGE's runs
+        deadline = time.monotonic() + 240
+        while cpu_seconds(proc.pid) < startup_cpu + 4 and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.1)
+        code, seconds, err = end_with(proc, signum)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == 130
+    assert seconds < 2.0, (seconds, err)
+    assert err.strip().splitlines()[-1] == NATIVE_LINE.format(NAMES[signum])
+    with LatencyTable.open(table, readonly=True) as t:  # the killed writer's log is read as it is
+        assert t.integrity_check() == "ok"
+        assert t.estimates() == est and HUGE.key not in t
+
+
+SCRIPT = """
+import sys, time
+import numpy as np
+import latbench.enumerate
+from latbench.cli import run
+
+def busy(*a, **k):
+    a = np.ones((5000, 5000))
+    print("busy", flush=True)
+    if {native}:
+        while True:
+            a @ a  # one BLAS call of ~10 s: no Python bytecode runs inside it
+    time.sleep(60)
+
+latbench.enumerate.enumerate_ops = busy
+sys.exit(run(["enumerate", "tiny"]))
+"""
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native-call", "python"])
+def test_any_command_obeys_sigterm_within_a_second(native: bool):
+    """`enumerate` (not only profile): inside a BLAS call the watchdog ends it; in Python code
+    (a sleep) the KeyboardInterrupt does, through the usual one-line error."""
+    env = {**CLI_ENV, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT.format(native=native)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    try:
+        assert proc.stdout.readline() == "busy\n"
+        time.sleep(0.5)
+        code, seconds, err = end_with(proc, signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == 130 and seconds < 2.0, (code, seconds, err)
+    expected = NATIVE_LINE.format("SIGTERM") if native else "latbench: error: interrupted by SIGTERM"
+    assert err.strip().splitlines() == [expected]
