@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import itertools
 import math
+import numbers
 import os
 import time
 import traceback
@@ -60,45 +61,48 @@ def _coerce(agent: str, name: str, hint: Any, value: Any) -> Any:
     """`value` as the field's declared type (int, float, bool, str, or Optional of one); text as
     it comes from a command line is parsed; anything else is a one-line UsageError."""
     args = typing.get_args(hint)
-    if typing.get_origin(hint) is typing.Union or (args and type(None) in args):
+    if type(None) in args:  # Optional[X] or X | None
         if value is None:
             return None
         hint = next(a for a in args if a is not type(None))
     bad = UsageError(f"{agent}: option {name} must be {getattr(hint, '__name__', hint)}, got {value!r}")
+    if isinstance(value, str) and hint is not str:
+        return _parse(agent, name, hint, value.strip(), bad)
     if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
-            return value.strip().lower() in _TRUE
+        if isinstance(value, (bool, np.bool_)):
+            return bool(value)
         raise bad
-    if hint is int:
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, int):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value.strip(), 0)
-            except ValueError:
-                raise bad from None
+    if isinstance(value, (bool, np.bool_)):  # a bool is an int to Python, never to an option
         raise bad
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise bad
-        try:
-            x = float(value)
-        except ValueError:
-            raise bad from None
-        if not math.isfinite(x):
-            raise UsageError(f"{agent}: option {name} must be a finite number, got {value!r}")
-        return x
-    if hint is str:
-        if isinstance(value, os.PathLike):
-            return os.fspath(value)
-        if not isinstance(value, str):
-            raise bad
+    if hint is int and isinstance(value, numbers.Integral):
+        return int(value)
+    if hint is float and isinstance(value, numbers.Real):
+        return _finite(agent, name, float(value), value)
+    if hint is str and isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, hint):
         return value
-    return value  # pragma: no cover - option types are the four above
+    raise bad
+
+
+def _parse(agent: str, name: str, hint: Any, text: str, bad: UsageError) -> Any:
+    """An option given as text (a command line, an environment variable) as its field's type."""
+    if hint is bool and text.lower() in _TRUE + _FALSE:
+        return text.lower() in _TRUE
+    try:
+        if hint is int:
+            return int(text)
+        if hint is float:
+            return _finite(agent, name, float(text), text)
+    except ValueError:
+        pass
+    raise bad
+
+
+def _finite(agent: str, name: str, x: float, given: Any) -> float:
+    if not math.isfinite(x):
+        raise UsageError(f"{agent}: option {name} must be a finite number, got {given!r}")
+    return x
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,8 @@ class AgentOptions:
         if not 1 <= self.threads <= cores:
             raise UsageError(f"{agent}: threads must be between 1 and {cores} (the cores this "
                              f"machine gives the process), got {self.threads}")
+        if self.seed < 0:
+            raise UsageError(f"{agent}: seed must be >= 0, got {self.seed}")
 
     def max_threads(self) -> int:
         """The most threads that make sense: the cores this process may use (a device agent

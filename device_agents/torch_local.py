@@ -16,7 +16,7 @@ import numpy as np
 
 from latbench import ops as O
 from latbench.device import DeviceProfile, host_profile
-from latbench.errors import DeviceUnavailableError, OpError, require
+from latbench.errors import DeviceUnavailableError, OpError, UsageError, require
 from latbench.measure import Measurement, TimingSettings
 from latbench.ops import OpSpec
 
@@ -221,6 +221,11 @@ class CudaOptions(AgentOptions):
 
     index: int = 0
 
+    def check(self, agent: str) -> None:
+        super().check(agent)
+        if self.index < 0:
+            raise UsageError(f"{agent}: index must be >= 0 (a visible CUDA device), got {self.index}")
+
 
 class TorchCUDAAgent(TorchCPUAgent):
     """Torch eager on one CUDA device in full float32 (TF32 off while measuring); the timing loop
@@ -232,16 +237,15 @@ class TorchCUDAAgent(TorchCPUAgent):
     Options = CudaOptions
 
     def __init__(self, **options: Any):
-        opts = CudaOptions.from_kwargs(self.name, options)
+        super().__init__(**options)  # options checked first: a bad one is a usage error anywhere
         if not torch.cuda.is_available():
             raise DeviceUnavailableError(
                 f"no CUDA device: torch {torch.__version__} (CUDA build {torch.version.cuda or 'none'})"
                 " reports torch.cuda.is_available() == False")
         count = torch.cuda.device_count()
-        if not 0 <= opts.index < count:
-            raise DeviceUnavailableError(f"no CUDA device: index {opts.index} but {count} device(s) visible")
-        super().__init__(**options)
-        self.index = opts.index
+        if not 0 <= self.opts.index < count:
+            raise DeviceUnavailableError(f"no CUDA device: index {self.opts.index} but {count} device(s) visible")
+        self.index = self.opts.index
         self.device = torch.device("cuda", self.index)
 
     def fingerprint(self) -> DeviceProfile:

@@ -6,7 +6,6 @@ everything measured so far kept; `--out` an existing table resumes it.
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 from typing import List, Optional
 
@@ -15,13 +14,10 @@ import typer
 from .errors import UsageError
 
 
-def _raise_interrupt(signum, frame):  # SIGTERM behaves like Ctrl-C: stop, keep what is stored
-    raise KeyboardInterrupt
-
-
 def select_ops(space: Optional[str], ops_file: Optional[Path], resolution: list[int], granularity: str,
                fusion: str):
-    """The ops to profile and, for space ops, the resolutions each key belongs to."""
+    """The ops to profile and, for space ops, the resolutions each key belongs to; an empty
+    selection is refused, naming where it came from."""
     from . import ops as O
     from .profiling import ops_with_resolutions
 
@@ -30,23 +26,18 @@ def select_ops(space: Optional[str], ops_file: Optional[Path], resolution: list[
     if ops_file is not None:
         from .formats.oplist import read_any_ops
 
-        return O.unique(read_any_ops(str(ops_file))), {}
-    from .spaces import get_space
+        if resolution:
+            raise UsageError(f"--resolution applies to --space; {ops_file} lists its ops with their shapes")
+        ops, res = O.unique(read_any_ops(str(ops_file))), {}
+        where = f"{ops_file} lists no ops"
+    else:
+        from .spaces import get_space
 
-    return ops_with_resolutions(get_space(space), resolution or None, granularity, fusion)
-
-
-def agent_options(device: str, threads: int = 1, opt_level: str = "all", xnnpack: bool = True,
-                  boundary: str = "network", **android) -> dict:
-    """The agent constructor options of `device` from CLI values (shared by profile, calibrate, validate)."""
-    options: dict = {"threads": threads}
-    if device == "ort":
-        options.update(opt_level=opt_level, boundary=boundary)
-    elif device == "tflite":
-        options["xnnpack"] = xnnpack
-    elif device == "android":
-        options.update(android)
-    return options
+        ops, res = ops_with_resolutions(get_space(space), resolution or None, granularity, fusion)
+        where = f"space {space} gives no {granularity}s at resolution(s) {', '.join(map(str, resolution)) or 'all'}"
+    if not ops:
+        raise UsageError(f"nothing to profile: {where}")
+    return ops, res
 
 
 def profile_command(
@@ -56,28 +47,30 @@ def profile_command(
     ops_file: Optional[Path] = typer.Option(None, "--ops", help="an op list (PaddleSlim text, csv, jsonl, block keys)"),
     resolution: List[int] = typer.Option([], "--resolution", "-r", help="input resolution(s); default: all of the space's"),
     granularity: str = typer.Option("block", "--granularity", "-g", help="op or block"),
-    threads: int = typer.Option(1, "--threads", "-t", help="runtime threads"),
-    max_ops: Optional[int] = typer.Option(None, "--max-ops", help="measure at most this many new ops"),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", help="runtime threads, 1 to the cores this "
+                                          "process may use (default 1)"),
+    max_ops: Optional[int] = typer.Option(None, "--max-ops", help="measure at most this many new ops (>= 1)"),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="measure again ops that failed before"),
-    opt_level: str = typer.Option("all", "--opt-level", help="ort: graph optimisation level (disable, basic, extended, all)"),
-    xnnpack: bool = typer.Option(True, "--xnnpack/--no-xnnpack", help="tflite: XNNPACK delegate"),
-    boundary: str = typer.Option("network", "--boundary", help="ort: time each op as it runs between two "
-                                 "convolutions in a network (network: NCHWc, no reorders at its ends) "
-                                 "or as a graph of its own (graph)"),
+    opt_level: Optional[str] = typer.Option(None, "--opt-level", help="ort: graph optimisation level (disable, "
+                                            "basic, extended, all; default all)"),
+    xnnpack: Optional[bool] = typer.Option(None, "--xnnpack/--no-xnnpack", help="tflite: XNNPACK delegate (default on)"),
+    boundary: Optional[str] = typer.Option(None, "--boundary", help="ort: time each op as it runs between two "
+                                           "convolutions in a network (network, the default: NCHWc, no "
+                                           "reorders at its ends) or as a graph of its own (graph)"),
     serial: Optional[str] = typer.Option(None, "--serial", help="android: device serial"),
     runner: Optional[Path] = typer.Option(None, "--runner", help="android: benchmark_model (or onnxruntime_perf_test) binary to push"),
-    cpus: str = typer.Option("big", "--cpus", help="android: big, little, all or a hex mask for taskset"),
+    cpus: Optional[str] = typer.Option(None, "--cpus", help="android: big (default), little, all or a hex mask for taskset"),
     runtime: Optional[str] = typer.Option(None, "--runtime", help="android: tflite (benchmark_model) or ort (onnxruntime_perf_test); default from the runner's name"),
-    delegate: str = typer.Option("cpu", "--delegate", help="android: cpu (builtin kernels), xnnpack, gpu or nnapi"),
-    max_temp: float = typer.Option(45.0, "--max-temp", help="android: wait above this temperature (C)"),
-    cooldown: float = typer.Option(30.0, "--cooldown", help="android: seconds to wait when too hot"),
-    batch_size: int = typer.Option(20, "--batch-size", help="android: models per adb round trip"),
-    target_iqr: float = typer.Option(0.05, "--target-iqr", help="stop sampling once IQR/median is below this"),
-    max_time: float = typer.Option(2.0, "--max-time", help="time cap per op in seconds"),
-    min_samples: int = typer.Option(10, "--min-samples", help="samples per op at least"),
-    rounds: Optional[int] = typer.Option(None, "--rounds", help="interleaved rounds per op; the estimate is "
-                                         "the fastest round's median (default 10; 1 on android)"),
-    interleave: Optional[int] = typer.Option(None, "--interleave", help="ops timed together, round-robin "
+    delegate: Optional[str] = typer.Option(None, "--delegate", help="android: cpu (builtin kernels, the default), xnnpack, gpu or nnapi"),
+    max_temp: Optional[float] = typer.Option(None, "--max-temp", help="android: wait above this temperature (C; default 45)"),
+    cooldown: Optional[float] = typer.Option(None, "--cooldown", help="android: seconds to wait when too hot (default 30)"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="android: models per push-and-run, two adb round trips (default 32)"),
+    target_iqr: float = typer.Option(0.05, "--target-iqr", help="stop sampling once IQR/median is below this (0 to 1; 0: never early)"),
+    max_time: float = typer.Option(2.0, "--max-time", help="time cap per op in seconds (> 0, <= 3600)"),
+    min_samples: int = typer.Option(10, "--min-samples", help="samples per op at least (>= 1)"),
+    rounds: Optional[int] = typer.Option(None, "--rounds", help="interleaved rounds per op, 1 to 100; the estimate "
+                                         "is the fastest round's median (default 10; 1 on android)"),
+    interleave: Optional[int] = typer.Option(None, "--interleave", help="ops timed together, round-robin, 1 to 256 "
                                              "(default 24; 1 on android)"),
     context: str = typer.Option("auto", "--context", help="cache context: network (weights as cold as "
                                 "inside a network; the default with --space), warm (calls back to back), auto"),
@@ -87,57 +80,64 @@ def profile_command(
     as_json: bool = typer.Option(False, "--json", help="print the run summary as JSON"),
 ) -> None:
     """Profile ops on a device into a latency table (resumable; every op committed as measured)."""
-    from device_agents import get_agent
+    from device_agents import agent_class, agent_options, get_agent
 
-    from .profiling import check_run_meta, invocation_entry, measure_invocation, timing_for
+    from .profiling import INVOCATION_META, check_max_ops, check_run_meta, measure_invocation, timing_for
     from .spaces import get_space
     from .store import LatencyTable
 
     if granularity not in ("op", "block"):
         raise UsageError(f"--granularity must be op or block, got {granularity!r}")
-    options = agent_options(device, threads, opt_level, xnnpack, boundary, serial=serial,
-                            runner=str(runner) if runner else None, runtime=runtime, cpus=cpus,
-                            delegate=delegate, max_temp=max_temp, cooldown=cooldown, batch_size=batch_size)
+    check_max_ops(max_ops)
+    flags = dict(threads=threads, opt_level=opt_level, boundary=boundary, xnnpack=xnnpack, serial=serial,
+                 runner=runner, runtime=runtime, cpus=cpus, delegate=delegate, max_temp=max_temp,
+                 cooldown=cooldown, batch_size=batch_size)  # None: not given
+    options = agent_options(device, flags)
+    # bad timing values are refused before the agent touches a device
+    timing = default_timing(agent_class(device), target_iqr=target_iqr, max_time_s=max_time,
+                            min_samples=min_samples, rounds=rounds, interleave=interleave)
     agent = get_agent(device, **options)
     try:
-        timing = default_timing(agent, target_iqr=target_iqr, max_time_s=max_time, min_samples=min_samples,
-                                rounds=rounds, interleave=interleave)
         fusion = getattr(agent, "fusion", "none")
         ops, res = select_ops(space, ops_file, resolution, granularity, fusion)
         timing = timing_for(agent, timing, context, get_space(space) if space else None, context_mb)
-        old = signal.signal(signal.SIGTERM, _raise_interrupt)
-        try:
-            with LatencyTable.open(str(out), agent.profile) as table:
-                check_run_meta(table, granularity, fusion, space, timing)
-                measure_invocation(table, agent, timing, retry_failed)
-                run = _run_with_progress(table, agent, ops, timing, max_ops, retry_failed, res)
-                invocation = invocation_entry(table)  # each batch added a sample
-        finally:
-            signal.signal(signal.SIGTERM, old)
+        with LatencyTable.open(str(out), agent.profile) as table:
+            check_run_meta(table, granularity, fusion, space, timing)
+            measure_invocation(table, agent, timing, retry_failed)
+            run = _run_with_progress(table, agent, ops, timing, max_ops, retry_failed, res)
+            invocation = table.meta_get(INVOCATION_META)  # each batch added a sample
     finally:
         agent.close()
-    summary = {
-        "table": str(out), "profile_id": agent.profile.id, "device": device, "total": run.total,
-        "skipped": run.skipped, "measured": run.measured, "failed": run.failed,
-        "remaining": run.remaining, "interrupted": run.interrupted, "wall_s": round(run.wall_s, 3),
-        "overhead": round(run.overhead, 4), "context": timing.context, "context_bytes": timing.context_bytes,
-        "rounds": timing.rounds, "interleave": timing.interleave,
-        "invocation_ms": invocation["estimate_ms"] if invocation else None,
-        "failures": [{"key": k, "error": e} for k, e in run.failures],
-    }
-    if as_json:
-        typer.echo(json.dumps(summary, indent=2))
-    else:
-        typer.echo(f"{out}: {run.measured} measured, {run.skipped} already stored, {run.failed} failed, "
-                   f"{run.remaining} remaining ({run.wall_s:.1f} s, {100 * run.overhead:.0f}% outside timed loops); "
-                   f"{context_line(timing, invocation)}")
-        for k, e in run.failures[:10]:
-            typer.echo(f"  failed: {k}: {e}", err=True)
+    _report(run, out, agent, device, timing, invocation, as_json)
     if run.interrupted:
         typer.echo(f"latbench: interrupted: {run.measured + run.failed} ops stored in {out}; rerun the same command to resume", err=True)
         raise typer.Exit(130)
-    if run.failed:
+    if run.failed or run.failed_earlier:  # a partial table while any of its ops is stored failed
         raise typer.Exit(3)
+
+
+def _report(run, out: Path, agent, device: str, timing, invocation: dict | None, as_json: bool) -> None:
+    """The run summary on stdout (text or JSON); the first failures on stderr."""
+    ok = invocation if invocation and invocation.get("estimate_ms") is not None else None
+    if as_json:
+        typer.echo(json.dumps({
+            "table": str(out), "profile_id": agent.profile.id, "device": device, "total": run.total,
+            "skipped": run.skipped, "measured": run.measured, "failed": run.failed,
+            "failed_earlier": run.failed_earlier, "remaining": run.remaining, "interrupted": run.interrupted,
+            "wall_s": round(run.wall_s, 3), "overhead": round(run.overhead, 4), "context": timing.context,
+            "context_bytes": timing.context_bytes, "rounds": timing.rounds, "interleave": timing.interleave,
+            "invocation_ms": ok["estimate_ms"] if ok else None,
+            "invocation_error": None if ok or not invocation else invocation.get("error"),
+            "failures": [{"key": k, "error": e} for k, e in run.failures],
+        }, indent=2))
+        return
+    earlier = (f", {run.failed_earlier} failed earlier (not retried; --retry-failed measures them again)"
+               if run.failed_earlier else "")
+    typer.echo(f"{out}: {run.measured} measured, {run.skipped} already stored, {run.failed} failed{earlier}, "
+               f"{run.remaining} remaining ({run.wall_s:.1f} s, {100 * run.overhead:.0f}% outside timed loops); "
+               f"{context_line(timing, invocation)}")
+    for k, e in run.failures[:10]:
+        typer.echo(f"  failed: {k}: {e}", err=True)
 
 
 ROUNDS, INTERLEAVE = 10, 24  # profile defaults where the agent can interleave
@@ -145,7 +145,8 @@ ROUNDS, INTERLEAVE = 10, 24  # profile defaults where the agent can interleave
 
 def default_timing(agent, rounds: Optional[int] = None, interleave: Optional[int] = None, **kw):
     """TimingSettings with latbench's profile defaults: 10 rounds over 24 ops interleaved (spread over
-    seconds, so a slow spell of a shared machine hits a round, not an op) where the agent can."""
+    seconds, so a slow spell of a shared machine hits a round, not an op) where the agent (an
+    instance or its class) can."""
     from .measure import TimingSettings
 
     can = getattr(agent, "interleaves", False)
@@ -154,18 +155,25 @@ def default_timing(agent, rounds: Optional[int] = None, interleave: Optional[int
 
 
 def context_line(timing, invocation: dict | None) -> str:
-    """How the entries were timed, in a few words (profile and quickstart print it)."""
+    """How the entries were timed, in a few words (profile and quickstart print it); `invocation`
+    is the table's per-call cost entry (meta "invocation"), a failed one with its reason."""
     if timing.context == "network":
         words = f"network context, {timing.context_bytes / (1 << 20):.1f} MB read before each call"
     else:
         words = "warm context (calls back to back)"
     if timing.rounds > 1:
         words += f"; {timing.rounds} rounds over {timing.interleave} ops at a time"
-    inv = "not measured"
-    if invocation:
-        n = sum(x.get("estimate_ms") is not None for x in invocation.get("samples", ()))
-        inv = f"{invocation['estimate_ms'] * 1e3:.1f} us" + (f" (median of {n} samples)" if n > 1 else "")
-    return f"{words}; per-call cost {inv}"
+    return f"{words}; per-call cost {_invocation_words(invocation)}"
+
+
+def _invocation_words(invocation: dict | None) -> str:
+    """The per-call cost as measured (the meta entry's estimate), or why it was not."""
+    if not invocation:
+        return "not measured"
+    if invocation.get("estimate_ms") is None:
+        return f"not measured: {invocation.get('error') or 'no sample'}"
+    n = sum(x.get("estimate_ms") is not None for x in invocation.get("samples", ()))
+    return f"{invocation['estimate_ms'] * 1e3:.1f} us" + (f" (median of {n} samples)" if n > 1 else "")
 
 
 def _run_with_progress(table, agent, ops, timing, max_ops, retry_failed, res):

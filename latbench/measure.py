@@ -20,6 +20,7 @@ samples measures the spell.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import time
 from dataclasses import dataclass, field
@@ -34,8 +35,50 @@ CONTEXTS = ("warm", "network")
 
 
 @dataclass(frozen=True)
+class Bound:
+    """The values one numeric TimingSettings field accepts, and the flag that sets it."""
+
+    low: float
+    high: float = math.inf
+    low_open: bool = False  # `low` itself is refused
+    whole: bool = False  # a whole number
+    flag: str = ""  # the profile/validate flag, named in the error
+
+    def check(self, name: str, value: Any) -> None:
+        """A one-line UsageError naming the field (and its flag) unless `value` is in range."""
+        kind_ok = isinstance(value, numbers.Integral if self.whole else numbers.Real) and not isinstance(value, bool)
+        if kind_ok and math.isfinite(value) and (value > self.low if self.low_open else value >= self.low) \
+                and value <= self.high:
+            return
+        low = f"> {self.low:g}" if self.low_open else f">= {self.low:g}"
+        high = f" and <= {self.high:g}" if math.isfinite(self.high) else ""
+        what = "a whole number" if self.whole else "a finite number"
+        flag = f" ({self.flag})" if self.flag else ""
+        raise UsageError(f"timing {name}{flag} must be {what} {low}{high}, got {value!r}")
+
+
+# What TimingSettings accepts. rounds: each round takes at least 3 samples per op whatever the
+# time cap, so 100 rounds are already 300 calls; interleave: that many ops are built and held in
+# memory at once; max_time_s: an hour per op (or per subnet, for validate) is a cap, not a wait.
+BOUNDS = {
+    "warmup": Bound(0, whole=True),
+    "warmup_s": Bound(0),
+    "target_iqr": Bound(0, 1, flag="--target-iqr"),  # 0: never stop early (time or sample cap)
+    "min_samples": Bound(1, whole=True, flag="--min-samples"),
+    "max_samples": Bound(1, whole=True),
+    "max_time_s": Bound(0, 3600, low_open=True, flag="--max-time"),
+    "block_overhead": Bound(0, 1, low_open=True),
+    "keep_samples": Bound(0, whole=True),
+    "context_bytes": Bound(0, whole=True),
+    "rounds": Bound(1, 100, whole=True, flag="--rounds"),
+    "interleave": Bound(1, 256, whole=True, flag="--interleave"),
+}
+
+
+@dataclass(frozen=True)
 class TimingSettings:
-    """How long and how hard to time one op. Durations in seconds."""
+    """How long and how hard to time one op. Durations in seconds. Every value is checked
+    against BOUNDS when the settings are made, so a bad one never reaches a timing loop."""
 
     warmup: int = 5  # untimed calls before the first sample
     warmup_s: float = 0.05  # ... and at least this long
@@ -54,10 +97,8 @@ class TimingSettings:
     def __post_init__(self) -> None:
         if self.context not in CONTEXTS:
             raise UsageError(f"timing context must be one of {', '.join(CONTEXTS)}, got {self.context!r}")
-        if self.context_bytes < 0:
-            raise UsageError(f"context bytes must be >= 0, got {self.context_bytes}")
-        if self.rounds < 1 or self.interleave < 1:
-            raise UsageError(f"rounds and interleave must be >= 1, got {self.rounds} and {self.interleave}")
+        for name, bound in BOUNDS.items():
+            bound.check(name, getattr(self, name))
 
     @property
     def estimator(self) -> str:

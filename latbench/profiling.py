@@ -1,8 +1,10 @@
 """Drive an agent over a list of ops into a latency table: resumable, committed op by op.
 
-Every Measurement is written in its own transaction as it arrives, so a crash, Ctrl-C or reboot
-loses at most the ops in flight (one op, or the batch an agent times interleaved: 24 by default);
-a rerun skips every key already stored for the table's profile. Also here: the cache context and
+Every Measurement is written in its own transaction as the agent hands it over. Ops an agent
+times together (interleaved: `--interleave`, 24 by default; a phone's push-and-run batch) are
+handed over together when their batch ends, so a crash, Ctrl-C or reboot loses at most that
+batch in flight; a rerun skips every key already stored for the table's profile (and counts
+those stored failed: ProfileRun.failed_earlier). Also here: the cache context and
 rounds a profile times in, and the runtime's per-call cost each table records.
 """
 from __future__ import annotations
@@ -39,6 +41,7 @@ class ProfileRun:
     skipped: int = 0  # already in the table
     measured: int = 0  # measured now (ok)
     failed: int = 0  # measured now but failed
+    failed_earlier: int = 0  # of the skipped: stored as failed by an earlier run, not retried
     remaining: int = 0  # not reached (max_ops or interruption)
     interrupted: bool = False
     wall_s: float = 0.0
@@ -78,8 +81,8 @@ def network_context_bytes(space=None, context_mb: float | None = None) -> tuple[
     `context_mb` if given, else the space's median subnet weights; capped at twice the
     last-level cache (beyond that every cached line is evicted already, only slower)."""
     if context_mb is not None:
-        if context_mb < 0:
-            raise UsageError(f"--context-mb must be >= 0, got {context_mb:g}")
+        if not (math.isfinite(context_mb) and context_mb >= 0):
+            raise UsageError(f"--context-mb must be a finite number >= 0, got {context_mb:g}")
         want = int(context_mb * (1 << 20))
     elif space is not None:
         want = space.context_bytes()
@@ -99,6 +102,9 @@ def timing_for(agent, timing: TimingSettings, context: str, space=None,
         context = "network" if known and "network" in getattr(agent, "contexts", ()) else "warm"
     if context not in ("warm", "network"):
         raise UsageError(f"--context must be auto, warm or network, got {context!r}")
+    if context == "warm" and context_mb is not None:
+        raise UsageError(f"--context-mb sizes the network context, and this run times in warm context "
+                         f"({agent.name} times in: {', '.join(agent.contexts)}): leave --context-mb out")
     if context == "warm":
         out = dataclasses.replace(timing, context="warm", context_bytes=0)
     else:
@@ -275,6 +281,12 @@ def measure_order(ops: Sequence[OpSpec], seed: int = ORDER_SEED) -> list[OpSpec]
     return out
 
 
+def check_max_ops(max_ops: int | None) -> None:
+    """A cap on new ops is at least one op (None: no cap)."""
+    if max_ops is not None and max_ops < 1:
+        raise UsageError(f"--max-ops must be >= 1 (leave it out to measure every op), got {max_ops}")
+
+
 def profile_into(table, agent, ops: Iterable[OpSpec], timing: TimingSettings = TimingSettings(),
                  max_ops: int | None = None, retry_failed: bool = False, shuffle: bool = True,
                  resolutions: dict[str, list[int]] | None = None, sample_invocation: bool = True,
@@ -286,13 +298,15 @@ def profile_into(table, agent, ops: Iterable[OpSpec], timing: TimingSettings = T
     Where the agent times ops in batches (interleaved rounds; a phone's push-and-run), each batch
     also times INVOCATION_OP into the table's per-call cost (`record_invocation`), unless not
     `sample_invocation`."""
+    check_max_ops(max_ops)
     t0 = time.perf_counter()
     todo_all = unique(ops)
     stored_ok = table.keys(status="ok")
     stored_any = table.keys(status=None)
     skip = stored_ok if retry_failed else stored_any
     todo = [op for op in todo_all if op.key not in skip]
-    run = ProfileRun(total=len(todo_all), skipped=len(todo_all) - len(todo))
+    run = ProfileRun(total=len(todo_all), skipped=len(todo_all) - len(todo),
+                     failed_earlier=sum(op.key in skip and op.key not in stored_ok for op in todo_all))
     if max_ops is not None:
         todo = todo[:max_ops]
     if shuffle:

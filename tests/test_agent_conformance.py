@@ -2,8 +2,9 @@
 
 Adding an agent is one line in AGENT_FACTORIES: name -> factory(request, threads=..., seed=...)
 returning the agent (the factory may pull other fixtures, e.g. a stand-in adb server, through
-`request.getfixturevalue`). An agent whose runtime is not installed or whose device is absent
-is skipped with a warning naming the reason, so it shows in the summary even without `-rs`.
+`request.getfixturevalue`). Only an agent whose device is absent is skipped, with a warning naming
+the reason, so it shows in the summary even without `-rs`; an agent whose module fails to import,
+or whose runtime is not installed (MissingExtraError: the dev install has every extra), fails.
 An agent named in PROBED is built once at collection instead: absent there (cuda without a GPU),
 it is left out of every test and skipped once, by test_probed_agent_present_or_skipped_once.
 
@@ -30,7 +31,7 @@ from latbench.errors import DeviceUnavailableError, MissingExtraError
 from latbench.measure import Measurement, TimingSettings
 from latbench.ops import OpSpec
 
-torch = pytest.importorskip("torch", reason="the conformance reference is torch: pip install 'latbench[torch]'")
+import torch  # the conformance reference; the dev install has it (a missing one fails the suite)
 
 AgentFactory = Callable[..., Agent]
 
@@ -63,7 +64,7 @@ RTOL, ATOL = 1e-4, 1e-4
 
 
 class AgentSkipped(UserWarning):
-    """An agent of the suite could not be built here (runtime missing, no device)."""
+    """An agent of the suite could not be built here: its device is absent."""
 
 
 def _skip(name: str, reason: str) -> None:
@@ -73,21 +74,16 @@ def _skip(name: str, reason: str) -> None:
 
 
 def _build(request: pytest.FixtureRequest | None, name: str, **kw: Any) -> Agent | str:
-    """The agent from its factory, or why it cannot exist on this machine."""
+    """The agent from its factory, or why its device is absent here: DeviceUnavailableError (cuda
+    without a GPU) or a skip from a fixture that provides the device (the stand-in adb server).
+    Anything else propagates and fails the test: an import error in the agent's module, and a
+    missing extra (MissingExtraError), since the dev install has every extra."""
     try:
         return AGENT_FACTORIES[name](request, **kw)
-    except MissingExtraError as e:
-        return f"runtime not installed ({e})"
     except DeviceUnavailableError as e:
         return f"device unavailable ({e})"
-    except pytest.skip.Exception as e:  # a fixture the factory needs cannot run here (stand-in server)
+    except pytest.skip.Exception as e:
         return e.msg or "skipped"
-    except ModuleNotFoundError as e:
-        missing = e.name or ""
-        own_module = device_agents._AGENTS.get(name, ("",))[0]  # the agent's module, not written yet
-        if missing.split(".")[0] in ("latbench", "device_agents") and missing != own_module:
-            raise  # a broken import inside latbench is a failure, not a skip
-        return f"module {missing!r} not importable ({e})"
 
 
 def build_agent(request: pytest.FixtureRequest, name: str, **kw: Any) -> Agent:
@@ -372,3 +368,31 @@ def test_probed_agent_present_or_skipped_once(request: pytest.FixtureRequest, na
         again.close()
     assert again == ABSENT[name], f"agent {name!r} was absent at collection, now: {again!r}"
     _skip(name, ABSENT[name])
+
+
+# ---------------------------------------------------------------------- the suite's own rules
+def _module(tmp_path, monkeypatch: pytest.MonkeyPatch, name: str, body: str) -> None:
+    """A module `name` on sys.path holding `body`, registered as agent `name`."""
+    (tmp_path / f"{name}.py").write_text(body)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(device_agents._AGENTS, name, (name, "SomeAgent"))
+    monkeypatch.setitem(AGENT_FACTORIES, name, by_name(name))
+
+
+def test_an_agent_module_that_fails_to_import_fails_the_suite(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A registered agent whose module is missing, raises on import or needs an extra that is not
+    installed is an error of the suite, not a skip; only an absent device is skipped, with why."""
+    monkeypatch.setitem(device_agents._AGENTS, "unwritten", ("device_agents.unwritten_agent", "SomeAgent"))
+    monkeypatch.setitem(AGENT_FACTORIES, "unwritten", by_name("unwritten"))
+    with pytest.raises(ModuleNotFoundError, match="device_agents.unwritten_agent"):
+        _build(None, "unwritten")
+    _module(tmp_path, monkeypatch, "agent_with_broken_import", "import latbench.no_such_module\n")
+    with pytest.raises(ModuleNotFoundError, match="latbench.no_such_module"):
+        _build(None, "agent_with_broken_import")
+    _module(tmp_path, monkeypatch, "agent_needing_an_extra",
+            "from latbench.errors import require\nrequire('no_such_runtime_for_latbench', 'nothing')\n")
+    with pytest.raises(MissingExtraError, match=r"latbench\[nothing\]"):
+        _build(None, "agent_needing_an_extra")
+    # a device that is not there (a CUDA index no machine has) is the one reason to skip
+    monkeypatch.setitem(AGENT_FACTORIES, "cuda99", lambda request, **kw: get_agent("cuda", index=99, **kw))
+    assert _build(None, "cuda99").startswith("device unavailable (no CUDA device")

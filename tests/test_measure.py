@@ -179,11 +179,47 @@ def test_timing_settings_check_their_context() -> None:
 
     with pytest.raises(UsageError, match="timing context must be one of warm, network"):
         TimingSettings(context="hot")
-    with pytest.raises(UsageError, match="context bytes must be >= 0"):
+    with pytest.raises(UsageError, match="context_bytes must be a whole number >= 0, got -1"):
         TimingSettings(context="network", context_bytes=-1)
     t = TimingSettings(min_samples=7, context="network", context_bytes=5)
     assert t.warm() == TimingSettings(min_samples=7)
     assert TimingSettings(**t.to_dict()) == t  # what a table row stores rebuilds the settings
+
+
+@pytest.mark.parametrize("field, bad, message", [
+    ("max_time_s", math.nan, "timing max_time_s (--max-time) must be a finite number > 0 and <= 3600, got nan"),
+    ("max_time_s", 0.0, "timing max_time_s (--max-time) must be a finite number > 0 and <= 3600, got 0.0"),
+    ("max_time_s", math.inf, "timing max_time_s (--max-time) must be a finite number > 0 and <= 3600, got inf"),
+    ("max_time_s", 3600.5, "timing max_time_s (--max-time) must be a finite number > 0 and <= 3600, got 3600.5"),
+    ("min_samples", 0, "timing min_samples (--min-samples) must be a whole number >= 1, got 0"),
+    ("min_samples", 2.5, "timing min_samples (--min-samples) must be a whole number >= 1, got 2.5"),
+    ("min_samples", True, "timing min_samples (--min-samples) must be a whole number >= 1, got True"),
+    ("target_iqr", -1.0, "timing target_iqr (--target-iqr) must be a finite number >= 0 and <= 1, got -1.0"),
+    ("target_iqr", math.nan, "timing target_iqr (--target-iqr) must be a finite number >= 0 and <= 1, got nan"),
+    ("max_samples", 0, "timing max_samples must be a whole number >= 1, got 0"),
+    ("warmup", -1, "timing warmup must be a whole number >= 0, got -1"),
+    ("warmup_s", math.inf, "timing warmup_s must be a finite number >= 0, got inf"),
+    ("block_overhead", 0.0, "timing block_overhead must be a finite number > 0 and <= 1, got 0.0"),
+    ("keep_samples", -1, "timing keep_samples must be a whole number >= 0, got -1"),
+    ("interleave", 0, "timing interleave (--interleave) must be a whole number >= 1 and <= 256, got 0"),
+    ("interleave", 257, "timing interleave (--interleave) must be a whole number >= 1 and <= 256, got 257"),
+    ("rounds", 101, "timing rounds (--rounds) must be a whole number >= 1 and <= 100, got 101"),
+])
+def test_timing_settings_refuse_values_out_of_bounds(field: str, bad, message: str) -> None:
+    """The library refuses what the CLI refuses: one UsageError naming the field and its flag."""
+    with pytest.raises(M.UsageError) as e:
+        TimingSettings(**{field: bad})
+    assert str(e.value) == message
+    with pytest.raises(M.UsageError):  # a copy with a bad value too (validate applies CLI values so)
+        dataclasses.replace(TimingSettings(), **{field: bad})
+
+
+def test_timing_settings_accept_their_bounds() -> None:
+    """The ends of every range are accepted; target_iqr 0 means never stop early."""
+    edges = dict(warmup=0, warmup_s=0.0, target_iqr=0.0, min_samples=1, max_samples=1, max_time_s=3600,
+                 block_overhead=1.0, keep_samples=0, rounds=100, interleave=256)
+    assert TimingSettings(**edges).to_dict() == {**TimingSettings().to_dict(), **edges}
+    assert TimingSettings(target_iqr=1, rounds=1, interleave=1).target_iqr == 1
 
 
 def test_last_level_cache_is_the_largest_sysfs_cache() -> None:
@@ -264,7 +300,7 @@ def test_a_failing_callable_is_reported_and_the_batch_goes_on(overhead: Callable
         state["n"] = 10
         time_callable(flaky, settings)
     assert TimingSettings(rounds=3).estimator == "round_min" and TimingSettings().estimator == "median"
-    with pytest.raises(M.UsageError, match="rounds and interleave must be >= 1"):
+    with pytest.raises(M.UsageError, match=r"rounds \(--rounds\) must be a whole number >= 1 and <= 100, got 0"):
         TimingSettings(rounds=0)
 
 

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -140,6 +139,48 @@ def test_every_interleaved_batch_samples_the_per_call_cost(tmp_path: Path) -> No
         inv = t.meta_get("invocation")
         assert [x["estimate_ms"] for x in inv["samples"]][0] == 1.0 and len(inv["samples"]) == 2
         assert inv["estimate_ms"] == pytest.approx((1.0 + inv["samples"][1]["estimate_ms"]) / 2, rel=1e-12)
+
+def test_each_measurement_is_its_own_transaction_committed_when_handed_over(tmp_path: Path) -> None:
+    """profile_into commits every Measurement alone, as the agent hands it over: another connection
+    reads the row when on_result sees it, and no transaction holds two rows. Interleaved ops are
+    handed over together at their batch's end (their samples are taken together), so what a crash
+    can lose is the batch in flight, never a row already handed over."""
+    import sqlite3
+    from contextlib import closing
+
+    from device_agents import get_agent
+    from latbench.measure import TimingSettings
+    from latbench.profiling import ops_with_resolutions, profile_into
+    from latbench.spaces import get_space
+
+    ops, _ = ops_with_resolutions(get_space("tiny"), [24], "block")
+    agent = get_agent("ort", threads=1)
+    timing = TimingSettings(warmup=1, warmup_s=0.0, min_samples=3, max_samples=5, max_time_s=0.02,
+                            rounds=2, interleave=4)
+    path = tmp_path / "t.sqlite"
+    handed: list[str] = []
+    statements: list[str] = []
+    with LatencyTable.open(path, agent.profile) as t, closing(sqlite3.connect(path)) as reader:
+        def on_result(m) -> None:  # committed already: visible to a connection of its own
+            handed.append(m.key)
+            assert reader.execute("SELECT key FROM measurements WHERE key = ?", (m.key,)).fetchall() == [(m.key,)]
+            assert reader.execute("SELECT COUNT(*) FROM measurements").fetchone()[0] == len(handed)
+
+        t.conn.set_trace_callback(statements.append)
+        run = profile_into(t, agent, ops, timing, max_ops=7, on_result=on_result)
+    assert run.measured + run.failed == len(handed) == 7
+    transactions, current = [], None
+    for sql in statements:
+        if sql.startswith("BEGIN"):
+            current = []
+        elif sql == "COMMIT":
+            transactions.append(current)
+            current = None
+        elif current is not None:
+            current.append(sql)
+    rows = [sum(sql.startswith("INSERT OR REPLACE INTO measurements") for sql in tx) for tx in transactions]
+    assert sum(rows) == 7 and max(rows) == 1, rows  # seven transactions of one row each (+ the meta's)
+
 
 def test_ops_file_from_enumerate(tmp_path: Path) -> None:
     """`--ops` takes the PaddleSlim op list that `latbench enumerate` writes."""
