@@ -37,9 +37,11 @@ def table_names(paths: List[Path]) -> list[str]:
     return names
 
 
-def load_predictors(space, tables: List[Path], calibration: bool = True) -> dict:
+def load_predictors(space, tables: List[Path], calibration: bool = True,
+                    max_fallback: Optional[float] = None) -> dict:
     """{name: Predictor} from latbench table files (opened read-only, never created). A table
-    holding every key the space can use is loaded strict: no fallback regression to fit."""
+    holding every key the space can use is loaded strict: no fallback regression to fit.
+    max_fallback: the share of a subnet's keys the fallback may price (None: any)."""
     from .predict import Predictor, _guess_granularity
     from .search.constraints import table_keys
     from .store import LatencyTable
@@ -55,40 +57,50 @@ def load_predictors(space, tables: List[Path], calibration: bool = True) -> dict
             fusion = meta.get("fusion") or "none"
             full = table_keys(space, None, granularity, fusion) <= keys
             out[name] = Predictor.from_table(t, space, granularity, fusion, strict=full,
-                                             use_calibration=calibration)
+                                             use_calibration=calibration, max_fallback=max_fallback)
     return out
 
 
 def choose_resolutions(space, predictors: dict, asked: List[int], say) -> Optional[dict]:
     """The resolutions to search: those asked for, else those every table covers without the
-    fallback regression (all of them for a full table)."""
-    from .search.constraints import covered_resolutions
+    fallback regression (all of them for a full table). Refuses (FallbackError) before saying
+    anything when a subnet there would have more keys missing than a predictor allows."""
+    from .search import Domain
+    from .search.constraints import refuse_fallback
 
     if space.resolution_position is None:
         if asked:
             raise UsageError(f"space {space.name} has no searchable resolution: drop --resolution")
+        refuse_fallback(predictors, Domain.of(space))
         return None
     allowed = tuple(space.resolutions)
     covered = set(allowed)
-    for name, p in predictors.items():
-        covered &= set(covered_resolutions(p, space))
+    for p in predictors.values():
+        covered &= set(p.covered_resolutions)
+    name = space.positions[space.resolution_position].name
+    notes: list[str] = []
     if asked:
         res = space.check_resolutions(asked)
         loose = [r for r in res if r not in covered]
         if loose:
-            say(f"note: at resolution(s) {', '.join(map(str, loose))} some blocks are not in every table; "
-                "they are priced by the fallback regression")
-        return {space.positions[space.resolution_position].name: list(res)}
-    if covered == set(allowed):
-        return None
-    if not covered:
-        say("note: no resolution is fully covered by every table: missing blocks are priced by the "
-            "fallback regression (profile more, or pass --resolution)")
-        return None
-    res = sorted(covered)
-    say(f"searching the resolutions every table covers: {', '.join(map(str, res))} "
-        f"(of {len(allowed)}; --resolution to choose)")
-    return {space.positions[space.resolution_position].name: res}
+            notes.append(f"note: at resolution(s) {', '.join(map(str, loose))} some blocks are not in every "
+                         "table; they are priced by the fallback regression")
+        choices = {name: list(res)}
+    elif covered == set(allowed):
+        choices = None
+    elif not covered:
+        notes.append("note: no resolution is fully covered by every table: missing blocks are priced by the "
+                     "fallback regression (profile more, or pass --resolution)")
+        choices = None
+    else:
+        res = sorted(covered)
+        notes.append(f"searching the resolutions every table covers: {', '.join(map(str, res))} "
+                     f"(of {len(allowed)}; --resolution to choose)")
+        choices = {name: res}
+    refuse_fallback(predictors, Domain.of(space, choices))
+    for note in notes:
+        say(note)
+    return choices
 
 
 def _budgets(names: list[str], budget_ms: List[float]) -> dict:
@@ -122,6 +134,9 @@ def search_command(
     resolution: List[int] = typer.Option([], "--resolution", "-r",
                                          help="search only these resolutions (default: those every table covers)"),
     no_calibration: bool = typer.Option(False, "--no-calibration", help="ignore a calibration stored in the tables"),
+    allow_fallback: bool = typer.Option(False, "--allow-fallback",
+                                        help="search subnets with more than 10% of their keys missing from a table, "
+                                        "priced by the fallback regression (default: an error before searching)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the best config (published form) as JSON"),
     front: Optional[Path] = typer.Option(None, "--front", help="write the accuracy/latency Pareto front as CSV"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="plot the front (PNG): accuracy vs latency, budget line"),
@@ -137,7 +152,10 @@ def search_command(
 
     strat = get_strategy(strategy)
     sp = get_space(space)
-    predictors = load_predictors(sp, table, calibration=not no_calibration)
+    from .predict import DEFAULT_MAX_FALLBACK
+
+    predictors = load_predictors(sp, table, calibration=not no_calibration,
+                                 max_fallback=None if allow_fallback else DEFAULT_MAX_FALLBACK)
     budgets = _budgets(list(predictors), budget_ms)
     choices = choose_resolutions(sp, predictors, resolution, lambda m: err.print(m, markup=False))
     fmax, fmin = parse_count(flops_max, "--flops-max"), parse_count(flops_min, "--flops-min")
@@ -248,7 +266,7 @@ def accuracy_train_command(
     X, y = read_pairs(data, sp)
     net, report = train_mlp(sp, X, y, epochs=epochs, lr=lr, batch_size=batch_size,
                             val_fraction=val_fraction, seed=seed, threads=threads)
-    save_mlp(net, out)
+    save_mlp(net, out, sp.name)
     doc = {"out": str(out), **{k: (None if isinstance(v, float) and v != v else v)
                                for k, v in asdict(report).items()}}
     if as_json:
@@ -265,6 +283,7 @@ def quickstart_search(st, con) -> None:
     """The quickstart's last step: evolution on the table an earlier step built (`st.table`, for
     the space `st.table_space`) under a budget a third of the way from the fastest to the slowest
     achievable subnet; FLOPs stand in for accuracy and are labelled as such."""
+    from .predict import DEFAULT_MAX_FALLBACK
     from .search import Domain, extreme, run_search
     from .spaces import get_space
 
@@ -275,7 +294,7 @@ def quickstart_search(st, con) -> None:
         return
     table = Path(table)
     sp = get_space(getattr(st, "table_space", None) or st.space_name)
-    preds = load_predictors(sp, [table])
+    preds = load_predictors(sp, [table], max_fallback=DEFAULT_MAX_FALLBACK)
     name, pred = next(iter(preds.items()))
     choices = choose_resolutions(sp, preds, [], lambda m: con.print(m, markup=False))
     domain = Domain.of(sp, choices)

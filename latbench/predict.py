@@ -3,7 +3,11 @@
 The space's slots are compiled once into per-slot tables indexed by (input state, the slot's
 choice indices) -> (cost, misses, next state). `predict_batch` then walks the slots, not the
 subnets: a gather and an add per slot over the whole population. Keys missing from the table are
-priced by a fallback regression fitted on the table (per op kind, on FLOPs/bytes) and counted.
+priced by a fallback regression fitted on the table (per op kind, on FLOPs/bytes) and counted; a
+subnet with more of them than `max_fallback` of its keys (10% by default) is an error naming the
+table and what it covers. Where a table holds one value per input resolution for a key
+(latbench.coverage), a config is priced with its own resolution's values, as Once-for-All's
+LatencyTable prices it with that resolution's file.
 
 Every entry was timed as one runtime call, and so holds the runtime's fixed cost of a call once;
 a network pays that cost once in all. Where the table measured it (meta "invocation", see
@@ -26,6 +30,15 @@ from .ops import OpSpec
 
 class MissingKeyError(LatbenchError):
     """A key is not in the table and strict pricing was asked for."""
+
+
+class FallbackError(LatbenchError):
+    """A subnet has more keys priced by the fallback regression than the share allowed."""
+
+
+DEFAULT_MAX_FALLBACK = 0.1  # share of a subnet's keys the fallback may price
+_KEY_BITS = 20  # a compiled count packs (fallback-priced keys << _KEY_BITS) | keys
+_KEY_MASK = (1 << _KEY_BITS) - 1
 
 
 @dataclass(frozen=True)
@@ -114,6 +127,7 @@ class Price:
     misses: tuple[str, ...] = ()  # keys priced by the fallback
     calibrated: bool = False
     invocation_ms: float = 0.0  # the per-call cost taken off each entry and added once
+    keys: int = 0  # table keys priced, fallback-priced ones included
 
 
 # ---------------------------------------------------------------------- fallback
@@ -175,18 +189,20 @@ def _nnls(rows) -> np.ndarray:
 
 # ---------------------------------------------------------------------- pricing of op lists
 class Pricer:
-    """Prices ops at one granularity/fusion from a {key: ms} map, with a counted fallback."""
+    """Prices ops at one granularity/fusion from a {key: ms} map, with a counted fallback;
+    `by_resolution` {key: {resolution: ms}} holds the keys whose value depends on the resolution."""
 
     def __init__(self, costs: Mapping[str, float], granularity: str = "block", fusion: str = "none",
                  fallback: Fallback | None = None, strict: bool = False,
                  fallback_ops: Iterable[OpSpec] | Callable[[], Iterable[OpSpec]] = (),
-                 invocation_ms: float = 0.0):
+                 invocation_ms: float = 0.0, by_resolution: Mapping[str, Mapping[int, float]] | None = None):
         if granularity not in ("op", "block"):
             raise UsageError(f"granularity must be op or block, got {granularity!r}")
         if not (math.isfinite(invocation_ms) and invocation_ms >= 0):
             raise UsageError(f"invocation cost must be a finite number >= 0, got {invocation_ms!r}")
         self.invocation_ms = float(invocation_ms)
         self.costs = dict(costs)
+        self.by_resolution = {k: {int(r): float(v) for r, v in per.items()} for k, per in (by_resolution or {}).items()}
         self.granularity = granularity
         self.fusion = fusion
         self.fallback = fallback
@@ -199,13 +215,25 @@ class Pricer:
             return [block]
         return O.fuse(O.expand(block), self.fusion)
 
-    def price_op(self, op: OpSpec) -> tuple[float, bool]:
-        """(ms, missed) for one table-level op."""
-        v = self.costs.get(op.key)
+    def lookup(self, op: OpSpec, resolution: int | None = None) -> float | None:
+        """The table's value of `op` at `resolution`, None when it has none there."""
+        per = self.by_resolution.get(op.key) if self.by_resolution else None
+        if per is None:
+            return self.costs.get(op.key)
+        if resolution is None:
+            raise UsageError(f"{op.key} has one value per resolution in this table "
+                             f"({', '.join(map(str, sorted(per)))}): price it at a resolution")
+        return per.get(resolution)
+
+    def price_op(self, op: OpSpec, resolution: int | None = None) -> tuple[float, bool]:
+        """(ms, missed) for one table-level op of a network at `resolution`."""
+        v = self.lookup(op, resolution)
         if v is not None:
             return v, False
         if self.strict:
-            raise MissingKeyError(f"key not in table: {op.key}")
+            per = self.by_resolution.get(op.key)
+            where = f" at resolution {resolution} (it has {', '.join(map(str, sorted(per)))})" if per else ""
+            raise MissingKeyError(f"key not in table{where}: {op.key}")
         if self.fallback is None:
             ops = self._fallback_ops() if callable(self._fallback_ops) else self._fallback_ops
             ops = list(ops)
@@ -225,23 +253,27 @@ class Pricer:
     @classmethod
     def from_table(cls, table, granularity: str | None = None, fusion: str | None = None,
                    strict: bool = False) -> "Pricer":
-        """The table's estimates and per-call cost; granularity/fusion default to what it records."""
+        """The table's estimates (per resolution where it has them) and per-call cost;
+        granularity/fusion default to what it records."""
+        from .coverage import table_values
         from .profiling import invocation_ms
 
         meta = table.meta_get("profile_run") or {}
         granularity = granularity or meta.get("granularity") or _guess_granularity(table.keys())
         return cls(table.estimates(), granularity, fusion or meta.get("fusion") or "none", None, strict,
-                   lambda: table.ops(), invocation_ms(table))
+                   lambda: table.ops(), invocation_ms(table), table_values(table))
 
-    def price(self, ops: Iterable[OpSpec]) -> Price:
+    def price(self, ops: Iterable[OpSpec], resolution: int | None = None) -> Price:
+        """The price of an op list run as one network at `resolution`."""
         inv = self.invocation_ms
         total, misses = inv, []
-        for op in self.lower_all(ops):
-            ms, missed = self.price_op(op)
+        lowered = self.lower_all(ops)
+        for op in lowered:
+            ms, missed = self.price_op(op, resolution)
             total += ms - inv
             if missed:
                 misses.append(op.key)
-        return Price(total, total, tuple(misses), invocation_ms=inv)
+        return Price(total, total, tuple(misses), invocation_ms=inv, keys=len(lowered))
 
 
 # ---------------------------------------------------------------------- compiled space
@@ -251,7 +283,7 @@ class _SlotTable:
     strides: np.ndarray  # multiplier of each read's choice index in the flat index
     state_stride: int
     cost: np.ndarray  # flat -> ms
-    miss: np.ndarray  # flat -> number of fallback-priced keys
+    count: np.ndarray  # flat -> (fallback-priced keys << _KEY_BITS) | keys, int64
     next_state: np.ndarray  # flat -> state id after the slot
 
     @functools.cached_property
@@ -259,24 +291,42 @@ class _SlotTable:
         """(position, stride) of each read: the flat index is state * state_stride + their sum."""
         return list(zip(self.reads.tolist(), self.strides.tolist()))
 
+    @property
+    def misses(self) -> np.ndarray:
+        return self.count >> _KEY_BITS
+
+    @property
+    def keys(self) -> np.ndarray:
+        return self.count & _KEY_MASK
+
 
 class Predictor:
-    """Built once from a cost map and a space; predicts single configs, batches and op lists."""
+    """Built once from a cost map and a space; predicts single configs, batches and op lists.
+
+    max_fallback: the share of a subnet's keys the fallback regression may price before a
+    prediction is a FallbackError (None: any share). `coverage` names the table in that error."""
 
     def __init__(self, space, costs: Mapping[str, float], granularity: str = "block",
                  fusion: str = "none", strict: bool = False, calibration: Calibration | None = None,
                  fallback_ops: Iterable[OpSpec] = (), resolutions: Sequence[int] | None = None,
-                 invocation_ms: float = 0.0):
+                 invocation_ms: float = 0.0, by_resolution: Mapping[str, Mapping[int, float]] | None = None,
+                 max_fallback: float | None = DEFAULT_MAX_FALLBACK, coverage=None):
+        if max_fallback is not None and not (0.0 <= max_fallback <= 1.0):
+            raise UsageError(f"max_fallback must be a share between 0 and 1 (or None), got {max_fallback!r}")
         self.space = space
-        self.pricer = Pricer(costs, granularity, fusion, None, strict, fallback_ops, invocation_ms)
+        self.pricer = Pricer(costs, granularity, fusion, None, strict, fallback_ops, invocation_ms, by_resolution)
         self.calibration = calibration
+        self.max_fallback = max_fallback
+        self.coverage = coverage
         self._compile(resolutions)
 
     @classmethod
     def from_table(cls, table, space, granularity: str | None = None, fusion: str | None = None,
                    strict: bool = False, use_calibration: bool = True, **kw) -> "Predictor":
-        """From a latbench LatencyTable: its estimates, per-call cost and (if asked) calibration;
-        granularity/fusion default to what the table records."""
+        """From a latbench LatencyTable: its estimates (per resolution where it has them),
+        per-call cost and (if asked) calibration; granularity/fusion default to what it records."""
+        from .coverage import Coverage
+
         pricer = Pricer.from_table(table, granularity, fusion, strict)
         cal = None
         if use_calibration:
@@ -284,7 +334,8 @@ class Predictor:
             d = cals.get(f"{space.name}/{pricer.granularity}")
             cal = Calibration.from_dict(d) if d else None
         return cls(space, pricer.costs, pricer.granularity, pricer.fusion, strict, cal,
-                   fallback_ops=table.ops, invocation_ms=pricer.invocation_ms, **kw)
+                   fallback_ops=table.ops, invocation_ms=pricer.invocation_ms,
+                   by_resolution=pricer.by_resolution, coverage=Coverage.of(table), **kw)
 
     @property
     def granularity(self) -> str:
@@ -296,125 +347,195 @@ class Predictor:
 
     # ------------------------------------------------------------------ compile
     def _compile(self, resolutions: Sequence[int] | None) -> None:
+        """The slot tables. Where the table has per-resolution values, every state also carries
+        the config's resolution (read by the first slot), so each key is priced at its own."""
         sp = self.space
         choices = [tuple(p.choices) for p in sp.positions]
-        self._allowed = None
         if resolutions and sp.resolution_position is not None:
             sp.check_resolutions(resolutions)
-        cache: dict[OpSpec, tuple[float, int]] = {}
-        inv = self.pricer.invocation_ms
-
-        def block_cost(blocks) -> tuple[float, int]:
-            total, miss = 0.0, 0
-            for b in blocks:
-                hit = cache.get(b)
-                if hit is None:
-                    c, m = 0.0, 0
-                    for op in self.pricer.lower(b):
-                        try:
-                            ms, missed = self.pricer.price_op(op)
-                        except MissingKeyError:
-                            # strict: may be a combination no config reaches; a config that does
-                            # reach it fails in predict, naming the key
-                            ms, missed = math.nan, True
-                        c += ms - inv
-                        m += missed
-                    hit = cache[b] = (c, m)
-                total += hit[0]
-                miss += hit[1]
-            return total, miss
-
-        states: dict[Any, int] = {None: 0}
+        rpos = sp.resolution_position
+        carry = bool(self.pricer.by_resolution) and rpos is not None
+        fixed = sp.fixed_resolution if rpos is None else None
+        block_cost = self._block_coster()
+        states: dict[Any, int] = {(None, None) if carry else None: 0}
         tables: list[_SlotTable] = []
-        for slot in sp.slots:
-            reads = list(slot.reads)
+        for i, slot in enumerate(sp.slots):
+            add_r = carry and i == 0 and rpos not in slot.reads
+            reads = list(slot.reads) + ([rpos] if add_r else [])
             cards = [len(choices[p]) for p in reads]
             per_state = int(np.prod(cards)) if cards else 1
             n = len(states) * per_state
             cost = np.empty(n)
-            miss = np.empty(n, dtype=np.int32)
-            nxt = np.empty(n, dtype=np.int64)
+            count = np.zeros(n, dtype=np.int64)
+            nxt = np.zeros(n, dtype=np.int64)
             new_states: dict[Any, int] = {}
             for state, sid in states.items():
+                inner, r = state if carry else (state, fixed)
                 for j, combo in enumerate(itertools.product(*(range(c) for c in cards))):
-                    vals = tuple(choices[p][i] for p, i in zip(reads, combo))
+                    vals = tuple(choices[p][k] for p, k in zip(reads, combo))
+                    at = vals[reads.index(rpos)] if carry and r is None else r
+                    f = sid * per_state + j
                     try:
-                        blocks, st2 = slot.fn(state, vals)
+                        blocks, st2 = slot.fn(inner, vals[:-1] if add_r else vals)
                     except LatbenchError:
                         # unreachable combination (e.g. resolution too small): price it as infinite
-                        cost[sid * per_state + j], miss[sid * per_state + j] = math.inf, 0
-                        nxt[sid * per_state + j] = 0
+                        cost[f] = math.inf
                         continue
-                    c, m = block_cost(blocks)
-                    f = sid * per_state + j
-                    cost[f], miss[f] = c, m
-                    nxt[f] = new_states.setdefault(st2, len(new_states))
+                    cost[f], count[f] = block_cost(blocks, at)
+                    nxt[f] = new_states.setdefault((st2, at) if carry else st2, len(new_states))
             strides = np.ones(len(reads), dtype=np.int64)
             for k in range(len(reads) - 2, -1, -1):
                 strides[k] = strides[k + 1] * cards[k + 1]
-            tables.append(_SlotTable(np.array(reads, dtype=np.int64), strides, per_state, cost, miss, nxt))
+            tables.append(_SlotTable(np.array(reads, dtype=np.int64), strides, per_state, cost, count, nxt))
             states = new_states
         self._tables = _merge_readless(tables)
-        tables = self._tables
         # plain-Python copies for the single-config path (numpy scalar access is slow)
         self._py = [(t.reads.tolist(), t.strides.tolist(), t.state_stride, t.cost.tolist(),
-                     t.miss.tolist(), t.next_state.tolist()) for t in tables]
+                     t.count.tolist(), t.next_state.tolist()) for t in self._tables]
+        self._risk = self._fallback_risk()
+
+    def _block_coster(self) -> Callable[[Sequence[OpSpec], int | None], tuple[float, int]]:
+        """(cost less the per-call cost, packed count) of a slot's blocks at a resolution; cached."""
+        cache: dict[tuple[OpSpec, int | None], tuple[float, int]] = {}
+        inv = self.pricer.invocation_ms
+
+        def one(b: OpSpec, r: int | None) -> tuple[float, int]:
+            c, m, k = 0.0, 0, 0
+            for op in self.pricer.lower(b):
+                try:
+                    ms, missed = self.pricer.price_op(op, r)
+                except MissingKeyError:
+                    # strict: may be a combination no config reaches; a config that does
+                    # reach it fails in predict, naming the key
+                    ms, missed = math.nan, True
+                c += ms - inv
+                m += missed
+                k += 1
+            return c, (m << _KEY_BITS) | k
+
+        def cost(blocks: Sequence[OpSpec], r: int | None) -> tuple[float, int]:
+            total, count = 0.0, 0
+            for b in blocks:
+                hit = cache.get((b, r))
+                if hit is None:
+                    hit = cache[(b, r)] = one(b, r)
+                total += hit[0]
+                count += hit[1]
+            return total, count
+
+        return cost
+
+    def _fallback_risk(self) -> np.ndarray | None:
+        """Per resolution index (one entry for a space without one): can a config there have a
+        fallback-priced key? None when no config can, so predict_batch checks nothing."""
+        if not any(bool((t.misses[~np.isposinf(t.cost)] > 0).any()) for t in self._tables):
+            return None
+        sp, rpos = self.space, self.space.resolution_position
+        allowed = [list(range(len(p.choices))) for p in sp.positions]
+        best = best_over_slots(self._tables, allowed, lambda t: t.misses, lambda t: ~np.isposinf(t.cost),
+                               maximize=True, keep=() if rpos is None else (rpos,))
+        risk = np.zeros(len(sp.resolutions) if rpos is not None else 1, dtype=bool)
+        for bound, (worst, _) in best.items():
+            if worst > 0:
+                risk[[v for _, v in bound] or slice(None)] = True
+        return risk
+
+    @property
+    def covered_resolutions(self) -> tuple[int, ...]:
+        """The space's resolutions at which no config has a key priced by the fallback."""
+        if self.space.resolution_position is None:
+            return ()
+        res = self.space.resolutions
+        return tuple(res) if self._risk is None else tuple(r for r, bad in zip(res, self._risk) if not bad)
 
     # ------------------------------------------------------------------ predict
-    def predict_raw(self, config: Any) -> tuple[float, int]:
-        """(uncalibrated ms, number of fallback-priced keys) of one config."""
-        idx = self.space.index(config).tolist()
-        state, total, misses = 0, self.pricer.invocation_ms, 0
-        for reads, strides, sstride, cost, miss, nxt in self._py:
+    def _walk(self, idx: list[int]) -> tuple[float, int]:
+        """(uncalibrated ms, packed count) of one index config."""
+        state, total, count = 0, self.pricer.invocation_ms, 0
+        for reads, strides, sstride, cost, cnt, nxt in self._py:
             f = state * sstride
             for p, s in zip(reads, strides):
                 f += idx[p] * s
             total += cost[f]
-            misses += miss[f]
+            count += cnt[f]
             state = nxt[f]
-        return total, misses
+        return total, count
+
+    def predict_raw(self, config: Any) -> tuple[float, int]:
+        """(uncalibrated ms, number of fallback-priced keys) of one config; never refuses."""
+        ms, count = self._walk(self.space.index(config).tolist())
+        return ms, count >> _KEY_BITS
 
     def predict(self, config: Any) -> float:
         """Predicted latency in ms of one config (any accepted form), calibrated if available."""
-        ms, _ = self.predict_raw(config)
+        idx = self.space.index(config)
+        ms, count = self._walk(idx.tolist())
         if ms != ms:  # NaN: a strict table lacks a key of this config
             self._raise_missing(config)
+        if count >> _KEY_BITS:
+            self._check_fallback(idx, count >> _KEY_BITS, count & _KEY_MASK)
         return self.calibration.apply(ms) if self.calibration else ms
 
     def _raise_missing(self, config: Any) -> None:
+        r = self.resolution_of(config)
         for b in self.space.blocks(config):
             for op in self.pricer.lower(b):
-                self.pricer.price_op(op)  # raises MissingKeyError naming the key
+                self.pricer.price_op(op, r)  # raises MissingKeyError naming the key
         raise MissingKeyError("a key of this config is not in the table")
+
+    def resolution_of(self, config: Any) -> int | None:
+        """The input resolution of a config (the space's fixed one, or None)."""
+        rpos = self.space.resolution_position
+        if rpos is None:
+            return self.space.fixed_resolution
+        return int(self.space.values(config)[rpos])
+
+    def _check_fallback(self, config: Any, misses: int, keys: int) -> None:
+        """FallbackError when the fallback priced more than max_fallback of the config's keys."""
+        if self.max_fallback is None or self.pricer.strict or misses <= self.max_fallback * keys:
+            return
+        r = self.resolution_of(config)
+        at = f" r={r}" if self.space.resolution_position is not None else ""
+        where = self.coverage.path if self.coverage else "the cost map"
+        covers = f" ({self.coverage.describe()})" if self.coverage else ""
+        raise FallbackError(f"{where} prices {self.space.name}{at} with {misses} of {keys} keys missing, "
+                            f"over the {self.max_fallback:.0%} allowed{covers}; --allow-fallback prices "
+                            f"them with the fallback regression")
 
     def explain(self, config: Any) -> Price:
         """The full price of one config: raw sum, calibrated value, keys priced by the fallback."""
         blocks = self.space.blocks(config)  # strict: Pricer.price raises on the first missing key
-        p = self.pricer.price(blocks)
+        p = self.pricer.price(blocks, self.resolution_of(config))
+        self._check_fallback(config, len(p.misses), p.keys)
         ms = self.calibration.apply(p.raw_ms) if self.calibration else p.raw_ms
-        return Price(ms, p.raw_ms, p.misses, self.calibration is not None, p.invocation_ms)
+        return Price(ms, p.raw_ms, p.misses, self.calibration is not None, p.invocation_ms, p.keys)
 
     def predict_batch(self, configs: np.ndarray, return_misses: bool = False, calibrated: bool = True):
         """Predicted ms for an int array (n, positions) of configs: one gather per slot.
 
         Rows go through in chunks of BATCH_CHUNK, each transposed once so that every position
         is a contiguous column and every intermediate stays in cache (whole-array temporaries
-        of a million rows made this memory-bound, 4x slower)."""
+        of a million rows made this memory-bound, 4x slower). Fallback-priced keys are counted
+        only where asked or where a chunk holds a resolution at which some config has them."""
         idx = np.asarray(configs)
         if idx.ndim != 2 or idx.shape[1] != self.space.n_positions:
             raise UsageError(f"predict_batch wants an int array (n, {self.space.n_positions}), got {idx.shape}")
         n = idx.shape[0]
         total = np.empty(n)
         misses = np.zeros(n, dtype=np.int32) if return_misses else None
+        check = self._risk is not None and self.max_fallback is not None and not self.pricer.strict
+        rpos = self.space.resolution_position
         k = min(n, BATCH_CHUNK)
-        flat, term, state = (np.empty(k, dtype=np.int64) for _ in range(3))
-        acc, cost, miss = np.empty(k), np.empty(k), np.empty(k, dtype=np.int32)
+        flat, term, state, cnt, cacc = (np.empty(k, dtype=np.int64) for _ in range(5))
+        acc, cost = np.empty(k), np.empty(k)
         for a in range(0, n, BATCH_CHUNK):
             b = min(n, a + BATCH_CHUNK)
             m = b - a
             cols = np.ascontiguousarray(idx[a:b].T, dtype=np.int64)
-            f, tv, st, ac, cv = flat[:m], term[:m], state[:m], acc[:m], cost[:m]
+            counting = return_misses or (check and bool(self._risk[cols[rpos] if rpos is not None else 0].any()))
+            f, tv, st, ac, cv, ct, ca = flat[:m], term[:m], state[:m], acc[:m], cost[:m], cnt[:m], cacc[:m]
             st[:] = 0
+            ca[:] = 0
             ac[:] = self.pricer.invocation_ms
             for t in self._tables:
                 np.multiply(st, t.state_stride, out=f)
@@ -423,11 +544,15 @@ class Predictor:
                     np.add(f, tv, out=f)
                 np.take(t.cost, f, out=cv)
                 np.add(ac, cv, out=ac)
-                if misses is not None:
-                    np.take(t.miss, f, out=miss[:m])
-                    misses[a:b] += miss[:m]
+                if counting:
+                    np.take(t.count, f, out=ct)
+                    np.add(ca, ct, out=ca)
                 np.take(t.next_state, f, out=st)
             total[a:b] = ac
+            if misses is not None:
+                misses[a:b] = ca >> _KEY_BITS
+            if counting and check:
+                self._check_rows(idx[a:b], ca)
         if self.pricer.strict:
             bad = np.flatnonzero(np.isnan(total))
             if bad.size:
@@ -436,12 +561,88 @@ class Predictor:
             total = self.calibration.apply(total)
         return (total, misses) if return_misses else total
 
-    def price(self, ops: Iterable[OpSpec]) -> Price:
+    def _check_rows(self, configs: np.ndarray, counts: np.ndarray) -> None:
+        """FallbackError for the first row whose fallback-priced keys exceed the share."""
+        miss, keys = counts >> _KEY_BITS, counts & _KEY_MASK
+        bad = np.flatnonzero(miss > self.max_fallback * keys)
+        if bad.size:
+            i = int(bad[0])
+            self._check_fallback(configs[i].astype(np.int64), int(miss[i]), int(keys[i]))
+
+    def worst_fallback(self, allowed: Sequence[Sequence[int]]) -> tuple[float, list[tuple[int, int]]]:
+        """The largest (fallback-priced keys - max_fallback x keys) of any config whose choice
+        indices lie in `allowed` (per position), and the (position, index) pairs reaching it:
+        above 0, some config there would be refused."""
+        share = self.max_fallback or 0.0
+        best = best_over_slots(self._tables, allowed, lambda t: t.misses - share * t.keys,
+                               lambda t: ~np.isposinf(t.cost), maximize=True)
+        if not best:
+            return -math.inf, []
+        worst, assign = best[()]
+        return worst, list(assign)
+
+    def check_fallback(self, allowed: Sequence[Sequence[int]]) -> None:
+        """Refuse at once, before a search, when some config within `allowed` would be refused."""
+        if self._risk is None or self.max_fallback is None or self.pricer.strict:
+            return
+        worst, assign = self.worst_fallback(allowed)
+        if worst > 0:
+            config = np.array([a[0] for a in allowed], dtype=np.int64)
+            for p, v in assign:
+                config[p] = v
+            _, count = self._walk(config.tolist())
+            self._check_fallback(config, count >> _KEY_BITS, count & _KEY_MASK)
+
+    def price(self, ops: Iterable[OpSpec], resolution: int | None = None) -> Price:
         """Price any op list (e.g. a lowered torch or ONNX model) at this table's granularity."""
-        p = self.pricer.price(ops)
+        p = self.pricer.price(ops, resolution)
         if self.calibration:
-            return Price(self.calibration.apply(p.raw_ms), p.raw_ms, p.misses, True, p.invocation_ms)
+            return Price(self.calibration.apply(p.raw_ms), p.raw_ms, p.misses, True, p.invocation_ms, p.keys)
         return p
+
+
+def best_over_slots(tables: Sequence[_SlotTable], allowed: Sequence[Sequence[int]],
+                    values: Callable[[_SlotTable], np.ndarray], usable: Callable[[_SlotTable], np.ndarray],
+                    maximize: bool = False, keep: Sequence[int] = ()) -> dict[tuple, tuple[float, tuple]]:
+    """Exact minimum (or maximum) over configs of the sum of `values(t)[flat]` along the compiled
+    slot tables, for each binding of the `keep` positions: {((position, index), ...): (best,
+    ((position, index), ...) reaching it)}. Choices outside `allowed` and entries where
+    `usable(t)` is False are never taken.
+
+    A dynamic programme: its state is the slot state plus the choices later slots (or `keep`)
+    still read, so it never walks the subnets; non-monotonic tables are handled exactly."""
+    later: list[frozenset] = []
+    seen: set = set(keep)
+    for t in reversed(tables):
+        later.append(frozenset(seen))
+        seen |= set(t.reads.tolist())
+    later.reverse()
+    sign = -1.0 if maximize else 1.0
+    frontier: dict = {(0, ()): (0.0, ())}
+    for i, t in enumerate(tables):
+        reads, strides = t.reads.tolist(), t.strides.tolist()
+        vals, ok, nstate = values(t).tolist(), usable(t).tolist(), t.next_state.tolist()
+        nxt: dict = {}
+        for (state, bound), (acc, assign) in frontier.items():
+            fixed = dict(bound)
+            free = [p for p in reads if p not in fixed]
+            for combo in itertools.product(*(allowed[p] for p in free)):
+                pick = {**fixed, **dict(zip(free, combo))}
+                f = state * t.state_stride + sum(pick[p] * s for p, s in zip(reads, strides))
+                if not ok[f]:
+                    continue
+                total = acc + sign * vals[f]
+                key = (nstate[f], tuple(sorted((p, v) for p, v in pick.items() if p in later[i])))
+                old = nxt.get(key)
+                if old is None or total < old[0]:
+                    nxt[key] = (total, assign + tuple(zip(free, combo)))
+        frontier = nxt
+    out: dict[tuple, tuple[float, tuple]] = {}
+    for (_, bound), (total, assign) in frontier.items():
+        k = tuple((p, v) for p, v in bound if p in keep)
+        if k not in out or total < out[k][0]:
+            out[k] = (total, assign)
+    return {k: (sign * total, assign) for k, (total, assign) in out.items()}
 
 
 def _merge_readless(tables: list[_SlotTable]) -> list[_SlotTable]:
@@ -452,8 +653,8 @@ def _merge_readless(tables: list[_SlotTable]) -> list[_SlotTable]:
         if out and t.reads.size == 0:
             prev = out[-1]
             cost = prev.cost + t.cost[prev.next_state]
-            miss = prev.miss + t.miss[prev.next_state]
-            out[-1] = _SlotTable(prev.reads, prev.strides, prev.state_stride, cost, miss,
+            count = prev.count + t.count[prev.next_state]
+            out[-1] = _SlotTable(prev.reads, prev.strides, prev.state_stride, cost, count,
                                  t.next_state[prev.next_state])
         else:
             out.append(t)

@@ -14,7 +14,6 @@ import yaml
 
 from conftest import run_latbench
 from latbench import ops as O
-from latbench.formats.ofa import ofa_network_latency
 from latbench.lower import lower_onnx, lower_torch
 from latbench.predict import Calibration, MissingKeyError, Predictor, fit_calibration
 from latbench.spaces import get_space, list_spaces
@@ -104,28 +103,39 @@ def test_published_form_predicts_like_index() -> None:
 
 
 # ---------------------------------------------------------------------- OFA parity
-def test_imported_ofa_yaml_prices_like_ofa(tmp_path: Path) -> None:
-    """A hand-written YAML in OFA's format, imported into a table, prices configs as OFA would."""
+@pytest.mark.parametrize("order", [(160, 176), (176, 160)])
+def test_imported_ofa_yaml_prices_like_ofa(tmp_path: Path, order) -> None:
+    """Hand-written YAML files in OFA's format, one per resolution, whose shared keys (Conv_2,
+    Logits) differ: imported in either order, a config is priced as OFA prices it, with the file
+    of its own resolution."""
+    from latbench.formats.ofa import ofa_predict_efficiency
     from latbench.store import LatencyTable
     from latbench.tableio import import_ofa_yaml, import_profile
 
     space = get_space("ofa-mbv3-w10")
     rng = np.random.default_rng(0)
-    lut = {b.key: {"count": 50, "mean": float(rng.uniform(0.1, 3.0)), "std": 0.01}
-           for b in space.enumerate_blocks([160])}
-    path = tmp_path / "160_lookup_table.yaml"
-    path.write_text(yaml.safe_dump(lut))
+    luts, paths = {}, {}
+    for r in (160, 176):
+        lut = {b.key: {"count": 50, "mean": float(rng.uniform(0.1, 3.0)), "std": 0.01}
+               for b in space.enumerate_blocks([r])}
+        paths[r] = tmp_path / f"{r}_lookup_table.yaml"
+        paths[r].write_text(yaml.safe_dump(lut))
+        luts[r] = {k: v["mean"] for k, v in lut.items()}
+    shared = set(luts[160]) & set(luts[176])
+    assert {k.split("-")[0] for k in shared} == {"Conv_2", "Logits"}
+    assert all(luts[160][k] != luts[176][k] for k in shared)
     with LatencyTable.open(tmp_path / "t.sqlite", import_profile("note10", "tflite")) as t:
-        import_ofa_yaml([path], t)
+        import_ofa_yaml([paths[r] for r in order], t)
         pred = Predictor.from_table(t, space, strict=True)
-    r_idx = space.positions[space.resolution_position].choices.index(160)
-    cfgs = space.sample(1, 30)
-    cfgs[:, space.resolution_position] = r_idx
-    for c in cfgs:
-        cfg = space.to_published(c)
-        ours = pred.predict(cfg)
-        theirs = ofa_network_latency({k: v["mean"] for k, v in lut.items()}, cfg, space)
-        assert ours == pytest.approx(theirs, rel=1e-12)
+    for r in (160, 176):
+        cfgs = space.sample(r, 30)
+        cfgs[:, space.resolution_position] = space.positions[space.resolution_position].choices.index(r)
+        batch = pred.predict_batch(cfgs)
+        for c, b in zip(cfgs, batch):
+            cfg = space.to_published(c)
+            theirs = ofa_predict_efficiency(luts, cfg, space)
+            assert math.isclose(pred.predict(cfg), theirs, rel_tol=1e-12)
+            assert math.isclose(b, theirs, rel_tol=1e-12)
 
 
 # ---------------------------------------------------------------------- misses
@@ -135,7 +145,7 @@ def test_missing_keys_priced_by_fallback_and_counted() -> None:
     costs = {b.key: 1e-3 * b.flops / 1e6 + 0.01 for b in blocks}
     dropped = [b for b in blocks if b.kind == "mbconv"][:5]
     partial = {k: v for k, v in costs.items() if k not in {b.key for b in dropped}}
-    pred = Predictor(space, partial, "block", fallback_ops=blocks)
+    pred = Predictor(space, partial, "block", fallback_ops=blocks, max_fallback=None)
     # find configs that use a dropped block
     cfgs = space.sample(0, 400)
     ms, misses = pred.predict_batch(cfgs, return_misses=True)
@@ -168,7 +178,7 @@ def test_predict_batch_across_chunks_equals_single_predictions() -> None:
     costs = {b.key: 1e-3 * b.flops / 1e6 + 0.01 for b in blocks}
     dropped = sorted(b.key for b in blocks if b.kind == "mbconv")[:4]
     pred = Predictor(space, {k: v for k, v in costs.items() if k not in dropped}, "block",
-                     fallback_ops=blocks, invocation_ms=1e-3)
+                     fallback_ops=blocks, invocation_ms=1e-3, max_fallback=None)
     cfgs = space.sample(3, 2 * BATCH_CHUNK + 37)
     ms, misses = pred.predict_batch(cfgs, return_misses=True)
     rows = np.r_[0:5, BATCH_CHUNK - 2:BATCH_CHUNK + 2, 2 * BATCH_CHUNK:len(cfgs)]  # each chunk's edges
@@ -299,17 +309,23 @@ def test_predict_cli_config_matches_library(tiny_table: Path) -> None:
 
 
 def test_predict_cli_strict_and_misses(tiny_table: Path) -> None:
-    # resolution 32 was not profiled: every key misses
+    # resolution 32 was not profiled: every key misses, which is an error unless --allow-fallback
     r = run_latbench("predict", "-t", str(tiny_table), "-s", "tiny", "--random", "2", "-r", "32", "--json")
-    assert r.returncode == 0
-    assert all(p["misses"] > 0 and p["ms"] > 0 for p in json.loads(r.stdout)["predictions"])
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.startswith(f"latbench: error: {tiny_table} prices tiny r=32 with ") and r.stderr.endswith(
+        " keys missing, over the 10% allowed (table covers tiny at 24); --allow-fallback prices them with the "
+        "fallback regression\n")
+    r = run_latbench("predict", "-t", str(tiny_table), "-s", "tiny", "--random", "2", "-r", "32", "--json",
+                     "--allow-fallback")
+    assert r.returncode == 0, r.stderr
+    assert all(0.1 * p["keys"] < p["misses"] <= p["keys"] and p["ms"] > 0 for p in json.loads(r.stdout)["predictions"])
     r = run_latbench("predict", "-t", str(tiny_table), "-s", "tiny", "--random", "2", "-r", "32", "--strict")
     assert r.returncode == 1 and "key not in table" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_predict_cli_bad_inputs(tiny_table: Path, tmp_path: Path) -> None:
     r = run_latbench("predict", "-t", str(tiny_table), "-s", "tiny", "--config", "{not json")
-    assert r.returncode == 1 and "not valid JSON" in r.stderr
+    assert r.returncode == 2 and "not valid JSON" in r.stderr  # a ConfigError is a usage error
     r = run_latbench("predict", "-t", str(tiny_table), "-s", "tiny")
     assert r.returncode == 2 and "exactly one of" in r.stderr
     r = run_latbench("predict", "-t", str(tmp_path / "none.sqlite"), "-s", "tiny", "--random", "1")

@@ -222,8 +222,9 @@ def _entry(key: Any, entry: Any, where: str) -> dict[str, Any]:
 
 
 def write_ofa_yaml(entries: Mapping[str, Mapping[str, Any]] | Iterable[tuple[str, Mapping[str, Any]]],
-                   path: str | os.PathLike) -> int:
-    """Write key -> {count, mean, std} as OFA's YAML (unknown count/std omitted); returns the count."""
+                   path: str | os.PathLike, header: str = "") -> int:
+    """Write key -> {count, mean, std} as OFA's YAML (unknown count/std omitted), after `header`
+    as `#` comment lines (YAML readers skip them); returns the count."""
     items = entries.items() if isinstance(entries, Mapping) else entries
     doc: dict[str, dict[str, Any]] = {}
     for key, e in items:
@@ -237,21 +238,27 @@ def write_ofa_yaml(entries: Mapping[str, Mapping[str, Any]] | Iterable[tuple[str
             d["std"] = float(e["std"])
         doc[str(key)] = d
     text = yaml.safe_dump(doc, default_flow_style=False, sort_keys=False)
+    if header:
+        text = "".join(f"# {line}".rstrip() + "\n" for line in header.splitlines()) + text
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
     return len(doc)
 
 
 def ofa_network_latency(lut: Mapping[str, float], spec: Mapping[str, Any], space) -> float:
-    """Once-for-All's MBv3LatencyTable.predict_network_latency_given_spec, step by step as OFA
-    writes it: a key string built per layer from the spec, one lookup each (`lut`: key -> ms).
-    `space` is an OFAMobileNetV3 (its widths). The reference latbench's Predictor must match."""
+    """Once-for-All's LatencyEstimator.predict_network_latency_given_spec (ofa/tutorial/
+    latency_table.py), step by step as OFA writes it: a key string built per layer from the spec,
+    one lookup each in the table of the spec's resolution (`lut`: key -> ms). OFA hard-codes the
+    w1.2 widths; they come from `space` (an OFAMobileNetV3) here. As in OFA, mid = round(in * e)
+    (every width is a multiple of 8, so the network's make_divisible changes nothing) and a
+    block skips its input exactly when it is not the first of its stage. The reference
+    latbench's Predictor must match."""
     def q(l_type: str, inp, out, **kw) -> float:
         key = "-".join([l_type, "input:" + "x".join(map(str, inp)), "output:" + "x".join(map(str, out))]
                        + [f"{k}:{v}" for k, v in kw.items()])
         return lut[key]
 
-    r = spec["r"][0] if isinstance(spec["r"], (list, tuple)) else spec["r"]
+    r = spec["r"][0]
     fsize = (r + 1) // 2
     first, fb = space.stem_width, space.first_block_width
     total = q("Conv", [r, r, 3], [fsize, fsize, first])
@@ -259,17 +266,17 @@ def ofa_network_latency(lut: Mapping[str, float], spec: Mapping[str, Any], space
                stride=1, idskip=int(first == fb), se=0, hs=0)
     in_c = fb
     strides, se, hs = (2, 2, 2, 1, 2), (0, 1, 0, 1, 1), (0, 0, 1, 1, 1)
-    for s in range(5):
-        for j in range(spec["d"][s]):
-            i = s * 4 + j
-            stride = strides[s] if j == 0 else 1
-            out_fz = int((fsize - 1) / stride + 1)
-            out_c = space.stage_widths[s]
-            mid = O.make_divisible(round(in_c * spec["e"][i]), 8)
-            total += q("expanded_conv", [fsize, fsize, in_c], [out_fz, out_fz, out_c], expand=mid,
-                       kernel=spec["ks"][i], stride=stride, idskip=int(stride == 1 and in_c == out_c),
-                       se=se[s], hs=hs[s])
-            fsize, in_c = out_fz, out_c
+    for i in range(20):
+        stage, j = divmod(i, 4)
+        if j + 1 > spec["d"][stage]:
+            continue
+        stride, idskip = (strides[stage], 0) if j == 0 else (1, 1)
+        out_fz = int((fsize - 1) / stride + 1)
+        out_c = space.stage_widths[stage]
+        total += q("expanded_conv", [fsize, fsize, in_c], [out_fz, out_fz, out_c],
+                   expand=round(in_c * spec["e"][i]), kernel=spec["ks"][i], stride=stride, idskip=idskip,
+                   se=se[stage], hs=hs[stage])
+        fsize, in_c = out_fz, out_c
     fe, last = space.final_expand_width, space.last_channel
     total += q("Conv_1", [fsize, fsize, in_c], [fsize, fsize, fe])
     total += q("AvgPool2D", [fsize, fsize, fe], [1, 1, fe])
@@ -278,5 +285,11 @@ def ofa_network_latency(lut: Mapping[str, float], spec: Mapping[str, Any], space
     return total
 
 
-__all__ = ["parse_ofa_key", "ofa_network_latency", "is_ofa_key", "read_ofa_yaml", "write_ofa_yaml", "resolution_of",
-           "table_file_name", "OFA_KEY_PREFIXES", "OFA_RESOLUTIONS"]
+def ofa_predict_efficiency(luts: Mapping[int, Mapping[str, float]], spec: Mapping[str, Any], space) -> float:
+    """Once-for-All's LatencyTable.predict_efficiency: the network latency from the table of the
+    spec's own resolution (`luts`: resolution -> that {r}_lookup_table.yaml's key -> ms)."""
+    return ofa_network_latency(luts[spec["r"][0]], spec, space)
+
+
+__all__ = ["parse_ofa_key", "ofa_network_latency", "ofa_predict_efficiency", "is_ofa_key", "read_ofa_yaml",
+           "write_ofa_yaml", "resolution_of", "table_file_name", "OFA_KEY_PREFIXES", "OFA_RESOLUTIONS"]

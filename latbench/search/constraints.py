@@ -7,7 +7,6 @@ in whole-array calls (`Predictor.predict_batch`), never subnet by subnet.
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
@@ -218,44 +217,30 @@ def _infeasible_message(c: Constraint, best: float, space_name: str) -> str:
 def extreme(predictor, domain: Domain, maximize: bool = False) -> tuple[float, np.ndarray]:
     """Exact minimum (or maximum) of a Predictor over the domain, and a config reaching it.
 
-    A dynamic programme over the predictor's compiled slot tables: the state is the slot state
-    (feature-map shape...) plus the choices that later slots still read, so it never walks the
-    subnets. Tables that are not monotonic in the choices (measured noise) are handled exactly.
-    """
-    tables = predictor._tables
-    later: list[frozenset] = []
-    seen: set = set()
-    for t in reversed(tables):
-        later.append(frozenset(seen))
-        seen |= set(t.reads.tolist())
-    later.reverse()
-    sign = -1.0 if maximize else 1.0
-    frontier: dict = {(0, ()): (0.0, ())}
-    for i, t in enumerate(tables):
-        reads, strides = t.reads.tolist(), t.strides.tolist()
-        nxt: dict = {}
-        for (state, bound), (acc, assign) in frontier.items():
-            fixed = dict(bound)
-            free = [p for p in reads if p not in fixed]
-            for combo in itertools.product(*(domain.allowed(p).tolist() for p in free)):
-                vals = {**fixed, **dict(zip(free, combo))}
-                f = state * t.state_stride + sum(vals[p] * s for p, s in zip(reads, strides))
-                cost = float(t.cost[f])
-                if not math.isfinite(cost):
-                    continue
-                total = acc + sign * cost
-                key = (int(t.next_state[f]), tuple(sorted((p, v) for p, v in vals.items() if p in later[i])))
-                old = nxt.get(key)
-                if old is None or total < old[0]:
-                    nxt[key] = (total, assign + tuple(zip(free, combo)))
-        frontier = nxt
-    if not frontier:
+    A dynamic programme over the predictor's compiled slot tables (predict.best_over_slots): the
+    state is the slot state (feature-map shape...) plus the choices that later slots still read,
+    so it never walks the subnets. Tables that are not monotonic in the choices (measured noise)
+    are handled exactly."""
+    from ..predict import best_over_slots
+
+    allowed = [domain.allowed(p).tolist() for p in range(domain.n_positions)]
+    best = best_over_slots(predictor._tables, allowed, lambda t: t.cost, lambda t: np.isfinite(t.cost),
+                           maximize=maximize)
+    if not best:
         raise UsageError(f"{predictor.space.name}: no config of the domain can be priced")
-    _, assign = min(frontier.values(), key=lambda v: v[0])
+    _, assign = best[()]
     config = domain.smallest()
     for p, v in assign:
         config[p] = v
     return float(predictor.predict_batch(config[None, :])[0]), config
+
+
+def refuse_fallback(predictors: Mapping[str, object], domain: Domain) -> None:
+    """Before a search: FallbackError when some config of the domain would have more of its keys
+    priced by the fallback regression than a table's predictor allows (Predictor.max_fallback)."""
+    allowed = [domain.allowed(p).tolist() for p in range(domain.n_positions)]
+    for pred in predictors.values():
+        pred.check_fallback(allowed)
 
 
 @functools.lru_cache(maxsize=64)
@@ -266,15 +251,3 @@ def table_keys(space, resolution: int | None, granularity: str, fusion: str) -> 
     lower = Pricer({}, granularity, fusion).lower
     blocks = space.enumerate_blocks(None if resolution is None else [resolution])
     return frozenset(op.key for b in blocks for op in lower(b))
-
-
-def covered_resolutions(predictor, space) -> tuple[int, ...]:
-    """Resolutions at which every block the space can use has its own table entry, i.e. no
-    subnet at that resolution is priced by the fallback regression."""
-    if space.resolution_position is None:
-        return ()
-    keys = predictor.pricer.costs.keys()
-    g, f = predictor.pricer.granularity, predictor.pricer.fusion
-    if table_keys(space, None, g, f) <= keys:
-        return tuple(space.resolutions)
-    return tuple(r for r in space.resolutions if table_keys(space, r, g, f) <= keys)

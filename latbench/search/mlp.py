@@ -118,8 +118,13 @@ def to_ofa_layout(state: dict, where: str = "state_dict") -> dict:
     return out
 
 
-def load_mlp(path: str | os.PathLike):
-    """A saved predictor (either OFA layout) as an eval-mode torch module."""
+SPACE_KEY = "latbench_space"  # the space a predictor latbench trained was trained on (a str entry)
+
+
+def load_mlp(path: str | os.PathLike, space=None):
+    """A saved predictor (either OFA layout) as an eval-mode torch module. With `space`, a
+    predictor latbench trained on another space is refused: its scores would not be accuracies
+    of this space's subnets (OFA's own files record no space)."""
     torch = require("torch", "torch")
     p = os.fspath(path)
     if not os.path.isfile(p):
@@ -130,6 +135,10 @@ def load_mlp(path: str | os.PathLike):
         raise FormatError(f"{p}: not a torch state_dict ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
     if not isinstance(state, dict):
         raise FormatError(f"{p}: holds a {type(state).__name__}, not a state_dict")
+    trained_on = state.pop(SPACE_KEY, None)
+    if space is not None and isinstance(trained_on, str) and trained_on != space.name:
+        raise UsageError(f"{p} was trained on {trained_on} subnets; the space is {space.name}, whose subnets "
+                         f"it does not score (train one with latbench accuracy train --space {space.name})")
     state = to_ofa_layout(state, p)
     n_layers = sum(1 for k in state if k.startswith("layers.") and k.endswith(".0.weight"))
     if n_layers == 0 or "layers.0.0.weight" not in state:
@@ -160,7 +169,7 @@ class MLPAccuracy(AccuracySource):
     @classmethod
     def load(cls, path: str | os.PathLike, space) -> "MLPAccuracy":
         check_ofa_space(space)
-        return cls(space, load_mlp(path), name=f"mlp:{os.fspath(path)}")
+        return cls(space, load_mlp(path, space), name=f"mlp:{os.fspath(path)}")
 
     def score(self, configs: np.ndarray) -> np.ndarray:
         torch = require("torch", "torch")
@@ -283,12 +292,16 @@ def _train(torch, space, configs, accuracy, epochs, lr, batch_size, weight_decay
     return net, report
 
 
-def save_mlp(net, path: str | os.PathLike) -> None:
-    """torch.save of the plain state_dict (OFA AccuracyPredictor key names)."""
+def save_mlp(net, path: str | os.PathLike, space: str | None = None) -> None:
+    """torch.save of the plain state_dict (OFA AccuracyPredictor key names), with the name of
+    the space it was trained on under SPACE_KEY when given."""
     torch = require("torch", "torch")
     p = os.fspath(path)
+    state: dict[str, Any] = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    if space:
+        state[SPACE_KEY] = space
     try:
-        torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, p)
+        torch.save(state, p)
     except OSError as e:
         raise UsageError(f"{p}: cannot write: {e.strerror or e}") from None
 

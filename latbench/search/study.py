@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import LatbenchError, UsageError
 from .accuracy import AccuracySource, make_accuracy_source
-from .constraints import ConstraintSet, CostModel, Pricing
+from .constraints import ConstraintSet, CostModel, Pricing, refuse_fallback
 from .domain import Domain
 
 Progress = Callable[[int, int, float], None]  # (steps done, steps in all, best accuracy so far)
@@ -296,7 +296,8 @@ def run_search(space, predictors: Mapping[str, Any], budgets_ms: Mapping[str, fl
     flops_range / params_range: (min, max), None for an open end; choices: {position: allowed
     values} to restrict the space (e.g. {"r": [160, 192, 224]}); strategy_options go to the
     strategy (population, generations, and its own knobs). Raises InfeasibleBudgetError at once
-    when a bound cannot be met, naming the smallest achievable value.
+    when a bound cannot be met, naming the smallest achievable value, and FallbackError when a
+    table lacks more of some subnet's keys than its predictor's max_fallback allows.
     """
     from .strategies import get_strategy
 
@@ -315,6 +316,7 @@ def run_search(space, predictors: Mapping[str, Any], budgets_ms: Mapping[str, fl
         raise UsageError(f"budget for unknown table(s) {', '.join(sorted(unknown))}; tables: {', '.join(costs.tables)}")
     cons = ConstraintSet.build(costs, budgets_ms, flops_range, params_range)
     domain = Domain.of(space, choices)
+    refuse_fallback(costs.predictors, domain)  # a table that lacks most keys of the space: say so now
     study = Study(space, cons, None, domain, seed, progress)
     study.check()  # before the accuracy source loads (torch...): an impossible budget fails at once
     study.accuracy = make_accuracy_source(accuracy, space)

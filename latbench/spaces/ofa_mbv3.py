@@ -127,11 +127,12 @@ class OFAMobileNetV3(SearchSpace):
     def from_published(self, obj: Any) -> np.ndarray:
         if not isinstance(obj, dict):
             return self._check_index(obj)
-        missing = [k for k in ("ks", "e", "d") if k not in obj]
-        if missing:
-            raise ConfigError(f"{self.name}: config lacks {', '.join(missing)} (expects ks, e, d, r)")
-        r = obj.get("r", [224])
-        r = r[0] if isinstance(r, (list, tuple)) else r
+        missing = [k for k in ("ks", "e", "d", "r") if k not in obj]
+        if missing:  # r too: the space has 25 resolutions, none of them a default
+            raise ConfigError(f"{self.name}: config lacks {', '.join(missing)} (expects ks, e, d, r; "
+                              f"r is the input resolution, one of 128..224 step 4)")
+        r = obj["r"]
+        r = r[0] if isinstance(r, (list, tuple)) and len(r) == 1 else r
         parts = [("ks", KS, N_BLOCKS), ("e", EXPAND, N_BLOCKS), ("d", DEPTH, N_STAGES)]
         idx: list[int] = []
         for name, choices, length in parts:

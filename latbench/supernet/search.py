@@ -21,7 +21,7 @@ def predictor_for(table: Any, space):
 
         if not os.path.isfile(table):
             raise UsageError(f"{os.fspath(table)}: no such latency table")
-        with LatencyTable.open(table) as t:
+        with LatencyTable.open(table, readonly=True) as t:
             return Predictor.from_table(t, space)
     return Predictor.from_table(table, space)
 
