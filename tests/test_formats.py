@@ -132,7 +132,10 @@ LIGHTNAS_LINES = {
     "eltwise 2 1 1000 1 1": O.eltwise((1, 1000, 1, 1), "add"),
     "eltwise 1 1 120 28 28 1": O.eltwise((1, 120, 28, 28), "mul", broadcast=True),
     "eltwise 3 1 8 4 4": O.eltwise((1, 8, 4, 4), "max"),
-    "softmax -1 1 1000 1 1": O.softmax((1, 1000, 1, 1), axis=-1),
+    "softmax -1 1 1000 1 1": O.softmax((1, 1000, 1, 1), axis=1),  # flat logits, padded to 4-D
+    "softmax 1 1 1000 1 1": O.softmax((1, 1000, 1, 1), axis=1),
+    "softmax 3 1 8 4 4": O.softmax((1, 8, 4, 4), axis=3),
+    "conv 0 0 1 1280 1 1 1000 1 1 0 1 1": O.conv((1, 1280, 1, 1), 1000, 1),
     "activation relu6 1 32 112 112": O.activation((1, 32, 112, 112), "relu6"),
     "activation hard_swish 1 16 56 56": O.activation((1, 16, 56, 56), "hswish"),
     "activation hard_sigmoid 1 16 1 1": O.activation((1, 16, 1, 1), "hsigmoid"),
@@ -147,6 +150,15 @@ def test_lightnas_lines_parse_to_the_right_op(line):
     op = line_to_op(line)
     assert op == LIGHTNAS_LINES[line]
     assert op.key == LIGHTNAS_LINES[line].key
+
+
+def test_softmax_of_flat_logits_is_written_as_paddleslim_writes_it():
+    """PaddleSlim writes the softmax of (n, c) logits with axis -1 and the shape padded to n c 1 1;
+    a softmax over a real feature map keeps its axis."""
+    assert op_to_line(O.softmax((1, 1000, 1, 1))) == "softmax -1 1 1000 1 1"
+    assert op_to_line(O.softmax((1, 8, 4, 4))) == "softmax 1 1 8 4 4"
+    assert op_to_line(O.softmax((1, 8, 4, 4), axis=-1)) == "softmax -1 1 8 4 4"
+    assert line_to_op("softmax -1 1 8 4 4") == O.softmax((1, 8, 4, 4), axis=-1)
 
 
 def test_global_pool_kernel_zero_reads_like_kernel_h():
@@ -221,6 +233,15 @@ def test_bad_table_lines(tmp_path):
     path.write_text("activation relu 1 8 4 4 0.5\nactivation relu 1 8 4 0.3\n")
     with pytest.raises(FormatError, match=rf"{path}:2: activation takes 6 fields"):
         read_table(path)
+
+
+@pytest.mark.parametrize("latency", ["-0.5", "nan", "inf", "-inf"])
+def test_negative_or_nan_latency_names_file_and_line(tmp_path, latency):
+    path = tmp_path / "table.txt"
+    path.write_text(f"activation relu 1 8 4 4 0.5\n\nactivation relu 1 8 4 8 {latency}\n")
+    with pytest.raises(FormatError) as e:
+        read_table(path)
+    assert str(e.value) == f"{path}:3: latency '{latency}' must be a finite number >= 0 (ms)"
 
 
 def test_missing_file_is_a_format_error(tmp_path):

@@ -28,7 +28,7 @@ from latbench.spaces import get_space
 from latbench.store import KeyNotFoundError, LatencyTable, ProfileMismatchError
 from latbench.tableio import (
     export_csv, export_ofa_yaml, export_paddleslim, import_csv, import_ofa_yaml, import_paddleslim,
-    import_profile, merge,
+    import_profile,
 )
 
 PROFILE = DeviceProfile(agent="cpu", runtime="torch", runtime_version="2.13.0", threads=1,
@@ -286,102 +286,6 @@ def test_other_profile_is_refused_naming_both(tmp_path: Path):
         assert t.profile.id == PROFILE.id
 
 
-def test_merge_same_profile_refuses_other_unless_forced(tmp_path: Path, filled: Path):
-    """merge copies rows of one profile; a foreign profile needs force and is then recorded."""
-    other = tmp_path / "other.db"
-    extra_op = O.activation((1, 8, 8, 8), "relu")
-    with LatencyTable.open(other, OTHER) as t:
-        t.add(measurement(extra_op, 2.0, profile=OTHER))
-        t.add(measurement(OP_LEVEL[0], 9.0, profile=OTHER))
-    same = tmp_path / "same.db"
-    with LatencyTable.open(same, PROFILE) as t:
-        t.add(measurement(O.activation((1, 4, 4, 4), "relu"), 3.0))
-        t.add(failed(OP_LEVEL[1]))  # must not replace the ok row of filled
-    dst = tmp_path / "dst.db"
-    with LatencyTable.open(dst) as d:
-        res = merge(d, [filled, same])
-        assert res.written == 11 + 1
-        assert d.profile == PROFILE and len(d) == 12
-        assert d.get(OP_LEVEL[1].key).ok
-        assert d.get(OP_LEVEL[0].key) == peek(filled, "get", OP_LEVEL[0].key)
-        with pytest.raises(ProfileMismatchError) as e:
-            merge(d, [other])
-        assert OTHER.describe() in str(e.value) and "--force" in str(e.value)
-        assert len(d) == 12
-        merge(d, [other], force=True)
-        assert d.profile == PROFILE and len(d) == 13
-        row = d.row(extra_op.key)
-        assert row["profile_id"] == PROFILE.id and row["extra"]["source_profile"] == OTHER.id
-        assert d.estimate(OP_LEVEL[0].key) == pytest.approx(9.0, rel=0.06)
-        assert OTHER.id in d.meta_get("merged_profiles")
-
-
-def test_merge_carries_the_meta_the_rows_are_priced_with(tmp_path: Path, filled: Path):
-    """A table merged into an empty one keeps its per-call cost and run settings (a price
-    subtracts the per-call cost per entry); an entry dst has already stays, and a foreign
-    profile's meta is not taken."""
-    inv = {"estimate_ms": 0.02, "samples": [{"estimate_ms": 0.02}]}
-    with LatencyTable.open(filled) as t:
-        t.meta_set("invocation", inv)
-        t.meta_set("run", {"granularity": "op"})
-    other = tmp_path / "other.db"
-    with LatencyTable.open(other, OTHER) as t:
-        t.add(measurement(O.activation((1, 8, 8, 8), "relu"), 2.0, profile=OTHER))
-        t.meta_set("calibration", {"from": "other"})
-    dst = tmp_path / "dst.db"
-    with LatencyTable.open(dst) as d:
-        merge(d, [filled])
-        assert d.meta_get("invocation") == inv and d.meta_get("run") == {"granularity": "op"}
-        d.meta_set("run", {"granularity": "block"})
-        merge(d, [filled])  # dst's own entry stays
-        assert d.meta_get("run") == {"granularity": "block"}
-        merge(d, [other], force=True)
-        assert d.meta_get("calibration") is None
-
-
-def test_merge_pools_per_call_costs_and_refuses_rows_timed_otherwise(tmp_path: Path, filled: Path):
-    """Two tables of one device timed in one context: the merged per-call cost is the median of
-    both tables' samples (each sample once, however often merged) and the spaces are united; a
-    table timed in another cache context is refused and nothing of it is copied."""
-    net = {"granularity": "op", "fusion": "ort", "context": "network", "context_bytes": 1 << 20}
-    ctx = {"context": "network", "context_bytes": 1 << 20}
-
-    def inv(*ms):
-        return {"estimate_ms": sorted(ms)[len(ms) // 2], "timing": ctx, "status": "ok",
-                "samples": [{"estimate_ms": m, "taken_at": 1000.0 + i + 10 * m} for i, m in enumerate(ms)]}
-
-    with LatencyTable.open(filled) as t:
-        t.meta_set("profile_run", {**net, "spaces": ["ofa-mbv3-w10"]})
-        t.meta_set("invocation", inv(0.010, 0.012, 0.014))
-    second = tmp_path / "second.db"
-    with LatencyTable.open(second, PROFILE) as t:
-        t.add(measurement(O.activation((1, 4, 4, 4), "relu"), 3.0))
-        t.meta_set("profile_run", {**net, "spaces": ["bignas-resnet"]})
-        t.meta_set("invocation", inv(0.030, 0.032))
-    warm = tmp_path / "warm.db"
-    with LatencyTable.open(warm, PROFILE) as t:
-        t.add(measurement(O.activation((1, 2, 2, 2), "relu"), 1.0))
-        t.meta_set("profile_run", {**net, "context": "warm", "context_bytes": 0, "spaces": []})
-    with LatencyTable.open(filled) as d:
-        merge(d, [second])
-        merge(d, [second])
-        pooled = d.meta_get("invocation")
-        assert sorted(x["estimate_ms"] for x in pooled["samples"]) == [0.010, 0.012, 0.014, 0.030, 0.032]
-        assert pooled["estimate_ms"] == pytest.approx(0.014)  # median of the five, by hand
-        assert d.meta_get("profile_run")["spaces"] == ["bignas-resnet", "ofa-mbv3-w10"]
-        n = len(d)
-        with pytest.raises(UsageError) as e:
-            merge(d, [warm])
-        assert str(warm) in str(e.value) and "warm context" in str(e.value) and "network context" in str(e.value)
-        other = tmp_path / "other.db"  # another device, timed warm: --force takes the device, not the context
-        with LatencyTable.open(other, OTHER) as t:
-            t.add(measurement(O.activation((1, 2, 2, 2), "relu"), 1.0, profile=OTHER))
-            t.meta_set("profile_run", {**net, "context": "warm", "context_bytes": 0})
-        with pytest.raises(UsageError, match="warm context"):
-            merge(d, [other], force=True)
-        assert len(d) == n and d.meta_get("invocation") == pooled
-
-
 # ---------------------------------------------------------------------- CSV
 def test_csv_roundtrip_is_lossless(tmp_path: Path, filled: Path):
     """table -> CSV -> table keeps every column and every Measurement exactly."""
@@ -416,6 +320,26 @@ def test_csv_bad_number_names_file_and_line(tmp_path: Path, filled: Path):
         assert len(t2) == 0
 
 
+@pytest.mark.parametrize("value,why", [
+    ("nan", "nan is not a finite number"), ("inf", "inf is not a finite number"),
+    ("-0.25", "needs a finite estimate >= 0 (ms), got -0.25")])
+def test_csv_bad_estimate_names_file_line_and_column(tmp_path: Path, filled: Path, value, why):
+    """estimate=nan, inf or a negative number is one line naming file:line and the column."""
+    csv_path = tmp_path / "t.csv"
+    with LatencyTable.open(filled) as t:
+        export_csv(t, csv_path)
+    lines = csv_path.read_text().splitlines()
+    cells = lines[2].split(",")
+    cells[store.COLUMNS.index("estimate")] = value
+    lines[2] = ",".join(cells)
+    csv_path.write_text("\n".join(lines) + "\n")
+    with LatencyTable.open(tmp_path / "back.db") as t2:
+        with pytest.raises(FormatError) as e:
+            import_csv(csv_path, t2)
+        assert str(e.value).startswith(f"{csv_path}:3: column estimate: ") and why in str(e.value)
+        assert "\n" not in str(e.value) and len(t2) == 0
+
+
 def test_csv_of_other_profile_is_refused(tmp_path: Path, filled: Path):
     """Importing a CSV into a table of another profile is a mismatch, not a silent mix."""
     csv_path = tmp_path / "t.csv"
@@ -428,22 +352,31 @@ def test_csv_of_other_profile_is_refused(tmp_path: Path, filled: Path):
 
 # ---------------------------------------------------------------------- PaddleSlim text
 def test_paddleslim_roundtrip_same_keys_and_estimates(tmp_path: Path, filled: Path):
-    """table -> PaddleSlim text -> table gives the same keys and estimates, with no invented spread."""
+    """table -> PaddleSlim text -> table gives the same keys and estimates, with no invented
+    spread; with its sidecar under the table's own profile and meta, without it as a foreign table."""
     txt = tmp_path / "t.txt"
     with LatencyTable.open(filled) as t:
+        t.meta_set("calibration", {"tiny/op": {"scale": 1.1, "offset_ms": 0.0}})
         res = export_paddleslim(t, txt)
-        want = t.estimates()
+        want, meta = t.estimates(), t.meta()
     assert res.written == 10 and res.not_ok == 1 and not res.skipped
-    assert len(txt.read_text().splitlines()) == 10
-    prof = import_profile("Test CPU", "torch", 1, source="t.txt")
-    with LatencyTable.open(tmp_path / "back.db", prof) as t2:
+    assert res.files == [str(txt), f"{txt}.meta.json"]
+    lines = txt.read_text().splitlines()
+    assert len(lines) == 10 and all(len(line.split()) >= 6 for line in lines)  # no comment, no header
+    with LatencyTable.open(tmp_path / "back.db") as t2:
         import_paddleslim(txt, t2)
+        assert t2.profile == PROFILE and t2.meta() | {"created_at": 0} == meta | {"created_at": 0}
         assert t2.estimates() == want
         row = t2.row(OP_LEVEL[0].key)
         assert row["estimator"] == "value" and row["source"] == "paddleslim:t.txt"
+        assert row["extra"] == {"temp_c": [41.5, 42.0]}  # what the line cannot hold, from the sidecar
         assert all(row[c] is None for c in ("median", "p25", "p75", "std", "mean", "n"))
         assert t2.get(OP_LEVEL[0].key).stats is None
-        assert t2.profile.agent == "import"
+    os.remove(f"{txt}.meta.json")
+    prof = import_profile("Test CPU", "torch", 1, source="t.txt")
+    with LatencyTable.open(tmp_path / "foreign.db", prof) as t3:
+        import_paddleslim(txt, t3)
+        assert t3.estimates() == want and t3.profile.agent == "import" and "calibration" not in t3.meta()
 
 
 def test_paddleslim_export_of_blocks_errors_or_skips(tmp_path: Path, filled: Path):
@@ -628,7 +561,7 @@ def test_cli_export_import_roundtrips(cli, tmp_path: Path, filled: Path):
     assert cli("table", "export", str(filled), "-f", "paddleslim", "-o", str(txt))[0] == 0
     code, _, err = cli("table", "import", str(csv_path), "--out", str(tmp_path / "c.db"))
     assert code == 0, err
-    code, _, err = cli("table", "import", str(txt), "--out", str(tmp_path / "p.db"), "--device", "Test CPU")
+    code, _, err = cli("table", "import", str(txt), "--out", str(tmp_path / "p.db"))  # the sidecar names it
     assert code == 0, err
     want = peek(filled, "estimates")
     assert peek(tmp_path / "c.db", "estimates") == want
@@ -638,22 +571,6 @@ def test_cli_export_import_roundtrips(cli, tmp_path: Path, filled: Path):
     assert code == 0, err
     assert yaml.safe_load((tmp_path / "lut" / "160_lookup_table.yaml").read_text()) == yaml.safe_load(OFA_160)
     assert peek(db, "profile").runtime == "tflite"
-
-
-def test_cli_merge(cli, tmp_path: Path, filled: Path):
-    """merge of one profile works; another profile is refused on one line unless --force."""
-    other = tmp_path / "other.db"
-    with LatencyTable.open(other, OTHER) as t:
-        t.add(measurement(O.activation((1, 8, 8, 8), "relu"), 2.0, profile=OTHER))
-    dst = tmp_path / "dst.db"
-    code, _, err = cli("table", "merge", str(dst), str(filled))
-    assert code == 0, err
-    code, out, err = cli("table", "merge", str(dst), str(other))
-    assert code == 1 and err.startswith("latbench: error: ") and err.count("\n") == 1
-    assert OTHER.describe() in err and "Traceback" not in err
-    code, _, err = cli("table", "merge", str(dst), str(other), "--force")
-    assert code == 0, err
-    assert peek(dst, "__len__") == 12
 
 
 @pytest.mark.parametrize("case", ["show-not-sqlite", "import-bad-yaml", "import-no-device",

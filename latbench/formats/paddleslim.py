@@ -10,14 +10,21 @@ Op lines (a table line is the same with the latency in ms last):
                                                 (1 max, 2 avg incl. padding, 3 avg excl. padding)
     softmax axis n c h w
 
+PaddleSlim pads a flat (n, c) tensor to `n c 1 1` and writes the softmax of flat logits with axis
+-1 (`softmax -1 1 1000 1 1` in LightNAS's own op list); latbench's softmax over the channels of an
+(n, c, 1, 1) tensor is that op, written and read so (axis 1 and -1 both read as it).
+
 latbench extensions, written only when needed and still accepted by PaddleSlim's dict loader
-(`tuple(line.split()[:-1]) -> latency`): `linear flag_bias n_in c_in c_out`, and a trailing
-broadcast flag on eltwise (`eltwise 1 1 120 28 28 1`: the second operand is (n, c, 1, 1)).
-Fused activations other than relu, conv + batch norm, and block kinds have no line.
+(`tuple(line.split()[:-1]) -> latency`): `linear flag_bias n_in c_in c_out` (no LightNAS op: the
+lightnas space writes its classifier as PaddleSlim does, a 1x1 conv, an eltwise add and a
+softmax), and a trailing broadcast flag on eltwise (`eltwise 1 1 120 28 28 1`: the second operand
+is (n, c, 1, 1)). Fused activations other than relu, conv + batch norm, and block kinds have no
+line. A latency must be a finite number >= 0 (ms).
 """
 from __future__ import annotations
 
 import io
+import math
 import os
 from typing import IO, Iterable, Iterator, Union
 
@@ -88,13 +95,18 @@ def op_to_line(op: OpSpec) -> str:
         return (f"pooling {int(op.global_pool)} {shape} {op.kernel} {op.padding} {op.stride} "
                 f"{int(op.ceil_mode)} {pool_type}")
     if k == "softmax":
-        return f"softmax {op.axis} {shape}"
+        return f"softmax {-1 if _flat_softmax(op.axis, op.h, op.w) else op.axis} {shape}"
     if k == "linear":
         if op.act != "none" or op.h != 1 or op.w != 1:
             raise FormatError(f"linear with act={op.act} on a {op.h}x{op.w} input has no line in "
                               f"latbench's PaddleSlim extension ({op.key}); {_HINT}")
         return f"linear {int(op.bias)} {op.n} {op.c} {op.out}"
     raise FormatError(f"op kind {k!r} has no PaddleSlim line; {_HINT}")  # pragma: no cover
+
+
+def _flat_softmax(axis: int, h: int, w: int) -> bool:
+    """A softmax over the channels of (n, c, 1, 1): PaddleSlim's softmax of flat (n, c) logits."""
+    return h == 1 and w == 1 and axis in (1, -1)
 
 
 def format_latency(ms: float) -> str:
@@ -151,6 +163,8 @@ def read_table(path: PathOrFile) -> list[tuple[OpSpec, float]]:
         except ValueError:
             raise FormatError(f"{where}: latency {fields[-1]!r} is not a number "
                               f"(a table line ends with the latency in ms)") from None
+        if not (math.isfinite(ms) and ms >= 0):
+            raise FormatError(f"{where}: latency {fields[-1]!r} must be a finite number >= 0 (ms)")
         rows.append((_parse_at(fields[:-1], where), ms))
     return rows
 
@@ -256,7 +270,7 @@ def _build(typ: str, args: list[str], names: tuple[str, ...]) -> OpSpec:
                       ceil_mode=ceil, count_pad=count_pad)
     if typ == "softmax":
         axis, n, c, h, w = (_int(args, names, i) for i in range(5))
-        return OpSpec("softmax", n, c, h, w, axis=axis)
+        return OpSpec("softmax", n, c, h, w, axis=1 if _flat_softmax(axis, h, w) else axis)
     # linear (latbench extension)
     bias = _flag(args, names, 0)
     n, c, out = (_int(args, names, i) for i in range(1, 4))

@@ -3,6 +3,11 @@
 Mirrors PaddleSlim's light_nas_space.py / light_nasnet.py (the demo LightNASSpace): per stage the
 tokens (multiplier t, filters c, layers n, kernel k, shortcut, se), 30 tokens in all; a config's
 index vector IS PaddleSlim's token list. Input fixed at 3x224x224, 1000 classes.
+
+The classifier is what PaddleSlim's LightNAS `get_all_ops` lists for it: the fc as a 1x1 conv
+without bias (`conv 0 0 1 1280 1 1 1000 1 1 0 1 1`), its bias as an eltwise add
+(`eltwise 2 1 1000 1 1`) and the softmax (`softmax -1 1 1000 1 1`), so its PaddleSlim op list
+holds only ops PaddleSlim's tools know, and a table profiled from that list prices every subnet.
 """
 from __future__ import annotations
 
@@ -105,8 +110,10 @@ class LightNASSpace(SearchSpace):
         return [op], op.out_shape
 
     def _fc(self, state, vals):
-        op = O.linear(state[0], state[1], N_CLASSES, bias=True)
-        return [op], op.out_shape
+        """PaddleSlim's fc (a 1x1 conv, then the bias added) and the softmax of the logits."""
+        fc = O.conv(state, N_CLASSES, 1)
+        logits = fc.out_shape
+        return [fc, O.eltwise(logits, "add"), O.softmax(logits, axis=1)], logits
 
     # ------------------------------------------------------------------ size
     @property

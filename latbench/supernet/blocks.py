@@ -221,10 +221,36 @@ class StatelessBlock(nn.Module):
         return {}
 
 
+class EltwiseBlock(nn.Module):
+    """An eltwise op whose second operand is learned (e.g. LightNAS's classifier bias, which
+    PaddleSlim lists as an eltwise add), over elastic channels; torch_build.Eltwise holds it as
+    the buffer `other`."""
+
+    def __init__(self, variants: Sequence[OpSpec], where: str, transform: str):
+        super().__init__()
+        shapes = [_eltwise_operand(v) for v in variants]
+        fill = 1.0 if all(v.eltwise == "mul" for v in variants) else 0.0  # starts as the identity
+        self.other = nn.Parameter(torch.full((1, *(max(s[i] for s in shapes) for i in range(3))), fill))
+
+    def forward(self, x: Tensor, op: OpSpec) -> Tensor:
+        c, h, w = _eltwise_operand(op)
+        y = self.other[:, :c, :h, :w]
+        return x + y if op.eltwise == "add" else (x * y if op.eltwise == "mul" else torch.maximum(x, y))
+
+    def export_state(self, op: OpSpec) -> dict[str, Tensor]:
+        c, h, w = _eltwise_operand(op)
+        return {"other": self.other[:, :c, :h, :w].expand(op.n, c, h, w)}
+
+
+def _eltwise_operand(op: OpSpec) -> tuple[int, int, int]:
+    """(c, h, w) of an eltwise op's second operand, as torch_build.Eltwise shapes it."""
+    return (op.c, 1, 1) if op.broadcast else (op.c, op.h, op.w)
+
+
 BLOCKS = {
     "conv": ConvBlock, "mbconv": MBConvBlock, "basic": ResBlockDyn, "bottleneck": ResBlockDyn,
     "linear": LinearBlock, "batch_norm": BatchNormBlock, "pool": StatelessBlock,
-    "activation": StatelessBlock, "softmax": StatelessBlock,
+    "activation": StatelessBlock, "softmax": StatelessBlock, "eltwise": EltwiseBlock,
 }
 
 
@@ -240,4 +266,4 @@ def block_for(variants: Sequence[OpSpec], where: str, transform: str = "depthwis
 
 
 __all__ = ["block_for", "DynConvBNAct", "ConvBlock", "MBConvBlock", "ResBlockDyn", "LinearBlock",
-           "BatchNormBlock", "StatelessBlock", "TRANSFORM_MODES"]
+           "BatchNormBlock", "StatelessBlock", "EltwiseBlock", "TRANSFORM_MODES"]

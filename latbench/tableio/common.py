@@ -1,23 +1,35 @@
 """What every table import and export shares: the Transfer report, the profile of foreign numbers,
-and the copying of meta entries a table is priced with."""
+the header (profile + meta) that CSV sidecars, PaddleSlim sidecars and JSONL files carry, the check
+of one imported row, and the taking in of a source's meta."""
 from __future__ import annotations
 
+import json
+import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..device import DeviceProfile
-from ..errors import UsageError
-from ..store import RESERVED_META, LatencyTable
+from ..errors import FormatError, OpError, UsageError
+from ..store import (COLUMNS, ESTIMATORS, FLOAT_COLUMNS, FORMAT_VERSION, INT_COLUMNS, JSON_COLUMNS,
+                     RESERVED_META, STATUSES, LatencyTable, ProfileMismatchError, _op_for,
+                     mismatch_message)
+
+COMBINED_AGENT = "combined"  # the agent of a profile that combines other profiles' rows
 
 
 @dataclass
 class Transfer:
-    """What an export, import or merge did."""
+    """What an export, import, merge or combine did (merge and combine count distinct keys)."""
 
-    written: int = 0  # rows written (export) or stored (import, merge)
+    written: int = 0  # rows written (export) or stored (import, merge, combine)
     skipped: list[str] = field(default_factory=list)  # keys the target format cannot express
     not_ok: int = 0  # failed rows left out (exports carry numbers only)
     files: list[str] = field(default_factory=list)
+    added: int = 0  # merge/combine: keys the table did not hold
+    replaced: int = 0  # merge/combine: keys whose row a source's row replaced
+    left: int = 0  # merge/combine: keys a source offered whose row stayed as it was
+    notes: list[str] = field(default_factory=list)  # what a reader of the summary must know
 
     def describe(self) -> str:
         parts = [f"{self.written} rows"]
@@ -27,6 +39,10 @@ class Transfer:
             parts.append(f"{self.not_ok} failed left out")
         return ", ".join(parts)
 
+    def describe_keys(self) -> str:
+        """The merge/combine summary: what happened to each distinct key the sources offered."""
+        return (f"{self.added} rows added, {self.replaced} replaced, {self.left} left as they were "
+                f"(a failed row never replaces an ok one; an identical row changes nothing)")
 
 
 # ---------------------------------------------------------------------- profiles of imports
@@ -51,11 +67,160 @@ def use_profile(table: LatencyTable, profile: DeviceProfile | None, what: str) -
     return table.profile
 
 
+def source_profiles(profile: DeviceProfile) -> list[DeviceProfile]:
+    """The device profiles whose rows a table of `profile` holds: a combination's sources, else itself."""
+    if profile.agent != COMBINED_AGENT:
+        return [profile]
+    return [DeviceProfile.from_dict(d) for d in profile.info.get("sources", [])]
 
-def copy_missing_meta(dst: LatencyTable, meta: Mapping[str, Any]) -> None:
-    """Copy the meta entries `dst` lacks (a calibration, the per-call cost, the run settings);
-    what `dst` has already is its own and stays."""
+
+def row_profile_ids(profile: DeviceProfile) -> set[str]:
+    """The profile ids a row of a table of `profile` may carry."""
+    return {profile.id} | {p.id for p in source_profiles(profile)}
+
+
+# ---------------------------------------------------------------------- headers and sidecars
+def table_header(table: LatencyTable, fmt: str) -> dict[str, Any]:
+    """What a file needs besides its rows to price as the table does: format, profile and meta."""
+    return {"format": fmt, "version": FORMAT_VERSION,
+            "profile": table.profile.to_dict() if table.profile else None,
+            "meta": table.meta(), "columns": list(COLUMNS)}
+
+
+def write_sidecar(path: str, header: dict[str, Any]) -> None:
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(header, f, indent=2, sort_keys=True, allow_nan=False)
+            f.write("\n")
+    except OSError as e:
+        raise FormatError(f"{path}: cannot write: {e.strerror or e}") from None
+
+
+def read_sidecar(path: str, fmt: str) -> dict[str, Any] | None:
+    """The sidecar at `path` written for format `fmt`, or None when there is none."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError) as e:
+        raise FormatError(f"{path}: not a latbench sidecar: {e}") from None
+    check_header(doc, fmt, path)
+    return doc
+
+
+def check_header(doc: Any, fmt: str, where: str) -> None:
+    """A header (sidecar or first JSONL line) of format `fmt` that this latbench can read."""
+    name = doc.get("format") if isinstance(doc, dict) else None
+    if name != fmt:
+        raise FormatError(f"{where}: not a {fmt} header (format {name!r})")
+    version = doc.get("version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise FormatError(f"{where}: format version {version!r} is newer than this latbench reads "
+                          f"(<= {FORMAT_VERSION}); upgrade latbench")
+    if not isinstance(doc.get("meta", {}), dict):
+        raise FormatError(f"{where}: meta must be a JSON object")
+
+
+def header_profile(doc: Mapping[str, Any] | None, where: str, data: str,
+                   given: DeviceProfile | None) -> DeviceProfile | None:
+    """The profile a header names (checked against `given`, the one asked for), else `given`."""
+    if not doc or not doc.get("profile"):
+        return given
+    try:
+        prof = DeviceProfile.from_dict(doc["profile"])
+    except (TypeError, ValueError) as e:
+        raise FormatError(f"{where}: profile is unreadable: {e}") from None
+    if given is not None and given.id != prof.id:
+        raise ProfileMismatchError(mismatch_message(f"{data} (profile of {where}; it needs no --device)",
+                                                    prof, given))
+    return prof
+
+
+# ---------------------------------------------------------------------- one imported row
+def check_row(raw: Mapping[str, Any], where: str, profile: DeviceProfile, source: str) -> dict[str, Any]:
+    """A full table row from the typed values of one imported row (CSV or JSONL), or a
+    FormatError naming `where` (file:line) and the column."""
+    row: dict[str, Any] = {c: raw.get(c) for c in COLUMNS}
+    key = row["key"]
+    if not key:
+        raise FormatError(f"{where}: empty key")
+    for c in FLOAT_COLUMNS:
+        if row[c] is not None and not math.isfinite(row[c]):
+            raise FormatError(f"{where}: column {c}: {row[c]!r} is not a finite number")
+    row["status"] = row["status"] or "ok"
+    if row["status"] not in STATUSES:
+        raise FormatError(f"{where}: column status: must be ok or failed, got {row['status']!r}")
+    row["estimator"] = row["estimator"] or ("value" if "estimator" not in raw else None)
+    if row["estimator"] is not None and row["estimator"] not in ESTIMATORS:
+        raise FormatError(f"{where}: column estimator: must be one of {', '.join(ESTIMATORS)}, "
+                          f"got {row['estimator']!r}")
+    if row["status"] == "ok" and (row["estimate"] is None or row["estimate"] < 0):
+        raise FormatError(f"{where}: column estimate: an ok row of {key!r} needs a finite estimate "
+                          f">= 0 (ms), got {row['estimate']!r}")
+    if row["profile_id"] and row["profile_id"] != profile.id and row["profile_id"] not in row_profile_ids(profile):
+        raise ProfileMismatchError(f"{where}: row {key!r} belongs to profile {row['profile_id']}, "
+                                   f"the table's profile is {profile.id}")
+    row["profile_id"] = row["profile_id"] or profile.id
+    try:
+        op = _op_for(key, row["op"], where)
+    except OpError as e:
+        raise FormatError(str(e)) from None
+    row["kind"] = row["kind"] or op.kind
+    row["source"] = row["source"] or source
+    row["error"] = row["error"] or ""
+    for c in ("settings", "extra"):
+        row[c] = row[c] if row[c] is not None else {}
+        if not isinstance(row[c], dict):
+            raise FormatError(f"{where}: column {c}: must hold a JSON object")
+    return row
+
+
+def typed_value(c: str, v: Any, where: str) -> Any:
+    """`v` (a JSON value) checked against the type of column `c`."""
+    if v is None:
+        return None
+    if c in FLOAT_COLUMNS:
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+        v = float(v) if ok else v
+    elif c in INT_COLUMNS:
+        ok = isinstance(v, int) and not isinstance(v, bool)
+    elif c in JSON_COLUMNS:
+        ok = isinstance(v, list) if c == "samples" else isinstance(v, dict)
+    else:
+        ok = isinstance(v, str)
+    if not ok:
+        shown = json.dumps(v)
+        raise FormatError(f"{where}: column {c}: {shown[:57] + '...' if len(shown) > 60 else shown} "
+                          f"is not {_type_words(c)}")
+    return v
+
+
+def _type_words(c: str) -> str:
+    if c in FLOAT_COLUMNS:
+        return "a number"
+    if c in INT_COLUMNS:
+        return "an integer"
+    if c in JSON_COLUMNS:
+        return "a JSON list" if c == "samples" else "a JSON object"
+    return "a string"
+
+
+# ---------------------------------------------------------------------- meta of a source
+def copy_missing_meta(dst: LatencyTable, meta: Mapping[str, Any], leave: tuple[str, ...] = ()) -> None:
+    """Copy the meta entries `dst` lacks (a calibration, the per-call cost, the run settings) but
+    those in `leave`; what `dst` has already is its own and stays."""
     have = dst.meta()
     for name, value in meta.items():
-        if name not in have and name not in RESERVED_META:
+        if name not in have and name not in RESERVED_META and name not in leave:
             dst.meta_set(name, value)
+
+
+def take_meta(dst: LatencyTable, meta: Mapping[str, Any], src_name: str) -> None:
+    """Take in the meta of a source of `dst`'s own profile before its rows are stored: rows timed
+    in other run settings are refused, per-call costs of one context pooled, the entries `dst`
+    lacks copied, so `dst` prices the rows as their source did."""
+    from ..profiling import merge_run_meta
+
+    merge_run_meta(dst, dict(meta), src_name)
+    copy_missing_meta(dst, meta)

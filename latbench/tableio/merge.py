@@ -1,64 +1,75 @@
-"""Merging tables of one device profile."""
+"""Merging tables of one device profile into one (another profile is refused: `combine` makes a
+new table of several devices that names them)."""
 from __future__ import annotations
 
 import os
-from typing import Iterable
+from contextlib import ExitStack
+from typing import Any, Iterable
 
 from ..errors import FormatError, UsageError
-from ..profiling import merge_run_meta
 from ..store import LatencyTable, PathLike, ProfileMismatchError, mismatch_message
-from .common import Transfer, copy_missing_meta
+from .common import Transfer, take_meta
 
 
-def merge(dst: LatencyTable, srcs: Iterable[LatencyTable | PathLike], force: bool = False) -> Transfer:
-    """Copy every row of `srcs` into `dst`, refusing other device profiles unless `force` and rows
-    timed in another granularity or cache context always; from sources of its own profile, the
-    per-call costs are pooled and the meta entries `dst` lacks (per-call cost, run settings,
-    calibration) copied, so a merged table prices subnets as its sources do."""
-    # a later source replaces a key, but a failed row never replaces an ok one; with force, dst
-    # keeps its profile and each copied row records its source profile id in extra["source_profile"]
-    res = Transfer()
+def open_sources(stack: ExitStack, srcs: Iterable[LatencyTable | PathLike], dst_path: str) -> list[LatencyTable]:
+    """Every source table, opened for reading (closed with `stack`); none may be `dst_path` itself,
+    and each holding rows names its device profile."""
+    out = []
     for src in srcs:
-        own = not isinstance(src, LatencyTable)
-        s = LatencyTable.open(src, create=False) if own else src
-        try:
-            if os.path.realpath(s.path) == os.path.realpath(dst.path):
-                raise UsageError(f"cannot merge {s.path} into itself")
-            res.files.append(s.path)
-            if s.profile is None:
-                if len(s):
-                    raise FormatError(f"{s.path}: rows without a device profile")
-                continue
-            if dst.profile is None:
-                dst.set_profile(s.profile)
-            foreign = s.profile.id != dst.profile.id  # type: ignore[union-attr]
-            if foreign and not force:
+        s = src if isinstance(src, LatencyTable) else stack.enter_context(LatencyTable.open(src, readonly=True))
+        if os.path.realpath(s.path) == os.path.realpath(dst_path):
+            raise UsageError(f"cannot take the rows of {s.path} into itself")
+        if s.profile is None and len(s):
+            raise FormatError(f"{s.path}: rows without a device profile")
+        out.append(s)
+    return out
+
+
+def merge(dst: LatencyTable, srcs: Iterable[LatencyTable | PathLike]) -> Transfer:
+    """Copy every row of `srcs` (tables of `dst`'s device profile) into `dst`: a later source
+    replaces a key, but a failed row never replaces an ok one. Rows timed in other run settings
+    are refused; the per-call costs are pooled and the meta entries `dst` lacks copied, so the
+    merged table prices subnets as its sources do. Counts distinct keys: added, replaced, left."""
+    with ExitStack() as stack:
+        sources = [s for s in open_sources(stack, srcs, dst.path) if s.profile is not None]
+        if dst.profile is None and sources:
+            dst.set_profile(sources[0].profile)  # type: ignore[arg-type]
+        for s in sources:  # every source's profile before any row is copied
+            if s.profile.id != dst.profile.id:  # type: ignore[union-attr]
                 raise ProfileMismatchError(
                     mismatch_message(f"cannot merge {s.path} into {dst.path}", dst.profile, s.profile)  # type: ignore[arg-type]
-                    + "; --force merges anyway, recording each row's source profile")
-            # refuses rows timed otherwise before any is copied; pools one device's per-call costs
-            merge_run_meta(dst, s.meta(), s.path, same_device=not foreign)
-            dst_ok = dst.keys("ok")
-            rows = []
-            for r in s.rows():
-                if r["status"] != "ok" and r["key"] in dst_ok:
-                    continue
-                if foreign:
-                    r["extra"] = {**(r["extra"] or {}), "source_profile": (r["extra"] or {}).get(
-                        "source_profile", r["profile_id"])}
-                    r["profile_id"] = dst.profile.id  # type: ignore[union-attr]
-                rows.append(r)
-            dst._put_rows(rows)
-            if foreign:
-                merged = dst.meta_get("merged_profiles", {}) or {}
-                merged[s.profile.id] = s.profile.to_dict()
-                dst.meta_set("merged_profiles", merged)
-            else:  # e.g. the per-call cost and the run settings the rows were priced and taken with
-                copy_missing_meta(dst, s.meta())
-            res.written += len(rows)
-        finally:
-            if own:
-                s.close()
+                    + "; one table holds one device profile (`latbench table combine NEW SRC...` "
+                    "makes a new table of several devices that names them)")
+        before = {r["key"]: r for r in dst.rows()}
+        offered: set[str] = set()
+        for s in sources:
+            take_meta(dst, s.meta(), s.path)  # refuses rows timed otherwise before any is copied
+            rows = list(s.rows())
+            offered.update(r["key"] for r in rows)
+            dst._put_rows(_changes(dst, rows))
+        res = Transfer(files=[s.path for s in sources])
+    _count(res, dst, before, offered)
     return res
 
 
+def _changes(dst: LatencyTable, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows that change `dst`: not a failed row over an ok one, nor a row equal to dst's."""
+    out = []
+    for r in rows:
+        have = dst.row(r["key"])
+        if have is not None and (have == r or (r["status"] != "ok" and have["status"] == "ok")):
+            continue
+        out.append(r)
+    return out
+
+
+def _count(res: Transfer, dst: LatencyTable, before: dict[str, dict[str, Any]], offered: set[str]) -> None:
+    """What happened to each distinct offered key, from dst's rows before and after."""
+    for key in offered:
+        if key not in before:
+            res.added += 1
+        elif dst.row(key) != before[key]:
+            res.replaced += 1
+        else:
+            res.left += 1
+    res.written = res.added + res.replaced

@@ -1,7 +1,14 @@
-"""PaddleSlim LightNAS latency-table text: export of op rows, import with estimator `value`."""
+"""PaddleSlim LightNAS latency-table text: one op line + estimate per ok row, and a
+`<file>.meta.json` sidecar beside it with what the text cannot hold.
+
+PaddleSlim's own loader reads every line as `tuple(fields[:-1]) -> float(fields[-1])`, so the text
+holds no comment or meta. The sidecar holds the profile and the table's meta (run settings with
+granularity and fusion, the per-call cost, calibrations) and what each row holds besides its
+number (its `extra`: the resolutions a key belongs to...; the source profile of a combination's
+row): a latbench export then import prices every subnet exactly as the table did. A PaddleSlim file without a sidecar is a foreign table (estimator `value`, --device needed).
+"""
 from __future__ import annotations
 
-import math
 import os
 import time
 from typing import Any
@@ -11,53 +18,101 @@ from ..errors import FormatError
 from ..measure import Measurement
 from ..ops import OpSpec
 from ..store import LatencyTable, PathLike
-from .common import Transfer, use_profile
+from .common import (Transfer, header_profile, read_sidecar, row_profile_ids, table_header, take_meta,
+                     use_profile, write_sidecar)
+
+PADDLESLIM_SIDECAR_FORMAT = "latbench-table-paddleslim"
+_KEEPS_ALL = "--format csv|jsonl keep every row"
+
+
+def paddleslim_meta_path(path: PathLike) -> str:
+    """The sidecar of a PaddleSlim export (`x.txt` -> `x.txt.meta.json`)."""
+    return os.fspath(path) + ".meta.json"
 
 
 def export_paddleslim(table: LatencyTable, path: PathLike, skip_unsupported: bool = False) -> Transfer:
-    """ok rows as PaddleSlim latency-table lines (op line + estimate in ms) for LightNAS tools."""
-    # a row PaddleSlim has no line for (blocks, OFA layers, conv+BN) is an error naming its key,
-    # or skipped and counted with skip_unsupported
-    from ..formats.paddleslim import op_to_line, write_table
+    """ok rows as PaddleSlim latency-table lines (op line + estimate in ms) for LightNAS tools,
+    and the sidecar that makes a latbench round trip exact."""
+    # a row PaddleSlim has no line for (blocks, OFA layers, conv+BN), or whose line would read
+    # back as another op, is an error naming its key, or skipped and counted with skip_unsupported
+    from ..formats.paddleslim import write_table
 
     p = os.fspath(path)
-    res = Transfer(not_ok=table.counts()["failed"], files=[p])
+    res = Transfer(not_ok=table.counts()["failed"], files=[p, paddleslim_meta_path(p)])
     rows: list[tuple[OpSpec, float]] = []
+    kept: dict[str, dict[str, Any]] = {}  # what a row holds besides its line and number
     for r in table.rows(status="ok"):
         op = OpSpec.from_dict(r["op"])
-        try:
-            op_to_line(op)
-        except FormatError as e:
+        why = _no_line(op)
+        if why:
             if not skip_unsupported:
-                raise FormatError(f"{table.path}: cannot export {r['key']} as PaddleSlim text: {e} "
-                                  f"(--skip-unsupported leaves such rows out)") from None
+                raise FormatError(f"{table.path}: cannot export {r['key']} as PaddleSlim text: {why} "
+                                  f"(--skip-unsupported leaves such rows out)")
             res.skipped.append(r["key"])
             continue
         rows.append((op, r["estimate"]))
+        keep = {"extra": r["extra"]} if r["extra"] else {}
+        if table.profile is not None and r["profile_id"] != table.profile.id:
+            keep["profile_id"] = r["profile_id"]
+        if keep:
+            kept[r["key"]] = keep
     try:
         res.written = write_table(rows, p)
     except OSError as e:
         raise FormatError(f"{p}: cannot write: {e.strerror or e}") from None
+    write_sidecar(paddleslim_meta_path(p), {**table_header(table, PADDLESLIM_SIDECAR_FORMAT), "rows": kept})
     return res
 
 
+def _no_line(op: OpSpec) -> str:
+    """Why `op` cannot be a PaddleSlim line that reads back as itself ('' when it can)."""
+    from ..formats.paddleslim import line_to_op, op_to_line
+
+    try:
+        line = op_to_line(op)
+    except FormatError as e:
+        return str(e)
+    back = line_to_op(line)
+    if back.key != op.key:
+        return f"its line {line!r} reads back as another op ({back.key}); {_KEEPS_ALL}"
+    return ""
+
+
 def import_paddleslim(path: PathLike, table: LatencyTable, profile: DeviceProfile | None = None) -> Transfer:
-    """A PaddleSlim latency table into `table` with estimator `value` and no invented statistics."""
+    """A PaddleSlim latency table into `table` with estimator `value` and no invented statistics;
+    with its latbench sidecar, under the sidecar's profile and meta and with each row's extra."""
     # a key listed twice keeps its last line
     from ..formats.paddleslim import read_table as read_paddle
 
     p = os.fspath(path)
-    prof = use_profile(table, profile, p)
+    side_path = paddleslim_meta_path(p)
+    side = read_sidecar(side_path, PADDLESLIM_SIDECAR_FORMAT)
+    prof = use_profile(table, header_profile(side, side_path, p, profile), p)
     rows = read_paddle(p)
+    kept = (side or {}).get("rows") or {}
+    if not isinstance(kept, dict):
+        raise FormatError(f"{side_path}: rows must map keys to JSON objects")
     source = f"paddleslim:{os.path.basename(p)}"
     now = time.time()
     by_key: dict[str, dict[str, Any]] = {}
     for op, ms in rows:
-        if not math.isfinite(ms) or ms < 0:
-            raise FormatError(f"{p}: latency of {op.key} must be a finite number >= 0, got {ms!r}")
-        m = Measurement(key=op.key, profile_id=prof.id, op=op.to_dict(), stats=None, taken_at=now)
-        by_key[op.key] = table._measurement_row(m, source, "value", ms)
+        keep = _kept(kept.get(op.key), prof, f"{side_path}: row {op.key}")
+        m = Measurement(key=op.key, profile_id=prof.id, op=op.to_dict(), stats=None, taken_at=now,
+                        extra=keep.get("extra", {}))
+        row = table._measurement_row(m, source, "value", ms)
+        row["profile_id"] = keep.get("profile_id", prof.id)
+        by_key[op.key] = row
+    if side:
+        take_meta(table, side.get("meta") or {}, p)
     table._put_rows(list(by_key.values()))
-    return Transfer(written=len(by_key), files=[p])
+    return Transfer(written=len(by_key), files=[p] + ([side_path] if side else []))
 
 
+def _kept(keep: Any, prof: DeviceProfile, where: str) -> dict[str, Any]:
+    """A row's entry of the sidecar, checked: {"extra": object, "profile_id": a source of `prof`}."""
+    keep = keep or {}
+    if not isinstance(keep, dict) or not isinstance(keep.get("extra", {}), dict):
+        raise FormatError(f"{where}: must be a JSON object whose extra is a JSON object")
+    if "profile_id" in keep and keep["profile_id"] not in row_profile_ids(prof):
+        raise FormatError(f"{where}: profile {keep['profile_id']!r} is not a source of {prof.describe()}")
+    return keep
