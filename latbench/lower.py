@@ -1,16 +1,32 @@
-"""Real models -> op-granularity OpSpecs, by tracing the module (torch.fx + shape propagation).
+"""Real models -> op-granularity OpSpecs: torch modules by tracing (torch.fx + shape propagation),
+ONNX files by shape inference.
 
-Ops that cannot be mapped are listed by name in `Lowering.unmapped`, never dropped silently;
-shape-only ops (flatten, view, dropout in eval, identity) are listed in `Lowering.free`.
+Compute that cannot be mapped is listed in `Lowering.unmapped` (op type, node, reason), never
+dropped silently; shape-only nodes (views such as flatten/reshape/identity/dropout in eval, and
+in ONNX the shape arithmetic a runtime folds away) are listed in `Lowering.free` and cost nothing.
 """
 from __future__ import annotations
 
 import operator
+import os
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Sequence
 
 from . import ops as O
-from .errors import require
+from .errors import FormatError, OpError, UsageError, require
 from .ops import OpSpec
+
+
+class Unmapped(NamedTuple):
+    """A compute node no OpSpec describes: never priced, always reported."""
+
+    op_type: str  # ONNX op type, torch module class or function name
+    name: str  # ONNX node name; torch module path or fx node name
+    reason: str = ""  # why, where more than "latbench has no op of this type"
+
+    @property
+    def label(self) -> str:
+        return f"{self.op_type}({self.name})" + (f": {self.reason}" if self.reason else "")
 
 
 @dataclass
@@ -19,8 +35,8 @@ class Lowering:
 
     ops: list[OpSpec] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)  # module path (or node name) of each op
-    unmapped: list[str] = field(default_factory=list)
-    free: list[str] = field(default_factory=list)
+    unmapped: list[Unmapped] = field(default_factory=list)
+    free: list[str] = field(default_factory=list)  # shape-only nodes, as "OpType(name)"
 
 
 _FREE_METHODS = {"view", "reshape", "flatten", "contiguous", "size", "squeeze", "unsqueeze", "dim"}
@@ -67,7 +83,6 @@ def lower_torch(module, input_shape: tuple[int, ...]) -> Lowering:
             continue
         args = [a for a in node.args if hasattr(a, "meta")]
         x = shape4(args[0]) if args and "tensor_meta" in args[0].meta else None
-        name = _node_name(node, modules)
         op = None
         if node.op == "call_module":
             m = modules[node.target]
@@ -96,7 +111,7 @@ def lower_torch(module, input_shape: tuple[int, ...]) -> Lowering:
             elif isinstance(m, nn.Softmax):
                 op = O.softmax(x, m.dim if m.dim is not None else 1)
             elif isinstance(m, free_modules):
-                low.free.append(name)
+                low.free.append(_node_label(node, modules))
                 continue
         elif node.op == "call_function":
             t = node.target
@@ -109,13 +124,13 @@ def lower_torch(module, input_shape: tuple[int, ...]) -> Lowering:
             elif t in fn_acts:
                 op = O.activation(x, fn_acts[t])
             elif t in free_fns:
-                low.free.append(name)
+                low.free.append(_node_label(node, modules))
                 continue
         elif node.op == "call_method" and node.target in _FREE_METHODS:
-            low.free.append(name)
+            low.free.append(_node_label(node, modules))
             continue
         if op is None:
-            low.unmapped.append(name)
+            low.unmapped.append(Unmapped(*_node_type_and_name(node, modules)))
         else:
             low.ops.append(op)
             low.sources.append(_strip_root(str(node.target)) if node.op == "call_module" else node.name)
@@ -127,12 +142,16 @@ def _strip_root(path: str) -> str:
     return "" if path == "0" else path[2:] if path.startswith("0.") else path
 
 
-def _node_name(node, modules) -> str:
-    """'Conv2d(blocks.3.conv)', 'add(add_2)', 'view(view)': what the user sees for an unmapped op."""
+def _node_type_and_name(node, modules) -> tuple[str, str]:
+    """('Conv2d', 'blocks.3.conv'), ('add', 'add_2'), ('view', 'view'): what the user sees of a node."""
     if node.op == "call_module":
-        return f"{type(modules[node.target]).__name__}({_strip_root(str(node.target)) or 'model'})"
-    target = getattr(node.target, "__name__", str(node.target))
-    return f"{target}({node.name})"
+        return type(modules[node.target]).__name__, _strip_root(str(node.target)) or "model"
+    return getattr(node.target, "__name__", str(node.target)), node.name
+
+
+def _node_label(node, modules) -> str:
+    """'Flatten(head.flatten)': a node as `Lowering.free` lists it."""
+    return "{}({})".format(*_node_type_and_name(node, modules))
 
 
 def _int(v):
@@ -153,131 +172,285 @@ def _numel(s) -> int:
 # ---------------------------------------------------------------------- ONNX
 _ONNX_ACTS = {"Relu": "relu", "HardSwish": "hswish", "Sigmoid": "sigmoid", "Tanh": "tanh", "Gelu": "gelu"}
 _ONNX_ELTWISE = {"Add": "add", "Mul": "mul", "Max": "max"}
-_ONNX_FREE = {"Flatten", "Reshape", "Identity", "Dropout", "Squeeze", "Unsqueeze", "Shape", "Constant",
-              "Gather", "Concat"}
+# nodes that give their input's data a new shape or pass it on: runtimes make them views or drop them
+_ONNX_VIEWS = {"Flatten", "Reshape", "Identity", "Dropout", "Squeeze", "Unsqueeze"}
+# nodes whose output is known before any input data is: a constant, a tensor's shape or size
+_ONNX_STATIC = {"Constant", "Shape", "Size"}
 
 
-def lower_onnx(model) -> Lowering:
-    """An ONNX model (path, bytes or ModelProto) -> op-granularity OpSpecs, in graph order.
+class _Unmappable(Exception):
+    """A node of a type latbench maps, with shapes or attributes no latbench op describes."""
 
-    Shapes come from ONNX shape inference; x * Sigmoid(x) is read as swish, Clip(0, 6) as relu6,
-    HardSigmoid(1/6, 1/2) as hsigmoid, Gemm / MatMul(+Add) as linear.
+
+@dataclass
+class _OnnxGraph:
+    """What lowering reads of an ONNX graph: every tensor's shape (None for a dim inference could
+    not tell), the constant tensors, and the tensors known without the input's data."""
+
+    shapes: dict[str, tuple[int | None, ...]]
+    consts: dict[str, Any]  # name -> TensorProto: initializers and Constant outputs
+    static: set[str]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """A tensor's full shape; a shape inference left open makes the node unmappable."""
+        s = self.shapes.get(name)
+        if s is None:
+            raise _Unmappable(f"the shape of {name!r} is unknown")
+        if None in s:
+            raise _Unmappable(f"the shape of {name!r} is unknown ({'x'.join('?' if d is None else str(d) for d in s)})")
+        return s  # type: ignore[return-value]
+
+    def x4(self, name: str) -> tuple[int, int, int, int]:
+        """A tensor as (n, c, h, w): lower ranks padded with trailing 1s, higher ranks unmappable."""
+        s = self.shape(name)
+        if len(s) > 4:
+            raise _Unmappable(f"{name!r} has rank {len(s)}; latbench ops take up to 4 dims")
+        return tuple(s) + (1,) * (4 - len(s))  # type: ignore[return-value]
+
+
+def lower_onnx(model, input_shape: Sequence[int] | None = None) -> Lowering:
+    """An ONNX model (a path, bytes or a ModelProto) -> op-granularity OpSpecs, in graph order.
+
+    Symbolic input dims need `input_shape` (one UsageError naming them otherwise); shapes come
+    from ONNX shape inference with data propagation, and a node whose shape stays unknown is
+    unmapped, never priced at a guessed size. Each node is one of three: shape-only (`free`:
+    views - Reshape, Flatten, Squeeze, Unsqueeze, Identity, Dropout - and nodes whose every output
+    is known without the input's data - Constant, Shape, Size, and Gather/Concat/Cast/... of such
+    values or initializers, which runtimes fold away), compute mapped to an OpSpec (x * Sigmoid(x)
+    as swish, Clip(0, 6) as relu6, HardSigmoid(1/6, 1/2) as hsigmoid, Gemm / MatMul by a 2-d
+    weight as linear), or compute listed in `unmapped` with the reason where there is one.
     """
     onnx = require("onnx", "ort")
-    from onnx import numpy_helper, shape_inference
+    proto, name = _load_onnx(onnx, model)
+    proto = _set_input_shape(onnx, proto, name, input_shape)
+    graph = _read_graph(onnx, proto, name)
+    swish = _swish_sigmoids(proto.graph)
+    low = Lowering()
+    for node in proto.graph.node:
+        label = node.name or node.output[0]
+        if node.op_type in _ONNX_VIEWS or all(o in graph.static for o in node.output if o):
+            low.free.append(f"{node.op_type}({label})")
+            continue
+        if node.op_type == "Sigmoid" and node.output[0] in swish:
+            continue  # priced with the Mul that makes it a swish
+        try:
+            op = _onnx_op(onnx, node, graph, swish)
+        except (_Unmappable, OpError) as e:
+            low.unmapped.append(Unmapped(node.op_type, label, str(e)))
+            continue
+        if op is None:
+            low.unmapped.append(Unmapped(node.op_type, label))
+        else:
+            low.ops.append(op)
+            low.sources.append(label)
+    return low
 
-    if isinstance(model, (str, bytes)) and not isinstance(model, bytes):
-        model = onnx.load(model)
-    elif isinstance(model, bytes):
-        model = onnx.load_from_string(model)
-    model = shape_inference.infer_shapes(model)
-    g = model.graph
-    shapes: dict[str, tuple[int, ...]] = {}
+
+def _load_onnx(onnx, model) -> tuple[Any, str]:
+    """(ModelProto, the name errors use) from a path, bytes or a ModelProto; a file that is not
+    an ONNX model is one FormatError naming it."""
+    from google.protobuf.message import DecodeError
+
+    if isinstance(model, onnx.ModelProto):
+        return model, "the ONNX model"
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        name, load = "the ONNX bytes", lambda: onnx.load_from_string(bytes(model))
+    else:
+        try:
+            path = os.fsdecode(os.fspath(model))
+        except TypeError:
+            raise UsageError(f"lower_onnx takes a path, bytes or an onnx.ModelProto, not "
+                             f"{type(model).__name__}") from None
+        if not os.path.isfile(path):
+            raise UsageError(f"{path}: no such ONNX file")
+        name, load = path, lambda: onnx.load(path, load_external_data=False)
+    try:
+        proto = load()
+    except DecodeError as e:
+        raise FormatError(f"{name}: not an ONNX model ({e})") from None
+    except OSError as e:
+        raise FormatError(f"{name}: cannot read it ({e.strerror or e})") from None
+    if proto.ir_version <= 0 or not proto.graph.node:
+        raise FormatError(f"{name}: not an ONNX model (it has no IR version or no graph nodes)")
+    return proto, name
+
+
+def _dims_text(dims) -> str:
+    return "x".join(str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?") for d in dims)
+
+
+def _set_input_shape(onnx, proto, name: str, input_shape: Sequence[int] | None):
+    """The model with its one data input's dims set to `input_shape` (a copy); without one,
+    symbolic input dims are a UsageError naming the input and its dims."""
+    inits = {t.name for t in proto.graph.initializer}
+    inputs = [vi for vi in proto.graph.input if vi.name not in inits]
+    if input_shape is None:
+        for vi in inputs:
+            dims = vi.type.tensor_type.shape.dim
+            sym = [d.dim_param or "?" for d in dims if not d.HasField("dim_value")]
+            if sym:
+                raise UsageError(f"{name}: input {vi.name!r} has symbolic dims {', '.join(sym)} "
+                                 f"(shape {_dims_text(dims)}); give its shape with --input-shape N,C,H,W")
+        return proto
+    shape = [int(v) for v in input_shape]
+    if not shape or any(v < 1 for v in shape):
+        raise UsageError(f"an input shape is positive sizes, e.g. 1,3,224,224; got {input_shape!r}")
+    if len(inputs) != 1:
+        raise UsageError(f"{name}: an input shape sets the shape of a model with one input; this one has "
+                         f"{len(inputs)} ({', '.join(vi.name for vi in inputs)})")
+    dims = inputs[0].type.tensor_type.shape.dim
+    given = ",".join(map(str, shape))
+    if len(dims) != len(shape):
+        raise UsageError(f"{name}: input {inputs[0].name!r} has {len(dims)} dims ({_dims_text(dims)}); "
+                         f"the input shape {given} has {len(shape)}")
+    for i, (d, v) in enumerate(zip(dims, shape)):
+        if d.HasField("dim_value") and d.dim_value != v:
+            raise UsageError(f"{name}: input {inputs[0].name!r} is {_dims_text(dims)}, fixed at {d.dim_value} "
+                             f"in dim {i}; the input shape {given} has {v} there")
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    target = next(vi for vi in out.graph.input if vi.name == inputs[0].name)
+    for d, v in zip(target.type.tensor_type.shape.dim, shape):
+        d.dim_value = v  # replaces dim_param (one of the two)
+    return out
+
+
+def _read_graph(onnx, proto, name: str) -> _OnnxGraph:
+    """Shapes by ONNX shape inference (data propagation resolves Shape->Concat->Reshape chains),
+    constant tensors, and the static set: constants, Shape/Size outputs and what only they feed."""
+    from onnx import shape_inference
+
+    try:
+        proto = shape_inference.infer_shapes(proto, data_prop=True)
+    except (shape_inference.InferenceError, ValueError) as e:
+        raise FormatError(f"{name}: ONNX shape inference failed ({' '.join(str(e).split())})") from None
+    g = proto.graph
+    shapes: dict[str, tuple[int | None, ...]] = {}
     for vi in list(g.input) + list(g.value_info) + list(g.output):
-        dims = vi.type.tensor_type.shape.dim
-        shapes[vi.name] = tuple(d.dim_value if d.dim_value > 0 else 1 for d in dims)
-    consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+        if vi.type.tensor_type.HasField("shape"):
+            shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None
+                                    for d in vi.type.tensor_type.shape.dim)
+    consts: dict[str, Any] = {t.name: t for t in g.initializer}
     for node in g.node:
         if node.op_type == "Constant":
             for a in node.attribute:
                 if a.name == "value":
-                    consts[node.output[0]] = numpy_helper.to_array(a.t)
-    for name, arr in consts.items():
-        shapes.setdefault(name, tuple(arr.shape))
-    sigmoid_of: dict[str, str] = {n.output[0]: n.input[0] for n in g.node if n.op_type == "Sigmoid"}
-    used_by_swish: set[str] = set()
-    for n in g.node:  # x * Sigmoid(x): the Sigmoid is part of a swish, not an op of its own
-        if n.op_type == "Mul" and len(n.input) == 2:
-            a, b = n.input
-            if sigmoid_of.get(b) == a or sigmoid_of.get(a) == b:
-                used_by_swish.add(b if sigmoid_of.get(b) == a else a)
+                    consts[node.output[0]] = a.t
+    for cname, t in consts.items():
+        shapes.setdefault(cname, tuple(t.dims))
+    static = set(consts)
+    for node in g.node:
+        inputs = [i for i in node.input if i]
+        if node.op_type in _ONNX_STATIC or (inputs and all(i in static for i in inputs)):
+            static.update(o for o in node.output if o)
+    return _OnnxGraph(shapes, consts, static)
+
+
+def _swish_sigmoids(g) -> set[str]:
+    """Outputs of Sigmoid(x) whose one consumer is Mul(x, Sigmoid(x)): a swish, priced once."""
+    sigmoid_of = {n.output[0]: n.input[0] for n in g.node if n.op_type == "Sigmoid"}
     consumers: dict[str, int] = {}
     for n in g.node:
         for i in n.input:
             consumers[i] = consumers.get(i, 0) + 1
+    out = set()
+    for n in g.node:
+        if n.op_type == "Mul" and len(n.input) == 2:
+            for s, x in (n.input, n.input[::-1]):
+                if sigmoid_of.get(s) == x and consumers.get(s) == 1:
+                    out.add(s)
+    return out
 
-    low = Lowering()
 
-    def x4(name: str) -> tuple[int, int, int, int]:
-        s = shapes.get(name)
-        if s is None:
-            raise KeyError(name)
-        return tuple(s) + (1,) * (4 - len(s)) if len(s) < 4 else tuple(s[:4])
+def _one(what: str, values, n: int = 2) -> int:
+    """The one value of a square 2-d attribute (kernel, strides, pads as 4 values...)."""
+    values = [int(v) for v in values]
+    if len(values) != n or len(set(values)) != 1:
+        raise _Unmappable(f"{what} {values}: latbench ops take one value for both spatial dims")
+    return values[0]
 
-    for node in g.node:
-        t = node.op_type
-        label = f"{t}({node.name or node.output[0]})"
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        op = None
-        try:
-            if t in _ONNX_FREE:
-                low.free.append(label)
-                continue
-            if t == "Sigmoid" and node.output[0] in used_by_swish and consumers.get(node.output[0]) == 1:
-                continue
-            x = x4(node.input[0]) if node.input else None
-            if t == "Conv":
-                w = shapes[node.input[1]]
-                k = tuple(attrs.get("kernel_shape", w[2:]))
-                s = tuple(attrs.get("strides", (1, 1)))
-                d = tuple(attrs.get("dilations", (1, 1)))
-                p = tuple(attrs.get("pads", (0, 0, 0, 0)))
-                if len(set(k)) == 1 and len(set(s)) == 1 and len(set(d)) == 1 and len(set(p)) == 1:
-                    op = O.conv(x, w[0], k[0], s[0], p[0], d[0], attrs.get("group", 1), len(node.input) > 2)
-            elif t == "BatchNormalization":
-                op = O.batch_norm(x)
-            elif t in _ONNX_ACTS:
-                op = O.activation(x, _ONNX_ACTS[t])
-            elif t == "Clip":
-                lo, hi = _clip_bounds(node, attrs, consts)
-                if (lo, hi) == (0.0, 6.0):
-                    op = O.activation(x, "relu6")
-            elif t == "HardSigmoid":
-                if abs(attrs.get("alpha", 0.2) - 1 / 6) < 1e-6 and abs(attrs.get("beta", 0.5) - 0.5) < 1e-6:
-                    op = O.activation(x, "hsigmoid")
-            elif t == "Mul" and any(i in used_by_swish for i in node.input):
-                op = O.activation(x4(node.output[0]), "swish")
-            elif t in _ONNX_ELTWISE and len(node.input) == 2:
-                a, b = x4(node.input[0]), x4(node.input[1])
-                big, small = (a, b) if _numel(a) >= _numel(b) else (b, a)
-                if big == small or (small[2:] == (1, 1) and small[:2] == big[:2]):
-                    op = O.eltwise(big, _ONNX_ELTWISE[t], broadcast=big != small)
-            elif t in ("GlobalAveragePool", "GlobalMaxPool"):
-                op = O.pool(x, "avg" if t == "GlobalAveragePool" else "max", global_pool=True)
-            elif t in ("AveragePool", "MaxPool"):
-                k, s = attrs["kernel_shape"], attrs.get("strides", attrs["kernel_shape"])
-                p = attrs.get("pads", (0, 0, 0, 0))
-                if len(set(k)) == 1 and len(set(s)) == 1 and len(set(p)) == 1:
-                    kind = "avg" if t == "AveragePool" else "max"
-                    op = O.pool(x, kind, k[0], s[0], p[0], ceil_mode=bool(attrs.get("ceil_mode", 0)),
-                                count_pad=bool(attrs.get("count_include_pad", 0)))
-            elif t == "Gemm" and not attrs.get("transA", 0):
-                w = shapes[node.input[1]]
-                out, cin = (w[0], w[1]) if attrs.get("transB", 0) else (w[1], w[0])
-                op = O.linear(shapes[node.input[0]][0], cin, out, bias=len(node.input) > 2)
-            elif t == "MatMul" and len(shapes.get(node.input[1], ())) == 2:
-                cin, out = shapes[node.input[1]]
-                op = O.linear(shapes[node.input[0]][0], cin, out, bias=False)
-            elif t == "Softmax":
-                axis = attrs.get("axis", -1)
-                rank = len(shapes[node.input[0]])
-                op = O.softmax(x, axis % rank if axis < 0 else axis)
-        except (KeyError, IndexError, ValueError) as e:
-            low.unmapped.append(f"{label}: {e}")
-            continue
-        if op is None:
-            low.unmapped.append(label)
-        else:
-            low.ops.append(op)
-            low.sources.append(node.name or node.output[0])
-    return low
+
+def _onnx_op(onnx, node, graph: _OnnxGraph, swish: set[str]) -> OpSpec | None:
+    """The OpSpec of one compute node; None for a type latbench has no op for."""
+    t = node.op_type
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        raise _Unmappable(f"auto_pad {attrs['auto_pad'].decode()}: latbench ops take explicit pads")
+    if t == "Conv":
+        w = graph.shape(node.input[1])
+        k = _one("kernel_shape", attrs.get("kernel_shape", w[2:]))
+        s = _one("strides", attrs.get("strides", (1, 1)))
+        d = _one("dilations", attrs.get("dilations", (1, 1)))
+        p = _one("pads", attrs.get("pads", (0, 0, 0, 0)), 4)
+        return O.conv(graph.x4(node.input[0]), w[0], k, s, p, d, attrs.get("group", 1), len(node.input) > 2)
+    if t == "BatchNormalization":
+        return O.batch_norm(graph.x4(node.input[0]))
+    if t in _ONNX_ACTS:
+        return O.activation(graph.x4(node.input[0]), _ONNX_ACTS[t])
+    if t == "Clip":
+        bounds = _clip_bounds(node, attrs, graph.consts)
+        if bounds != (0.0, 6.0):
+            raise _Unmappable(f"Clip{bounds} is not relu6 (0, 6)")
+        return O.activation(graph.x4(node.input[0]), "relu6")
+    if t == "HardSigmoid":
+        if abs(attrs.get("alpha", 0.2) - 1 / 6) > 1e-6 or abs(attrs.get("beta", 0.5) - 0.5) > 1e-6:
+            raise _Unmappable("alpha/beta other than hsigmoid's 1/6, 1/2")
+        return O.activation(graph.x4(node.input[0]), "hsigmoid")
+    if t == "Mul" and any(i in swish for i in node.input):
+        return O.activation(graph.x4(node.output[0]), "swish")
+    if t in _ONNX_ELTWISE and len(node.input) == 2:
+        return _eltwise(graph.x4(node.input[0]), graph.x4(node.input[1]), _ONNX_ELTWISE[t])
+    if t in ("GlobalAveragePool", "GlobalMaxPool"):
+        return O.pool(graph.x4(node.input[0]), "avg" if t == "GlobalAveragePool" else "max", global_pool=True)
+    if t in ("AveragePool", "MaxPool"):
+        return _onnx_pool(graph.x4(node.input[0]), t, attrs)
+    if t == "Gemm":
+        if attrs.get("transA", 0):
+            raise _Unmappable("transA: latbench's linear takes (n, in) inputs")
+        w = graph.shape(node.input[1])
+        out, cin = (w[0], w[1]) if attrs.get("transB", 0) else (w[1], w[0])
+        return O.linear(graph.shape(node.input[0])[0], cin, out, bias=len(node.input) > 2)
+    if t == "MatMul":
+        x, w = graph.shape(node.input[0]), graph.shape(node.input[1])
+        if len(x) != 2 or len(w) != 2 or node.input[1] not in graph.static:
+            raise _Unmappable(f"{'x'.join(map(str, x))} by {'x'.join(map(str, w))}: latbench's linear is "
+                              f"a 2-d input by a 2-d weight")
+        return O.linear(x[0], w[0], w[1], bias=False)
+    if t == "Softmax":
+        axis, rank = attrs.get("axis", -1), len(graph.shape(node.input[0]))
+        return O.softmax(graph.x4(node.input[0]), axis % rank)
+    return None
+
+
+def _eltwise(a: tuple[int, int, int, int], b: tuple[int, int, int, int], kind: str) -> OpSpec:
+    """Same shapes, or a per-channel (n, c, 1, 1) operand: the two forms latbench measures."""
+    big, small = (a, b) if _numel(a) >= _numel(b) else (b, a)
+    if big != small and not (small[2:] == (1, 1) and small[:2] == big[:2]):
+        raise _Unmappable(f"operands {'x'.join(map(str, a))} and {'x'.join(map(str, b))}: latbench's "
+                          f"eltwise takes equal shapes or a per-channel (n, c, 1, 1) operand")
+    return O.eltwise(big, kind, broadcast=big != small)
+
+
+def _onnx_pool(x: tuple[int, int, int, int], t: str, attrs: dict) -> OpSpec:
+    """AveragePool / MaxPool (ONNX's default strides are 1)."""
+    k = _one("kernel_shape", attrs["kernel_shape"])
+    s = _one("strides", attrs.get("strides", (1, 1)))
+    p = _one("pads", attrs.get("pads", (0, 0, 0, 0)), 4)
+    if _one("dilations", attrs.get("dilations", (1, 1))) != 1:
+        raise _Unmappable("dilated pooling: latbench's pool has no dilation")
+    ceil = bool(attrs.get("ceil_mode", 0))
+    if t == "MaxPool":
+        return O.pool(x, "max", k, s, p, ceil_mode=ceil)
+    return O.pool(x, "avg", k, s, p, ceil_mode=ceil, count_pad=bool(attrs.get("count_include_pad", 0)) and p > 0)
 
 
 def _clip_bounds(node, attrs, consts) -> tuple[float | None, float | None]:
     """Clip's min/max from attributes (old opsets) or constant inputs (opset >= 11)."""
+    from onnx import numpy_helper
+
     lo, hi = attrs.get("min"), attrs.get("max")
     if len(node.input) > 1 and node.input[1] in consts:
-        lo = float(consts[node.input[1]])
+        lo = float(numpy_helper.to_array(consts[node.input[1]]))
     if len(node.input) > 2 and node.input[2] in consts:
-        hi = float(consts[node.input[2]])
+        hi = float(numpy_helper.to_array(consts[node.input[2]]))
     return (None if lo is None else float(lo), None if hi is None else float(hi))

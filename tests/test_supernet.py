@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import re
 
 import numpy as np
 import pytest
@@ -305,6 +307,77 @@ def test_progressive_shrinking_samples_only_unlocked_choices():
             assert vals <= {2, 3}
 
 
+def test_run_config_init_learning_rate_is_each_phases_rate():
+    """PaddleSlim's shape (one list per task, one rate per phase); the phase trained picks the rate."""
+    from latbench.errors import UsageError
+    from latbench.supernet.ofa import OFA, RunConfig
+
+    net = SuperNet(get_space("tiny"))
+    n_epochs, rates = [[0], [1, 2], [3]], [[0.1], [0.05, 0.02], [0.01]]
+    ofa = OFA(net, RunConfig(n_epochs=n_epochs, init_learning_rate=rates))
+    got = []
+    for epoch in range(5):
+        ofa.set_epoch(epoch)
+        got.append(ofa.phase_learning_rate())
+    assert got == [0.1, 0.05, 0.02, 0.01, 0.01]  # epochs past the plan stay in the last phase
+    ofa.set_task("depth")  # all of depth's choices: its last phase
+    assert ofa.phase_learning_rate() == 0.02
+    ofa.set_task("depth", phase=0)
+    assert ofa.phase_learning_rate() == 0.05
+    assert OFA(net, RunConfig(n_epochs=n_epochs)).phase_learning_rate() is None
+    bad = {re.escape("must mirror n_epochs [[0], [1, 2], [3]]"): [[0.1], [0.05], [0.01]],
+           "holds -0.5; a learning rate is a finite number > 0": [[0.1], [0.05, -0.5], [0.01]],
+           "holds nan": [[0.1], [0.05, float("nan")], [0.01]]}
+    for msg, r in bad.items():
+        with pytest.raises(UsageError, match=msg):
+            OFA(net, RunConfig(n_epochs=n_epochs, init_learning_rate=r))
+    with pytest.raises(UsageError, match="set n_epochs too"):
+        OFA(net, RunConfig(init_learning_rate=rates))
+
+
+def test_run_config_skip_layers_stay_static():
+    """Skipped layers keep their largest choice in every sampled subnet, smallest included."""
+    from latbench.errors import UsageError
+    from latbench.supernet import Convert, supernet
+    from latbench.supernet.ofa import OFA, RunConfig
+
+    space = get_space("tiny")
+    net = SuperNet(space)
+    names = [p.name for p in space.positions]
+    fixed = [i for i, n in enumerate(names) if n.startswith("s1.b0.") or n == "s2.depth"]
+    assert [names[i] for i in fixed] == ["s1.b0.kernel", "s1.b0.expand", "s2.depth"]
+    largest = space.largest()
+
+    def draws(ofa):
+        rows = []
+        for epoch in range(4):
+            ofa.set_epoch(epoch)
+            rows += [ofa._progressive_shrinking() for _ in range(60)]
+        return np.array(rows)
+
+    n_epochs = [[0], [1, 2], [3]]
+    ofa = OFA(net, RunConfig(n_epochs=n_epochs, skip_layers=["s1.b0", "s2.depth"]))
+    assert ofa.skipped == fixed
+    rows = draws(ofa)
+    assert all(set(rows[:, i]) == {largest[i]} for i in fixed)
+    assert list(ofa.sample_config("smallest")[fixed]) == list(largest[fixed])
+    unskipped = draws(OFA(net, RunConfig(n_epochs=n_epochs)))  # the same draws vary without skip_layers
+    assert all(len(set(unskipped[:, i])) > 1 for i in fixed)
+    cfg = largest.copy()
+    cfg[fixed[0]] = 0
+    ofa.set_net_config(cfg)
+    with pytest.raises(UsageError, match="sets s1.b0.kernel to 3; run_config.skip_layers keeps it static at 5"):
+        ofa(torch.randn(2, 1, 32, 32))
+    with pytest.raises(UsageError, match="skip_layers names 'nope', which has no elastic dimension"):
+        OFA(net, RunConfig(skip_layers=["nope"]))
+    # a Convert-ed model: layer "0" keeps its full kernel and width, the others shrink
+    model = Convert(supernet(kernel_size=[3, 5, 7], expand_ratio=[1, 2, 4])).convert(_plain_model())
+    ofa2 = OFA(model, RunConfig(skip_layers=["0"]))
+    ofa2.dims.apply(ofa2.sample_config("smallest"))
+    assert model[0].active == {"kernel_size": 7, "expand_ratio": 4}
+    assert model[6].active["expand_ratio"] == 1
+
+
 def test_distillation_losses():
     from latbench.supernet.ofa import OFA, DistillConfig, teacher_copy
 
@@ -487,7 +560,7 @@ def test_cli_errors_are_one_line(small_ckpt, tmp_path, cli):
     cfg = _write_config(tmp_path / "c.json", {"r": 99})
     code, out, err = cli("supernet", "export", "--checkpoint", str(small_ckpt), "--config", str(cfg),
                          "-o", str(tmp_path / "x.onnx"))
-    assert code == 1 and "tiny" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "tiny" in err and len(err.strip().splitlines()) == 1  # ConfigError: usage
     code, out, err = cli("supernet", "export", "--checkpoint", str(small_ckpt), "--config", str(cfg),
                          "--format", "keras", "-o", str(tmp_path / "x.h5"))
     assert code != 0
@@ -543,18 +616,77 @@ def _run(args, timeout):
     return subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env=CLI_ENV, timeout=timeout)
 
 
+def _torchrun(tmp_path, args, timeout=600):
+    """`torchrun --standalone` with 2 processes; each rank's stderr goes to its own file, so a
+    failure shows what every rank said, not only torchrun's summary. Returns (result, report)."""
+    import sys
+
+    logs = tmp_path / "rank-logs"
+    r = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+              "--redirects", "2", "--log-dir", str(logs)] + list(args), timeout)
+    return r, _rank_report(r, logs)
+
+
+def _rank_report(r, logs) -> str:
+    """torchrun's exit code and stderr tail, then every rank's own stderr."""
+    parts = [f"torchrun exit {r.returncode}; its stderr ends:\n{r.stderr[-1500:]}"]
+    for f in sorted(logs.glob("*/attempt_*/*/stderr.log")):
+        parts.append(f"--- rank {f.parent.name} stderr ({f}):\n{f.read_text()[-3000:]}")
+    return "\n".join(parts)
+
+
+GLOO_THREADS = """\
+import os, sys
+import torch
+from latbench.supernet import distributed as D
+
+
+def gloo_threads():
+    tasks = os.listdir("/proc/self/task")
+    return sum(open(f"/proc/self/task/{t}/comm").read().strip().startswith(("gloo", "pt_gloo")) for t in tasks)
+
+
+try:
+    with D.process_group() as info:
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)  # imports torch._dynamo
+        t = torch.ones(3)
+        D.allreduce_grads([t.requires_grad_()], info.world)
+        inside = gloo_threads()
+        if sys.argv[1] == "fail" and info.rank == 1:
+            raise RuntimeError("rank 1 fails on purpose")
+        D.barrier(info.world)
+finally:
+    print(f"rank {os.environ['RANK']}: gloo threads inside {inside}, after {gloo_threads()}", file=sys.stderr)
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_process_group_ends_with_the_block_whatever_happens(tmp_path):
+    """Gloo's threads stop when process_group() exits, even after an optimizer imported
+    torch._dynamo inside it (threads left running at exit abort a rank now and then), and a rank
+    that raises exits with its own error (exit 1), not SIGABRT."""
+    script = tmp_path / "gloo_threads.py"
+    script.write_text(GLOO_THREADS)
+    r, report = _torchrun(tmp_path / "ok", [str(script), "ok"], 120)
+    assert r.returncode == 0, report
+    for rank in (0, 1):
+        assert f"rank {rank}: gloo threads inside 3, after 0" in report, report
+    r, report = _torchrun(tmp_path / "fail", [str(script), "fail"], 120)
+    assert r.returncode != 0 and "SIGABRT" not in r.stderr, report
+    assert "RuntimeError: rank 1 fails on purpose" in report and "rank 1: gloo threads inside 3, after 0" in report, report
+
+
 def test_torchrun_two_processes_and_single_process_load(tmp_path):
     import json
-    import sys
 
     from conftest import latbench_exe
     from latbench.supernet.checkpoint import load_checkpoint, supernet_from_checkpoint
 
     ck = tmp_path / "ddp.pt"
-    r = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-              latbench_exe(), "supernet", "train", "--space", "tiny", "--strategy", "bignas", "--epochs", "2",
-              "--batch-size", "8", "--max-train-images", "48", "--threads", "1", "--out", str(ck), "--json"], 600)
-    assert r.returncode == 0, r.stderr[-2000:]
+    r, report = _torchrun(tmp_path, [latbench_exe(), "supernet", "train", "--space", "tiny", "--strategy", "bignas",
+                                     "--epochs", "2", "--batch-size", "8", "--max-train-images", "48", "--threads", "1",
+                                     "--out", str(ck), "--json"])
+    assert r.returncode == 0, report
     summary = json.loads(r.stdout)
     assert summary["done"] and summary["epochs_done"] == 2
     meta = load_checkpoint(ck)["meta"]

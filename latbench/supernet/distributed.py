@@ -5,11 +5,18 @@ A training step runs several subnets (sandwich, dynamic batch size), each with i
 weights, so gradients are accumulated locally and averaged with ONE coalesced all-reduce per step
 (the zeros of unused weights included) instead of wrapping the model in DistributedDataParallel,
 which would need find_unused_parameters and reduce once per backward pass.
+
+`process_group()` holds the group for a block and always destroys it, so gloo's threads stop
+before the interpreter exits: threads still running at exit abort the process now and then
+(SIGABRT, "terminate called without an active exception"), the flaky-under-load failure of a
+two-rank job that had finished its work.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
+from typing import Iterator
 
 from ..errors import require
 
@@ -42,8 +49,27 @@ def init_distributed() -> DistInfo:
     if world <= 1:
         return DistInfo(device=device)
     if not dist.is_initialized():
+        # torch.distributed.nn binds group.WORLD as default arguments when it is imported. Imported
+        # while a group exists (torch.optim imports it through torch._dynamo with the first
+        # optimizer), it keeps the group alive past destroy_process_group; imported first, it
+        # binds None.
+        import torch.distributed.nn as _dist_nn  # noqa: F401
+
         dist.init_process_group(backend="nccl" if cuda else "gloo")
     return DistInfo(dist.get_rank(), dist.get_world_size(), local, device)
+
+
+@contextlib.contextmanager
+def process_group() -> Iterator[DistInfo]:
+    """This process's place in the job for the block; the group is destroyed on the way out,
+    whether the block returns or raises (a failing rank then exits with its own error and the
+    others' collectives fail instead of waiting)."""
+    info = init_distributed()
+    try:
+        yield info
+    finally:
+        if info.world > 1:
+            shutdown()
 
 
 def allreduce_grads(params, world: int) -> None:
@@ -102,4 +128,4 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-__all__ = ["DistInfo", "init_distributed", "allreduce_grads", "broadcast_state", "all_same", "barrier", "shutdown", "ranks_in_sync"]
+__all__ = ["DistInfo", "init_distributed", "process_group", "allreduce_grads", "broadcast_state", "all_same", "barrier", "shutdown", "ranks_in_sync"]

@@ -6,6 +6,11 @@ cumulative last epoch of each of its phases (epoch e belongs to the first phase 
 tasks among all of theirs, later tasks stay at their largest; `train_full` samples only the
 largest net; `forward` returns (student output, teacher output); `calc_distill_loss` compares the
 `mapping_layers` activations (or, without mapping layers, the logits by soft-target cross-entropy).
+`RunConfig.init_learning_rate` mirrors n_epochs (one list per task, one rate per phase; PaddleSlim
+checks that shape and leaves the rates unused): `phase_learning_rate()` gives the current phase's
+rate, and latbench's training driver starts each phase's schedule there. `RunConfig.skip_layers`
+keeps the named layers static (PaddleSlim drops them from the search space): every subnet OFA
+samples, smallest included, runs them at their largest choice.
 
 The model is a SuperNet built from a search space (its positions are the elastic dimensions; the
 input resolution is sampled in every phase, `train_full` included, as Once-for-All does: a teacher
@@ -15,6 +20,7 @@ that never saw a resolution gives chance-level targets there) or a model turned 
 from __future__ import annotations
 
 import copy
+import math
 from collections import namedtuple
 from typing import Any, Callable, Sequence
 
@@ -29,11 +35,12 @@ F = torch.nn.functional
 RunConfig = namedtuple("RunConfig", [
     "train_batch_size",  # int: batch size, with total_images gives the epoch when set_epoch is not used
     "n_epochs",  # list of lists: per task, the cumulative last epoch of each phase
-    "init_learning_rate",  # list of lists: per task/phase learning rate (kept for PaddleSlim parity)
+    "init_learning_rate",  # list of lists shaped like n_epochs: each phase's initial learning rate
     "total_images",  # int: training images per epoch
     "elastic_depth",  # list: depth choices to train (default: all of the space's)
     "dynamic_batch_size",  # list: subnets sampled per mini-batch, per task
-    "skip_layers",  # list: Convert-ed layer names kept at their largest
+    "skip_layers",  # list: layers kept static at their largest (Convert-ed layer names, or space
+    #                 position names or their prefixes such as "s1.b0" for a SuperNet)
 ])
 RunConfig.__new__.__defaults__ = (None,) * len(RunConfig._fields)
 
@@ -127,6 +134,7 @@ class OFA(nn.Module):
         present = set(self.dims.tasks)
         if self.run_config.elastic_depth is not None:
             self._restrict_depth(self.run_config.elastic_depth)
+        self.skipped = self._skip(self.run_config.skip_layers or ())
         if elastic_order is None:
             elastic_order = [t for t in ("kernel_size", "depth", "width", "other") if t in present]
         self.elastic_order = [TASK_ALIASES.get(t, t) for t in elastic_order]
@@ -141,6 +149,7 @@ class OFA(nn.Module):
             dbs = self.run_config.dynamic_batch_size
             if dbs is not None and len(dbs) != len(n_epochs):
                 raise UsageError("run_config.dynamic_batch_size must have one entry per task")
+        _check_learning_rates(self.run_config.init_learning_rate, n_epochs)
         self.rng = np.random.default_rng(0)
         self.iter = 0
         self.dynamic_iter = 0
@@ -170,6 +179,20 @@ class OFA(nn.Module):
                     raise UsageError(f"elastic_depth {list(depths)} shares no value with "
                                      f"{self.dims.names[i]} {list(self.dims.choices[i])}")
                 self.allowed[i] = keep
+
+    def _skip(self, layers: Sequence[str]) -> list[int]:
+        """Fix every dimension of the `layers` at its largest allowed choice; the dims it fixed."""
+        fixed: list[int] = []
+        for layer in layers:
+            hit = [i for i, n in enumerate(self.dims.names) if n == layer or n.startswith(f"{layer}.")]
+            if not hit:
+                known = sorted({n.rsplit(".", 1)[0] for n in self.dims.names if "." in n})
+                raise UsageError(f"run_config.skip_layers names {layer!r}, which has no elastic dimension "
+                                 f"(elastic layers: {', '.join(known[:12])}{' ...' if len(known) > 12 else ''})")
+            for i in hit:
+                self.allowed[i] = self.allowed[i][-1:]
+            fixed += hit
+        return sorted(set(fixed))
 
     def _prepare_distill(self) -> None:
         dc = self.distill_config
@@ -232,6 +255,16 @@ class OFA(nn.Module):
             raise UsageError("without set_epoch(), run_config needs total_images and train_batch_size")
         return self.iter // max(1, rc.total_images // rc.train_batch_size)
 
+    def phase_learning_rate(self) -> float | None:
+        """run_config.init_learning_rate of the task and phase being trained (set_task with no
+        phase: the task's last phase); None when the run config gives none."""
+        rates = self.run_config.init_learning_rate
+        if rates is None:
+            return None
+        tasks, phase = self.current_task()
+        t = self.elastic_order.index(tasks[-1])
+        return float(rates[t][-1 if phase is None else phase])
+
     def current_task(self) -> tuple[list[str], int | None]:
         """(tasks unlocked so far, phase of the last one) at the current epoch."""
         if self.manual_set_task:
@@ -268,12 +301,19 @@ class OFA(nn.Module):
         return self.sample_config("random", self.task, phase)
 
     def _resolve_config(self, config: Any) -> np.ndarray:
+        """A net_config as an index vector; a skipped layer set off its largest is a UsageError."""
         if self.dims.space is not None:
-            return self.dims.space.index(config)
-        if isinstance(config, dict):
-            return np.array([self.dims.choices[i].index(self._lookup(config, n)) for i, n in enumerate(self.dims.names)],
-                            dtype=np.int64)
-        return np.asarray(config, dtype=np.int64)
+            idx = np.asarray(self.dims.space.index(config), dtype=np.int64)
+        elif isinstance(config, dict):
+            idx = np.array([self.dims.choices[i].index(self._lookup(config, n)) for i, n in enumerate(self.dims.names)],
+                           dtype=np.int64)
+        else:
+            idx = np.asarray(config, dtype=np.int64)
+        for i in self.skipped:
+            if idx[i] != self.allowed[i][-1]:
+                raise UsageError(f"the config sets {self.dims.names[i]} to {self.dims.choices[i][idx[i]]}; "
+                                 f"run_config.skip_layers keeps it static at {self.dims.choices[i][self.allowed[i][-1]]}")
+        return idx
 
     def _lookup(self, config: dict, name: str):
         layer, key = name.rsplit(".", 1)
@@ -378,6 +418,22 @@ class OFA(nn.Module):
             raise ConfigError("exporting a Convert-ed model needs input_shapes (its layers learn their input widths)")
         return export_converted(self.model, _dummy(input_shapes, input_dtypes), origin_model,
                                 load_weights_from_supernet)
+
+
+def _check_learning_rates(rates: Any, n_epochs: Any) -> None:
+    """init_learning_rate mirrors n_epochs: one list per task, one finite rate > 0 per phase."""
+    if rates is None:
+        return
+    if n_epochs is None:
+        raise UsageError("run_config.init_learning_rate gives a rate per phase of n_epochs; set n_epochs too")
+    shape = [len(p) for p in n_epochs]
+    if (not isinstance(rates, (list, tuple)) or not all(isinstance(r, (list, tuple)) for r in rates)
+            or [len(r) for r in rates] != shape):
+        raise UsageError(f"run_config.init_learning_rate must mirror n_epochs {list(map(list, n_epochs))}: "
+                         f"one list per task, one rate per phase; got {rates!r}")
+    bad = [v for r in rates for v in r if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0)]
+    if bad:
+        raise UsageError(f"run_config.init_learning_rate holds {bad[0]!r}; a learning rate is a finite number > 0")
 
 
 def _dummy(input_shapes: Sequence, input_dtypes: Sequence | None):

@@ -22,7 +22,7 @@ from .data import batches, load_data, shift, steps_per_epoch
 from .evaluator import bn_snapshot, evaluate_config
 from .model import SuperNet
 from .ofa import OFA, DistillConfig, RunConfig, teacher_copy
-from .sandwich import SANDWICH, SubnetSampler, flops_cost, sandwich_step
+from .sandwich import SubnetSampler, flops_cost, sandwich_step
 from .shrinking import DYNAMIC_BATCH, Stage, ofa_step, plan_epochs, stage_of
 
 torch = require("torch", "torch")
@@ -85,9 +85,9 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def _lr_at(s: TrainSettings, stage: Stage, epoch: int, step: int, steps: int) -> float:
-    """Cosine decay within each stage (restarting at every stage, as Once-for-All's phases do)."""
-    base = s.lr * (1.0 if stage.name in ("full", "sandwich") else s.ps_lr_scale)
+def _lr_at(base: float, stage: Stage, epoch: int, step: int, steps: int) -> float:
+    """Cosine decay from `base` within each stage (restarting at every stage, as Once-for-All's
+    phases do)."""
     t = ((epoch - stage.start) * steps + step) / max(1, stage.length * steps)
     return 0.5 * base * (1 + math.cos(math.pi * min(1.0, t)))
 
@@ -100,9 +100,15 @@ def _param_groups(net, wd: float) -> list[dict]:
 
 
 def train_supernet(settings: TrainSettings, log: Callable[[str], None] | None = None) -> TrainResult:
-    """Train (or resume) a supernet; writes `settings.out` after every epoch."""
+    """Train (or resume) a supernet; writes `settings.out` after every epoch. Under torchrun the
+    process group lives for the run and is destroyed whatever happens."""
     s = settings.resolved()
-    info = D.init_distributed()
+    with D.process_group() as info:
+        return _train(s, info, log)
+
+
+def _train(s: TrainSettings, info: D.DistInfo, log: Callable[[str], None] | None) -> TrainResult:
+    """The run itself, in this process's place of the job."""
     say = log if (log is not None and info.main) else (lambda msg: None)
     if s.threads:
         torch.set_num_threads(s.threads)
@@ -179,7 +185,8 @@ def train_supernet(settings: TrainSettings, log: Callable[[str], None] | None = 
                 teacher_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
             dbs = [DYNAMIC_BATCH.get(t, 2) for t in order]
             run_config = RunConfig(train_batch_size=s.batch_size, n_epochs=n_epochs, total_images=len(ytr),
-                                   dynamic_batch_size=dbs)
+                                   dynamic_batch_size=dbs,
+                                   init_learning_rate=[[s.lr * s.ps_lr_scale] * len(p) for p in n_epochs])
             distill = None
             if stage.name != "full":
                 teacher = SuperNet(space, transform=s.transform).to(info.device, memory_format=torch.channels_last)
@@ -188,13 +195,15 @@ def train_supernet(settings: TrainSettings, log: Callable[[str], None] | None = 
             ofa = OFA(net, run_config, distill, elastic_order=order, train_full=stage.name == "full")
             ofa.set_epoch(max(0, epoch - full))
             ofa.rng = np.random.default_rng([s.seed, epoch, 1])
+        # the full net and BigNAS start at --lr; each shrinking phase at its run_config rate
+        base_lr = s.lr if ofa is None or stage.name == "full" else ofa.phase_learning_rate()
         rng = np.random.default_rng([s.seed, epoch])
         aug = np.random.default_rng([s.seed, epoch, 2, info.rank])
         net.train()
         t0 = time.perf_counter()
         loss_sum, n = 0.0, 0
         for step, (xb, yb) in enumerate(batches(xtr, ytr, s.batch_size, rng, info.rank, info.world)):
-            lr = _lr_at(s, stage, epoch, step, steps)
+            lr = _lr_at(base_lr, stage, epoch, step, steps)
             for g in opt.param_groups:
                 g["lr"] = lr
             opt.zero_grad(set_to_none=True)
@@ -232,8 +241,6 @@ def train_supernet(settings: TrainSettings, log: Callable[[str], None] | None = 
         save_checkpoint(s.out, {k: v for k, v in ckpt.items() if k != "meta"}, {**ckpt["meta"], "ranks_in_sync": in_sync})
     if not in_sync:
         raise UsageError("the ranks' weights diverged (gradient all-reduce failed)")
-    if info.world > 1:
-        D.shutdown()
     done_epochs = len(history)
     result = TrainResult(s.out, done_epochs, done_epochs >= s.epochs, history, seconds=time.perf_counter() - t_all)
     if info.main and result.done and s.final_eval:

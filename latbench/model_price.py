@@ -1,0 +1,120 @@
+"""A whole ONNX model priced from an op-level latency table (`latbench predict --model`).
+
+The price is the table's price of the ops the model lowers to. Compute that maps to no table op
+is listed by op type (count and node names) and makes the result partial: the price then covers
+the mapped ops only and says so. Shape-only nodes (views, folded shape arithmetic: see
+`latbench.lower.lower_onnx`) cost nothing and are only counted.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from .errors import UsageError
+from .lower import Unmapped, lower_onnx
+from .predict import DEFAULT_MAX_FALLBACK, FallbackError, Price, Pricer
+
+
+@dataclass(frozen=True)
+class UnmappedGroup:
+    """The unmapped compute nodes of one op type, in graph order."""
+
+    op_type: str
+    nodes: tuple[Unmapped, ...]
+
+    def text(self) -> str:
+        """'LRN x2: norm1, norm2' (a node's reason in parentheses after it)."""
+        names = ", ".join(n.name + (f" ({n.reason})" if n.reason else "") for n in self.nodes)
+        return f"{self.op_type} x{len(self.nodes)}: {names}"
+
+
+@dataclass(frozen=True)
+class ModelPrice:
+    """The price of one model and what it covers."""
+
+    model: str
+    table: str
+    input_shape: tuple[int, ...] | None  # the shape given for symbolic input dims
+    price: Price  # of the mapped ops (uncalibrated: a calibration belongs to a space)
+    ops: int  # mapped ops, before the table's fusion
+    shape_only: int  # nodes that move no data
+    unmapped: tuple[UnmappedGroup, ...]
+    flops: int  # of the mapped ops
+    params: int
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.unmapped)
+
+    @property
+    def unmapped_nodes(self) -> int:
+        return sum(len(g.nodes) for g in self.unmapped)
+
+    def lines(self) -> list[str]:
+        """stdout: the price line (labelled PARTIAL when compute is left out), then one line per
+        unmapped op type."""
+        p = self.price
+        fallback = f"{len(p.misses)} of {p.keys} keys priced by the fallback"
+        if not self.partial:
+            return [f"{p.raw_ms:.4f} ms (uncalibrated; {fallback}; {self.flops / 1e6:.1f} MFLOPs) {self.model}"]
+        head = (f"{p.raw_ms:.4f} ms PARTIAL: the {self.ops} mapped ops only, {self.unmapped_nodes} compute "
+                f"node(s) not priced (uncalibrated; {fallback}; {self.flops / 1e6:.1f} MFLOPs mapped) {self.model}")
+        return [head] + [f"not priced: {g.text()}" for g in self.unmapped]
+
+    def summary(self) -> str:
+        """The one stderr line of a partial result."""
+        kinds = ", ".join(f"{g.op_type} x{len(g.nodes)}" for g in self.unmapped)
+        return (f"{self.model}: {self.unmapped_nodes} compute node(s) not priced ({kinds}); the "
+                f"{self.price.raw_ms:.4f} ms covers the {self.ops} mapped ops only")
+
+    def to_dict(self) -> dict[str, Any]:
+        p = self.price
+        row = {"model": self.model, "input_shape": list(self.input_shape) if self.input_shape else None,
+               "partial": self.partial, "ms": p.raw_ms, "raw_ms": p.raw_ms, "invocation_ms": p.invocation_ms,
+               "misses": len(p.misses), "keys": p.keys, "missing_keys": sorted(set(p.misses)), "ops": self.ops,
+               "shape_only": self.shape_only, "flops": self.flops, "params": self.params,
+               "unmapped": [{"op_type": g.op_type, "count": len(g.nodes),
+                             "nodes": [{"name": n.name, "reason": n.reason} for n in g.nodes]}
+                            for g in self.unmapped]}
+        return {"table": self.table, "model": self.model, "granularity": "op", "calibrated": False,
+                "partial": self.partial, "predictions": [row]}
+
+
+def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
+    """'1,3,224,224' -> (1, 3, 224, 224); None stays None."""
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or any(v < 1 for v in shape):
+        raise UsageError(f"--input-shape takes positive sizes separated by commas, e.g. 1,3,224,224; got {text!r}")
+    return shape
+
+
+def group_unmapped(nodes: Sequence[Unmapped]) -> tuple[UnmappedGroup, ...]:
+    """Unmapped nodes by op type, types in order of first appearance."""
+    by_type: dict[str, list[Unmapped]] = {}
+    for n in nodes:
+        by_type.setdefault(n.op_type, []).append(n)
+    return tuple(UnmappedGroup(t, tuple(ns)) for t, ns in by_type.items())
+
+
+def price_model(table, model, input_shape: Sequence[int] | None = None, strict: bool = False,
+                max_fallback: float | None = DEFAULT_MAX_FALLBACK) -> ModelPrice:
+    """Lower an ONNX model and price its ops from an op-level `table` (a LatencyTable);
+    more than `max_fallback` of the keys missing is a FallbackError (None: any share)."""
+    gran = (table.meta_get("profile_run") or {}).get("granularity", "op")
+    if gran != "op":
+        raise UsageError(f"{model}: pricing a whole model needs an op-level table; this one holds "
+                         f"{gran}-level entries (profile with --granularity op)")
+    low = lower_onnx(model, input_shape)
+    p = Pricer.from_table(table, "op", strict=strict).price(low.ops)
+    if max_fallback is not None and len(p.misses) > max_fallback * p.keys:
+        raise FallbackError(f"{table.path} prices {model} with {len(p.misses)} of {p.keys} keys missing, over "
+                            f"the {max_fallback:.0%} allowed; --allow-fallback prices them with the "
+                            f"fallback regression")
+    return ModelPrice(str(model), str(table.path), tuple(input_shape) if input_shape else None, p, len(low.ops),
+                      len(low.free), group_unmapped(low.unmapped), sum(o.flops for o in low.ops),
+                      sum(o.params for o in low.ops))
