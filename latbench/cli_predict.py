@@ -36,35 +36,46 @@ def predict_command(
     seed: int = typer.Option(0, "--seed", help="seed for --random"),
     resolution: List[int] = typer.Option([], "--resolution", "-r", help="with --random: only these resolutions"),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="price a whole ONNX model (op-level tables)"),
+    input_shape: Optional[str] = typer.Option(None, "--input-shape",
+                                              help="N,C,H,W: with --model, the input shape of a model with symbolic dims"),
     strict: bool = typer.Option(False, "--strict", help="a key missing from the table is an error"),
+    allow_fallback: bool = typer.Option(False, "--allow-fallback",
+                                        help="price a subnet with more than 10% of its keys missing from the "
+                                        "table by the fallback regression (default: an error)"),
     no_calibration: bool = typer.Option(False, "--no-calibration", help="ignore a stored calibration"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON document"),
 ) -> None:
     """Predict latency (ms) of subnets or an ONNX model from a table; misses are priced by a
-    fallback fitted on the table and counted (--strict makes them errors)."""
-    from .predict import Predictor
+    fallback fitted on the table and counted (--strict makes them errors; a subnet with more than
+    10% of its keys missing is an error unless --allow-fallback)."""
+    from .predict import DEFAULT_MAX_FALLBACK, Predictor
     from .store import LatencyTable
 
     modes = sum(x is not None for x in (config, random, model))
     if modes != 1:
         raise UsageError("give exactly one of --config, --random N or --model")
-    with LatencyTable.open(str(table), create=False) as t:
+    if input_shape is not None and model is None:
+        raise UsageError("--input-shape goes with --model")
+    with LatencyTable.open(str(table), readonly=True) as t:
         if model is not None:
-            out = _predict_model(t, model, strict, not no_calibration)
+            return _predict_model(t, model, input_shape, strict, allow_fallback, as_json)
         else:
             if space is None:
                 raise UsageError("--config and --random need --space")
             from .spaces import get_space
 
             sp = get_space(space)
-            pred = Predictor.from_table(t, sp, strict=strict, use_calibration=not no_calibration)
-            configs = [sp.index(_load_config(config))] if config is not None else _random(sp, random, seed, resolution)
+            pred = Predictor.from_table(t, sp, strict=strict, use_calibration=not no_calibration,
+                                        max_fallback=None if allow_fallback else DEFAULT_MAX_FALLBACK)
+            configs = ([sp.index(_load_config(config))] if config is not None
+                       else _random(sp, pred, random, seed, resolution))
             rows = []
             for c in configs:
                 p = pred.explain(c)
                 blocks = sp.blocks(c)
                 rows.append({"config": sp.to_published(c), "ms": p.ms, "raw_ms": p.raw_ms,
-                             "invocation_ms": p.invocation_ms, "misses": len(p.misses), "missing_keys": sorted(set(p.misses)),
+                             "invocation_ms": p.invocation_ms, "misses": len(p.misses), "keys": p.keys,
+                             "missing_keys": sorted(set(p.misses)),
                              "flops": sum(b.flops for b in blocks), "params": sum(b.params for b in blocks)})
             out = {"table": str(table), "space": sp.name, "granularity": pred.granularity,
                    "calibrated": pred.calibration is not None, "predictions": rows}
@@ -73,48 +84,43 @@ def predict_command(
         return
     cal = "calibrated" if out["calibrated"] else "uncalibrated"
     for r in out["predictions"]:
-        miss = f", {r['misses']} key(s) priced by the fallback" if r["misses"] else ""
-        label = json.dumps(r["config"], separators=(",", ":")) if "config" in r else r["model"]
+        miss = f"; {r['misses']} of {r['keys']} keys priced by the fallback"
+        label = json.dumps(r["config"], separators=(",", ":"))
         typer.echo(f"{r['ms']:.4f} ms ({cal}; uncalibrated {r['raw_ms']:.4f} ms{miss}; "
                    f"{r['flops'] / 1e6:.1f} MFLOPs) {label}")
-        if r.get("unmapped"):
-            typer.echo(f"  not priced (unmapped): {', '.join(r['unmapped'])}", err=True)
 
 
-def _random(sp, n: int, seed: int, resolution: list[int]):
+def _random(sp, pred, n: int, seed: int, resolution: list[int]):
+    """n seeded random configs; without -r, at the resolutions the table covers (said on stderr)
+    when it covers some but not all."""
     import numpy as np
+
+    from .search.domain import Domain
 
     if n < 1:
         raise UsageError("--random needs N >= 1")
-    cfgs = sp.sample(seed, n)
-    if resolution and sp.resolution_position is not None:
+    rpos = sp.resolution_position
+    res = None
+    if rpos is not None and resolution:
         res = sp.check_resolutions(resolution)
-        choices = list(sp.positions[sp.resolution_position].choices)
-        rng = np.random.default_rng(seed + 1)
-        cfgs[:, sp.resolution_position] = rng.choice([choices.index(r) for r in res], n)
-    return list(cfgs)
+    elif rpos is not None and 0 < len(pred.covered_resolutions) < len(sp.resolutions):
+        res = pred.covered_resolutions
+        typer.echo(f"sampling the resolutions the table covers: {', '.join(map(str, res))} "
+                   f"(of {len(sp.resolutions)}; -r to choose)", err=True)
+    domain = Domain.of(sp, {sp.positions[rpos].name: list(res)} if res else None)
+    return list(domain.sample(np.random.default_rng(seed), n))
 
 
-def _predict_model(t, model: Path, strict: bool, use_calibration: bool) -> dict:
-    """Lower an ONNX model to ops and price them at the table's (op) granularity."""
-    from .lower import lower_onnx
-    from .predict import Pricer
+def _predict_model(t, model: Path, input_shape: Optional[str], strict: bool, allow_fallback: bool,
+                   as_json: bool) -> None:
+    """Price a whole ONNX model; compute the table cannot price makes the result partial: the
+    price of the mapped ops and the list on stdout, one summary line on stderr, exit 3."""
+    from .model_price import parse_input_shape, price_model
+    from .predict import DEFAULT_MAX_FALLBACK
 
-    meta = t.meta_get("profile_run") or {}
-    gran = meta.get("granularity", "op")
-    if gran != "op":
-        raise UsageError(f"{model}: pricing a whole model needs an op-level table; this one holds "
-                         f"{gran}-level entries (profile with --granularity op)")
-    if not model.is_file():
-        raise UsageError(f"{model}: no such ONNX file")
-    low = lower_onnx(str(model))
-    pricer = Pricer.from_table(t, "op", strict=strict)
-    p = pricer.price(low.ops)
-    ms = p.raw_ms
-    return {"table": str(t.path) if hasattr(t, "path") else "", "model": str(model), "granularity": "op",
-            "calibrated": False,
-            "predictions": [{"model": str(model), "ms": ms, "raw_ms": p.raw_ms,
-                             "invocation_ms": p.invocation_ms, "misses": len(p.misses),
-                             "missing_keys": sorted(set(p.misses)), "ops": len(low.ops),
-                             "unmapped": low.unmapped, "flops": sum(o.flops for o in low.ops),
-                             "params": sum(o.params for o in low.ops)}]}
+    mp = price_model(t, model, parse_input_shape(input_shape), strict,
+                     None if allow_fallback else DEFAULT_MAX_FALLBACK)
+    typer.echo(json.dumps(mp.to_dict(), indent=2) if as_json else "\n".join(mp.lines()))
+    if mp.partial:
+        typer.echo(f"latbench: partial result: {mp.summary()}", err=True)
+        raise typer.Exit(3)

@@ -1,4 +1,5 @@
-"""`latbench table show|export|import|merge`: look into a latency table and move it between formats.
+"""`latbench table show|export|import|merge|combine`: look into a latency table, move it between
+formats, put tables of one device together, or combine several devices' tables into a new one.
 
 Mounted by latbench/cli.py as `app.add_typer(table_app, name="table")`; library errors are
 LatbenchError subclasses, which cli.run turns into one stderr line and an exit code. Data goes to
@@ -10,8 +11,9 @@ import enum
 import json
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Iterator, List, Optional
 
 import typer
 
@@ -19,8 +21,8 @@ from .errors import UsageError
 
 table_app = typer.Typer(
     name="table",
-    help="Show a latency table, export it to CSV / PaddleSlim text / Once-for-All YAML, import "
-    "those back, merge tables of one device profile.",
+    help="Show a latency table, export it to CSV / JSONL / PaddleSlim text / Once-for-All YAML, "
+    "import those back, merge tables of one device profile, combine several devices' tables.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -31,8 +33,12 @@ DEFAULT_SHOW_LIMIT = 50
 
 class TableFormat(str, enum.Enum):
     csv = "csv"
+    jsonl = "jsonl"
     paddleslim = "paddleslim"
     ofa_yaml = "ofa-yaml"
+
+
+FORMAT_CHOICES = "csv | jsonl | paddleslim | ofa-yaml"
 
 
 def _log(msg: str) -> None:
@@ -44,18 +50,35 @@ def _fmt_ms(v: Optional[float]) -> str:
 
 
 def _row_view(r: dict[str, Any]) -> dict[str, Any]:
-    """The fields `show` prints for one row."""
+    """The fields `show` prints for one row: `by_resolution` holds each resolution's entry of a
+    key with one value per resolution (else null); `hot` marks a row measured while the device
+    was above its temperature limit."""
+    from .coverage import row_values
     from .store import row_to_measurement
 
     st = row_to_measurement(r).stats
     iqr = r["p75"] - r["p25"] if r["p25"] is not None and r["p75"] is not None else None
+    per = row_values(r)
     return {
         "key": r["key"], "kind": r["kind"], "status": r["status"], "error": r["error"],
         "estimator": r["estimator"], "estimate": r["estimate"], "median": r["median"],
         "p25": r["p25"], "p75": r["p75"], "iqr": iqr, "mean": r["mean"], "std": r["std"],
         "n": r["n"], "unstable": bool(st is not None and st.unstable), "source": r["source"],
         "resolutions": (r["extra"] or {}).get("resolutions"),
+        "by_resolution": {str(k): per[k] for k in sorted(per)} or None,
+        "hot": bool((r["extra"] or {}).get("hot")),
     }
+
+
+def _note(r: dict[str, Any]) -> str:
+    """The note column of one row: failed, unstable, hot, its values per resolution."""
+    if r["status"] != "ok":
+        return f"failed: {r['error']}"
+    words = [w for w, on in (("unstable", r["unstable"]), ("hot", r["hot"])) if on]
+    if r["by_resolution"]:
+        words.append("per resolution: " + ", ".join(f"{k} {_fmt_ms(e['estimate'])}"
+                                                    for k, e in r["by_resolution"].items()))
+    return "; ".join(words)
 
 
 @table_app.command("show")
@@ -70,7 +93,7 @@ def show_cmd(
     """Print a table's device profile, its ok/failed counts and its rows (key, median, IQR, n)."""
     from .store import LatencyTable
 
-    with LatencyTable.open(table, create=False) as t:
+    with LatencyTable.open(table, readonly=True) as t:
         counts = t.counts()
         rows = [_row_view(r) for r in t.rows(kind=kind)]
         prof = t.profile
@@ -89,6 +112,8 @@ def show_cmd(
 
     con = Console(highlight=False, soft_wrap=True)
     con.print(f"profile: {prof.describe() if prof else 'none (empty table)'}", markup=False)
+    if meta.get("space"):
+        con.print(f"space: {meta['space']['name']} ({meta['space']['how']})", markup=False)
     con.print(f"rows: {counts['ok']} ok, {counts['failed']} failed"
               + (f"; {len(rows)} of kind {kind}" if kind else ""), markup=False)
     view = Table(show_edge=False)
@@ -98,9 +123,8 @@ def show_cmd(
         view.add_column(col, justify="right", no_wrap=True)
     view.add_column("note", overflow="fold")
     for r in shown:
-        note = f"failed: {r['error']}" if r["status"] != "ok" else ("unstable" if r["unstable"] else "")
         view.add_row(r["key"], _fmt_ms(r["estimate"]), r["estimator"] if r["status"] == "ok" else "-", _fmt_ms(r["median"]),
-                     _fmt_ms(r["iqr"]), "-" if r["n"] is None else str(r["n"]), note)
+                     _fmt_ms(r["iqr"]), "-" if r["n"] is None else str(r["n"]), _note(r))
     if shown:
         con.print(view)
     if len(shown) < len(rows):
@@ -110,36 +134,75 @@ def show_cmd(
 @table_app.command("export")
 def export_cmd(
     table: Path = typer.Argument(..., help="a latbench table (.db)"),
-    fmt: TableFormat = typer.Option(..., "--format", "-f", help="csv | paddleslim | ofa-yaml"),
+    fmt: TableFormat = typer.Option(..., "--format", "-f", help=FORMAT_CHOICES),
     out: Path = typer.Option(..., "--out", "-o",
                              help="output file; for ofa-yaml a directory gets one "
                              "{r}_lookup_table.yaml per resolution"),
     skip_unsupported: bool = typer.Option(False, "--skip-unsupported",
                                           help="leave out rows the format cannot express (counted) "
                                           "instead of failing"),
+    drop_calibration: bool = typer.Option(False, "--drop-calibration",
+                                          help="ofa-yaml: leave the table's calibration out (the "
+                                          "format cannot hold one; without this flag such a table "
+                                          "is refused)"),
 ) -> None:
-    """Write a table as CSV (lossless, with a .meta.json profile sidecar), PaddleSlim text or OFA YAML."""
+    """Write a table as CSV (with a .meta.json sidecar) or JSONL, both lossless; PaddleSlim text
+    (with a .meta.json sidecar for what the text cannot hold); or OFA YAML."""
     from . import store, tableio
 
-    with store.LatencyTable.open(table, create=False) as t:
+    if drop_calibration and fmt is not TableFormat.ofa_yaml:
+        raise UsageError(f"--drop-calibration is for formats that cannot hold a calibration (ofa-yaml); "
+                         f"{fmt.value} keeps it")
+    with store.LatencyTable.open(table, readonly=True) as t:
         if fmt is TableFormat.csv:
             res = tableio.export_csv(t, out)
+        elif fmt is TableFormat.jsonl:
+            res = tableio.export_jsonl(t, out)
         elif fmt is TableFormat.paddleslim:
             res = tableio.export_paddleslim(t, out, skip_unsupported=skip_unsupported)
         else:
-            res = tableio.export_ofa_yaml(t, out, skip_unsupported=skip_unsupported)
+            res = tableio.export_ofa_yaml(t, out, skip_unsupported=skip_unsupported,
+                                          drop_calibration=drop_calibration)
     _log(f"{table} -> {', '.join(res.files) or out}: {res.describe()}")
 
 
 def _detect_format(path: Path) -> TableFormat:
     name = path.name.lower()
-    if name.endswith(".csv"):
-        return TableFormat.csv
-    if name.endswith((".yaml", ".yml")):
-        return TableFormat.ofa_yaml
-    if name.endswith(".txt"):
-        return TableFormat.paddleslim
-    raise UsageError(f"cannot tell the format of {path} from its name: pass --format csv|paddleslim|ofa-yaml")
+    for ends, fmt in ((".csv", TableFormat.csv), (".jsonl", TableFormat.jsonl),
+                      ((".yaml", ".yml"), TableFormat.ofa_yaml), (".txt", TableFormat.paddleslim)):
+        if name.endswith(ends):
+            return fmt
+    raise UsageError(f"cannot tell the format of {path} from its name: pass --format {FORMAT_CHOICES.replace(' | ', '|')}")
+
+
+def _needs_device(kind: TableFormat, files: List[Path]) -> bool:
+    """True when the files do not say where their numbers were measured: OFA YAML, and PaddleSlim
+    text without its latbench sidecar (CSV and JSONL carry their profile)."""
+    from .tableio import paddleslim_meta_path
+
+    if kind is TableFormat.paddleslim:
+        return not all(os.path.exists(paddleslim_meta_path(f)) for f in files)
+    return kind is TableFormat.ofa_yaml
+
+
+@contextmanager
+def _new_table(path: Path) -> Iterator[Any]:
+    """The table at `path` opened for writing; a table this call created is removed again when
+    the command fails, so no half-made table is left behind."""
+    from .store import LatencyTable
+
+    new = not path.exists()
+    try:
+        with LatencyTable.open(path) as t:
+            yield t
+    except BaseException:
+        if new:
+            for suffix in ("", "-wal", "-shm"):
+                try:
+                    os.remove(f"{path}{suffix}")
+                except OSError:
+                    pass
+        raise
 
 
 @table_app.command("import")
@@ -147,83 +210,98 @@ def import_cmd(
     files: List[Path] = typer.Argument(..., help="files to import"),
     out: Path = typer.Option(..., "--out", "-o", help="the latbench table to import into (created if missing)"),
     fmt: Optional[TableFormat] = typer.Option(None, "--format", "-f",
-                                              help="csv | paddleslim | ofa-yaml (default: from the "
-                                              "file name: .csv, .txt, .yaml)"),
+                                              help=f"{FORMAT_CHOICES} (default: from the file name: "
+                                              ".csv, .jsonl, .txt, .yaml)"),
     device: Optional[str] = typer.Option(None, "--device",
                                          help="device the numbers were measured on (needed for "
-                                         "paddleslim and ofa-yaml; a CSV carries its own profile)"),
+                                         "ofa-yaml and for paddleslim text without its latbench "
+                                         "sidecar; CSV and JSONL carry their own profile)"),
     runtime: str = typer.Option("unknown", "--runtime", help="runtime the numbers were measured with"),
     threads: int = typer.Option(0, "--threads", min=0, help="threads used when measuring (0 = unknown)"),
+    space: Optional[str] = typer.Option(None, "--space", "-s",
+                                        help="ofa-yaml: the space the files belong to (default: inferred "
+                                        "from the stem Conv and Logits keys)"),
 ) -> None:
-    """Import CSV exports, PaddleSlim latency tables or Once-for-All lookup-table YAML into a table."""
-    from . import store, tableio
+    """Import CSV / JSONL exports, PaddleSlim latency tables or Once-for-All lookup-table YAML into a table."""
+    from . import tableio
 
     fmts = {fmt or _detect_format(f) for f in files}
     if len(fmts) != 1:
         raise UsageError("the files have different formats by their names: import them separately or pass --format")
     kind = fmts.pop()
+    if space is not None and kind is not TableFormat.ofa_yaml:
+        raise UsageError(f"--space is for ofa-yaml imports; {kind.value} files carry their own meta")
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise UsageError(f"no such file: {', '.join(missing)}")
     profile = None
     if device is not None:
         profile = tableio.import_profile(device, runtime, threads, source=", ".join(f.name for f in files))
-    elif kind is not TableFormat.csv:
+    elif _needs_device(kind, files):
         raise UsageError(f"importing {kind.value} needs --device NAME (and ideally --runtime, --threads): "
                          f"the file does not say where its numbers were measured")
-    new = not out.exists()
+    importers = {TableFormat.csv: tableio.import_csv, TableFormat.jsonl: tableio.import_jsonl,
+                 TableFormat.paddleslim: tableio.import_paddleslim}
     total = tableio.Transfer()
-    try:
-        with store.LatencyTable.open(out, create=True) as t:
-            if kind is TableFormat.ofa_yaml:
-                total = tableio.import_ofa_yaml(files, t, profile)
-            else:
-                for f in files:
-                    res = (tableio.import_csv(f, t, profile) if kind is TableFormat.csv
-                           else tableio.import_paddleslim(f, t, profile))
-                    total.written += res.written
-                    total.files += res.files
-            counts = t.counts()
-    except BaseException:
-        if new:  # leave no half-made table behind
-            for suffix in ("", "-wal", "-shm"):
-                try:
-                    os.remove(f"{out}{suffix}")
-                except OSError:
-                    pass
-        raise
+    with _new_table(out) as t:
+        if kind is TableFormat.ofa_yaml:
+            total = tableio.import_ofa_yaml(files, t, profile, space)
+        else:
+            for f in files:
+                res = importers[kind](f, t, profile)
+                total.written += res.written
+                total.files += res.files
+        counts = t.counts()
     _log(f"{', '.join(total.files)} -> {out}: {total.written} rows imported; the table holds "
          f"{counts['ok']} ok, {counts['failed']} failed")
+    for note in total.notes:
+        _log(note)
+
+
+def _check_tables(srcs: List[Path]) -> None:
+    missing = [str(s) for s in srcs if not s.is_file()]
+    if missing:
+        raise UsageError(f"no such table: {', '.join(missing)}")
 
 
 @table_app.command("merge")
 def merge_cmd(
     dst: Path = typer.Argument(..., help="the table to merge into (created if missing)"),
-    srcs: List[Path] = typer.Argument(..., help="tables to merge from"),
-    force: bool = typer.Option(False, "--force",
-                               help="merge tables of other device profiles too (rows record their "
-                               "source profile id in extra)"),
+    srcs: List[Path] = typer.Argument(..., help="tables to merge from, of DST's device profile"),
 ) -> None:
-    """Merge tables of one device profile into DST (a failed row never replaces an ok one)."""
-    from . import store, tableio
+    """Merge tables of one device profile into DST: a later source replaces a key, a failed row
+    never replaces an ok one; a table of another profile is refused (see `table combine`)."""
+    from . import tableio
 
-    missing = [str(s) for s in srcs if not s.is_file()]
-    if missing:
-        raise UsageError(f"no such table: {', '.join(missing)}")
-    new = not dst.exists()
-    try:
-        with store.LatencyTable.open(dst, create=True) as t:
-            res = tableio.merge(t, srcs, force=force)
-            counts = t.counts()
-    except BaseException:
-        if new:
-            for suffix in ("", "-wal", "-shm"):
-                try:
-                    os.remove(f"{dst}{suffix}")
-                except OSError:
-                    pass
-        raise
-    _log(f"{', '.join(res.files)} -> {dst}: {res.written} rows merged; the table holds "
+    _check_tables(srcs)
+    with _new_table(dst) as t:
+        res = tableio.merge(t, srcs)
+        counts = t.counts()
+    _log(f"{', '.join(res.files)} -> {dst}: {res.describe_keys()}; the table holds "
+         f"{counts['ok']} ok, {counts['failed']} failed")
+
+
+@table_app.command("combine")
+def combine_cmd(
+    out: Path = typer.Argument(..., help="the NEW table of the combination (must not exist)"),
+    srcs: List[Path] = typer.Argument(..., help="tables of several device profiles, in order of "
+                                      "preference: a key comes from the first source with an ok row of it"),
+) -> None:
+    """Combine tables of several devices into a NEW table whose profile names them; every row keeps
+    the profile it was measured under. Predict and search use it like any table."""
+    from . import tableio
+
+    _check_tables(srcs)
+    if out.exists():
+        raise UsageError(f"{out} exists: a combination goes into a new table (use `table merge` "
+                         f"for tables of one device profile)")
+    with _new_table(out) as t:
+        res = tableio.combine(t, srcs)
+        prof, counts = t.profile, t.counts()
+    for note in res.notes:
+        _log(f"  {note}")
+    _log(f"{', '.join(res.files)} -> {out}: {res.added} rows from {len(res.files)} tables "
+         f"({res.left} keys held by an earlier source); profile {prof.describe()}; the table holds "
          f"{counts['ok']} ok, {counts['failed']} failed")
 
 

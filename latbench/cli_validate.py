@@ -38,18 +38,14 @@ def open_agent(table, device: Optional[str], threads: Optional[int], opt_level: 
                xnnpack: Optional[bool]):
     """The agent the table's profile names, with any explicit CLI setting overriding it; refused
     (one line naming both profiles) when it does not measure under the table's profile."""
-    from device_agents import get_agent
+    from device_agents import agent_options, get_agent
 
-    from .cli_profile import agent_options
     from .validate import check_agent, profile_settings
 
     want = profile_settings(table.require_profile())
     dev = device or want["device"]
-    options = agent_options(dev, want["threads"] if threads is None else threads,
-                            opt_level or want.get("opt_level", "all"),
-                            want.get("xnnpack", True) if xnnpack is None else xnnpack,
-                            want.get("boundary", "network"))
-    agent = get_agent(dev, **options)
+    flags = dict(threads=threads, opt_level=opt_level, xnnpack=xnnpack)  # None: the table's setting
+    agent = get_agent(dev, **agent_options(dev, flags, defaults=want))
     try:
         check_agent(agent, table)
     except BaseException:
@@ -105,12 +101,12 @@ def _run(fn):
 
 
 @contextlib.contextmanager
-def _session(table: Path, device, threads, opt_level, xnnpack, max_time, min_samples, target_iqr):
+def _session(table: Path, device, threads, opt_level, xnnpack, max_time, min_samples, target_iqr, readonly=False):
     """The table, an agent rebuilt from its profile, the timing settings and progress bars, for
     one end-to-end measuring command; the agent is closed after."""
     from .store import LatencyTable
 
-    with LatencyTable.open(str(table), create=False) as t:
+    with LatencyTable.open(str(table), create=False, readonly=readonly) as t:
         agent = open_agent(t, device, threads, opt_level, xnnpack)
         try:
             timing = _timing(t, max_time, min_samples, target_iqr)
@@ -174,7 +170,7 @@ def validate_command(
     from .validate import validate, write_csv
 
     sp = get_space(space)
-    with _session(table, device, threads, opt_level, xnnpack, max_time, min_samples, target_iqr) as (t, agent, timing, bars):
+    with _session(table, device, threads, opt_level, xnnpack, max_time, min_samples, target_iqr, readonly=True) as (t, agent, timing, bars):
         report = _run(lambda: validate(
             t, sp, agent, n, seed, resolution or None, calibrate_n, timing,
             str(op_table) if op_table else None, op_baseline, noise, bars, builds, retime))
@@ -204,7 +200,7 @@ def quickstart_validate(st, con, n: int = 8, calibrate_n: int = 4) -> None:
         con.print("no latency table from an earlier step: skipped (run `latbench validate --table T --space S`)")
         return
     sp = get_space(getattr(st, "table_space", None) or st.space_name)
-    with LatencyTable.open(str(table), create=False) as t:
+    with LatencyTable.open(str(table), readonly=True) as t:
         agent = open_agent(t, None, None, None, None)
         try:
             timing = _timing(t, 0.1, None, None)  # a demo: 0.1 s per subnet and per baseline op
