@@ -83,7 +83,8 @@ def reference_module(op: OpSpec, weights: Weights) -> nn.Module:
     got = [_plain(p) for p in low.ops]
     if got != want or low.unmapped:
         raise OpError(f"{op.key}: torch module traces to [{', '.join(p.key for p in got)}]"
-                      f" (unmapped: {low.unmapped}) but expand() gives [{', '.join(p.key for p in want)}]")
+                      f" (unmapped: {', '.join(u.label for u in low.unmapped) or 'none'}) but expand() "
+                      f"gives [{', '.join(p.key for p in want)}]")
     # the traced list equals expand() (checked above): sources align with the weights one to one
     sources = iter(zip(low.ops, low.sources))
     with torch.no_grad():

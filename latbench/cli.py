@@ -305,7 +305,7 @@ def _qs_profile(st: QuickstartState, con: Console) -> None:
     from device_agents import get_agent
 
     from .cli_profile import context_line, default_timing
-    from .profiling import (check_run_meta, invocation_entry, measure_invocation, ops_with_resolutions,
+    from .profiling import (INVOCATION_META, check_run_meta, measure_invocation, ops_with_resolutions,
                             profile_into, timing_for)
     from .spaces import get_space
     from .store import LatencyTable
@@ -321,7 +321,7 @@ def _qs_profile(st: QuickstartState, con: Console) -> None:
             check_run_meta(t, "block", "none", sp.name, timing)
             measure_invocation(t, agent, timing)
             run = profile_into(t, agent, ops, timing, resolutions=res)
-            invocation = invocation_entry(t)  # each batch added a sample
+            invocation = t.meta_get(INVOCATION_META)  # each batch added a sample; or why it failed
             est = t.estimates()
             rows = sorted(t.measurements(), key=lambda m: -est.get(m.key, 0.0))
     finally:

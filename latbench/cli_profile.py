@@ -110,7 +110,7 @@ def profile_command(
         agent.close()
     _report(run, out, agent, device, timing, invocation, as_json)
     if run.interrupted:
-        typer.echo(f"latbench: interrupted: {run.measured + run.failed} ops stored in {out}; rerun the same command to resume", err=True)
+        typer.echo(f"{out}: {run.measured + run.failed} ops stored before the interruption; rerun the same command to resume", err=True)
         raise typer.Exit(130)
     if run.failed or run.failed_earlier:  # a partial table while any of its ops is stored failed
         raise typer.Exit(3)

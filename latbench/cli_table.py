@@ -164,6 +164,8 @@ def export_cmd(
             res = tableio.export_ofa_yaml(t, out, skip_unsupported=skip_unsupported,
                                           drop_calibration=drop_calibration)
     _log(f"{table} -> {', '.join(res.files) or out}: {res.describe()}")
+    for note in res.notes:
+        _log(note)
 
 
 def _detect_format(path: Path) -> TableFormat:

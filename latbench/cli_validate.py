@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
 from pathlib import Path
 from typing import List, Optional
 
@@ -28,10 +27,6 @@ _TARGET_IQR = typer.Option(None, "--target-iqr", help="stop sampling once IQR/me
 _JSON = typer.Option(False, "--json", help="print the result as one JSON document")
 _BUILDS = typer.Option(3, "--builds", help="fresh builds (sessions, interpreters) per subnet, timed interleaved; "
                        "each in another batch; each batch's speed is taken out")
-
-
-def _raise_interrupt(signum, frame):  # SIGTERM behaves like Ctrl-C
-    raise KeyboardInterrupt
 
 
 def open_agent(table, device: Optional[str], threads: Optional[int], opt_level: Optional[str],
@@ -91,15 +86,6 @@ class _Bars:
         self.progress.update(self.tasks[task], completed=done, total=total)
 
 
-def _run(fn):
-    """Run fn() with SIGTERM turned into KeyboardInterrupt (the CLI maps it to exit 130)."""
-    old = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        return fn()
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
 @contextlib.contextmanager
 def _session(table: Path, device, threads, opt_level, xnnpack, max_time, min_samples, target_iqr, readonly=False):
     """The table, an agent rebuilt from its profile, the timing settings and progress bars, for
@@ -131,7 +117,7 @@ def calibrate_command(
 
     sp = get_space(space)
     with _session(table, device, threads, opt_level, xnnpack, max_time, min_samples, target_iqr) as (t, agent, timing, bars):
-        run = _run(lambda: calibrate(t, sp, agent, n, seed, resolution or None, timing, bars, builds))
+        run = calibrate(t, sp, agent, n, seed, resolution or None, timing, bars, builds)
         res = sorted({r.resolution for r in run.subnets})
         store_calibration(t, run, seed=seed, resolutions=res, timing=timing.to_dict())
     if as_json:
@@ -171,9 +157,8 @@ def validate_command(
 
     sp = get_space(space)
     with _session(table, device, threads, opt_level, xnnpack, max_time, min_samples, target_iqr, readonly=True) as (t, agent, timing, bars):
-        report = _run(lambda: validate(
-            t, sp, agent, n, seed, resolution or None, calibrate_n, timing,
-            str(op_table) if op_table else None, op_baseline, noise, bars, builds, retime))
+        report = validate(t, sp, agent, n, seed, resolution or None, calibrate_n, timing,
+                          str(op_table) if op_table else None, op_baseline, noise, bars, builds, retime)
     if csv:
         write_csv(report, csv)
     if plot:

@@ -794,7 +794,7 @@ def validate(table: LatencyTable, space, agent, n: int = 100, seed: int = 0,
     predictor = Predictor.from_table(table, space, use_calibration=False)
     meta = table.meta_get("profile_run") or {}
     configs = sample_subnets(space, n + calibrate_n, seed, res)
-    val_cfgs, cal_cfgs = configs[:n], configs[n:]
+    val_cfgs = configs[:n]  # the rest (configs[n:]) are the calibration subnets
 
     op_path, op_profiled, op_pricer = None, 0, None
     if op_baseline:

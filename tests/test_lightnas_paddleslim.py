@@ -126,7 +126,8 @@ def test_a_table_profiled_from_the_lightnas_op_list_prices_every_subnet(tmp_path
 
 def test_lightnas_supernet_learns_the_classifier_bias_and_exports_exactly():
     """The bias add is a learned operand of the supernet (a gradient reaches it), copied into the
-    exported network, which computes what the supernet computes."""
+    exported network, which computes the softmax of the supernet's logits (the loss takes logits:
+    a softmax inside the training network would be applied twice by cross-entropy)."""
     torch = pytest.importorskip("torch")
     from latbench.spaces.torch_build import Eltwise
     from latbench.supernet.blocks import EltwiseBlock
@@ -147,8 +148,10 @@ def test_lightnas_supernet_learns_the_classifier_bias_and_exports_exactly():
         (exported,) = [m.other for m in sub.modules() if isinstance(m, Eltwise)]
         assert torch.equal(exported, bias.detach())
         with torch.no_grad():
-            y = net(x)
-            assert y.shape == (1, 1000, 1, 1) and float(y.sum()) == pytest.approx(1.0, rel=1e-5)  # the softmax
-            assert (y - sub(x)).abs().max().item() < 1e-6
-    net(x)[0, 3].sum().backward()
+            logits = net(x)
+            probs = sub(x)
+            assert logits.shape == (1, 1000) and probs.shape == (1, 1000, 1, 1)
+            assert float(probs.sum()) == pytest.approx(1.0, rel=1e-5)  # the exported network's softmax
+            assert (torch.softmax(logits, dim=1) - probs.flatten(1)).abs().max().item() < 1e-6
+    torch.nn.functional.cross_entropy(net(x), torch.tensor([3])).backward()
     assert bias.grad is not None and bias.grad.abs().sum() > 0

@@ -123,9 +123,15 @@ class SuperNet(nn.Module):
 
     # ------------------------------------------------------------------ compute
     def forward(self, x: Tensor) -> Tensor:
-        for idx, op in self._active:
+        """The active subnet's logits, (N, classes): a softmax that ends the network (LightNAS's,
+        which PaddleSlim's op list prices) belongs to inference, as export_module builds it, and
+        not to the training loss, which takes logits."""
+        active = self._active
+        if active and active[-1][1].kind == "softmax":
+            active = active[:-1]
+        for idx, op in active:
             x = self.blocks[idx](x, op)
-        return x
+        return x.flatten(1) if x.dim() == 4 and x.shape[2:] == (1, 1) else x
 
     def block_names(self) -> list[str]:
         """Module names of the active blocks (for distillation mapping layers)."""
