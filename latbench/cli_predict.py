@@ -82,12 +82,11 @@ def predict_command(
     if as_json:
         typer.echo(json.dumps(out, indent=2))
         return
-    cal = "calibrated" if out["calibrated"] else "uncalibrated"
     for r in out["predictions"]:
+        cal = f"calibrated; uncalibrated {r['raw_ms']:.4f} ms" if out["calibrated"] else "uncalibrated"
         miss = f"; {r['misses']} of {r['keys']} keys priced by the fallback"
         label = json.dumps(r["config"], separators=(",", ":"))
-        typer.echo(f"{r['ms']:.4f} ms ({cal}; uncalibrated {r['raw_ms']:.4f} ms{miss}; "
-                   f"{r['flops'] / 1e6:.1f} MFLOPs) {label}")
+        typer.echo(f"{r['ms']:.4f} ms ({cal}{miss}; {r['flops'] / 1e6:.1f} MFLOPs) {label}")
 
 
 def _random(sp, pred, n: int, seed: int, resolution: list[int]):
