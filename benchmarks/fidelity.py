@@ -4,16 +4,22 @@ For each device (ONNX Runtime, and LiteRT with XNNPACK; this CPU, 1 thread): a b
 table of ofa-mbv3-w10 at resolutions 160..224 step 16, profiled by the real `latbench profile`
 command (resumable: a rerun with the same --workdir measures only what is missing), then N random
 subnets at those resolutions measured end to end (ort: the torch subnet exported to ONNX; tflite:
-the subnet as one .tflite model) and scored. Goals, block granularity:
+the subnet as one .tflite model) and scored against the plain yardstick users time with their
+own loop (latbench.yardstick: a fresh session per pass, warm-up, >= --runs runs and >= --min-time
+seconds each timed alone, median; --passes passes interleaved across the subnets, median of the
+passes). Goals, block granularity, against the yardstick:
   uncalibrated: >= 95% of subnets within +-10% and RMSPE <= 5%;
   calibrated on 10 other subnets: >= 90% within +-5%.
-Beside them: the op-sum baseline (unfused single ops measured with the same agent, uncalibrated)
-and a FLOPs-linear fit, plus a noise floor (one subnet measured 10 times).
+Each goal is printed with the yardstick's noise ceiling beside it (one pass against the median of
+the others), and a line where the ceiling itself is below the goal. Then the same goals against
+latbench's own estimator (a second row set; --no-estimator-row skips it), the op-sum baseline
+(unfused single ops measured with the same agent, uncalibrated), a FLOPs-linear fit, and a noise
+floor (one subnet measured 10 times by the estimator).
 
-Timing (profile and end-to-end alike, set with --max-time/--min-samples/--target-iqr): the
-profile defaults (network cache context for table entries, 10 interleaved rounds over 24 ops,
-the fastest round's median), at least 10 samples a round, a round stops once IQR/median < 5% or
-after its fifth of 1 s (profile's default cap is 2 s). Subnets are timed back to back in the
+Timing of the profile, the estimator row and the op baseline (--max-time/--min-samples/
+--target-iqr): the profile defaults (network cache context for table entries, 10 interleaved
+rounds over 24 ops), at least 10 samples a round, a round stops once IQR/median < 5% or after
+its fifth of 1 s (profile's default cap is 2 s); the estimator times subnets back to back in the
 same rounds, each on --builds fresh builds in consecutive batches, each batch's speed taken out
 (latbench.validate.batch_adjusted).
 
@@ -85,23 +91,52 @@ def progress_printer():
     return progress
 
 
-def goal_lines(report) -> list[str]:
-    """Each goal: the figure, met or missed and by how much; then what limits the figures."""
+CEILING_OF = {"within5": "within5", "within10": "within10", "rmspe": "log_sd"}  # a goal's metric -> the ceiling's
+
+
+def goal_figures(metrics, ceiling) -> list[str]:
+    """Each goal: the figure, met or missed and by how much, with the noise ceiling beside it
+    (when given), and a line where the ceiling itself is below the goal."""
     out = []
     for pred, metric, op, goal in GOALS:
-        m = report.metrics.get(pred)
+        m = metrics.get(pred)
         if m is None:
             out.append(f"  {pred} {metric}: not computed")
             continue
         v = getattr(m, metric)
         ok = v >= goal if op == ">=" else v <= goal
         verdict = "ok" if ok else f"MISSED by {100 * abs(v - goal):.1f} points"
-        out.append(f"  {pred:12} {metric:8} {100 * v:6.1f}%  (goal {op} {100 * goal:.0f}%: {verdict})")
+        line = f"  {pred:12} {metric:8} {100 * v:6.1f}%  (goal {op} {100 * goal:.0f}%: {verdict}"
+        c = getattr(ceiling, CEILING_OF[metric]) if ceiling is not None else math.nan
+        if not math.isfinite(c):
+            out.append(line + ")")
+            continue
+        name = "log sd" if metric == "rmspe" else metric
+        out.append(line + f"; noise ceiling {name} {100 * c:.1f}%)")
+        if (c < goal) if op == ">=" else (c > goal):
+            out.append(f"    the noise ceiling is itself below this goal: one yardstick pass against the median of "
+                       f"the others reads {name} {100 * c:.1f}% where the goal asks {op} {100 * goal:.0f}%: "
+                       f"this machine's noise alone can miss it")
+    return out
+
+
+def goal_lines(report) -> list[str]:
+    """The goals against the yardstick (ceiling beside each), then against latbench's estimator;
+    then what limits the figures."""
+    from latbench.validate import ESTIMATOR_ROW
+
+    out = [f"against the yardstick ({report.yardstick.describe()}):"]
+    out += goal_figures(report.metrics, report.ceiling)
+    if report.estimator_metrics is not None:
+        out.append(f"{ESTIMATOR_ROW} (the same predictions; its measurements read "
+                   f"{report.estimator_ratio():.3f}x the yardstick's):")
+        out += goal_figures(report.estimator_metrics, None)
     u = report.metrics.get("uncalibrated")
     if u is not None:
-        out.append(f"  uncalibrated bias {100 * u.bias:+.1f}% (mean signed error): "
+        out.append(f"  uncalibrated bias {100 * u.bias:+.1f}% against the yardstick (mean signed error): "
                    + ("mostly systematic (sum of per-block runs vs one whole-model run: per-call overhead, "
-                      "caches warm per block but cold across a whole model); a calibration removes it"
+                      "caches warm per block but cold across a whole model, and the table's statistic against "
+                      "the yardstick's); a calibration removes it"
                       if abs(u.bias) > 0.5 * u.rmspe else "errors mostly scatter, not a common offset"))
         rt = report.retime
         if rt is not None and math.isfinite(rt.drift):
@@ -110,9 +145,9 @@ def goal_lines(report) -> list[str]:
                        f"(a table timed now would price subnets {100 * (rt.drift - 1):+.1f}%)")
     if report.noise:
         nf = report.noise
-        out.append(f"  noise floor: one subnet x{len(nf.estimates)}, each on a fresh build: spread {100 * nf.spread:.1f}% "
-                   f"(CV {100 * nf.cv:.1f}%); {100 * nf.within(0.05):.0f}% of them within +-5% of their own "
-                   f"median: no predictor can beat that share on this machine now")
+        out.append(f"  noise floor (latbench estimator): one subnet x{len(nf.estimates)}, each on a fresh build: "
+                   f"spread {100 * nf.spread:.1f}% (CV {100 * nf.cv:.1f}%); {100 * nf.within(0.05):.0f}% of them "
+                   f"within +-5% of their own median")
     return out
 
 
@@ -137,7 +172,7 @@ def run_device(device: str, a, workdir: Path) -> dict:
             report = validate(t, sp, agent, n=a.n, seed=a.seed, resolutions=a.resolutions,
                               calibrate_n=a.calibrate_n, op_table=str(workdir / f"{path.stem}.op-none.sqlite"),
                               op_baseline=not a.no_op_baseline, noise=a.noise, progress=progress_printer(),
-                              builds=a.builds)
+                              builds=a.builds, yardstick=a.yardstick, estimator_row=not a.no_estimator_row)
         finally:
             agent.close()
     stem = workdir / f"fidelity-{device}"
@@ -171,10 +206,24 @@ def main() -> None:
     ap.add_argument("--max-time", type=float, default=1.0, help="time cap per op and per subnet (s)")
     ap.add_argument("--min-samples", type=int, default=10)
     ap.add_argument("--target-iqr", type=float, default=0.05)
-    ap.add_argument("--builds", type=int, default=3, help="fresh builds per subnet measurement, each in another batch")
+    ap.add_argument("--builds", type=int, default=3, help="estimator row: fresh builds per subnet, each in another batch")
+    ap.add_argument("--statistic", choices=["median", "mean", "min"], default="median",
+                    help="yardstick: the statistic of each pass (a subnet's value is its median over passes)")
+    ap.add_argument("--passes", type=int, default=3, help="yardstick: passes, a fresh session per subnet each")
+    ap.add_argument("--runs", type=int, default=50, help="yardstick: timed runs per pass, at least")
+    ap.add_argument("--min-time", type=float, default=0.5, help="yardstick: seconds of timed runs per pass, at least")
+    ap.add_argument("--no-estimator-row", action="store_true", help="skip latbench's estimator (the second row set)")
     ap.add_argument("--no-op-baseline", action="store_true", help="skip the op-sum baseline (saves ~1/3 of the time)")
     ap.add_argument("--json", help="also write every figure and pair to this JSON file")
     a = ap.parse_args()
+    from latbench.errors import UsageError
+    from latbench.yardstick import YardstickSettings
+
+    try:  # refused before anything is profiled
+        a.yardstick = YardstickSettings(runs=a.runs, min_s=a.min_time, passes=a.passes, seed=a.seed,
+                                        statistic=a.statistic)
+    except UsageError as e:
+        raise SystemExit(f"fidelity: {e}") from None
 
     devices = a.device or ([table_device(Path(a.reuse_table))] if a.reuse_table else ["ort", "tflite"])
     if a.reuse_table and len(devices) != 1:
@@ -183,7 +232,8 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     print(f"fidelity: {SPACE} at {', '.join(map(str, a.resolutions))}; devices {', '.join(devices)}; "
-          f"N={a.n}, calibration {a.calibrate_n}, noise x{a.noise}; timing: >= {a.min_samples} samples, "
+          f"N={a.n}, calibration {a.calibrate_n}, noise x{a.noise}; yardstick: {a.passes} passes of >= {a.runs} "
+          f"runs and >= {a.min_time:g} s, {a.statistic}; profile and estimator timing: >= {a.min_samples} samples, "
           f"IQR/median < {a.target_iqr:g} or {a.max_time:g} s; {os.cpu_count()} cores, load average {load()}")
     print(f"workdir {workdir}")
     sys.stdout.flush()

@@ -145,14 +145,30 @@ class OrtAgent(Agent):
         """A whole model (a subnet from build_onnx_chain, an exported .onnx file) ready to time
         the way ops are timed: same session options, input and outputs bound once. Each call
         keeps its own session, so several models can be timed side by side (time_batch)."""
+        sess, feed = self._whole_model(model, input_shape)
+        (x,) = feed.values()
+        shapes = [o.shape for o in sess.run(None, feed)]
+        binding, outs = bind(sess, x, shapes, share_input=True)
+        return Prepared(runner(sess, binding), x.sum, keep=(sess, binding, x, outs))
+
+    def plain_runner(self, model: "onnx.ModelProto | bytes | str | os.PathLike",
+                     input_shape: Sequence[int]) -> Prepared:
+        """A whole model as users time it (latbench.yardstick): a new session with this agent's
+        options, called as `session.run(None, {name: x})` with a numpy input, no IOBinding."""
+        sess, feed = self._whole_model(model, input_shape)
+
+        def run() -> Any:
+            return sess.run(None, feed)
+
+        return Prepared(run, keep=sess)
+
+    def _whole_model(self, model, input_shape: Sequence[int]) -> tuple["ort.InferenceSession", dict[str, np.ndarray]]:
+        """A new session of a one-input model and its input {name: seeded float32 array}."""
         sess = self.session(model)
         inputs = sess.get_inputs()
         if len(inputs) != 1:
             raise UsageError(f"ort: a whole model must have one input, this one has {len(inputs)}")
-        x = np.array(_cut(self.pool, tuple(input_shape)), dtype=np.float32)
-        shapes = [o.shape for o in sess.run(None, {inputs[0].name: x})]
-        binding, outs = bind(sess, x, shapes, share_input=True)
-        return Prepared(runner(sess, binding), x.sum, keep=(sess, binding, x, outs))
+        return sess, {inputs[0].name: np.array(_cut(self.pool, tuple(input_shape)), dtype=np.float32)}
 
     def measure_model(self, model: "onnx.ModelProto | bytes | str | os.PathLike", input_shape: Sequence[int],
                       timing: TimingSettings = TimingSettings()) -> Stats:

@@ -1,8 +1,9 @@
 """`latbench calibrate` and `latbench validate`: predicted vs measured end-to-end latency.
 
 Both rebuild the agent from the table's device profile (agent, threads, opt level, XNNPACK) and
-refuse to run when the agent they get measures under another profile. Data goes to stdout (a
-text report or `--json`), progress bars to stderr.
+refuse to run when the agent they get measures under another profile. Both measure with the
+plain yardstick (latbench.yardstick); validate also with latbench's estimator, a second row set.
+Data goes to stdout (a text report or `--json`), progress bars to stderr.
 """
 from __future__ import annotations
 
@@ -25,8 +26,14 @@ _MAX_TIME = typer.Option(None, "--max-time", help="time cap per subnet in second
 _MIN_SAMPLES = typer.Option(None, "--min-samples", help="samples per subnet at least (default: the table's)")
 _TARGET_IQR = typer.Option(None, "--target-iqr", help="stop sampling once IQR/median is below this (default: the table's)")
 _JSON = typer.Option(False, "--json", help="print the result as one JSON document")
-_BUILDS = typer.Option(3, "--builds", help="fresh builds (sessions, interpreters) per subnet, timed interleaved; "
-                       "each in another batch; each batch's speed is taken out")
+_BUILDS = typer.Option(3, "--builds", help="latbench estimator: fresh builds (sessions, interpreters) per subnet, "
+                       "timed interleaved; each in another batch; each batch's speed is taken out")
+_STATISTIC = typer.Option("median", "--statistic", help="yardstick: the statistic of each pass's runs "
+                          "(median, mean or min); a subnet's value is its median over the passes")
+_PASSES = typer.Option(3, "--passes", help="yardstick: passes over the subnets, each a fresh runnable per "
+                       "subnet in its own shuffled order (the noise ceiling needs >= 3)")
+_RUNS = typer.Option(50, "--runs", help="yardstick: timed runs per pass, at least")
+_MIN_TIME = typer.Option(0.5, "--min-time", help="yardstick: seconds of timed runs per pass, at least")
 
 
 def open_agent(table, device: Optional[str], threads: Optional[int], opt_level: Optional[str],
@@ -87,49 +94,58 @@ class _Bars:
 
 
 @contextlib.contextmanager
-def _session(table: Path, device, threads, opt_level, xnnpack, max_time, min_samples, target_iqr, readonly=False):
-    """The table, an agent rebuilt from its profile, the timing settings and progress bars, for
-    one end-to-end measuring command; the agent is closed after."""
+def _session(table: Path, device, threads, opt_level, xnnpack, readonly=False):
+    """The table, an agent rebuilt from its profile and progress bars, for one end-to-end
+    measuring command; the agent is closed after."""
     from .store import LatencyTable
 
     with LatencyTable.open(str(table), create=False, readonly=readonly) as t:
         agent = open_agent(t, device, threads, opt_level, xnnpack)
         try:
-            timing = _timing(t, max_time, min_samples, target_iqr)
             with _Bars() as bars:
-                yield t, agent, timing, bars
+                yield t, agent, bars
         finally:
             agent.close()
+
+
+def _yardstick(statistic: str, passes: int, runs: int, min_time: float, seed: int):
+    """The yardstick's settings from the flags (refused in one line where out of range)."""
+    from .yardstick import YardstickSettings
+
+    return YardstickSettings(runs=runs, min_s=min_time, passes=passes, seed=seed, statistic=statistic)
 
 
 def calibrate_command(
     table: Path = _TABLE, space: str = _SPACE, device: Optional[str] = _DEVICE,
     n: int = typer.Option(10, "--n", "-n", help="subnets to measure end to end"),
     seed: int = _SEED, resolution: List[int] = _RES, threads: Optional[int] = _THREADS,
-    opt_level: Optional[str] = _OPT, xnnpack: Optional[bool] = _XNN, max_time: Optional[float] = _MAX_TIME,
-    min_samples: Optional[int] = _MIN_SAMPLES, target_iqr: Optional[float] = _TARGET_IQR, as_json: bool = _JSON,
-    builds: int = _BUILDS,
+    opt_level: Optional[str] = _OPT, xnnpack: Optional[bool] = _XNN, as_json: bool = _JSON,
+    statistic: str = _STATISTIC, passes: int = _PASSES, runs: int = _RUNS, min_time: float = _MIN_TIME,
 ) -> None:
-    """Measure n random subnets end to end, fit measured = scale x predicted + offset (or one of
-    them, whichever predicts left-out subnets best), store it in the table."""
+    """Measure n random subnets with the plain yardstick, fit measured = scale x predicted +
+    offset (or one of them, whichever predicts left-out subnets best), store it in the table."""
     from .spaces import get_space
-    from .validate import calibrate, store_calibration
+    from .validate import calibrate, statistic_lines, store_calibration
 
+    ys = _yardstick(statistic, passes, runs, min_time, seed)
     sp = get_space(space)
-    with _session(table, device, threads, opt_level, xnnpack, max_time, min_samples, target_iqr) as (t, agent, timing, bars):
-        run = calibrate(t, sp, agent, n, seed, resolution or None, timing, bars, builds)
+    with _session(table, device, threads, opt_level, xnnpack) as (t, agent, bars):
+        run = calibrate(t, sp, agent, n, seed, resolution or None, ys, bars)
         res = sorted({r.resolution for r in run.subnets})
-        store_calibration(t, run, seed=seed, resolutions=res, timing=timing.to_dict())
+        store_calibration(t, run, seed=seed, resolutions=res)
     if as_json:
         typer.echo(json.dumps({"table": str(table), **run.to_dict()}, indent=1))
         return
     c, b, a = run.calibration, run.before, run.after
     typer.echo(f"{table}: calibration {run.key} from {c.n} subnets (seed {seed}, resolutions "
                f"{', '.join(map(str, res))}): measured = {c.scale:.4f} x predicted {c.offset_ms:+.4f} ms "
-               f"(fitted: {c.form})")
+               f"(fitted: {c.form}; measured: the yardstick's {ys.describe()})")
+    for line in statistic_lines(run.table_statistic, ys):
+        typer.echo(line)
     typer.echo(f"in sample: uncalibrated RMSPE {100 * b.rmspe:.1f}%, within 10% {100 * b.within10:.0f}%, "
                f"bias {100 * b.bias:+.1f}%; calibrated RMSPE {100 * a.rmspe:.1f}%, within 5% "
                f"{100 * a.within5:.0f}%, within 10% {100 * a.within10:.0f}%")
+    typer.echo(run.ceiling.line())
     typer.echo("stored: predictions from this table are now calibrated (latbench validate measures "
                "how well on other subnets)")
 
@@ -149,16 +165,22 @@ def validate_command(
     target_iqr: Optional[float] = _TARGET_IQR, as_json: bool = _JSON, builds: int = _BUILDS,
     retime: int = typer.Option(24, "--retime", help="table entries to time again before and after the subnets, "
                                "as the profile timed them: how far the machine's speed moved since (0: none)"),
+    statistic: str = _STATISTIC, passes: int = _PASSES, runs: int = _RUNS, min_time: float = _MIN_TIME,
+    estimator_row: bool = typer.Option(True, "--estimator-row/--no-estimator-row", help="also measure the "
+                                       "subnets with latbench's estimator and score against it (a second row set)"),
 ) -> None:
-    """Measure n random subnets end to end and report how close each predictor comes."""
+    """Measure n random subnets end to end and report how close each predictor comes to the plain
+    yardstick (and to latbench's estimator), with the yardstick's noise ceiling."""
     from .spaces import get_space
     from .validate import plot as plot_report
     from .validate import validate, write_csv
 
+    ys = _yardstick(statistic, passes, runs, min_time, seed)
     sp = get_space(space)
-    with _session(table, device, threads, opt_level, xnnpack, max_time, min_samples, target_iqr, readonly=True) as (t, agent, timing, bars):
-        report = validate(t, sp, agent, n, seed, resolution or None, calibrate_n, timing,
-                          str(op_table) if op_table else None, op_baseline, noise, bars, builds, retime)
+    with _session(table, device, threads, opt_level, xnnpack, readonly=True) as (t, agent, bars):
+        report = validate(t, sp, agent, n, seed, resolution or None, calibrate_n,
+                          _timing(t, max_time, min_samples, target_iqr), str(op_table) if op_table else None,
+                          op_baseline, noise, bars, builds, retime, ys, estimator_row)
     if csv:
         write_csv(report, csv)
     if plot:
@@ -179,6 +201,7 @@ def quickstart_validate(st, con, n: int = 8, calibrate_n: int = 4) -> None:
     from .spaces import get_space
     from .store import LatencyTable
     from .validate import validate
+    from .yardstick import YardstickSettings
 
     table = getattr(st, "table", None) or st.notes.get("table")
     if not table or not Path(table).exists():
@@ -189,9 +212,10 @@ def quickstart_validate(st, con, n: int = 8, calibrate_n: int = 4) -> None:
         agent = open_agent(t, None, None, None, None)
         try:
             timing = _timing(t, 0.1, None, None)  # a demo: 0.1 s per subnet and per baseline op
+            ys = YardstickSettings(min_s=0.1, seed=st.seed)  # ... and 0.1 s per yardstick pass
             with _Bars() as bars:
                 report = validate(t, sp, agent, n=n, seed=st.seed, calibrate_n=calibrate_n, timing=timing,
-                                  progress=bars, retime=8)
+                                  progress=bars, retime=8, yardstick=ys)
         finally:
             agent.close()
     for line in report.summary_lines():

@@ -2,10 +2,14 @@
 
 A subnet is measured end to end with the agent (and settings) its table was profiled with: ort
 times the torch subnet exported to ONNX, tflite the subnet as one .tflite model (the model a
-phone would run), cpu/cuda the torch module itself. Predictions are scored against those
-measurements: the table's own predictor (uncalibrated, and calibrated on other subnets), and two
-baselines fitted or measured in the same run: latency linear in FLOPs, and the plain sum of
-separately measured unfused ops. torch, onnx, scipy and matplotlib are imported only when used.
+phone would run), cpu/cuda the torch module itself. Predictions are scored against the plain
+yardstick users time with their own loop (latbench.yardstick: fresh sessions, warm-up, >= 50
+runs, median of K interleaved passes) with its noise ceiling beside them, and again against
+latbench's own estimator (interleaved rounds on fresh builds, each batch's speed taken out), a
+second labelled row set. Predictors: the table's own (uncalibrated, and calibrated on other
+subnets), and two baselines fitted or measured in the same run: latency linear in FLOPs, and the
+plain sum of separately measured unfused ops. torch, onnx, scipy and matplotlib are imported
+only when used.
 """
 from __future__ import annotations
 
@@ -27,6 +31,8 @@ from .measure import Stats, TimingSettings, time_batch
 from .ops import OpSpec
 from .predict import Calibration, Predictor, Pricer, fit_calibration
 from .store import LatencyTable, ProfileMismatchError
+from .yardstick import CEILING_PASSES, PLURAL, STATISTICS, NoiseCeiling, Reading, YardstickSettings, noise_ceiling
+from .yardstick import measure as yardstick_readings
 
 # progress(task, done, total): the CLI draws bars from it; the library never prints
 Progress = Callable[[str, int, int], None]
@@ -196,9 +202,49 @@ def table_timing(table: LatencyTable) -> TimingSettings | None:
             counts[k] = counts.get(k, 0) + 1
     if not counts:
         return None
-    best = json.loads(max(counts, key=counts.get))
-    known = TimingSettings.__dataclass_fields__
-    return TimingSettings(**{k: v for k, v in best.items() if k in known})
+    return TimingSettings.from_dict(json.loads(max(counts, key=counts.get)))
+
+
+# what a table row's estimator prices, in words (the store's ESTIMATORS; others by their name)
+PRICES = {"median": "medians", "mean": "means", "min": "minimums",
+          "round_min": "fastest-round medians", "value": "imported values (statistic not recorded)"}
+
+
+@dataclass(frozen=True)
+class TableStatistic:
+    """The estimator of a table's ok rows (the most common one) and how many rows use each."""
+
+    estimator: str
+    counts: dict[str, int]
+
+    @property
+    def prices(self) -> str:
+        return PRICES.get(self.estimator, f"{self.estimator} values")
+
+    def describe(self) -> str:
+        """e.g. 'means (96 rows)', or with the others when the rows are mixed."""
+        others = [f"{n} {e}" for e, n in sorted(self.counts.items()) if e != self.estimator]
+        return (f"{self.prices} ({self.counts.get(self.estimator, 0)} rows"
+                + (f"; also {', '.join(others)}" if others else "") + ")")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"estimator": self.estimator, "prices": self.prices, "counts": dict(self.counts)}
+
+
+def table_statistic(table: LatencyTable) -> TableStatistic:
+    """What the table's prices are: its ok rows' estimator column (the most common one)."""
+    counts = table.estimators()
+    return TableStatistic(max(counts, key=lambda e: (counts[e], e)) if counts else "", counts)
+
+
+def statistic_lines(table: TableStatistic, yardstick: YardstickSettings) -> list[str]:
+    """The statistics a report compares, and one more line when they are of different kinds."""
+    lines = [f"statistic: the table prices {table.describe()}; the yardstick reads the {yardstick.describe()}"]
+    if table.estimator != yardstick.statistic:
+        like = f" (--statistic {table.estimator} reads {table.prices})" if table.estimator in STATISTICS else ""
+        lines.append(f"the table prices {table.prices}, the yardstick reads {PLURAL[yardstick.statistic]}: "
+                     f"the two statistics differ, and so may the figures below{like}")
+    return lines
 
 
 # ---------------------------------------------------------------------- end-to-end measurement
@@ -235,18 +281,27 @@ def tflite_model(space, config, seed: int = 0) -> bytes:
 BUILDS = 3  # independently built models per subnet measurement (see measure_subnets)
 
 
+MODEL_KINDS = {"ort": "onnx", "tflite": "tflite", "cpu": "torch", "cuda": "torch"}  # agent -> what it runs
+
+
+def subnet_kind(agent) -> str:
+    """The kind of whole model `agent` runs end to end (MODEL_KINDS); others are refused."""
+    name = getattr(agent, "name", "")
+    if name not in MODEL_KINDS:
+        raise UsageError(f"end-to-end measurement on device {name!r} is not supported ({', '.join(MODEL_KINDS)})")
+    return MODEL_KINDS[name]
+
+
 def subnet_model(agent, space, config) -> tuple[str, Any]:
     """What `agent` runs end to end for `config`, built once: ("onnx", (bytes, input shape)) for
     ort (the torch subnet exported), ("tflite", bytes) (the subnet as one .tflite), ("torch",
     (module, input shape)) for cpu/cuda."""
-    name = getattr(agent, "name", "")
-    if name == "ort":
-        return "onnx", (export_onnx(space, config), space.input_shape(config))
-    if name == "tflite":
-        return "tflite", tflite_model(space, config, agent.seed)
-    if name in ("cpu", "cuda"):
-        return "torch", (space.build(config), space.input_shape(config))
-    raise UsageError(f"end-to-end measurement on device {name!r} is not supported (ort, tflite, cpu, cuda)")
+    kind = subnet_kind(agent)
+    if kind == "onnx":
+        return kind, (export_onnx(space, config), space.input_shape(config))
+    if kind == "tflite":
+        return kind, tflite_model(space, config, agent.seed)
+    return kind, (space.build(config), space.input_shape(config))
 
 
 def prepare_built(agent, model: tuple[str, Any]):
@@ -260,6 +315,20 @@ def prepare_built(agent, model: tuple[str, Any]):
     import copy
 
     return agent.prepare_module(copy.deepcopy(art[0]), art[1])
+
+
+# the call the yardstick times, by model kind (plain_built)
+PLAIN_CALLS = {"onnx": "session.run with a numpy input", "tflite": "interpreter.invoke() on inputs set once",
+               "torch": "module(x) under inference_mode"}
+
+
+def plain_built(agent, model: tuple[str, Any]):
+    """A fresh runnable of a `subnet_model` as users time it (PLAIN_CALLS): ort's session.run
+    without IOBinding; LiteRT's and torch's prepared runnables already are the plain call."""
+    kind, art = model
+    if kind == "onnx":
+        return agent.plain_runner(*art)
+    return prepare_built(agent, model)
 
 
 def prepare_subnet(agent, space, config):
@@ -384,8 +453,8 @@ def measure_subnet(agent, space, config, timing: TimingSettings = TimingSettings
 
 
 def estimate(stats: Stats) -> float:
-    """What a measurement is priced or scored by: the fastest round's median when timed in
-    rounds, else the median (the estimator a table of these settings stores)."""
+    """What latbench's estimator reads of one build: the fastest round's median when timed in
+    rounds, else the median (the tables' estimator before the mean)."""
     return stats.round_min
 
 
@@ -485,48 +554,80 @@ def retime_entries(agent, ops: Sequence[OpSpec], timing: TimingSettings) -> list
 
 
 # ---------------------------------------------------------------------- measured subnets
+@dataclass(frozen=True)
+class EstimatorResult:
+    """A subnet as latbench's own estimator measures it: `builds` fresh builds in interleaved
+    rounds, each in another batch, the batches' speed taken out (`batch_adjusted`)."""
+
+    measured: Stats  # of the build whose estimate is the middle one
+    measured_ms: float  # the batch-adjusted estimate
+    builds_ms: tuple[float, ...]  # every build's estimate, in build order
+    batches: tuple[int, ...]  # the interleaved batch each build was timed in
+
+    def to_dict(self) -> dict[str, Any]:
+        s = self.measured
+        return {"measured_ms": self.measured_ms, "middle_ms": estimate(s), "median_ms": s.median,
+                "p25_ms": s.p25, "p75_ms": s.p75, "samples": s.n, "round_medians_ms": list(s.rounds),
+                "builds_ms": list(self.builds_ms), "batches": list(self.batches)}
+
+
 @dataclass
 class SubnetResult:
-    """One subnet: its config, measured end-to-end statistics and every predictor's value (ms)."""
+    """One subnet: its config, its yardstick reading (what predictions are scored against), the
+    estimator's measurement when taken, and every predictor's value (ms)."""
 
     config: Any  # published form
     resolution: int
     flops: int
-    measured: Stats  # of the build whose estimate is the middle one
-    measured_ms: float  # what predictions are scored against: the batch-adjusted estimate
+    yardstick: Reading
+    statistic: str  # the yardstick statistic `measured_ms` reads
     predicted: dict[str, float] = field(default_factory=dict)
     misses: int = 0  # table keys priced by the fallback regression
-    builds_ms: list[float] = field(default_factory=list)  # every build's estimate, in build order
-    batches: list[int] = field(default_factory=list)  # the interleaved batch each build was timed in
+    estimator: EstimatorResult | None = None
+
+    @property
+    def measured_ms(self) -> float:
+        """The yardstick value: the median over passes of each pass's `statistic`."""
+        return self.yardstick.value(self.statistic)
 
     def to_dict(self) -> dict[str, Any]:
-        s = self.measured
         return {"config": self.config, "resolution": self.resolution, "flops": self.flops,
-                "measured_ms": self.measured_ms, "middle_ms": estimate(s), "median_ms": s.median,
-                "p25_ms": s.p25, "p75_ms": s.p75, "samples": s.n, "round_medians_ms": list(s.rounds),
-                "builds_ms": list(self.builds_ms), "batches": list(self.batches),
+                "measured_ms": self.measured_ms, "yardstick": self.yardstick.to_dict(self.statistic),
+                "estimator": self.estimator.to_dict() if self.estimator else None,
                 "predicted_ms": dict(self.predicted), "misses": self.misses}
 
 
-def measure_subnets(agent, space, configs: np.ndarray, timing: TimingSettings, predictor: Predictor,
-                    task: str = "subnets", progress: Progress = _quiet, builds: int = BUILDS) -> list[SubnetResult]:
+def measure_subnets(agent, space, configs: np.ndarray, predictor: Predictor, yardstick: YardstickSettings,
+                    timing: TimingSettings | None = None, task: str = "subnets", progress: Progress = _quiet,
+                    builds: int = BUILDS) -> list[SubnetResult]:
     """Measure each config end to end and attach the table predictor's raw value.
 
-    Each subnet is built `builds` times (its own session or interpreter each: where a runtime's
-    buffers land in memory moves a whole model's latency by up to ~10% on a shared host) and the
-    builds of `timing.interleave // builds` subnets are timed interleaved, each build in another
-    batch; the subnet's measurement is its latency with each batch's speed taken out
-    (`batch_adjusted`), and the middle build keeps its statistics."""
-    progress(task, 0, len(configs))
-    runs = measure_built(agent, configs, timing, builds, lambda n: progress(task, n, len(configs)),
-                         model=lambda c: subnet_model(agent, space, c))
-    adjusted, _ = batch_adjusted(runs)
+    Every model is built once and kept for the run. The yardstick times each in
+    `yardstick.passes` interleaved passes, a fresh runnable each (`plain_built`); with `timing`,
+    latbench's estimator then times it on `builds` fresh builds (`measure_built`,
+    `batch_adjusted`): where a runtime's buffers land in memory moves a whole model's latency
+    by up to ~10% on a shared host."""
+    models: list[tuple[str, Any]] = []
+    progress("building subnets", 0, len(configs))
+    for cfg in configs:
+        models.append(subnet_model(agent, space, cfg))
+        progress("building subnets", len(models), len(configs))
+    readings = yardstick_readings(len(models), lambda i: plain_built(agent, models[i]), yardstick, agent.state,
+                                  agent.synchronizer(), lambda d, t: progress(task, d, t))
+    estimated: list[EstimatorResult | None] = [None] * len(models)
+    if timing is not None:
+        est_task = f"{task}, latbench estimator"
+        progress(est_task, 0, len(models))
+        runs = measure_built(agent, list(range(len(models))), timing, builds,
+                             lambda k: progress(est_task, k, len(models)), model=models.__getitem__)
+        adjusted, _ = batch_adjusted(runs)
+        estimated = [EstimatorResult(b.middle(), float(ms), tuple(estimate(x) for x in b.stats), b.batches)
+                     for b, ms in zip(runs, adjusted)]
     out = []
-    for cfg, built, ms in zip(configs, runs, adjusted):
+    for cfg, reading, est in zip(configs, readings, estimated):
         raw, misses = predictor.predict_raw(cfg)
         out.append(SubnetResult(space.to_published(cfg), subnet_resolution(space, cfg), subnet_flops(space, cfg),
-                                built.middle(), float(ms), {UNCALIBRATED: raw}, misses,
-                                [estimate(x) for x in built.stats], list(built.batches)))
+                                reading, yardstick.statistic, {UNCALIBRATED: raw}, misses, est))
     return out
 
 
@@ -534,8 +635,29 @@ def _measured(results: Sequence[SubnetResult]) -> np.ndarray:
     return np.array([r.measured_ms for r in results], dtype=np.float64)
 
 
+def _estimated(results: Sequence[SubnetResult]) -> np.ndarray:
+    """The estimator row's measurements (NaN where it was not taken)."""
+    return np.array([r.estimator.measured_ms if r.estimator else math.nan for r in results], dtype=np.float64)
+
+
 def _predicted(results: Sequence[SubnetResult], name: str) -> np.ndarray:
     return np.array([r.predicted.get(name, math.nan) for r in results], dtype=np.float64)
+
+
+def score(results: Sequence[SubnetResult], measured: np.ndarray) -> dict[str, Metrics]:
+    """Every predictor the results carry, scored against `measured` (one value per result)."""
+    out = {}
+    for name in PREDICTORS:
+        p = _predicted(results, name)
+        ok = np.isfinite(p) & np.isfinite(measured)
+        if ok.any():
+            out[name] = error_metrics(p[ok], measured[ok])
+    return out
+
+
+def ceiling_of(results: Sequence[SubnetResult]) -> NoiseCeiling:
+    """The yardstick's noise ceiling over these subnets, in the statistic they are scored by."""
+    return noise_ceiling([r.yardstick for r in results], results[0].statistic if results else "median")
 
 
 # ---------------------------------------------------------------------- calibration
@@ -546,48 +668,54 @@ def calibration_key(space, granularity: str) -> str:
 
 @dataclass
 class CalibrationRun:
-    """A calibration: the fit, the subnets it was fitted on and its in-sample errors."""
+    """A calibration: the fit, the subnets it was fitted on (against the yardstick), its in-sample
+    errors, the yardstick's noise ceiling on those subnets and the table's statistic."""
 
     calibration: Calibration
     subnets: list[SubnetResult]
-    before: Metrics  # raw table predictor vs measured
+    before: Metrics  # raw table predictor vs the yardstick
     after: Metrics  # calibrated, in sample
     key: str
+    yardstick: YardstickSettings = YardstickSettings()
+    ceiling: NoiseCeiling | None = None
+    table_statistic: TableStatistic | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"key": self.key, "calibration": self.calibration.to_dict(), "before": self.before.to_dict(),
-                "after": self.after.to_dict(), "subnets": [r.to_dict() for r in self.subnets]}
+                "after": self.after.to_dict(), "yardstick": self.yardstick.to_dict(),
+                "noise_ceiling": self.ceiling.to_dict() if self.ceiling else None,
+                "table_statistic": self.table_statistic.to_dict() if self.table_statistic else None,
+                "subnets": [r.to_dict() for r in self.subnets]}
 
 
 def calibrate(table: LatencyTable, space, agent, n: int = 10, seed: int = 0,
-              resolutions: Sequence[int] | None = None, timing: TimingSettings | None = None,
-              progress: Progress = _quiet, builds: int = BUILDS) -> CalibrationRun:
-    """Measure n random subnets end to end and fit measured ~= scale * predicted + offset."""
+              resolutions: Sequence[int] | None = None, yardstick: YardstickSettings | None = None,
+              progress: Progress = _quiet) -> CalibrationRun:
+    """Measure n random subnets with the yardstick and fit yardstick ~= scale * predicted + offset."""
     if n < 1:
         raise UsageError(f"calibration needs at least one subnet, got --n {n}")
-    if builds < 1:
-        raise UsageError(f"--builds must be >= 1, got {builds}")
+    yardstick = yardstick or YardstickSettings(seed=seed)
     check_agent(agent, table)
-    timing = timing or table_timing(table) or TimingSettings()
     res = resolutions or covered_resolutions(table, space)
     predictor = Predictor.from_table(table, space, use_calibration=False)
     configs = sample_subnets(space, n, seed, res)
-    subnets = measure_subnets(agent, space, configs, timing, predictor, "calibration subnets", progress, builds)
+    subnets = measure_subnets(agent, space, configs, predictor, yardstick, None, "calibration subnets", progress)
     raw, meas = _predicted(subnets, UNCALIBRATED), _measured(subnets)
     cal = fit_calibration(raw, meas, space.name, predictor.granularity)
     for r in subnets:
         r.predicted[CALIBRATED] = float(cal.apply(r.predicted[UNCALIBRATED]))
     return CalibrationRun(cal, subnets, error_metrics(raw, meas), error_metrics(cal.apply(raw), meas),
-                          calibration_key(space, predictor.granularity))
+                          calibration_key(space, predictor.granularity), yardstick, ceiling_of(subnets),
+                          table_statistic(table))
 
 
 def store_calibration(table: LatencyTable, run: CalibrationRun, **facts: Any) -> None:
     """Write the fit into the table's meta "calibration" (other spaces' entries kept); `facts`
-    (seed, resolutions, timing...) are stored beside it for the record."""
+    (seed, resolutions...) and the yardstick's settings are stored beside it for the record."""
     cals = dict(table.meta_get("calibration") or {})
     cals[run.key] = {**run.calibration.to_dict(), "profile_id": table.profile.id if table.profile else "",
                      "taken_at": time.time(), "in_sample": run.after.to_dict(),
-                     "uncalibrated": run.before.to_dict(), **facts}
+                     "uncalibrated": run.before.to_dict(), "yardstick": run.yardstick.to_dict(), **facts}
     table.meta_set("calibration", cals)
 
 
@@ -638,29 +766,39 @@ def op_costs(path: str, agent, space, configs: np.ndarray, timing: TimingSetting
 
 
 # ---------------------------------------------------------------------- validation
+ESTIMATOR_ROW = "vs latbench estimator"  # the label of the second row set
+
+
 @dataclass
 class ValidationReport:
-    """Everything one validation run measured and concluded."""
+    """Everything one validation run measured and concluded. `metrics` score the predictors
+    against the yardstick; `estimator_metrics` score the same predictions against latbench's
+    estimator (None when it was not measured)."""
 
     table: str
     space: str
     profile: DeviceProfile
     granularity: str
     fusion: str
-    timing: TimingSettings
+    timing: TimingSettings  # the estimator row's, the op baseline's and the re-timed entries'
     seed: int
     resolutions: tuple[int, ...]
     subnets: list[SubnetResult]
     calibration_subnets: list[SubnetResult]
-    calibration: Calibration | None
-    flops_fit: tuple[float, float] | None  # ms per MFLOP, offset ms
+    calibration: Calibration | None  # fitted against the yardstick
+    flops_fit: tuple[float, float] | None  # ms per MFLOP, offset ms (against the yardstick)
     metrics: dict[str, Metrics]
+    yardstick: YardstickSettings = YardstickSettings()
+    plain_call: str = ""  # what the yardstick timed (PLAIN_CALLS)
+    ceiling: NoiseCeiling | None = None
+    table_statistic: TableStatistic | None = None
+    estimator_metrics: dict[str, Metrics] | None = None
     op_table: str | None = None
     op_profiled: int = 0
     stored_calibration: dict[str, Any] | None = None  # what the table held (not used here)
     noise: NoiseFloor | None = None
     invocation_ms: float = 0.0  # the table's per-call cost (see latbench.predict)
-    builds: int = 1  # fresh builds per subnet measurement
+    builds: int = 1  # the estimator's fresh builds per subnet
     retime: Retime | None = None  # table entries timed again before and after the subnets
     wall_s: float = 0.0
     loadavg: tuple[float, float, float] = (math.nan, math.nan, math.nan)
@@ -669,13 +807,29 @@ class ValidationReport:
     def predictors(self) -> list[str]:
         return [p for p in PREDICTORS if p in self.metrics]
 
+    def estimator_ratio(self) -> float:
+        """Median over subnets of estimator / yardstick: how the two rows' measurements differ."""
+        r = _estimated(self.subnets) / _measured(self.subnets)
+        r = r[np.isfinite(r)]
+        return float(np.median(r)) if r.size else math.nan
+
     def to_dict(self) -> dict[str, Any]:
+        est = None
+        if self.estimator_metrics is not None:
+            est = {"label": ESTIMATOR_ROW, "timing": self.timing.to_dict(), "builds": self.builds,
+                   "ratio_to_yardstick": self.estimator_ratio(),
+                   "metrics": {k: v.to_dict() for k, v in self.estimator_metrics.items()}}
         return {
             "table": self.table, "space": self.space, "profile": self.profile.to_dict(),
             "granularity": self.granularity, "fusion": self.fusion, "timing": self.timing.to_dict(),
             "seed": self.seed, "resolutions": list(self.resolutions), "n": len(self.subnets),
             "calibrate_n": len(self.calibration_subnets),
+            "yardstick": {**self.yardstick.to_dict(), "reads": self.yardstick.describe(),
+                          "plain_call": self.plain_call},
+            "table_statistic": self.table_statistic.to_dict() if self.table_statistic else None,
+            "noise_ceiling": self.ceiling.to_dict() if self.ceiling else None,
             "metrics": {k: self.metrics[k].to_dict() for k in self.predictors},
+            "estimator": est,
             "predictors": {k: PREDICTOR_HELP[k] for k in self.predictors},
             "calibration": self.calibration.to_dict() if self.calibration else None,
             "flops_fit": ({"ms_per_mflop": self.flops_fit[0], "offset_ms": self.flops_fit[1]}
@@ -683,7 +837,7 @@ class ValidationReport:
             "op_table": self.op_table, "op_profiled": self.op_profiled,
             "stored_calibration": self.stored_calibration,
             "noise": self.noise.to_dict() if self.noise else None,
-            "invocation_ms": self.invocation_ms, "builds": self.builds,
+            "invocation_ms": self.invocation_ms,
             "retime": self.retime.to_dict() if self.retime else None,
             "wall_s": round(self.wall_s, 2), "loadavg": list(self.loadavg),
             "subnets": [r.to_dict() for r in self.subnets],
@@ -692,38 +846,47 @@ class ValidationReport:
 
     def summary_lines(self) -> list[str]:
         """The report as plain text lines (the CLI prints them; benchmarks too)."""
-        t = self.timing
+        t, y = self.timing, self.yardstick
         lines = [
             f"{self.space} on {self.profile.describe()}",
             f"table {self.table} ({self.granularity} granularity, fusion {self.fusion}); "
             f"{len(self.subnets)} subnets at {', '.join(map(str, self.resolutions))} (seed {self.seed}), "
-            f"{len(self.calibration_subnets)} other subnets to calibrate",
-            f"timing: median of >= {t.min_samples} samples, stop at IQR/median < {t.target_iqr:g} or "
-            f"{t.max_time_s:g} s; load average {' '.join(f'{x:.2f}' for x in self.loadavg)}; {self.wall_s:.0f} s",
+            f"{len(self.calibration_subnets)} other subnets to calibrate; load average "
+            f"{' '.join(f'{x:.2f}' for x in self.loadavg)}; {self.wall_s:.0f} s",
             f"table entries timed in {t.context} context"
             + (f" ({t.context_bytes / (1 << 20):.1f} MB read before each call)" if t.context == "network" else "")
-            + f", per-call cost {1e3 * self.invocation_ms:.1f} us taken off each entry and added once; "
-              f"subnets timed back to back, {t.rounds} interleaved round(s), {self.builds} fresh build(s) each "
-              f"in consecutive batches, each batch's speed taken out",
+            + f", per-call cost {1e3 * self.invocation_ms:.1f} us taken off each entry and added once",
+            f"yardstick: each subnet in a fresh runnable ({self.plain_call}), {y.warmup} warm-up runs and "
+            f">= {y.warmup_s:g} s, then >= {y.runs} runs and >= {y.min_s:g} s, each run timed alone; {y.passes} "
+            f"pass(es), each visiting every subnet in its own shuffled order",
         ]
+        if self.table_statistic:
+            lines += statistic_lines(self.table_statistic, y)
         meas = _measured(self.subnets)
-        if meas.size:
-            lines.append(f"measured: {meas.min():.3f} .. {meas.max():.3f} ms (median {np.median(meas):.3f})")
-        lines.append(f"{'predictor':14} {'n':>4} {'<=5%':>6} {'<=10%':>6} {'RMSPE':>7} {'MAPE':>7} "
-                     f"{'bias':>7} {'max':>7} {'rho':>6} {'tau':>6}")
-        for name in self.predictors:
-            m = self.metrics[name]
-            lines.append(f"{name:14} {m.n:4d} {_pct(m.within5):>6} {_pct(m.within10):>6} {_pct(m.rmspe):>7} "
-                         f"{_pct(m.mape):>7} {_pct(m.bias, sign=True):>7} {_pct(m.max_abs):>7} "
-                         f"{_num(m.spearman):>6} {_num(m.kendall):>6}")
+        spread = np.array([r.yardstick.spread(r.statistic) for r in self.subnets])
+        lines.append(f"measured (yardstick): {meas.min():.3f} .. {meas.max():.3f} ms (median {np.median(meas):.3f}); "
+                     f"passes spread (max - min) / median: median {_pct(float(np.median(spread)))}, "
+                     f"p90 {_pct(float(np.percentile(spread, 90)))}")
+        lines += _metric_lines(self.metrics)
+        if self.ceiling:
+            lines.append(self.ceiling.line())
         if self.calibration:
             c = self.calibration
             lines.append(f"calibration: measured = {c.scale:.4f} x predicted {c.offset_ms:+.4f} ms "
-                         f"(n={c.n}; fitted: {c.form}, the least leave-one-out error)")
+                         f"(n={c.n}, against the yardstick; fitted: {c.form}, the least leave-one-out error)")
         if self.flops_fit:
             lines.append(f"flops fit: measured = {self.flops_fit[0]:.5f} ms/MFLOP x MFLOPs {self.flops_fit[1]:+.4f} ms")
         if self.op_table:
             lines.append(f"op-sum: unfused op table {self.op_table} ({self.op_profiled} ops profiled in this run)")
+        if self.estimator_metrics is None:
+            lines.append(f"{ESTIMATOR_ROW}: not measured (--no-estimator-row)")
+        else:
+            lines.append(f"{ESTIMATOR_ROW} (the same predictions; subnets timed back to back in {t.rounds} "
+                         f"interleaved round(s), median of >= {t.min_samples} samples a round, stop at IQR/median "
+                         f"< {t.target_iqr:g} or {t.max_time_s:g} s, {self.builds} fresh build(s) each in consecutive "
+                         f"batches, each batch's speed taken out): its measurements read "
+                         f"{self.estimator_ratio():.3f}x the yardstick's (median)")
+            lines += _metric_lines(self.estimator_metrics)
         misses = sum(1 for r in self.subnets if r.misses)
         if misses:
             lines.append(f"warning: {misses} subnet(s) used keys missing from the table (priced by the fallback)")
@@ -742,10 +905,22 @@ class ValidationReport:
             lines.append(line)
         if self.noise:
             nf = self.noise
-            lines.append(f"noise floor: one subnet x{len(nf.estimates)}: {min(nf.estimates):.3f} .. "
+            lines.append(f"noise floor (latbench estimator): one subnet x{len(nf.estimates)}: {min(nf.estimates):.3f} .. "
                          f"{max(nf.estimates):.3f} ms, spread {_pct(nf.spread)}, CV {_pct(nf.cv)}, "
                          f"within +-5% of their median {_pct(nf.within(0.05))}, +-10% {_pct(nf.within(0.10))}")
         return lines
+
+
+def _metric_lines(metrics: dict[str, Metrics]) -> list[str]:
+    """The predictor table: a header and one row per predictor, in report order."""
+    lines = [f"{'predictor':14} {'n':>4} {'<=5%':>6} {'<=10%':>6} {'RMSPE':>7} {'MAPE':>7} "
+             f"{'bias':>7} {'max':>7} {'rho':>6} {'tau':>6}"]
+    for name in (p for p in PREDICTORS if p in metrics):
+        m = metrics[name]
+        lines.append(f"{name:14} {m.n:4d} {_pct(m.within5):>6} {_pct(m.within10):>6} {_pct(m.rmspe):>7} "
+                     f"{_pct(m.mape):>7} {_pct(m.bias, sign=True):>7} {_pct(m.max_abs):>7} "
+                     f"{_num(m.spearman):>6} {_num(m.kendall):>6}")
+    return lines
 
 
 def _pct(x: float, sign: bool = False) -> str:
@@ -774,21 +949,26 @@ def validate(table: LatencyTable, space, agent, n: int = 100, seed: int = 0,
              resolutions: Sequence[int] | None = None, calibrate_n: int = 10,
              timing: TimingSettings | None = None, op_table: str | None = None, op_baseline: bool = True,
              noise: int = 0, progress: Progress = _quiet, builds: int = BUILDS,
-             retime: int = RETIME) -> ValidationReport:
-    """Measure n random subnets end to end and score every predictor (see PREDICTOR_HELP) on them;
-    `retime` of the table's entries are timed again before and after the subnets (`Retime`)."""
-    # calibration and FLOPs fit: on `calibrate_n` other networks (disjoint from the n); op-sum: from
-    # an unfused op table of the same profile (`op_table`, default beside the table), whose missing
-    # ops are profiled first with the same agent and timing
+             retime: int = RETIME, yardstick: YardstickSettings | None = None,
+             estimator_row: bool = True) -> ValidationReport:
+    """Measure n random subnets end to end and score every predictor (see PREDICTOR_HELP) on them
+    against the yardstick (`yardstick`, default: its defaults with `seed`) and, with
+    `estimator_row`, against latbench's estimator under `timing`; `retime` of the table's entries
+    are timed again before and after the subnets (`Retime`)."""
+    # calibration and FLOPs fit: on `calibrate_n` other networks (disjoint from the n), against the
+    # yardstick; op-sum: from an unfused op table of the same profile (`op_table`, default beside the
+    # table), whose missing ops are profiled first with the same agent and timing
     if n < 1:
         raise UsageError(f"validation needs at least one subnet, got --n {n}")
     if calibrate_n < 0 or noise < 0 or retime < 0:
         raise UsageError("--calibrate-n, --noise and --retime must be >= 0")
     if builds < 1:  # before the op baseline profiles anything
         raise UsageError(f"--builds must be >= 1, got {builds}")
+    yardstick = yardstick or YardstickSettings(seed=seed)
     t0 = time.perf_counter()
     load0 = _loadavg()
     profile = check_agent(agent, table)
+    plain_call = PLAIN_CALLS[subnet_kind(agent)]
     timing = timing or table_timing(table) or TimingSettings()
     res = tuple(resolutions) if resolutions else covered_resolutions(table, space)
     predictor = Predictor.from_table(table, space, use_calibration=False)
@@ -805,8 +985,9 @@ def validate(table: LatencyTable, space, agent, n: int = 100, seed: int = 0,
             op_path = op_table or op_table_path(table.path)
             op_pricer, op_profiled = op_costs(op_path, agent, space, val_cfgs, timing, progress)
 
-    # calibration and validation subnets are measured in one seeded shuffled order: a slow spell of
-    # the machine (minutes, on a shared host) then hits both groups alike instead of skewing the fit
+    # calibration and validation subnets are measured together, in a seeded shuffled order (and the
+    # yardstick's passes shuffle again): a slow spell of the machine (minutes, on a shared host)
+    # then hits both groups alike instead of skewing the fit
     order = np.random.default_rng([seed, 2]).permutation(len(configs))
     again = retime_ops(table, retime, seed) if retime else []
     passes = {}
@@ -814,7 +995,8 @@ def validate(table: LatencyTable, space, agent, n: int = 100, seed: int = 0,
         table_settings = table_timing(table) or timing  # as the entries were timed, whatever `timing` says
         progress("table entries timed again", 0, 2)
         passes["before"] = retime_entries(agent, again, table_settings)
-    measured = measure_subnets(agent, space, configs[order], timing, predictor, "validation subnets (with calibration)", progress, builds)
+    measured = measure_subnets(agent, space, configs[order], predictor, yardstick, timing if estimator_row else None,
+                               "validation subnets (with calibration)", progress, builds)
     if again:
         progress("table entries timed again", 1, 2)
         passes["after"] = retime_entries(agent, again, table_settings)
@@ -836,13 +1018,6 @@ def validate(table: LatencyTable, space, agent, n: int = 100, seed: int = 0,
             r.predicted[FLOPS] = flops_fit[0] * r.flops / 1e6 + flops_fit[1]
         if op_pricer is not None:
             r.predicted[OP_SUM] = _op_sum(op_pricer, space, cfg)
-    meas = _measured(subnets)
-    metrics = {}
-    for name in PREDICTORS:
-        p = _predicted(subnets, name)
-        ok = np.isfinite(p)
-        if ok.any():
-            metrics[name] = error_metrics(p[ok], meas[ok])
 
     noise_run = noise_floor(agent, space, val_cfgs[0], noise, timing, builds, progress) if noise else None
     stored = (table.meta_get("calibration") or {}).get(calibration_key(space, predictor.granularity))
@@ -851,7 +1026,11 @@ def validate(table: LatencyTable, space, agent, n: int = 100, seed: int = 0,
         table=table.path, space=space.name, profile=profile, granularity=predictor.granularity,
         fusion=meta.get("fusion", predictor.pricer.fusion), timing=timing, seed=seed, resolutions=res,
         subnets=subnets, calibration_subnets=cal_subnets, calibration=cal, flops_fit=flops_fit,
-        metrics=metrics, op_table=op_path, op_profiled=op_profiled, stored_calibration=stored,
+        metrics=score(subnets, _measured(subnets)), yardstick=yardstick,
+        plain_call=plain_call, ceiling=ceiling_of(subnets),
+        table_statistic=table_statistic(table),
+        estimator_metrics=score(subnets, _estimated(subnets)) if estimator_row else None,
+        op_table=op_path, op_profiled=op_profiled, stored_calibration=stored,
         noise=noise_run, invocation_ms=predictor.invocation_ms, builds=builds, retime=drift,
         wall_s=time.perf_counter() - t0,
         loadavg=tuple(max(a, b) for a, b in zip(load0, load1)),  # type: ignore[arg-type]
@@ -876,21 +1055,34 @@ def _loadavg() -> tuple[float, float, float]:
 # ---------------------------------------------------------------------- outputs
 def write_csv(report: ValidationReport, path: str | os.PathLike) -> None:
     """One row per validation subnet: config (published form, JSON), resolution, FLOPs, the
-    measured latency scored against (`batch_adjusted`), the middle build's estimate (`estimate`)
-    and the median/IQR of its samples, every build's estimate, and each predictor's value in ms."""
+    yardstick value scored against and its passes' spread, each pass's median, mean, p90, min and
+    run count (space-separated, in pass order), the estimator row's measurement (`batch_adjusted`),
+    its middle build's estimate and samples, every build's estimate (empty without the estimator
+    row), and each predictor's value in ms."""
     names = report.predictors
+    stats = ("median", "mean", "p90", "min")
+    est_cols = ["estimator_ms", "estimator_middle_ms", "estimator_median_ms", "estimator_p25_ms", "estimator_p75_ms",
+                "estimator_samples", "estimator_rounds", "estimator_builds_ms"]
     try:
         with open(path, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
-            w.writerow(["config", "resolution", "mflops", "measured_ms", "middle_ms", "median_ms", "p25_ms",
-                        "p75_ms", "iqr_ms", "samples", "rounds", "builds_ms", "misses"] + [f"{p}_ms" for p in names])
+            w.writerow(["config", "resolution", "mflops", "measured_ms", "spread"]
+                       + [f"pass_{s}_ms" for s in stats] + ["pass_runs"] + est_cols + ["misses"]
+                       + [f"{p}_ms" for p in names])
             for r in report.subnets:
-                s = r.measured
-                w.writerow([json.dumps(r.config, separators=(",", ":")), r.resolution, f"{r.flops / 1e6:.3f}",
-                            f"{r.measured_ms:.6g}", f"{estimate(s):.6g}", f"{s.median:.6g}", f"{s.p25:.6g}",
-                            f"{s.p75:.6g}", f"{s.iqr:.6g}", s.n, len(s.rounds) or 1,
-                            " ".join(f"{x:.6g}" for x in r.builds_ms), r.misses]
-                           + [f"{r.predicted[p]:.6g}" if p in r.predicted else "" for p in names])
+                y = r.yardstick
+                row = [json.dumps(r.config, separators=(",", ":")), r.resolution, f"{r.flops / 1e6:.3f}",
+                       f"{r.measured_ms:.6g}", f"{y.spread(r.statistic):.4g}"]
+                row += [" ".join(f"{x:.6g}" for x in y.values(s)) for s in stats]
+                row.append(" ".join(str(p.n) for p in y.passes))
+                e = r.estimator
+                if e is None:
+                    row += [""] * len(est_cols)
+                else:
+                    m = e.measured
+                    row += [f"{e.measured_ms:.6g}", f"{estimate(m):.6g}", f"{m.median:.6g}", f"{m.p25:.6g}",
+                            f"{m.p75:.6g}", m.n, len(m.rounds) or 1, " ".join(f"{x:.6g}" for x in e.builds_ms)]
+                w.writerow(row + [r.misses] + [f"{r.predicted[p]:.6g}" if p in r.predicted else "" for p in names])
     except OSError as e:
         raise LatbenchError(f"{path}: cannot write: {e.strerror or e}") from None
 
@@ -919,10 +1111,13 @@ def plot(report: ValidationReport, path: str | os.PathLike) -> None:
                    label=f"{p}: {_pct(m.within10)} in +-10%, RMSPE {_pct(m.rmspe)}", zorder=2)
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
-    ax.set_xlabel("measured end-to-end latency (ms)")
+    ax.set_xlabel(f"measured end-to-end latency (ms; yardstick: {report.yardstick.describe()})")
     ax.set_ylabel("predicted latency (ms)")
+    c = report.ceiling
+    ceiling = (f"\nyardstick noise ceiling: {_pct(c.within5)} within +-5%, {_pct(c.within10)} within +-10%"
+               if c and c.passes >= CEILING_PASSES else "")
     ax.set_title(f"{report.space}, {report.profile.agent} {report.profile.threads} thread(s), "
-                 f"{len(report.subnets)} subnets", fontsize=10)
+                 f"{len(report.subnets)} subnets{ceiling}", fontsize=10)
     ax.legend(fontsize=8, loc="upper left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -934,9 +1129,12 @@ def plot(report: ValidationReport, path: str | os.PathLike) -> None:
 
 __all__ = [
     "Metrics", "error_metrics", "relative_errors", "covered_resolutions", "sample_subnets", "network_id",
-    "subnet_flops", "profile_settings", "check_agent", "table_timing", "export_onnx", "tflite_model",
-    "subnet_model", "prepare_built", "measure_built", "Builds", "batch_adjusted", "BUILDS", "prepare_subnet", "time_subnets", "measure_subnet", "estimate", "NoiseFloor", "noise_floor", "SubnetResult", "measure_subnets",
+    "subnet_flops", "profile_settings", "check_agent", "table_timing", "TableStatistic", "table_statistic",
+    "statistic_lines", "export_onnx", "tflite_model", "MODEL_KINDS", "subnet_kind", "subnet_model",
+    "prepare_built", "PLAIN_CALLS", "plain_built", "measure_built", "Builds", "batch_adjusted", "BUILDS",
+    "prepare_subnet", "time_subnets", "measure_subnet", "estimate", "NoiseFloor", "noise_floor",
+    "EstimatorResult", "SubnetResult", "measure_subnets", "score", "ceiling_of",
     "Retime", "RETIME", "retime_ops", "retime_entries",
     "CalibrationRun", "calibrate", "store_calibration", "calibration_key", "op_table_path", "op_costs",
-    "ValidationReport", "validate", "fit_flops", "write_csv", "plot", "PREDICTORS",
+    "ValidationReport", "ESTIMATOR_ROW", "validate", "fit_flops", "write_csv", "plot", "PREDICTORS",
 ]

@@ -120,22 +120,74 @@ def tables(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
+def _rows_estimator(path: Path) -> str:
+    """The estimator most of a table's ok rows store, read with plain SQL."""
+    with sqlite3.connect(path) as c:
+        return c.execute("SELECT estimator FROM measurements WHERE status = 'ok' GROUP BY estimator "
+                         "ORDER BY COUNT(*) DESC LIMIT 1").fetchone()[0]
+
+
+def _check_yardstick(sub: dict, statistic: str, runs: int, passes: int = 3) -> None:
+    """A subnet's yardstick in the JSON: every pass's statistics are those of its own samples,
+    the value is the median over passes and the spread their (max - min) / median."""
+    y = sub["yardstick"]
+    assert y["statistic"] == statistic and len(y["passes"]) == passes
+    for p in y["passes"]:
+        xs = np.array(p["samples_ms"])
+        assert p["n"] == xs.size >= runs and (xs > 0).all()
+        assert p["median_ms"] == pytest.approx(np.median(xs)) and p["mean_ms"] == pytest.approx(xs.mean())
+        assert p["min_ms"] == xs.min() and p["p90_ms"] == pytest.approx(np.percentile(xs, 90))
+        assert xs.min() <= p["median_ms"] <= p["p90_ms"] <= xs.max()
+    vals = np.array([p[f"{statistic}_ms"] for p in y["passes"]])
+    assert y["value_ms"] == pytest.approx(np.median(vals)) == sub["measured_ms"]
+    assert y["spread"] == pytest.approx(np.ptp(vals) / np.median(vals))
+
+
+YARD = ["--runs", "20", "--min-time", "0.02"]  # short yardstick passes: the tests check shape, not speed
+
+
 @pytest.mark.parametrize("device", ["ort", "tflite"])
 def test_validate_end_to_end(tables, device: str, tmp_path: Path, cli) -> None:
     csv_path, png, op_table = tmp_path / "pairs.csv", tmp_path / "fit.png", tmp_path / "ops.sqlite"
     code, out, err = cli("validate", "--table", str(tables[device]), "--space", "tiny", "--device", device,
                          "--n", "5", "--calibrate-n", "3", "--seed", "1", "--noise", "3", "--op-table",
-                         str(op_table), "--csv", str(csv_path), "--plot", str(png), "--json")
+                         str(op_table), "--csv", str(csv_path), "--plot", str(png), "--json", *YARD)
     assert code == 0, err
     rep = json.loads(out)
     assert rep["n"] == 5 and rep["calibrate_n"] == 3 and rep["resolutions"] == [24]
     assert rep["profile"]["agent"] == device
+    # the yardstick and what it timed; the table's statistic as its rows store it
+    y = rep["yardstick"]
+    assert (y["statistic"], y["passes"], y["runs"], y["min_s"], y["seed"]) == ("median", 3, 20, 0.02, 1)
+    assert y["reads"] == "median of 3 pass medians" and y["plain_call"] == V.PLAIN_CALLS[V.MODEL_KINDS[device]]
+    assert rep["table_statistic"]["estimator"] == _rows_estimator(tables[device])
+    ceiling = rep["noise_ceiling"]
+    assert (ceiling["networks"], ceiling["passes"]) == (5, 3)
+    assert 0 <= ceiling["within5"] <= ceiling["within10"] <= 1 and ceiling["log_sd"] >= 0
+    # both row sets score the same four predictors on the 5 subnets
     assert set(rep["metrics"]) == {"uncalibrated", "calibrated", "op-sum", "flops-linear"}
-    for m in rep["metrics"].values():
+    est = rep["estimator"]
+    assert est["label"] == "vs latbench estimator" and set(est["metrics"]) == set(rep["metrics"])
+    for m in [*rep["metrics"].values(), *est["metrics"].values()]:
         assert m["n"] == 5 and 0 <= m["within10"] <= 1 and m["rmspe"] >= 0
+    # the uncalibrated row against each measurement, recomputed from the subnets
+    for metrics, which in ((rep["metrics"], lambda s: s["measured_ms"]),
+                           (est["metrics"], lambda s: s["estimator"]["measured_ms"])):
+        e = [s["predicted_ms"]["uncalibrated"] / which(s) - 1 for s in rep["subnets"]]
+        assert metrics["uncalibrated"]["bias"] == pytest.approx(np.mean(e))
+    ratios = [s["estimator"]["measured_ms"] / s["measured_ms"] for s in rep["subnets"]]
+    assert est["ratio_to_yardstick"] == pytest.approx(np.median(ratios))
     assert rep["calibration"]["n"] == 3 and rep["op_profiled"] > 0 and rep["op_table"] == str(op_table)
+    # the calibration is fitted against the calibration subnets' yardstick values
+    cal = fit_calibration([s["predicted_ms"]["uncalibrated"] for s in rep["calibration_subnets"]],
+                          [s["measured_ms"] for s in rep["calibration_subnets"]], "tiny", "block")
+    assert rep["calibration"]["scale"] == pytest.approx(cal.scale)
     assert len(rep["noise"]["estimates_ms"]) == 3
     assert "validation subnets" in err  # progress on stderr
+    for sub in rep["subnets"] + rep["calibration_subnets"]:
+        _check_yardstick(sub, "median", 20)
+        b = sub["estimator"]["builds_ms"]
+        assert len(b) == 3 and sub["estimator"]["middle_ms"] == pytest.approx(sorted(b)[1])
     # table entries timed again before and after the subnets, against the table's own values
     rt = rep["retime"]
     with LatencyTable.open(tables[device], create=False) as t:
@@ -145,24 +197,28 @@ def test_validate_end_to_end(tables, device: str, tmp_path: Path, cli) -> None:
     for name, ms in rt["passes_ms"].items():
         assert len(ms) == len(rt["keys"]) and all(x > 0 for x in ms)
         assert rt["ratios"][name] == pytest.approx(float(np.median(np.array(ms) / np.array(rt["stored_ms"]))))
-    # the CSV: one row per validation subnet, configs in published form
+    # the CSV: one row per validation subnet, configs in published form, every pass and the estimator
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 5
     sp = get_space("tiny")
-    for row in rows:
+    for row, sub in zip(rows, rep["subnets"]):
         cfg = json.loads(row["config"])
-        assert sp.input_shape(cfg)[2] == int(row["resolution"]) == 24
-        assert float(row["measured_ms"]) > 0 and float(row["uncalibrated_ms"]) > 0
-        assert float(row["p25_ms"]) <= float(row["median_ms"]) <= float(row["p75_ms"])
+        assert cfg == sub["config"] and sp.input_shape(cfg)[2] == int(row["resolution"]) == 24
+        medians = [float(x) for x in row["pass_median_ms"].split()]
+        assert medians == pytest.approx([p["median_ms"] for p in sub["yardstick"]["passes"]], rel=1e-5)
+        assert float(row["measured_ms"]) == pytest.approx(np.median(medians), rel=1e-5)
+        assert [int(x) for x in row["pass_runs"].split()] == [p["n"] for p in sub["yardstick"]["passes"]]
+        for lo, hi in (("pass_min_ms", "pass_median_ms"), ("pass_median_ms", "pass_p90_ms")):
+            assert all(a <= b for a, b in zip(map(float, row[lo].split()), map(float, row[hi].split())))
+        assert float(row["estimator_ms"]) == pytest.approx(sub["estimator"]["measured_ms"], rel=1e-5)
+        assert float(row["estimator_p25_ms"]) <= float(row["estimator_median_ms"]) <= float(row["estimator_p75_ms"])
         # the estimate: the fastest round's median (never above the median of all samples), or
         # the median itself for a measurement in one round
-        if int(row["rounds"]) > 1:
-            assert float(row["middle_ms"]) <= float(row["median_ms"])
+        if int(row["estimator_rounds"]) > 1:
+            assert float(row["estimator_middle_ms"]) <= float(row["estimator_median_ms"])
         else:
-            assert float(row["middle_ms"]) == float(row["median_ms"])
-        builds = [float(x) for x in row["builds_ms"].split()]
-        assert float(row["middle_ms"]) == pytest.approx(sorted(builds)[(len(builds) - 1) // 2], rel=1e-5)
+            assert float(row["estimator_middle_ms"]) == float(row["estimator_median_ms"])
         assert row["op-sum_ms"] and row["flops-linear_ms"] and row["calibrated_ms"]
     import matplotlib.image
 
@@ -170,10 +226,55 @@ def test_validate_end_to_end(tables, device: str, tmp_path: Path, cli) -> None:
     assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
     if device == "ort":  # the op table is reused: the same subnets profile nothing new
         code, out, err = cli("validate", "--table", str(tables[device]), "--space", "tiny", "--n", "3",
-                             "--calibrate-n", "0", "--seed", "1", "--op-table", str(op_table))
+                             "--calibrate-n", "0", "--seed", "1", "--op-table", str(op_table), *YARD)
         assert code == 0, err
         assert "(0 ops profiled in this run)" in out and "uncalibrated" in out and "flops" not in out
         assert "table entries timed again as the profile timed them read" in out and "(a diagnostic, not applied)" in out
+        lines = out.splitlines()
+        # both row sets (a header each), the ceiling after the first, the statistics stated
+        assert sum(1 for x in lines if x.startswith("predictor ")) == 2
+        assert any(x.startswith("vs latbench estimator (the same predictions;") for x in lines)
+        assert sum(1 for x in lines if x.startswith("yardstick noise ceiling: one pass against the median of "
+                                                     "the others: ")) == 1
+        assert any(x.endswith(", 3 subnets x 3 passes") for x in lines)
+        assert any(x.startswith("statistic: the table prices ") and x.endswith(
+            "the yardstick reads the median of 3 pass medians") for x in lines)
+
+
+def _with_estimator(src: Path, dst: Path, estimator: str) -> None:
+    """A copy of a table whose ok rows price `estimator` (that statistic of their own samples)."""
+    with LatencyTable.open(src, create=False) as t, sqlite3.connect(dst) as c:
+        t.conn.backup(c)
+    with sqlite3.connect(dst) as c:
+        c.execute(f"UPDATE measurements SET estimator = ?, estimate = {estimator} WHERE status = 'ok'", (estimator,))
+
+
+def test_report_says_when_the_table_and_the_yardstick_read_different_statistics(tables, tmp_path: Path, cli) -> None:
+    """A table of means against a yardstick of medians gets one line saying so; against a yardstick
+    of means, none. The statistic line names both either way."""
+    table = tmp_path / "means.sqlite"
+    _with_estimator(tables["tflite"], table, "mean")
+    base = ["validate", "--table", str(table), "--space", "tiny", "--n", "2", "--calibrate-n", "0", "--seed", "2",
+            "--no-op-baseline", "--no-estimator-row", "--retime", "0", *YARD]
+    differ = ("the table prices means, the yardstick reads medians: the two statistics differ, and so may the "
+              "figures below (--statistic mean reads means)")
+    code, out, err = cli(*base)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert "statistic: the table prices means (24 rows); the yardstick reads the median of 3 pass medians" in lines
+    assert differ in lines
+    assert "vs latbench estimator: not measured (--no-estimator-row)" in lines
+    assert sum(1 for x in lines if x.startswith("predictor ")) == 1  # one row set only
+    code, out, err = cli(*base, "--statistic", "mean", "--json")
+    assert code == 0, err
+    rep = json.loads(out)
+    assert rep["estimator"] is None and rep["table_statistic"]["estimator"] == "mean"
+    for sub in rep["subnets"]:
+        _check_yardstick(sub, "mean", 20)
+    code, out, err = cli(*base, "--statistic", "mean")
+    lines = out.splitlines()
+    assert "statistic: the table prices means (24 rows); the yardstick reads the median of 3 pass means" in lines
+    assert not any(x.startswith("the table prices ") for x in lines)
 
 
 def test_table_of_another_profile_is_refused_in_one_line(tables, cli) -> None:
@@ -202,8 +303,14 @@ def test_bad_inputs_are_one_line(tables, cli, tmp_path: Path) -> None:
                        "--op-table", str(op_table))
     assert code == 2 and err.strip().splitlines()[-1] == "latbench: error: --builds must be >= 1, got 0"
     assert not op_table.exists()
-    code, _, err = cli("calibrate", "--table", str(tables["ort"]), "--space", "tiny", "--builds", "0")
-    assert code == 2 and "--builds must be >= 1" in err
+    for flags, msg in ((["--statistic", "p90"], "--statistic must be one of median, mean, min, got 'p90'"),
+                       (["--passes", "0"], "timing passes (--passes) must be a whole number >= 1 and <= 100, got 0"),
+                       (["--runs", "0"], "timing runs (--runs) must be a whole number >= 1, got 0"),
+                       (["--min-time", "nan"], "timing min_s (--min-time) must be a finite number >= 0 and "
+                                               "<= 3600, got nan")):
+        for command in ("validate", "calibrate"):
+            code, out, err = cli(command, "--table", str(tables["ort"]), "--space", "tiny", *flags)
+            assert (code, out, err.strip().splitlines()) == (2, "", [f"latbench: error: {msg}"])
     code, _, err = cli("validate", "--table", str(tables["ort"]), "--space", "tiny", "--retime", "-1")
     assert code == 2 and "--retime must be >= 0" in err.strip().splitlines()[-1]
 
@@ -225,17 +332,30 @@ def test_calibrate_then_predict_says_calibrated(tables, tmp_path: Path, cli) -> 
     path = tmp_path / "copy.sqlite"
     with LatencyTable.open(tables["ort"], create=False) as src, sqlite3.connect(path) as dst:
         src.conn.backup(dst)
-    code, out, err = cli("calibrate", "--table", str(path), "--space", "tiny", "--n", "4", "--json")
+    code, out, err = cli("calibrate", "--table", str(path), "--space", "tiny", "--n", "4", "--json", *YARD)
     assert code == 0, err
     run = json.loads(out)
     assert run["key"] == "tiny/block" and run["calibration"]["n"] == 4 and len(run["subnets"]) == 4
+    # fitted against the yardstick: every subnet's passes, no estimator row
+    for sub in run["subnets"]:
+        _check_yardstick(sub, "median", 20)
+        assert sub["estimator"] is None
+    again = fit_calibration([s["predicted_ms"]["uncalibrated"] for s in run["subnets"]],
+                            [s["measured_ms"] for s in run["subnets"]], "tiny", "block")
+    assert run["calibration"]["scale"] == pytest.approx(again.scale)
+    assert (run["noise_ceiling"]["networks"], run["noise_ceiling"]["passes"]) == (4, 3)
     with LatencyTable.open(path, create=False) as t:
         stored = t.meta_get("calibration")["tiny/block"]
         assert stored["scale"] == pytest.approx(run["calibration"]["scale"]) and stored["resolutions"] == [24]
+        assert stored["yardstick"] == run["yardstick"] and stored["yardstick"]["runs"] == 20
         pred = Predictor.from_table(t, get_space("tiny"))
         assert pred.calibration is not None and pred.explain(get_space("tiny").smallest()).calibrated
-    code, out, err = cli("calibrate", "--table", str(path), "--space", "tiny", "--n", "3")
+    code, out, err = cli("calibrate", "--table", str(path), "--space", "tiny", "--n", "3", *YARD)
     assert code == 0 and "measured = " in out and "in sample" in out
+    assert "measured: the yardstick's median of 3 pass medians)" in out.splitlines()[0]
+    assert any(x.startswith("yardstick noise ceiling: one pass against the median of the others: ")
+               and x.endswith(", 3 subnets x 3 passes") for x in out.splitlines())
+    assert any(x.startswith("statistic: the table prices ") for x in out.splitlines())
     from latbench.cli import app
 
     if "predict" in {c.name for c in app.registered_commands}:
