@@ -43,12 +43,15 @@ def predict_command(
                                         help="price a subnet with more than 10% of its keys missing from the "
                                         "table by the fallback regression (default: an error)"),
     no_calibration: bool = typer.Option(False, "--no-calibration", help="ignore a stored calibration"),
+    statistic: Optional[str] = typer.Option(None, "--statistic",
+                                            help="price each entry (and the per-call cost) by the median, mean "
+                                            "or min of its samples (default: the table's own estimator)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON document"),
 ) -> None:
     """Predict latency (ms) of subnets or an ONNX model from a table; misses are priced by a
     fallback fitted on the table and counted (--strict makes them errors; a subnet with more than
     10% of its keys missing is an error unless --allow-fallback)."""
-    from .predict import DEFAULT_MAX_FALLBACK, Predictor
+    from .predict import DEFAULT_MAX_FALLBACK, STATISTICS, Predictor
     from .store import LatencyTable
 
     modes = sum(x is not None for x in (config, random, model))
@@ -56,6 +59,11 @@ def predict_command(
         raise UsageError("give exactly one of --config, --random N or --model")
     if input_shape is not None and model is None:
         raise UsageError("--input-shape goes with --model")
+    if statistic is not None and statistic not in STATISTICS:
+        raise UsageError(f"--statistic must be one of {', '.join(STATISTICS)}, got {statistic!r}")
+    if statistic is not None and model is not None:
+        raise UsageError("--statistic prices subnets of a space (--config, --random); --model prices by the "
+                         "table's own estimator")
     with LatencyTable.open(str(table), readonly=True) as t:
         if model is not None:
             return _predict_model(t, model, input_shape, strict, allow_fallback, as_json)
@@ -66,7 +74,9 @@ def predict_command(
 
             sp = get_space(space)
             pred = Predictor.from_table(t, sp, strict=strict, use_calibration=not no_calibration,
-                                        max_fallback=None if allow_fallback else DEFAULT_MAX_FALLBACK)
+                                        max_fallback=None if allow_fallback else DEFAULT_MAX_FALLBACK,
+                                        statistic=statistic)
+            _note_calibration_left_out(t, sp, pred, no_calibration)
             configs = ([sp.index(_load_config(config))] if config is not None
                        else _random(sp, pred, random, seed, resolution))
             rows = []
@@ -78,7 +88,7 @@ def predict_command(
                              "missing_keys": sorted(set(p.misses)),
                              "flops": sum(b.flops for b in blocks), "params": sum(b.params for b in blocks)})
             out = {"table": str(table), "space": sp.name, "granularity": pred.granularity,
-                   "calibrated": pred.calibration is not None, "predictions": rows}
+                   "statistic": pred.statistic, "calibrated": pred.calibration is not None, "predictions": rows}
     if as_json:
         typer.echo(json.dumps(out, indent=2))
         return
@@ -86,7 +96,17 @@ def predict_command(
         cal = f"calibrated; uncalibrated {r['raw_ms']:.4f} ms" if out["calibrated"] else "uncalibrated"
         miss = f"; {r['misses']} of {r['keys']} keys priced by the fallback"
         label = json.dumps(r["config"], separators=(",", ":"))
-        typer.echo(f"{r['ms']:.4f} ms ({cal}{miss}; {r['flops'] / 1e6:.1f} MFLOPs) {label}")
+        typer.echo(f"{r['ms']:.4f} ms ({cal}; priced by {out['statistic']}{miss}; {r['flops'] / 1e6:.1f} MFLOPs) {label}")
+
+
+def _note_calibration_left_out(t, sp, pred, no_calibration: bool) -> None:
+    """Say on stderr when the table's calibration of this space was not applied because another
+    statistic than the table's own priced the entries (it was fitted to those prices)."""
+    if no_calibration or pred.calibration is not None:
+        return
+    if f"{sp.name}/{pred.granularity}" in (t.meta_get("calibration") or {}):
+        typer.echo(f"the table's calibration of {sp.name} was fitted to its own prices: not applied to prices by "
+                   f"the {pred.statistic}", err=True)
 
 
 def _random(sp, pred, n: int, seed: int, resolution: list[int]):

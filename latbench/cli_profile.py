@@ -1,7 +1,9 @@
 """`latbench profile`: measure a space's (or an op file's) ops with one agent into a table.
 
 Each measurement is committed as it arrives; Ctrl-C or SIGTERM stops cleanly (exit 130) with
-everything measured so far kept; `--out` an existing table resumes it.
+everything measured so far kept; `--out` an existing table resumes it. Rows taken in a slow spell
+of the machine are timed again before the run ends; `--retime-suspect` times an existing table's
+suspect rows again (latbench.suspect).
 """
 from __future__ import annotations
 
@@ -68,8 +70,8 @@ def profile_command(
     target_iqr: float = typer.Option(0.05, "--target-iqr", help="stop sampling once IQR/median is below this (0 to 1; 0: never early)"),
     max_time: float = typer.Option(2.0, "--max-time", help="time cap per op in seconds (> 0, <= 3600)"),
     min_samples: int = typer.Option(10, "--min-samples", help="samples per op at least (>= 1)"),
-    rounds: Optional[int] = typer.Option(None, "--rounds", help="interleaved rounds per op, 1 to 100; the estimate "
-                                         "is the fastest round's median (default 10; 1 on android)"),
+    rounds: Optional[int] = typer.Option(None, "--rounds", help="interleaved rounds per op, 1 to 100 "
+                                         "(default 10; 1 on android)"),
     interleave: Optional[int] = typer.Option(None, "--interleave", help="ops timed together, round-robin, 1 to 256 "
                                              "(default 24; 1 on android)"),
     context: str = typer.Option("auto", "--context", help="cache context: network (weights as cold as "
@@ -77,38 +79,55 @@ def profile_command(
     context_mb: Optional[float] = typer.Option(None, "--context-mb", help="network context: MB read through "
                                                "the caches before each timed call (default: the space's "
                                                "median subnet weights)"),
+    estimator: Optional[str] = typer.Option(None, "--estimator", help="what a row is priced by: mean (of every "
+                                            "sample; a new table's default), median, or round_min (the fastest "
+                                            "round's median); a resumed table keeps its own"),
+    retime_suspect: bool = typer.Option(False, "--retime-suspect", help="time the table's suspect rows again "
+                                        "(`latbench table check` lists them) instead of measuring new ops"),
     as_json: bool = typer.Option(False, "--json", help="print the run summary as JSON"),
 ) -> None:
     """Profile ops on a device into a latency table (resumable; every op committed as measured)."""
     from device_agents import agent_class, agent_options, get_agent
 
-    from .profiling import INVOCATION_META, check_max_ops, check_run_meta, measure_invocation, timing_for
+    from .profiling import INVOCATION_META, check_max_ops, measure_invocation, timing_for
     from .spaces import get_space
     from .store import LatencyTable
 
     if granularity not in ("op", "block"):
         raise UsageError(f"--granularity must be op or block, got {granularity!r}")
     check_max_ops(max_ops)
+    if retime_suspect:
+        _check_retime_flags(out, space, ops_file, resolution, max_ops, retry_failed)
     flags = dict(threads=threads, opt_level=opt_level, boundary=boundary, xnnpack=xnnpack, serial=serial,
                  runner=runner, runtime=runtime, cpus=cpus, delegate=delegate, max_temp=max_temp,
                  cooldown=cooldown, batch_size=batch_size)  # None: not given
     options = agent_options(device, flags)
+    cls = agent_class(device)
+    own_loop = bool(getattr(cls, "interleaves", False))  # timed by latbench's loop, priced by timing.estimator
+    if estimator is not None and not own_loop:
+        raise UsageError(f"--estimator applies to agents timed by latbench's own loop; {device}'s runner gives its "
+                         f"own statistic (benchmark_model: the mean)")
     # bad timing values are refused before the agent touches a device
-    timing = default_timing(agent_class(device), target_iqr=target_iqr, max_time_s=max_time,
-                            min_samples=min_samples, rounds=rounds, interleave=interleave)
+    timing = default_timing(cls, target_iqr=target_iqr, max_time_s=max_time, min_samples=min_samples,
+                            rounds=rounds, interleave=interleave, estimator=estimator or "mean")
     agent = get_agent(device, **options)
     try:
         fusion = getattr(agent, "fusion", "none")
-        ops, res = select_ops(space, ops_file, resolution, granularity, fusion)
-        timing = timing_for(agent, timing, context, get_space(space) if space else None, context_mb)
-        with LatencyTable.open(str(out), agent.profile) as table:
-            check_run_meta(table, granularity, fusion, space, timing)
-            measure_invocation(table, agent, timing, retry_failed)
-            run = _run_with_progress(table, agent, ops, timing, max_ops, retry_failed, res)
+        if not retime_suspect:  # a bad selection is refused before a table is made
+            ops, res = select_ops(space, ops_file, resolution, granularity, fusion)
+            timing = timing_for(agent, timing, context, get_space(space) if space else None, context_mb)
+        with LatencyTable.open(str(out), agent.profile, create=not retime_suspect) as table:
+            if retime_suspect:
+                timing = _retime_timing(table, agent, timing, context, context_mb, estimator, own_loop)
+                run = _run_with_progress(table, agent, [], timing, None, False, {}, retime="all")
+            else:
+                timing = _checked_run(table, granularity, fusion, space, timing, estimator, own_loop)
+                measure_invocation(table, agent, timing, retry_failed)
+                run = _run_with_progress(table, agent, ops, timing, max_ops, retry_failed, res)
             invocation = table.meta_get(INVOCATION_META)  # each batch added a sample
     finally:
         agent.close()
-    _report(run, out, agent, device, timing, invocation, as_json)
+    _report(run, out, agent, device, timing, invocation, as_json, own_loop, retime_suspect)
     if run.interrupted:
         typer.echo(f"{out}: {run.measured + run.failed} ops stored before the interruption; rerun the same command to resume", err=True)
         raise typer.Exit(130)
@@ -116,16 +135,58 @@ def profile_command(
         raise typer.Exit(3)
 
 
-def _report(run, out: Path, agent, device: str, timing, invocation: dict | None, as_json: bool) -> None:
-    """The run summary on stdout (text or JSON); the first failures on stderr."""
+def _check_retime_flags(out: Path, space, ops_file, resolution, max_ops, retry_failed) -> None:
+    """--retime-suspect takes its ops from an existing table: refuse a missing one and op selections."""
+    given = [flag for flag, v in (("--space", space), ("--ops", ops_file), ("--resolution", resolution),
+                                  ("--max-ops", max_ops), ("--retry-failed", retry_failed)) if v]
+    if given:
+        raise UsageError(f"--retime-suspect times the suspect rows of {out} again: leave out {', '.join(given)}")
+    if not out.is_file():
+        raise UsageError(f"--retime-suspect needs an existing table; {out} is not one")
+
+
+def _checked_run(table, granularity: str, fusion: str, space, timing, estimator, own_loop: bool):
+    """`timing` priced by the table's own estimator where --estimator was not given (a new table:
+    the mean), after the table's run settings were checked or recorded (check_run_meta)."""
+    import dataclasses
+
+    from .profiling import check_run_meta, table_estimator
+
+    if estimator is None and own_loop:
+        timing = dataclasses.replace(timing, estimator=table_estimator(table) or "mean")
+    check_run_meta(table, granularity, fusion, space, timing, own_loop)
+    return timing
+
+
+def _retime_timing(table, agent, timing, context: str, context_mb, estimator, own_loop: bool):
+    """The timing to time `table`'s suspect rows again with: its recorded cache context unless
+    --context/--context-mb say otherwise (then checked against it), its estimator."""
+    from .profiling import timing_for
+
+    meta = table.meta_get("profile_run") or {}
+    if context == "auto" and context_mb is None and meta.get("context"):
+        context = meta["context"]
+        context_mb = meta["context_bytes"] / (1 << 20) if context == "network" else None
+    timing = timing_for(agent, timing, context, None, context_mb)
+    granularity = meta.get("granularity") or "block"
+    return _checked_run(table, granularity, meta.get("fusion", "none"), None, timing, estimator, own_loop)
+
+
+def _report(run, out: Path, agent, device: str, timing, invocation: dict | None, as_json: bool,
+            own_loop: bool, retime_only: bool) -> None:
+    """The run summary on stdout (text or JSON); the first failures on stderr. Rows are priced by
+    `timing.estimator` where `own_loop`, else by the statistic the agent's runner gives (android)."""
+    estimator = timing.estimator if own_loop else None
     ok = invocation if invocation and invocation.get("estimate_ms") is not None else None
     if as_json:
         typer.echo(json.dumps({
             "table": str(out), "profile_id": agent.profile.id, "device": device, "total": run.total,
             "skipped": run.skipped, "measured": run.measured, "failed": run.failed,
             "failed_earlier": run.failed_earlier, "remaining": run.remaining, "interrupted": run.interrupted,
-            "wall_s": round(run.wall_s, 3), "overhead": round(run.overhead, 4), "context": timing.context,
-            "context_bytes": timing.context_bytes, "rounds": timing.rounds, "interleave": timing.interleave,
+            "retimed": run.retimed, "unstable": run.unstable,
+            "wall_s": round(run.wall_s, 3), "overhead": round(run.overhead, 4),
+            "estimator": estimator, "context": timing.context, "context_bytes": timing.context_bytes,
+            "rounds": timing.rounds, "interleave": timing.interleave,
             "invocation_ms": ok["estimate_ms"] if ok else None,
             "invocation_error": None if ok or not invocation else invocation.get("error"),
             "failures": [{"key": k, "error": e} for k, e in run.failures],
@@ -135,9 +196,19 @@ def _report(run, out: Path, agent, device: str, timing, invocation: dict | None,
                if run.failed_earlier else "")
     typer.echo(f"{out}: {run.measured} measured, {run.skipped} already stored, {run.failed} failed{earlier}, "
                f"{run.remaining} remaining ({run.wall_s:.1f} s, {100 * run.overhead:.0f}% outside timed loops); "
+               f"{_retime_words(run, out, retime_only)}{f'priced by the {estimator}; ' if estimator else ''}"
                f"{context_line(timing, invocation)}")
     for k, e in run.failures[:10]:
         typer.echo(f"  failed: {k}: {e}", err=True)
+
+
+def _retime_words(run, out: Path, retime_only: bool) -> str:
+    """How many rows were timed again as suspect, and how many still are (unstable)."""
+    if not run.retimed and not retime_only:
+        return ""
+    still = (f", {run.unstable} still suspect (unstable; `latbench table check {out}` lists them)"
+             if run.unstable else ", none still suspect")
+    return f"{run.retimed} suspect rows timed again{still if run.retimed else ''}; "
 
 
 ROUNDS, INTERLEAVE = 10, 24  # profile defaults where the agent can interleave
@@ -173,11 +244,13 @@ def _invocation_words(invocation: dict | None) -> str:
     if invocation.get("estimate_ms") is None:
         return f"not measured: {invocation.get('error') or 'no sample'}"
     n = sum(x.get("estimate_ms") is not None for x in invocation.get("samples", ()))
-    return f"{invocation['estimate_ms'] * 1e3:.1f} us" + (f" (median of {n} samples)" if n > 1 else "")
+    how = f" ({invocation.get('estimator', 'median')} over {n} batches)" if n > 1 else ""
+    return f"{invocation['estimate_ms'] * 1e3:.1f} us{how}"
 
 
-def _run_with_progress(table, agent, ops, timing, max_ops, retry_failed, res):
-    """profile_into with a rich progress bar on stderr (done/total, ETA, current op)."""
+def _run_with_progress(table, agent, ops, timing, max_ops, retry_failed, res, retime: str = "first"):
+    """profile_into with a rich progress bar on stderr (done/total, ETA, current op); rows timed
+    again as suspect add to the total."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -188,8 +261,9 @@ def _run_with_progress(table, agent, ops, timing, max_ops, retry_failed, res):
                   TextColumn("{task.description}"), console=console, transient=False) as bar:
         task = bar.add_task("", total=None)
         return profile_into(
-            table, agent, ops, timing, max_ops=max_ops, retry_failed=retry_failed, resolutions=res,
+            table, agent, ops, timing, max_ops=max_ops, retry_failed=retry_failed, resolutions=res, retime=retime,
             on_start=lambda n: bar.update(task, total=n),
+            on_retime=lambda n: bar.update(task, total=(bar.tasks[0].total or 0) + n),
             on_op=lambda op: bar.update(task, description=op.key[:70]),
             on_result=lambda m: bar.advance(task),
         )

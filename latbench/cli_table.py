@@ -1,5 +1,6 @@
-"""`latbench table show|export|import|merge|combine`: look into a latency table, move it between
-formats, put tables of one device together, or combine several devices' tables into a new one.
+"""`latbench table show|check|export|import|merge|combine`: look into a latency table, list its rows
+taken in a slow spell, move it between formats, put tables of one device together, or combine
+several devices' tables into a new one.
 
 Mounted by latbench/cli.py as `app.add_typer(table_app, name="table")`; library errors are
 LatbenchError subclasses, which cli.run turns into one stderr line and an exit code. Data goes to
@@ -21,8 +22,8 @@ from .errors import UsageError
 
 table_app = typer.Typer(
     name="table",
-    help="Show a latency table, export it to CSV / JSONL / PaddleSlim text / Once-for-All YAML, "
-    "import those back, merge tables of one device profile, combine several devices' tables.",
+    help="Show a latency table, list its suspect rows, export it to CSV / JSONL / PaddleSlim text / "
+    "Once-for-All YAML, import those back, merge tables of one device profile, combine several devices' tables.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -49,21 +50,25 @@ def _fmt_ms(v: Optional[float]) -> str:
     return "-" if v is None else f"{v:.4g}"
 
 
-def _row_view(r: dict[str, Any]) -> dict[str, Any]:
-    """The fields `show` prints for one row: `by_resolution` holds each resolution's entry of a
-    key with one value per resolution (else null); `hot` marks a row measured while the device
-    was above its temperature limit."""
+def _row_view(r: dict[str, Any], ref_median: float | None = None) -> dict[str, Any]:
+    """The fields `show` prints for one row: `suspect` when it shows a slow spell's signs
+    (latbench.suspect; `ref_median` the table's reference median), `unstable` when it still does
+    after it was timed again; `by_resolution` holds each resolution's entry of a key with one
+    value per resolution (else null); `hot` marks a row measured while the device was above its
+    temperature limit."""
     from .coverage import row_values
-    from .store import row_to_measurement
+    from .suspect import EARLIER, row_signs
 
-    st = row_to_measurement(r).stats
+    extra = r["extra"] or {}
+    signs = row_signs(r["estimator"], r["median"], r["mean"], r["min"], extra, ref_median) if r["status"] == "ok" else ()
     iqr = r["p75"] - r["p25"] if r["p25"] is not None and r["p75"] is not None else None
     per = row_values(r)
     return {
         "key": r["key"], "kind": r["kind"], "status": r["status"], "error": r["error"],
         "estimator": r["estimator"], "estimate": r["estimate"], "median": r["median"],
         "p25": r["p25"], "p75": r["p75"], "iqr": iqr, "mean": r["mean"], "std": r["std"],
-        "n": r["n"], "unstable": bool(st is not None and st.unstable), "source": r["source"],
+        "n": r["n"], "suspect": bool(signs), "unstable": bool(signs) and bool(extra.get(EARLIER)),
+        "source": r["source"],
         "resolutions": (r["extra"] or {}).get("resolutions"),
         "by_resolution": {str(k): per[k] for k in sorted(per)} or None,
         "hot": bool((r["extra"] or {}).get("hot")),
@@ -71,10 +76,11 @@ def _row_view(r: dict[str, Any]) -> dict[str, Any]:
 
 
 def _note(r: dict[str, Any]) -> str:
-    """The note column of one row: failed, unstable, hot, its values per resolution."""
+    """The note column of one row: failed, suspect or unstable, hot, its values per resolution."""
     if r["status"] != "ok":
         return f"failed: {r['error']}"
-    words = [w for w, on in (("unstable", r["unstable"]), ("hot", r["hot"])) if on]
+    words = [w for w in ("unstable" if r["unstable"] else "suspect" if r["suspect"] else "",
+                         "hot" if r["hot"] else "") if w]
     if r["by_resolution"]:
         words.append("per resolution: " + ", ".join(f"{k} {_fmt_ms(e['estimate'])}"
                                                     for k, e in r["by_resolution"].items()))
@@ -92,10 +98,12 @@ def show_cmd(
 ) -> None:
     """Print a table's device profile, its ok/failed counts and its rows (key, median, IQR, n)."""
     from .store import LatencyTable
+    from .suspect import reference_median
 
     with LatencyTable.open(table, readonly=True) as t:
         counts = t.counts()
-        rows = [_row_view(r) for r in t.rows(kind=kind)]
+        ref = reference_median(t)
+        rows = [_row_view(r, ref) for r in t.rows(kind=kind)]
         prof = t.profile
         meta = t.meta()
     if limit is None:
@@ -129,6 +137,39 @@ def show_cmd(
         con.print(view)
     if len(shown) < len(rows):
         _log(f"{len(rows) - len(shown)} more rows (--limit 0 shows all)")
+
+
+@table_app.command("check")
+def check_cmd(
+    table: Path = typer.Argument(..., help="a latbench table (.db)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON document"),
+) -> None:
+    """List the rows that look taken in a slow spell of the machine, with why (exit 3 when any):
+    an estimate far above the row's fastest round, rounds far apart, a reference kernel timed in
+    its batch far slower than over the profile. `unstable`: still so after it was timed again."""
+    from .measure import LIMIT_OVER_FASTEST, LIMIT_REFERENCE, LIMIT_ROUND_SPREAD
+    from .store import LatencyTable
+    from .suspect import reference_median, suspects
+
+    with LatencyTable.open(table, readonly=True) as t:
+        found = suspects(t)
+        ok = t.counts()["ok"]
+        ref = reference_median(t)
+    unstable = sum(x.unstable for x in found)
+    if as_json:
+        sys.stdout.write(json.dumps({
+            "table": str(table), "rows": ok, "suspect": len(found), "unstable": unstable,
+            "reference_median_ms": ref, "limits": {"over_fastest": LIMIT_OVER_FASTEST,
+                                                   "round_spread": LIMIT_ROUND_SPREAD, "reference": LIMIT_REFERENCE},
+            "rows_suspect": [x.to_dict() for x in found]}, indent=1) + "\n")
+    else:
+        for x in found:
+            typer.echo(x.text())
+        _log(f"{table}: {len(found)} of {ok} rows suspect, {unstable} of them unstable (still so after being "
+             f"timed again)" + (f"; `latbench profile --device D --out {table} --retime-suspect` times them again"
+                               if found else ""))
+    if found:
+        raise typer.Exit(3)
 
 
 @table_app.command("export")

@@ -36,15 +36,16 @@ def row_values(row: Mapping[str, Any]) -> dict[int, dict[str, Any]]:
     return out
 
 
-def table_values(table) -> dict[str, dict[int, float]]:
-    """key -> {resolution: estimate} of every ok row holding one value per resolution."""
+def table_values(table, field: str = "estimate") -> dict[str, dict[int, float | None]]:
+    """key -> {resolution: its entry's `field` (the estimate, or a statistic such as the mean;
+    None where the entry lacks it)} of every ok row holding one value per resolution."""
     out: dict[str, dict[int, float]] = {}
     sql = ("SELECT key, estimate, mean, n, std, extra FROM measurements "
            "WHERE status = 'ok' AND extra LIKE '%by|_resolution%' ESCAPE '|'")
     for key, est, mean, n, std, extra in table.conn.execute(sql):
         vals = row_values({"estimate": est, "mean": mean, "n": n, "std": std, "extra": json.loads(extra)})
         if vals:
-            out[key] = {r: float(e["estimate"]) for r, e in vals.items()}
+            out[key] = {r: None if e.get(field) is None else float(e[field]) for r, e in vals.items()}
     return out
 
 

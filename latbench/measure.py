@@ -2,7 +2,7 @@
 
 Like torch.utils.benchmark's adaptive_autorange: warm up, grow the block of calls per sample until
 timer overhead is negligible, then take samples until IQR/median is under a target or a time cap
-is hit. Like pyperf: a result whose std is >= 10% of its mean is flagged unstable, not hidden.
+is hit. Every sample is kept (Stats.samples), so any statistic can be derived from a row later.
 
 Two cache contexts (`TimingSettings.context`): "warm" times calls back to back, so an op's
 weights stay in cache from one call to the next; "network" times one call at a time and, before
@@ -13,9 +13,18 @@ TVM's cache-flushing time_evaluator does for kernels that will run inside a whol
 Interleaved rounds (`rounds`, `interleave`; time_batch): several ops are timed round-robin, a
 short round each at a time, so each op's samples are spread over seconds. On a shared host the
 machine's speed moves by +-10-30% over 0.5-2 s spells (seen here: an L1-resident matmul, a
-12 MB read and a whole model slow down together); the fastest round's median (Stats.round_min)
-is then an estimate that a slow spell cannot inflate, where the median of one short burst of
-samples measures the spell.
+12 MB read and a whole model slow down together); spread over rounds, a spell reaches a few of an
+op's rounds, and what it did shows (Stats.spell_signs: rounds that disagree, an estimate far above
+the fastest round), so the profile can time that op again (latbench.suspect).
+
+The estimate (`TimingSettings.estimator`) is the mean of all samples by default. A user checks a
+table with a plain loop around a whole network and takes its median (or benchmark_model's mean).
+Under linearity the sum of per-op means is an unbiased estimate of the network's mean, and a run
+of a network is a sum of ~20-50 op times, whose distribution is narrow (the ops' tails average
+out), so its median sits close to that mean; the median of one op's samples is not additive (a
+skewed op's median is below its mean) and the fastest round's median (`round_min`, the old
+default) is lower still. Measured on ofa-mbv3-w10 at 160 (docs/measurement.md, "Which statistic"),
+against a plain loop's median: round_min -12%, pooled median -5%, pooled mean +1%.
 """
 from __future__ import annotations
 
@@ -30,8 +39,21 @@ import numpy as np
 
 from .errors import UsageError
 
-UNSTABLE_STD_RATIO = 0.10  # pyperf's rule
 CONTEXTS = ("warm", "network")
+LOOP_ESTIMATORS = ("mean", "median", "round_min")  # what a row timed by this loop can be priced by
+ESTIMATOR_WORDS = {"mean": "the mean of all samples", "median": "the median of all samples",
+                   "round_min": "the fastest round's median", "min": "the fastest sample",
+                   "value": "a bare value (no statistics)"}
+
+# Signs that an op was timed in a slow spell of the machine (Stats.spell_signs, latbench.suspect).
+# Chosen from network-context ort tables of ofa-mbv3-w10 at 160 and 192 on the 2-core EPYC KVM
+# guest, 2026-12-05 (docs/measurement.md, "Busy spells"). In two quiet tables the mean over the
+# fastest round read p95 1.33-1.35, p99 1.37-1.61; the round medians' max/min p95 1.76-1.92, p99
+# 1.97-2.09; the reference's mean per batch 0.93-1.08x its median. The limits flag 1-3% of rows
+# there, and the batches a busy loop slowed (reference 1.31x and 1.65x).
+LIMIT_OVER_FASTEST = 1.5  # the estimate over the fastest round's median
+LIMIT_ROUND_SPREAD = 2.0  # the slowest round's median over the fastest's
+LIMIT_REFERENCE = 1.2  # the batch's reference kernel over its profile-wide median
 
 
 @dataclass(frozen=True)
@@ -68,7 +90,6 @@ BOUNDS = {
     "max_samples": Bound(1, whole=True),
     "max_time_s": Bound(0, 3600, low_open=True, flag="--max-time"),
     "block_overhead": Bound(0, 1, low_open=True),
-    "keep_samples": Bound(0, whole=True),
     "context_bytes": Bound(0, whole=True),
     "rounds": Bound(1, 100, whole=True, flag="--rounds"),
     "interleave": Bound(1, 256, whole=True, flag="--interleave"),
@@ -87,23 +108,33 @@ class TimingSettings:
     max_samples: int = 500
     max_time_s: float = 2.0  # time cap per op, warm-up excluded
     block_overhead: float = 1e-4  # timer overhead must be <= this fraction of a block
-    keep_samples: int = 200  # raw samples stored with the measurement (0 = none)
     context: str = "warm"  # "warm" (back to back) or "network" (caches as inside a network)
     context_bytes: int = 0  # network: bytes read through the caches before each timed call
     rounds: int = 1  # interleaved rounds (time_batch); min_samples and warm-up apply per round,
     #                  max_time_s and max_samples are shared out between the rounds
     interleave: int = 1  # ops timed together, round-robin, by an agent's measure()
+    estimator: str = "mean"  # the statistic a row is priced by (LOOP_ESTIMATORS; see the module docstring)
 
     def __post_init__(self) -> None:
         if self.context not in CONTEXTS:
             raise UsageError(f"timing context must be one of {', '.join(CONTEXTS)}, got {self.context!r}")
+        if self.estimator not in LOOP_ESTIMATORS:
+            raise UsageError(f"timing estimator (--estimator) must be one of {', '.join(LOOP_ESTIMATORS)}, "
+                             f"got {self.estimator!r}")
         for name, bound in BOUNDS.items():
             bound.check(name, getattr(self, name))
+        if self.estimator == "round_min" and self.rounds < 2:
+            raise UsageError(f"timing estimator round_min ({ESTIMATOR_WORDS['round_min']}) needs --rounds "
+                             f">= 2, got {self.rounds}")
 
-    @property
-    def estimator(self) -> str:
-        """The statistic a measurement under these settings is priced by (the table's estimator)."""
-        return "round_min" if self.rounds > 1 else "median"
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TimingSettings":
+        """Settings as a row stores them (`to_dict`); fields of older versions are left out, and
+        settings stored before the estimator was chosen get the one they were priced by then
+        (the fastest round's median in rounds, else the median)."""
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        known.setdefault("estimator", "round_min" if known.get("rounds", 1) > 1 else "median")
+        return cls(**known)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -111,6 +142,25 @@ class TimingSettings:
     def warm(self) -> "TimingSettings":
         """The same settings in warm context: how a whole model is timed (it is its own context)."""
         return TimingSettings(**{**self.__dict__, "context": "warm", "context_bytes": 0})
+
+
+@dataclass(frozen=True)
+class SpellSign:
+    """One sign that a measurement was taken in a slow spell: the rule, what it read, its limit."""
+
+    rule: str  # over_fastest | round_spread | reference
+    value: float
+    limit: float
+    statistic: str = ""  # over_fastest: the estimate compared with the fastest round
+
+    def text(self) -> str:
+        what = {"over_fastest": f"{self.statistic} {self.value:.2f}x the fastest round's median",
+                "round_spread": f"round medians {self.value:.2f}x apart",
+                "reference": f"its batch's reference kernel {self.value:.2f}x its profile-wide median"}[self.rule]
+        return f"{what} (> {self.limit:g})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rule": self.rule, "value": self.value, "limit": self.limit, "text": self.text()}
 
 
 @dataclass(frozen=True)
@@ -131,8 +181,8 @@ class Stats:
 
     @property
     def round_min(self) -> float:
-        """The estimate of a measurement timed in rounds: the fastest round's median (a slow
-        spell of the machine only ever slows a round down); the median without rounds."""
+        """The fastest round's median (a slow spell of the machine only ever slows a round
+        down); the median without rounds. The estimator `round_min`, the default before the mean."""
         return min(self.rounds) if self.rounds else self.median
 
     @property
@@ -143,19 +193,40 @@ class Stats:
     def iqr_ratio(self) -> float:
         return self.iqr / self.median if self.median > 0 else math.inf
 
+    def spell_signs(self, estimator: str = "mean") -> tuple["SpellSign", ...]:
+        """What the samples alone say of a slow spell (interleaved rounds only): the estimate far
+        above the fastest round's median (a spell reached some rounds), or the rounds'
+        medians far apart. Round_min itself cannot be inflated by a spell that spares a round."""
+        if len(self.rounds) < 2:
+            return ()
+        fastest = min(self.rounds)
+        if not fastest > 0:
+            return ()
+        out = []
+        over = getattr(self, estimator) / fastest
+        if over > LIMIT_OVER_FASTEST:
+            out.append(SpellSign("over_fastest", over, LIMIT_OVER_FASTEST, estimator))
+        spread = max(self.rounds) / fastest
+        if spread > LIMIT_ROUND_SPREAD:
+            out.append(SpellSign("round_spread", spread, LIMIT_ROUND_SPREAD))
+        return tuple(out)
+
     @property
     def unstable(self) -> bool:
-        """pyperf's rule: std >= 10% of the mean."""
-        return self.mean > 0 and self.std >= UNSTABLE_STD_RATIO * self.mean
+        """The samples show a slow spell (spell_signs of the mean). pyperf's rule (std >= 10% of
+        the mean) flagged nearly every network-context row here, so it pointed at nothing; a
+        table row is `unstable` when it still shows a spell after it was timed again
+        (latbench.suspect)."""
+        return bool(self.spell_signs("mean"))
 
     @classmethod
-    def from_samples(cls, samples_ms: Sequence[float], block: int = 1, keep: int = 200,
-                     rounds: Sequence[float] = ()) -> "Stats":
+    def from_samples(cls, samples_ms: Sequence[float], block: int = 1, rounds: Sequence[float] = ()) -> "Stats":
+        """Statistics of `samples_ms` (every one kept); `rounds` the medians of its rounds."""
         a = np.asarray(samples_ms, dtype=np.float64)
         if a.size == 0:
             raise ValueError("no samples")
         p25, med, p75 = np.percentile(a, [25, 50, 75])
-        kept = tuple(float(x) for x in a[:keep]) if keep else ()
+        kept = tuple(float(x) for x in a)
         return cls(
             median=float(med), p25=float(p25), p75=float(p75), min=float(a.min()), max=float(a.max()),
             mean=float(a.mean()), std=float(a.std(ddof=1)) if a.size > 1 else 0.0, n=int(a.size),
@@ -286,8 +357,8 @@ def time_batch(fns: Sequence[Callable[[], Any]], settings: TimingSettings = Timi
 
     Each one's samples are spread over the whole batch's time, so a slow spell of the machine (a
     busy neighbour on a shared host, a frequency dip) slows a round, not a whole measurement; the
-    Stats carry every round's median (their minimum is the estimate, see Stats.round_min). A
-    callable that raises gets its exception in its place and is left out of later rounds."""
+    Stats carry every round's median (Stats.spell_signs reads them). A callable that raises gets
+    its exception in its place and is left out of later rounds."""
     sync = sync or _nothing
     touch_list = list(touches) if touches is not None else [None] * len(fns)
     timers = [_Timer(fn, settings, sync, t or _nothing) for fn, t in zip(fns, touch_list)]
@@ -332,7 +403,7 @@ class _Timer:
     def stats(self) -> Stats:
         pooled = [x for r in self.rounds for x in r]
         medians = tuple(float(np.median(r)) for r in self.rounds) if len(self.rounds) > 1 else ()
-        return Stats.from_samples(pooled, block=self.block, keep=self.settings.keep_samples, rounds=medians)
+        return Stats.from_samples(pooled, block=self.block, rounds=medians)
 
     def _warm_up(self, seconds: float) -> None:
         """At least `warmup` calls and `seconds` seconds (later rounds: the calls only)."""

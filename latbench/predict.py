@@ -12,6 +12,10 @@ LatencyTable prices it with that resolution's file.
 Every entry was timed as one runtime call, and so holds the runtime's fixed cost of a call once;
 a network pays that cost once in all. Where the table measured it (meta "invocation", see
 latbench.profiling), a price is the sum of (entry - invocation) over its keys plus one invocation.
+
+An entry is priced by the table's own estimator (each row's `estimate`: the mean of its samples
+for a profile today), or by another statistic of its samples asked for (`statistic`: median,
+mean or min; `table_prices`), the per-call cost then by the same statistic.
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ class FallbackError(LatbenchError):
 
 
 DEFAULT_MAX_FALLBACK = 0.1  # share of a subnet's keys the fallback may price
+STATISTICS = ("median", "mean", "min")  # what a price may be asked by, besides the table's estimator
 _KEY_BITS = 20  # a compiled count packs (fallback-priced keys << _KEY_BITS) | keys
 _KEY_MASK = (1 << _KEY_BITS) - 1
 
@@ -195,7 +200,8 @@ class Pricer:
     def __init__(self, costs: Mapping[str, float], granularity: str = "block", fusion: str = "none",
                  fallback: Fallback | None = None, strict: bool = False,
                  fallback_ops: Iterable[OpSpec] | Callable[[], Iterable[OpSpec]] = (),
-                 invocation_ms: float = 0.0, by_resolution: Mapping[str, Mapping[int, float]] | None = None):
+                 invocation_ms: float = 0.0, by_resolution: Mapping[str, Mapping[int, float]] | None = None,
+                 statistic: str = ""):
         if granularity not in ("op", "block"):
             raise UsageError(f"granularity must be op or block, got {granularity!r}")
         if not (math.isfinite(invocation_ms) and invocation_ms >= 0):
@@ -208,6 +214,7 @@ class Pricer:
         self.fallback = fallback
         self._fallback_ops = fallback_ops  # fitted on the first miss only: complete tables skip it
         self.strict = strict
+        self.statistic = statistic  # what the costs are, in words ("mean"), for reports
 
     def lower(self, block: OpSpec) -> list[OpSpec]:
         """The table keys a block is priced by: itself, or its (runtime-fused) ops."""
@@ -252,16 +259,14 @@ class Pricer:
 
     @classmethod
     def from_table(cls, table, granularity: str | None = None, fusion: str | None = None,
-                   strict: bool = False) -> "Pricer":
-        """The table's estimates (per resolution where it has them) and per-call cost;
-        granularity/fusion default to what it records."""
-        from .coverage import table_values
-        from .profiling import invocation_ms
-
+                   strict: bool = False, statistic: str | None = None) -> "Pricer":
+        """The table's prices by `statistic` (None: its estimates; see `table_prices`), per
+        resolution where it has them, and per-call cost; granularity/fusion default to what it records."""
+        costs, by_resolution, inv, label = table_prices(table, statistic)
         meta = table.meta_get("profile_run") or {}
         granularity = granularity or meta.get("granularity") or _guess_granularity(table.keys())
-        return cls(table.estimates(), granularity, fusion or meta.get("fusion") or "none", None, strict,
-                   lambda: table.ops(), invocation_ms(table), table_values(table))
+        return cls(costs, granularity, fusion or meta.get("fusion") or "none", None, strict,
+                   lambda: table.ops(), inv, by_resolution, label)
 
     def price(self, ops: Iterable[OpSpec], resolution: int | None = None) -> Price:
         """The price of an op list run as one network at `resolution`."""
@@ -274,6 +279,37 @@ class Pricer:
             if missed:
                 misses.append(op.key)
         return Price(total, total, tuple(misses), invocation_ms=inv, keys=len(lowered))
+
+
+def own_statistic(table) -> str:
+    """The statistic a table's rows are priced by, in words: "mean", or each with its rows where
+    they differ ("mean (90 rows), value (6 rows)")."""
+    found = table.estimators()
+    if len(found) == 1:
+        return next(iter(found))
+    return ", ".join(f"{name} ({n} rows)" for name, n in found.items()) or "none (no ok rows)"
+
+
+def table_prices(table, statistic: str | None = None) -> tuple[dict[str, float], dict[str, dict[int, float]], float, str]:
+    """(key -> ms, key -> {resolution: ms} for keys with a value per resolution, per-call cost,
+    the statistic in words) of a table: by each row's estimate (`statistic` None), or by the
+    median, mean or min of every row's samples and of the per-call cost's, refused in one line
+    naming the table and how many rows do not hold it (an imported table may hold one value)."""
+    from .coverage import table_values
+    from .profiling import invocation_ms
+
+    if statistic is None:
+        return table.estimates(), table_values(table), invocation_ms(table), own_statistic(table)  # type: ignore[return-value]
+    if statistic not in STATISTICS:
+        raise UsageError(f"--statistic must be one of {', '.join(STATISTICS)}, got {statistic!r}")
+    costs = table.statistic_values(statistic)
+    per = table_values(table, statistic)  # an OFA entry per resolution holds a mean only
+    lacking = sum(1 for k, v in costs.items() if (None in per[k].values() if k in per else v is None))
+    if lacking:
+        raise UsageError(f"{table.path}: {lacking} of {len(costs)} rows hold no {statistic} (the table's rows "
+                         f"are priced by {own_statistic(table)}), so --statistic {statistic} cannot price it; "
+                         f"leave --statistic out to price by the table's own estimator")
+    return costs, per, invocation_ms(table, statistic), statistic  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------------- compiled space
@@ -310,11 +346,12 @@ class Predictor:
                  fusion: str = "none", strict: bool = False, calibration: Calibration | None = None,
                  fallback_ops: Iterable[OpSpec] = (), resolutions: Sequence[int] | None = None,
                  invocation_ms: float = 0.0, by_resolution: Mapping[str, Mapping[int, float]] | None = None,
-                 max_fallback: float | None = DEFAULT_MAX_FALLBACK, coverage=None):
+                 max_fallback: float | None = DEFAULT_MAX_FALLBACK, coverage=None, statistic: str = ""):
         if max_fallback is not None and not (0.0 <= max_fallback <= 1.0):
             raise UsageError(f"max_fallback must be a share between 0 and 1 (or None), got {max_fallback!r}")
         self.space = space
-        self.pricer = Pricer(costs, granularity, fusion, None, strict, fallback_ops, invocation_ms, by_resolution)
+        self.pricer = Pricer(costs, granularity, fusion, None, strict, fallback_ops, invocation_ms, by_resolution,
+                             statistic)
         self.calibration = calibration
         self.max_fallback = max_fallback
         self.coverage = coverage
@@ -322,24 +359,32 @@ class Predictor:
 
     @classmethod
     def from_table(cls, table, space, granularity: str | None = None, fusion: str | None = None,
-                   strict: bool = False, use_calibration: bool = True, **kw) -> "Predictor":
-        """From a latbench LatencyTable: its estimates (per resolution where it has them),
-        per-call cost and (if asked) calibration; granularity/fusion default to what it records."""
+                   strict: bool = False, use_calibration: bool = True, statistic: str | None = None,
+                   **kw) -> "Predictor":
+        """From a latbench LatencyTable: its prices by `statistic` (None: its estimates; per
+        resolution where it has them), per-call cost and (if asked) calibration, which is fitted to
+        the table's own prices and so left out when another statistic prices it;
+        granularity/fusion default to what the table records."""
         from .coverage import Coverage
 
-        pricer = Pricer.from_table(table, granularity, fusion, strict)
+        pricer = Pricer.from_table(table, granularity, fusion, strict, statistic)
         cal = None
-        if use_calibration:
+        if use_calibration and statistic in (None, own_statistic(table)):
             cals = table.meta_get("calibration") or {}
             d = cals.get(f"{space.name}/{pricer.granularity}")
             cal = Calibration.from_dict(d) if d else None
         return cls(space, pricer.costs, pricer.granularity, pricer.fusion, strict, cal,
                    fallback_ops=table.ops, invocation_ms=pricer.invocation_ms,
-                   by_resolution=pricer.by_resolution, coverage=Coverage.of(table), **kw)
+                   by_resolution=pricer.by_resolution, coverage=Coverage.of(table), statistic=pricer.statistic, **kw)
 
     @property
     def granularity(self) -> str:
         return self.pricer.granularity
+
+    @property
+    def statistic(self) -> str:
+        """What the table's entries are priced by, in words (Pricer.statistic)."""
+        return self.pricer.statistic
 
     @property
     def invocation_ms(self) -> float:

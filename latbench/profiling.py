@@ -5,7 +5,9 @@ times together (interleaved: `--interleave`, 24 by default; a phone's push-and-r
 handed over together when their batch ends, so a crash, Ctrl-C or reboot loses at most that
 batch in flight; a rerun skips every key already stored for the table's profile (and counts
 those stored failed: ProfileRun.failed_earlier). Also here: the cache context and
-rounds a profile times in, and the runtime's per-call cost each table records.
+rounds a profile times in, the runtime's per-call cost each table records, and the reference
+kernel timed in every batch; after the run the rows taken in a slow spell (latbench.suspect) are
+timed once more (`retime_suspects`).
 """
 from __future__ import annotations
 
@@ -17,11 +19,11 @@ import statistics
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from . import ops as O
 from .errors import UsageError
-from .measure import Measurement, TimingSettings, last_level_cache_bytes
+from .measure import ESTIMATOR_WORDS, LOOP_ESTIMATORS, Measurement, TimingSettings, last_level_cache_bytes
 from .ops import OpSpec, unique
 
 # The op whose latency is the runtime's fixed cost of one call: a ReLU on one element. Every
@@ -29,6 +31,15 @@ from .ops import OpSpec, unique
 # each entry and add it back once (latbench.predict.Pricer).
 INVOCATION_OP = O.activation((1, 1, 1, 1), "relu")
 INVOCATION_META = "invocation"
+# A kernel timed in every batch as its ops are, whose value only the machine's speed moves: a
+# batch that ran it far slower than the profile's median ran in a slow spell (latbench.suspect).
+# A 1x1 conv of ~0.3 ms with 256 KB of weights. Beside ofa-mbv3-w10 blocks here, against a
+# quiet pass, its mean read 1.65x in a batch whose blocks' means read 1.60x, 2.09x where they
+# read 2.1x, 0.96-1.07x in quiet batches (blocks 0.94-1.06x); the per-call op's mean read
+# 0.60-1.21x in the same quiet batches, too loose to tell a spell by, and a middle block of the
+# space did no better than the conv (1.56x; 0.92-1.03x quiet).
+REFERENCE_OP = O.conv((1, 256, 14, 14), 256, 1)
+REFERENCE_META = "reference"
 EVICT_CAP_BYTES = 64 << 20  # without a readable cache size: reading more evicts nothing more
 ORDER_SEED = 0  # ops are measured in a seeded shuffled order: two runs of one command alike
 
@@ -47,6 +58,8 @@ class ProfileRun:
     wall_s: float = 0.0
     timed_s: float = 0.0  # inside the timed loops
     failures: list[tuple[str, str]] = field(default_factory=list)
+    retimed: int = 0  # rows timed again because they looked taken in a slow spell
+    unstable: int = 0  # of those, still suspect after it (latbench.suspect)
 
     @property
     def overhead(self) -> float:
@@ -113,12 +126,18 @@ def timing_for(agent, timing: TimingSettings, context: str, space=None,
     return out
 
 
-def check_run_meta(table, granularity: str, fusion: str, space: str | None, timing: TimingSettings) -> None:
-    """A table holds one granularity, fusion and cache context: record them on first use, refuse
-    a run that asks for others (a table from before contexts were recorded was timed warm)."""
+def check_run_meta(table, granularity: str, fusion: str, space: str | None, timing: TimingSettings,
+                   own_loop: bool = True) -> None:
+    """A table holds one granularity, fusion, cache context and estimator: record them on first
+    use, refuse a run that asks for others (a table from before contexts were recorded was timed
+    warm; one from before estimators were recorded is priced by what its rows say). `own_loop`:
+    the agent times with latbench's loop, so its rows carry `timing.estimator` (android's runner
+    gives its own statistic, which is not checked)."""
     meta = table.meta_get("profile_run")
     want = {"granularity": granularity, "fusion": fusion if granularity == "op" else "none",
             "context": timing.context, "context_bytes": timing.context_bytes}
+    if own_loop:
+        want["estimator"] = timing.estimator
     if not meta:
         table.meta_set("profile_run", {**want, "spaces": [space] if space else []})
         return
@@ -129,8 +148,23 @@ def check_run_meta(table, granularity: str, fusion: str, space: str | None, timi
     if (have["context"], have["context_bytes"]) != (want["context"], want["context_bytes"]):
         raise UsageError(f"{table.path} holds entries timed in {_context_words(have)}; this run asks for "
                          f"{_context_words(want)}: resume with {_context_flags(have)}, or use another --out")
+    stored = table_estimator(table)
+    if own_loop and stored is not None and stored != timing.estimator:
+        raise UsageError(f"{table.path} holds entries priced by {stored} ({ESTIMATOR_WORDS[stored]}); this run "
+                         f"asks for {timing.estimator}: resume with --estimator {stored}, or use another --out")
     spaces = sorted(set(meta.get("spaces", [])) | ({space} if space else set()))
     table.meta_set("profile_run", {**meta, **want, "spaces": spaces})
+
+
+def table_estimator(table) -> str | None:
+    """The statistic the table's timed rows are priced by: recorded in meta "profile_run", else
+    (a table from before it was recorded) the one estimator of latbench's loop its ok rows share;
+    None when neither says."""
+    recorded = (table.meta_get("profile_run") or {}).get("estimator")
+    if recorded:
+        return recorded
+    found = set(table.estimators())
+    return found.pop() if len(found) == 1 and found <= set(LOOP_ESTIMATORS) else None
 
 
 def _context_words(d: dict) -> str:
@@ -166,9 +200,21 @@ def record_invocation(table, m: Measurement, timing: TimingSettings, fresh: bool
 
     In network context the cost of a call moves by 2-3x within seconds on a shared host (10-35 us
     for ONNX Runtime here), and a subnet's price subtracts it once per block (~50 times), so one
-    measurement is not enough: each interleaved batch times one, and the estimate is the median
-    of every ok sample's estimate (`samples` keeps each with its statistics)."""
-    have = table.meta_get(INVOCATION_META)
+    measurement is not enough: each interleaved batch times one, and the estimate is the table's
+    statistic over all of them (`statistic_of_samples`; `samples` keeps each batch's statistics)."""
+    return _record(table, INVOCATION_META, m, timing, fresh)
+
+
+def record_reference(table, m: Measurement, timing: TimingSettings) -> float | None:
+    """Add one batch's measurement of REFERENCE_OP to the table's meta "reference"; its estimate
+    (None when it failed) is what the batch's rows record as `reference_ms`."""
+    entry = _record(table, REFERENCE_META, m, timing)
+    return entry["samples"][-1]["estimate_ms"]
+
+
+def _record(table, name: str, m: Measurement, timing: TimingSettings, fresh: bool = False) -> dict:
+    """Add one batch's measurement of a companion op (per-call cost, reference) to meta `name`."""
+    have = table.meta_get(name)
     samples = [] if fresh or not have or not _same_context(have, timing) else _samples_of(have)
     sample = {"status": m.status, "error": m.error, "estimate_ms": None, "taken_at": m.taken_at}
     if m.ok and m.stats is not None:
@@ -181,32 +227,71 @@ def record_invocation(table, m: Measurement, timing: TimingSettings, fresh: bool
         if below is not None:  # benchmark_model's whole microseconds read 0: a bound, not a cost
             sample["below_resolution_us"] = below
     samples.append(sample)
-    entry = _pooled({"key": m.key, "op": m.op, "status": m.status, "error": m.error,
-                     "estimator": m.settings.get("estimator", "median"), "combine": "median of samples",
-                     "timing": timing.to_dict(), "profile_id": m.profile_id, "taken_at": m.taken_at}, samples)
-    table.meta_set(INVOCATION_META, entry)
+    estimator = m.settings.get("estimator", "median")
+    entry = _pooled({"key": m.key, "op": m.op, "status": m.status, "error": m.error, "estimator": estimator,
+                     "combine": COMBINE_WORDS[estimator], "timing": timing.to_dict(),
+                     "profile_id": m.profile_id, "taken_at": m.taken_at}, samples)
+    table.meta_set(name, entry)
     return entry
 
 
+# How a companion's batches are combined into its estimate, by the table's statistic.
+COMBINE_WORDS = {"mean": "mean of all samples (each batch's mean weighted by its sample count)",
+                 "median": "median of the batches' medians", "min": "least of the batches' minimums",
+                 "round_min": "median of the batches' fastest-round medians"}
+
+
+def statistic_of_samples(samples: list[dict], statistic: str, own: str = "median") -> float | None:
+    """A companion's estimate by `statistic` over its ok batch samples (COMBINE_WORDS); None when
+    there is none, or a sample does not hold that statistic (benchmark_model gives no median). A
+    sample without statistics (older tables) holds its estimate, by the entry's estimator `own`."""
+    vals, weights = [], []
+    for x in samples:
+        if x.get("estimate_ms") is None:
+            continue
+        st = x.get("stats") or {}
+        if statistic == "round_min":
+            v = min(x["round_medians"]) if x.get("round_medians") else st.get("median")
+        else:
+            v = st.get(statistic)
+        if v is None and not st and x.get("estimator", own) == statistic:
+            v = x["estimate_ms"]
+        if v is None:
+            return None
+        vals.append(float(v))
+        weights.append(st.get("n"))
+    if not vals:
+        return None
+    if statistic == "mean":  # a sample from before counts were kept weighs as much as any batch
+        if None in weights:
+            weights = [1] * len(vals)
+        return math.fsum(v * w for v, w in zip(vals, weights)) / sum(weights)
+    return min(vals) if statistic == "min" else float(statistics.median(vals))
+
+
 def _pooled(entry: dict, samples: list[dict]) -> dict:
-    """`entry` holding `samples`, its estimate the median of the ok ones (status and error are
-    `entry`'s own when none is ok)."""
-    ok = [x for x in samples if x.get("estimate_ms") is not None]
-    out = {**entry, "samples": samples, "estimate_ms": float(statistics.median([x["estimate_ms"] for x in ok])) if ok else None}
-    if ok:
+    """`entry` holding `samples`, its estimate their statistic (the entry's estimator); status and
+    error are `entry`'s own when none is ok."""
+    own = entry.get("estimator", "median")
+    out = {**entry, "samples": samples, "estimate_ms": statistic_of_samples(samples, own, own)}
+    if any(x.get("estimate_ms") is not None for x in samples):
         out.update(status="ok", error=None)
     return out
 
 
 def merge_run_meta(table, src_meta: dict, src_name: str, same_device: bool = True) -> None:
     """Take in how a source timed its rows, before they are merged into `table`: other run
-    settings (granularity, fusion, cache context) are refused as `profile` refuses them; from the
-    same device, the spaces are united and two per-call costs timed in one context are pooled
-    (every sample kept, the estimate their median), so neither table's rows are priced with the
-    other's alone. What `table` lacks is copied by the caller."""
+    settings (granularity, fusion, cache context, estimator where both record one) are refused as
+    `profile` refuses them; from the same device, the spaces are united and two per-call costs
+    (and references) timed in one context are pooled (every sample kept, the estimate their
+    statistic), so neither table's rows are priced with the other's alone. What `table` lacks is
+    copied by the caller."""
     have, theirs = table.meta_get("profile_run"), src_meta.get("profile_run")
     if have and theirs:
         a, b = _run_settings(have), _run_settings(theirs)
+        if "estimator" not in a or "estimator" not in b:
+            a.pop("estimator", None)
+            b.pop("estimator", None)
         if a != b:
             raise UsageError(f"cannot merge {src_name} into {table.path}: its entries were timed as "
                              f"{_run_words(b)}, the table's as {_run_words(a)}")
@@ -216,32 +301,35 @@ def merge_run_meta(table, src_meta: dict, src_name: str, same_device: bool = Tru
         spaces = sorted(set(have.get("spaces", [])) | set(theirs.get("spaces", [])))
         if spaces != have.get("spaces", []):
             table.meta_set("profile_run", {**have, "spaces": spaces})
-    inv, their_inv = table.meta_get(INVOCATION_META), src_meta.get(INVOCATION_META)
-    if inv and their_inv and _context_of(inv) == _context_of(their_inv):
-        mine = _samples_of(inv)
-        seen = {json.dumps(x, sort_keys=True) for x in mine}
-        new = [x for x in _samples_of(their_inv) if json.dumps(x, sort_keys=True) not in seen]
-        if new:
-            table.meta_set(INVOCATION_META, _pooled(inv, mine + new))
+    for name in (INVOCATION_META, REFERENCE_META):
+        mine_entry, their_entry = table.meta_get(name), src_meta.get(name)
+        if mine_entry and their_entry and _context_of(mine_entry) == _context_of(their_entry):
+            mine = _samples_of(mine_entry)
+            seen = {json.dumps(x, sort_keys=True) for x in mine}
+            new = [x for x in _samples_of(their_entry) if json.dumps(x, sort_keys=True) not in seen]
+            if new:
+                table.meta_set(name, _pooled(mine_entry, mine + new))
 
 
 def _run_settings(meta: dict) -> dict:
     """The settings a table's rows were timed with (a table from before contexts were recorded
-    was timed warm)."""
+    was timed warm); the estimator where recorded."""
     return {"context": "warm", "context_bytes": 0, "fusion": "none",
-            **{k: meta[k] for k in ("granularity", "fusion", "context", "context_bytes") if k in meta}}
+            **{k: meta[k] for k in ("granularity", "fusion", "context", "context_bytes", "estimator") if k in meta}}
 
 
 def _run_words(d: dict) -> str:
     fusion = f", fusion {d['fusion']}" if d.get("granularity") == "op" else ""
-    return f"{d.get('granularity', '?')}-granularity{fusion}, in {_context_words(d)}"
+    priced = f", priced by {d['estimator']}" if d.get("estimator") else ""
+    return f"{d.get('granularity', '?')}-granularity{fusion}, in {_context_words(d)}{priced}"
 
 
 def _samples_of(entry: dict) -> list[dict]:
     """An entry's samples; a table from before samples were kept holds its one measurement flat."""
     if "samples" in entry:
         return list(entry["samples"])
-    keep = ("status", "error", "estimate_ms", "taken_at", "round_medians", "stats", "below_resolution_us")
+    keep = ("status", "error", "estimate_ms", "taken_at", "round_medians", "stats", "below_resolution_us",
+            "estimator")
     return [{k: entry[k] for k in keep if k in entry}]
 
 
@@ -266,10 +354,20 @@ def invocation_entry(table) -> dict | None:
     return have if have and have.get("estimate_ms") is not None else None
 
 
-def invocation_ms(table) -> float:
-    """The table's measured per-call cost in ms (0 when it holds none, e.g. an imported table)."""
+def invocation_ms(table, statistic: str | None = None) -> float:
+    """The table's measured per-call cost in ms by `statistic` (None: its own estimate); 0 when it
+    holds none (e.g. an imported table). A cost measured but not holding `statistic` is refused."""
     have = invocation_entry(table)
-    return float(have["estimate_ms"]) if have else 0.0
+    if not have:
+        return 0.0
+    if statistic is None:
+        return float(have["estimate_ms"])
+    v = statistic_of_samples(_samples_of(have), statistic, have.get("estimator", "median"))
+    if v is None:
+        raise UsageError(f"{table.path}: its per-call cost (meta invocation) holds no {statistic} "
+                         f"(priced by {have.get('estimator', 'median')}), so --statistic {statistic} cannot "
+                         f"price it; leave --statistic out")
+    return v
 
 
 def measure_order(ops: Sequence[OpSpec], seed: int = ORDER_SEED) -> list[OpSpec]:
@@ -287,18 +385,26 @@ def check_max_ops(max_ops: int | None) -> None:
         raise UsageError(f"--max-ops must be >= 1 (leave it out to measure every op), got {max_ops}")
 
 
+RETIME = ("first", "all", "none")  # profile_into: which suspect rows to time again
+
+
 def profile_into(table, agent, ops: Iterable[OpSpec], timing: TimingSettings = TimingSettings(),
                  max_ops: int | None = None, retry_failed: bool = False, shuffle: bool = True,
                  resolutions: dict[str, list[int]] | None = None, sample_invocation: bool = True,
-                 on_start: Callable[[int], None] | None = None,
+                 retime: str = "first", on_start: Callable[[int], None] | None = None,
                  on_op: Callable[[OpSpec], None] | None = None,
-                 on_result: Callable[[Measurement], None] | None = None) -> ProfileRun:
+                 on_result: Callable[[Measurement], None] | None = None,
+                 on_retime: Callable[[int], None] | None = None) -> ProfileRun:
     """Measure the ops missing from `table` with `agent`, committing each as it arrives. `max_ops`
     takes the first ops in enumeration order; they are measured in `measure_order` unless not `shuffle`.
     Where the agent times ops in batches (interleaved rounds; a phone's push-and-run), each batch
-    also times INVOCATION_OP into the table's per-call cost (`record_invocation`), unless not
-    `sample_invocation`."""
+    also times INVOCATION_OP into the table's per-call cost (`record_invocation`) and REFERENCE_OP
+    into its meta "reference", unless not `sample_invocation`. Then the table's suspect rows are
+    timed again (`retime_suspects`; `on_retime(n)` first): `retime` "first" those never timed
+    again (a profile's own pass, once per row), "all" every one, "none" none."""
     check_max_ops(max_ops)
+    if retime not in RETIME:
+        raise UsageError(f"retime must be one of {', '.join(RETIME)}, got {retime!r}")
     t0 = time.perf_counter()
     todo_all = unique(ops)
     stored_ok = table.keys(status="ok")
@@ -313,26 +419,8 @@ def profile_into(table, agent, ops: Iterable[OpSpec], timing: TimingSettings = T
         todo = measure_order(todo)
     if on_start:
         on_start(len(todo))
-    todo_iter = iter(todo)
-    per_batch = agent.batch_len(timing) - 1 if sample_invocation else 0  # real ops beside INVOCATION_OP
-    companions: deque[bool] = deque()  # per op fed, in order: is it the batch's INVOCATION_OP
-
-    def feed():
-        for i, op in enumerate(todo_iter):
-            if on_op:
-                on_op(op)
-            companions.append(False)
-            yield op
-            if per_batch and (i % per_batch == per_batch - 1 or i == len(todo) - 1):
-                companions.append(True)
-                yield INVOCATION_OP
-
     try:
-        for m in agent.measure(feed(), timing):
-            run.timed_s += m.timed_s
-            if companions.popleft():
-                record_invocation(table, m, timing)
-                continue
+        for m in timed_batches(table, agent, todo, timing, run, sample_invocation, on_op):
             if resolutions and m.key in resolutions:
                 m = dataclasses.replace(m, extra={**m.extra, "resolutions": resolutions[m.key]})
             # benchmark_model reports a mean and no median: the row says which estimate it holds
@@ -344,9 +432,94 @@ def profile_into(table, agent, ops: Iterable[OpSpec], timing: TimingSettings = T
                 run.failures.append((m.key, m.error))
             if on_result:
                 on_result(m)
+        if retime != "none":
+            retime_suspects(table, agent, timing, run, first_only=retime == "first", on_start=on_retime,
+                            on_op=on_op, on_result=on_result)
     except KeyboardInterrupt:
         run.interrupted = True
     finally:
         run.wall_s = time.perf_counter() - t0
         run.remaining = run.total - run.skipped - run.measured - run.failed
+    return run
+
+
+def timed_batches(table, agent, ops: Sequence[OpSpec], timing: TimingSettings, run: ProfileRun,
+                  companions: bool = True, on_op: Callable[[OpSpec], None] | None = None) -> Iterator[Measurement]:
+    """`agent`'s measurements of `ops`, in order. Where the agent times in batches (and
+    `companions`), each batch also times INVOCATION_OP and REFERENCE_OP (the latter where a batch
+    holds three or more), recorded into the table's meta; the batch's rows are handed over when
+    its companions are in, each with the batch's reference estimate as extra["reference_ms"].
+    Every measurement's timed seconds are added to `run`."""
+    size = agent.batch_len(timing)
+    comps = ((INVOCATION_META, INVOCATION_OP), (REFERENCE_META, REFERENCE_OP))[:max(0, min(2, size - 1))] \
+        if companions else ()
+    per_batch = size - len(comps)
+    tags: deque[str] = deque()  # per op fed, in order: "" or the companion's meta name
+
+    def feed():
+        for i, op in enumerate(ops):
+            if on_op:
+                on_op(op)
+            tags.append("")
+            yield op
+            if comps and (i % per_batch == per_batch - 1 or i == len(ops) - 1):
+                for name, comp in comps:
+                    tags.append(name)
+                    yield comp
+
+    pending: list[Measurement] = []
+    ref: float | None = None
+    for m in agent.measure(feed(), timing):
+        run.timed_s += m.timed_s
+        tag = tags.popleft()
+        if not tag:
+            if not comps:
+                yield m
+            else:
+                pending.append(m)
+            continue
+        if tag == INVOCATION_META:
+            record_invocation(table, m, timing)
+        else:
+            ref = record_reference(table, m, timing)
+        if tag == comps[-1][0]:  # the batch's last companion: its rows go out
+            for r in pending:
+                yield r if ref is None else dataclasses.replace(r, extra={**r.extra, "reference_ms": ref})
+            pending, ref = [], None
+
+
+def retime_suspects(table, agent, timing: TimingSettings, run: ProfileRun, first_only: bool = False,
+                    on_start: Callable[[int], None] | None = None,
+                    on_op: Callable[[OpSpec], None] | None = None,
+                    on_result: Callable[[Measurement], None] | None = None) -> ProfileRun:
+    """Time the table's suspect rows again (latbench.suspect; `first_only`: those never timed
+    again, so a profile does it once per row) in batches as `profile_into` times them, committing
+    each batch's rows as they come. A re-timed row replaces its take, which is kept with its signs
+    in extra["earlier"]; a re-timing that fails leaves the take (and is listed in `run.failures`).
+    `run` counts the rows re-timed, and those still suspect (`unstable`)."""
+    from .suspect import EARLIER, suspects, take_of
+
+    found = [x for x in suspects(table) if not (first_only and x.retimed)]
+    if on_start:
+        on_start(len(found))
+    if not found:
+        return run
+    signs = {x.key: x.signs for x in found}
+    rows = {x.key: table.row(x.key) for x in found}
+    ops = measure_order([OpSpec.from_dict(rows[x.key]["op"]) for x in found])
+    done = []
+    for m in timed_batches(table, agent, ops, timing, run, True, on_op):
+        if not m.ok:
+            run.failures.append((m.key, f"timed again, failed: {m.error} (the first take is kept)"))
+            continue
+        first = rows[m.key]
+        keep = {k: first["extra"][k] for k in ("resolutions",) if k in first["extra"]}
+        earlier = [*first["extra"].get(EARLIER, ()), take_of(first, signs[m.key])]
+        m = dataclasses.replace(m, extra={**m.extra, **keep, EARLIER: earlier})
+        table.add(m, estimator=m.settings.get("estimator", "median"))
+        done.append(m.key)
+        run.retimed += 1
+        if on_result:
+            on_result(m)
+    run.unstable += len(suspects(table, done))
     return run

@@ -3,11 +3,12 @@ merge live in latbench.tableio).
 
 One row per op key, holding everything a Measurement carries (statistics, raw samples, settings,
 extra facts such as temperatures or the resolutions an op belongs to) and the number used for
-prediction with the estimator it came from: `median` for our own measurements (`round_min`, the
-fastest round's median, when timed in interleaved rounds), `mean` for rows imported from
-Once-for-All YAML and for benchmark_model runs, `value` for PaddleSlim text, which has no
-statistics. A spread
-that the source did not give stays NULL; nothing is invented. No pickle anywhere: JSON and SQL.
+prediction with the estimator it came from: `mean` (of every sample) for our own measurements
+(`median` or `round_min`, the fastest round's median, where a profile asked for them or before
+the mean was the default), for rows imported from Once-for-All YAML and for benchmark_model runs,
+`value` for PaddleSlim text, which has no statistics. Every raw sample is kept, so a price by
+another statistic can be asked for (`statistic_values`). A spread that the source did not give
+stays NULL; nothing is invented. No pickle anywhere: JSON and SQL.
 
 Durability: WAL journal, `synchronous=NORMAL`, one transaction per `add`. In WAL mode a commit is
 complete once its frames are written to the -wal file, which lives in the OS page cache and so
@@ -546,6 +547,19 @@ class LatencyTable:
         """key -> estimate (ms) of every ok row."""
         return {k: self._price(k, v) for k, v in
                 self._query("SELECT key, estimate FROM measurements WHERE status = 'ok'")}
+
+    def estimators(self) -> dict[str, int]:
+        """How many ok rows each estimator prices ({"mean": 96}; an imported table: "value" ...)."""
+        return dict(self._query("SELECT estimator, COUNT(*) FROM measurements WHERE status = 'ok' "
+                                "GROUP BY estimator ORDER BY estimator"))
+
+    def statistic_values(self, statistic: str) -> dict[str, float | None]:
+        """key -> the `statistic` column (median, mean or min; ms) of every ok row, None where the
+        row does not hold it (PaddleSlim text holds a value only, benchmark_model no median)."""
+        if statistic not in ("median", "mean", "min"):
+            raise UsageError(f"statistic must be median, mean or min, got {statistic!r}")
+        return {k: None if v is None else self._price(k, v) for k, v in
+                self._query(f"SELECT key, {statistic} FROM measurements WHERE status = 'ok'")}
 
     def _price(self, key: str, v: Any) -> float:
         """A stored estimate as a price: a finite number >= 0, else one line naming file and key

@@ -8,9 +8,9 @@ or whose runtime is not installed (MissingExtraError: the dev install has every 
 An agent named in PROBED is built once at collection instead: absent there (cuda without a GPU),
 it is left out of every test and skipped once, by test_probed_agent_present_or_skipped_once.
 
-A measurement's statistics are checked by its estimator: "median" rows (every local agent) carry
-sample quantiles; "mean" rows (benchmark_model on Android: count/min/max/avg/std, no per-run
-times) carry what the runner gave and no invented quantiles.
+A measurement's statistics are checked by its estimator: "mean" rows (every local agent, by
+default, with sample quantiles; benchmark_model on Android: count/min/max/avg/std, no per-run
+times) carry what the runner gave and no invented quantiles; "median" rows carry sample quantiles.
 """
 from __future__ import annotations
 
@@ -255,8 +255,8 @@ def test_network_context_times_weights_cold(agent: Agent) -> None:
 def _check_measurement(m: Measurement, op: OpSpec, agent: Agent) -> None:
     """An ok measurement of `op` whose statistics, settings and timings hold together.
 
-    Its estimate is the statistic settings["estimator"] names (the table's `estimate`): the median
-    (the default) or the mean. A mean row is benchmark_model's count/min/max/avg/std: times in whole
+    Its estimate is the statistic settings["estimator"] names (the table's `estimate`): the mean
+    (the default) or the median. A mean row is benchmark_model's count/min/max/avg/std: times in whole
     microseconds, so a sub-microsecond op reads min=0, and quantiles only if the runner gave them."""
     assert m.key == op.key and OpSpec.from_dict(m.op) == op
     assert m.ok and not m.error and m.stats is not None, m.error

@@ -3,6 +3,7 @@ every bad input is one line with the right exit code."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -17,12 +18,14 @@ from latbench.store import LatencyTable
 FAST = ["--max-time", "0.05", "--min-samples", "5"]
 
 
-def _stored(path: Path) -> dict[str, float]:
-    """key -> taken_at of every row (a re-measured op would get a new timestamp)."""
+def _stored(path: Path, first: bool = False) -> dict[str, float]:
+    """key -> taken_at of every row (a re-measured op would get a new timestamp); `first`: of its
+    first take, where a row was timed again as suspect (extra["earlier"] keeps that take)."""
     if not path.exists():
         return {}
     with LatencyTable.open(path, create=False) as t:
-        return {m.key: m.taken_at for m in t.measurements()}
+        return {m.key: m.extra["earlier"][0]["taken_at"] if first and m.extra.get("earlier") else m.taken_at
+                for m in t.measurements()}
 
 
 def test_sigkill_mid_run_then_resume(tmp_path: Path) -> None:
@@ -54,11 +57,11 @@ def test_sigkill_mid_run_then_resume(tmp_path: Path) -> None:
     r = run_latbench(*args[1:], "--json")
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
-    after = _stored(table)
+    after = _stored(table, first=True)
     assert summary["skipped"] == len(before)
     assert summary["measured"] + summary["failed"] == summary["total"] - len(before)
     assert len(after) == summary["total"]
-    for key, taken in before.items():  # kept, and not measured again
+    for key, taken in before.items():  # kept, and not measured again (but as suspect, its take kept)
         assert after[key] == taken
     with LatencyTable.open(table, create=False) as t:
         assert len(t) == len(set(t.keys(status=None))) == summary["total"]
@@ -107,13 +110,14 @@ def test_ops_are_measured_in_a_seeded_shuffled_order(tmp_path: Path) -> None:
 
 
 def test_every_interleaved_batch_samples_the_per_call_cost(tmp_path: Path) -> None:
-    """In interleaved batches each batch also times INVOCATION_OP: the table gets no row for it,
-    its meta one sample per batch (a resumed run adds its own), the estimate their median."""
-    import statistics
-
+    """In interleaved batches each batch also times INVOCATION_OP and REFERENCE_OP: the table gets
+    no row for them, its meta one sample of each per batch (a resumed run adds its own), the
+    per-call estimate the mean of all its samples (each batch's mean weighted by its count), and
+    every row the reference estimate of its own batch."""
     from device_agents import get_agent
     from latbench.measure import TimingSettings
-    from latbench.profiling import INVOCATION_OP, invocation_ms, ops_with_resolutions, profile_into
+    from latbench.profiling import (INVOCATION_OP, REFERENCE_OP, invocation_ms, ops_with_resolutions,
+                                    profile_into)
     from latbench.spaces import get_space
 
     ops, _ = ops_with_resolutions(get_space("tiny"), [24, 32], "block")
@@ -122,29 +126,38 @@ def test_every_interleaved_batch_samples_the_per_call_cost(tmp_path: Path) -> No
     timing = TimingSettings(warmup=1, warmup_s=0.0, min_samples=3, max_samples=5, max_time_s=0.02,
                             rounds=2, interleave=4)
     with LatencyTable.open(tmp_path / "t.sqlite", agent.profile) as t:
-        run = profile_into(t, agent, ops, timing, max_ops=7)  # batches of 3 ops + 3, + 1
-        assert run.measured + run.failed == 7 and INVOCATION_OP.key not in t.keys(status=None)
-        assert len(t.meta_get("invocation")["samples"]) == 3
-        profile_into(t, agent, ops, timing, max_ops=2)  # a resumed run: one batch of 2 more
-        inv = t.meta_get("invocation")
+        run = profile_into(t, agent, ops, timing, max_ops=7, retime="none")  # batches of 2 ops + 2: 2, 2, 2, 1
+        assert run.measured + run.failed == 7 and not {INVOCATION_OP.key, REFERENCE_OP.key} & t.keys(status=None)
+        assert len(t.meta_get("invocation")["samples"]) == len(t.meta_get("reference")["samples"]) == 4
+        profile_into(t, agent, ops, timing, max_ops=2, retime="none")  # a resumed run: one batch of 2 more
+        inv, ref = t.meta_get("invocation"), t.meta_get("reference")
         assert len(t.keys(status=None)) == 9 and INVOCATION_OP.key not in t.keys(status=None)
-        est = [x["estimate_ms"] for x in inv["samples"]]
-        assert len(est) == 4 and all(e > 0 and len(x["round_medians"]) == 2 for e, x in zip(est, inv["samples"]))
-        assert invocation_ms(t) == inv["estimate_ms"] == statistics.median(est)
-        run = profile_into(t, agent, ops, timing, max_ops=1, sample_invocation=False)
-        assert run.measured + run.failed == 1 and len(t.meta_get("invocation")["samples"]) == 4
+        st = [x["stats"] for x in inv["samples"]]
+        assert len(st) == 5 and all(x["estimate_ms"] == x["stats"]["mean"] > 0 and len(x["round_medians"]) == 2
+                                    for x in inv["samples"])
+        pooled = sum(x["n"] * x["mean"] for x in st) / sum(x["n"] for x in st)  # the mean of every sample
+        assert invocation_ms(t) == inv["estimate_ms"] == pytest.approx(pooled, rel=1e-12)
+        assert inv["estimator"] == "mean" and ref["key"] == REFERENCE_OP.key and len(ref["samples"]) == 5
+        batch_refs = [x["estimate_ms"] for x in ref["samples"]]
+        rows = sorted(t.measurements(), key=lambda m: m.taken_at)
+        assert [m.extra["reference_ms"] for m in rows] == [batch_refs[i] for i in (0, 0, 1, 1, 2, 2, 3, 4, 4)]
+        run = profile_into(t, agent, ops, timing, max_ops=1, sample_invocation=False, retime="none")
+        assert run.measured + run.failed == 1 and len(t.meta_get("invocation")["samples"]) == 5
     with LatencyTable.open(tmp_path / "old.sqlite", agent.profile) as t:  # from before samples were kept
         t.meta_set("invocation", {"status": "ok", "estimate_ms": 1.0, "timing": timing.to_dict()})
-        profile_into(t, agent, ops, timing, max_ops=2)
+        profile_into(t, agent, ops, timing, max_ops=2, retime="none")
         inv = t.meta_get("invocation")
         assert [x["estimate_ms"] for x in inv["samples"]][0] == 1.0 and len(inv["samples"]) == 2
+        # a sample without a count weighs as much as the other batch
         assert inv["estimate_ms"] == pytest.approx((1.0 + inv["samples"][1]["estimate_ms"]) / 2, rel=1e-12)
+
 
 def test_each_measurement_is_its_own_transaction_committed_when_handed_over(tmp_path: Path) -> None:
     """profile_into commits every Measurement alone, as the agent hands it over: another connection
     reads the row when on_result sees it, and no transaction holds two rows. Interleaved ops are
     handed over together at their batch's end (their samples are taken together), so what a crash
-    can lose is the batch in flight, never a row already handed over."""
+    can lose is the batch in flight, never a row already handed over. Rows timed again as suspect
+    replace theirs the same way, one transaction each."""
     import sqlite3
     from contextlib import closing
 
@@ -164,11 +177,11 @@ def test_each_measurement_is_its_own_transaction_committed_when_handed_over(tmp_
         def on_result(m) -> None:  # committed already: visible to a connection of its own
             handed.append(m.key)
             assert reader.execute("SELECT key FROM measurements WHERE key = ?", (m.key,)).fetchall() == [(m.key,)]
-            assert reader.execute("SELECT COUNT(*) FROM measurements").fetchone()[0] == len(handed)
+            assert reader.execute("SELECT COUNT(*) FROM measurements").fetchone()[0] == len(set(handed))
 
         t.conn.set_trace_callback(statements.append)
         run = profile_into(t, agent, ops, timing, max_ops=7, on_result=on_result)
-    assert run.measured + run.failed == len(handed) == 7
+    assert run.measured + run.failed == len(set(handed)) == 7 and len(handed) == 7 + run.retimed
     transactions, current = [], None
     for sql in statements:
         if sql.startswith("BEGIN"):
@@ -179,7 +192,7 @@ def test_each_measurement_is_its_own_transaction_committed_when_handed_over(tmp_
         elif current is not None:
             current.append(sql)
     rows = [sum(sql.startswith("INSERT OR REPLACE INTO measurements") for sql in tx) for tx in transactions]
-    assert sum(rows) == 7 and max(rows) == 1, rows  # seven transactions of one row each (+ the meta's)
+    assert sum(rows) == 7 + run.retimed and max(rows) == 1, rows  # one row each (+ the meta's)
 
 
 def test_ops_file_from_enumerate(tmp_path: Path) -> None:
@@ -286,19 +299,23 @@ def test_space_profile_times_in_network_context(tmp_path: Path) -> None:
     for m in rows:
         assert m.settings["timing"]["context"] == "network" and m.settings["timing"]["context_bytes"] == expected
         assert m.stats.block == 1  # one call per sample
-        # timed in 10 interleaved rounds of >= 5 samples; priced by the fastest round's median
+        # timed in 10 interleaved rounds of >= 5 samples, every sample kept; priced by their mean
         rounds = m.extra["round_medians"]
-        assert len(rounds) == 10 and m.stats.n >= 50 and m.settings["estimator"] == "round_min"
-        assert estimates[m.key] == min(rounds) == m.stats.round_min
-    assert (meta["context"], meta["context_bytes"]) == ("network", expected)
+        assert len(rounds) == 10 and m.stats.n >= 50 and m.settings["estimator"] == "mean"
+        assert len(m.stats.samples) == m.stats.n and estimates[m.key] == pytest.approx(
+            math.fsum(m.stats.samples) / m.stats.n, rel=1e-12)
+    assert (meta["context"], meta["context_bytes"], meta["estimator"]) == ("network", expected, "mean")
     assert inv["key"] == "activation-input:1x1x1x1-type:relu" and inv["timing"]["context"] == "network"
-    # one sample before the run, one from the run's batch; the estimate is their median
+    # one sample before the run, one from the run's batch (and one from the batch that timed its
+    # suspect rows again, if any); the estimate is the mean of all their samples
     samples = inv["samples"]
-    assert len(samples) == 2 and inv["estimator"] == "round_min" and inv["combine"] == "median of samples"
+    assert len(samples) == 2 + (summary["retimed"] > 0) and inv["estimator"] == "mean"
+    assert inv["combine"] == "mean of all samples (each batch's mean weighted by its sample count)"
     for x in samples:
-        assert x["stats"]["n"] >= 50 and x["estimate_ms"] == min(x["round_medians"]) > 0
-    assert inv["estimate_ms"] == pytest.approx((samples[0]["estimate_ms"] + samples[1]["estimate_ms"]) / 2, rel=1e-12)
-    assert summary["invocation_ms"] == inv["estimate_ms"]
+        assert x["stats"]["n"] >= 50 and x["estimate_ms"] == x["stats"]["mean"] > 0
+    pooled = sum(x["stats"]["n"] * x["stats"]["mean"] for x in samples) / sum(x["stats"]["n"] for x in samples)
+    assert inv["estimate_ms"] == pytest.approx(pooled, rel=1e-12)
+    assert summary["invocation_ms"] == inv["estimate_ms"] and summary["estimator"] == "mean"
 
 
 def test_context_flags_and_resume_checks(tmp_path: Path) -> None:
