@@ -304,9 +304,8 @@ def _qs_profile(st: QuickstartState, con: Console) -> None:
     """Profile the tiny space's blocks with ONNX Runtime on this CPU (1 thread) into a table."""
     from device_agents import get_agent
 
-    from .cli_profile import context_line, default_timing
-    from .profiling import (INVOCATION_META, check_run_meta, measure_invocation, ops_with_resolutions,
-                            profile_into, timing_for)
+    from .cli_profile import checked_run, context_line, default_timing
+    from .profiling import INVOCATION_META, measure_invocation, ops_with_resolutions, profile_into, timing_for
     from .spaces import get_space
     from .store import LatencyTable
 
@@ -318,7 +317,7 @@ def _qs_profile(st: QuickstartState, con: Console) -> None:
     try:
         timing = timing_for(agent, default_timing(agent, max_time_s=0.3), "auto", sp)
         with LatencyTable.open(str(st.table), agent.profile) as t:
-            check_run_meta(t, "block", "none", sp.name, timing)
+            timing = checked_run(t, "block", "none", sp.name, timing, None, True)  # a rerun keeps the table's estimator
             measure_invocation(t, agent, timing)
             run = profile_into(t, agent, ops, timing, resolutions=res)
             invocation = t.meta_get(INVOCATION_META)  # each batch added a sample; or why it failed

@@ -121,7 +121,7 @@ def profile_command(
                 timing = _retime_timing(table, agent, timing, context, context_mb, estimator, own_loop)
                 run = _run_with_progress(table, agent, [], timing, None, False, {}, retime="all")
             else:
-                timing = _checked_run(table, granularity, fusion, space, timing, estimator, own_loop)
+                timing = checked_run(table, granularity, fusion, space, timing, estimator, own_loop)
                 measure_invocation(table, agent, timing, retry_failed)
                 run = _run_with_progress(table, agent, ops, timing, max_ops, retry_failed, res)
             invocation = table.meta_get(INVOCATION_META)  # each batch added a sample
@@ -145,7 +145,7 @@ def _check_retime_flags(out: Path, space, ops_file, resolution, max_ops, retry_f
         raise UsageError(f"--retime-suspect needs an existing table; {out} is not one")
 
 
-def _checked_run(table, granularity: str, fusion: str, space, timing, estimator, own_loop: bool):
+def checked_run(table, granularity: str, fusion: str, space, timing, estimator, own_loop: bool):
     """`timing` priced by the table's own estimator where --estimator was not given (a new table:
     the mean), after the table's run settings were checked or recorded (check_run_meta)."""
     import dataclasses
@@ -169,7 +169,7 @@ def _retime_timing(table, agent, timing, context: str, context_mb, estimator, ow
         context_mb = meta["context_bytes"] / (1 << 20) if context == "network" else None
     timing = timing_for(agent, timing, context, None, context_mb)
     granularity = meta.get("granularity") or "block"
-    return _checked_run(table, granularity, meta.get("fusion", "none"), None, timing, estimator, own_loop)
+    return checked_run(table, granularity, meta.get("fusion", "none"), None, timing, estimator, own_loop)
 
 
 def _report(run, out: Path, agent, device: str, timing, invocation: dict | None, as_json: bool,

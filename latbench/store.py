@@ -199,9 +199,10 @@ def _check_writable(p: str) -> None:
     if not why and not os.access(d, os.W_OK | os.X_OK):
         why = (f"its directory {d} is on a read-only file system" if os.statvfs(d).f_flag & os.ST_RDONLY
                else f"its directory {d} is not writable (SQLite keeps FILE-wal and FILE-shm beside it)")
-    if why:
-        raise TableError(f"{p}: cannot write the table: {why}; reading commands (table show, "
-                         f"table export, predict, search) open it read-only")
+    if why:  # an existing table can still be read where it cannot be written: say how
+        hint = ("; reading commands (table show, table export, predict, search) open it read-only"
+                if os.path.exists(p) else "")
+        raise TableError(f"{p}: cannot write the table: {why}{hint}")
 
 
 def _file_stamp(p: str) -> tuple:

@@ -21,7 +21,7 @@ import os
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -644,11 +644,13 @@ def _predicted(results: Sequence[SubnetResult], name: str) -> np.ndarray:
     return np.array([r.predicted.get(name, math.nan) for r in results], dtype=np.float64)
 
 
-def score(results: Sequence[SubnetResult], measured: np.ndarray) -> dict[str, Metrics]:
-    """Every predictor the results carry, scored against `measured` (one value per result)."""
+def score(results: Sequence[SubnetResult], measured: np.ndarray,
+          refitted: Mapping[str, np.ndarray] | None = None) -> dict[str, Metrics]:
+    """Every predictor the results carry, scored against `measured` (one value per result);
+    `refitted` replaces the predictions of the fitted predictors (calibrated, flops-linear)."""
     out = {}
     for name in PREDICTORS:
-        p = _predicted(results, name)
+        p = refitted[name] if refitted and name in refitted else _predicted(results, name)
         ok = np.isfinite(p) & np.isfinite(measured)
         if ok.any():
             out[name] = error_metrics(p[ok], measured[ok])
@@ -881,7 +883,8 @@ class ValidationReport:
         if self.estimator_metrics is None:
             lines.append(f"{ESTIMATOR_ROW}: not measured (--no-estimator-row)")
         else:
-            lines.append(f"{ESTIMATOR_ROW} (the same predictions; subnets timed back to back in {t.rounds} "
+            lines.append(f"{ESTIMATOR_ROW} (the same table prices, calibration and FLOPs line fitted on this row's "
+                         f"own calibration subnets; subnets timed back to back in {t.rounds} "
                          f"interleaved round(s), median of >= {t.min_samples} samples a round, stop at IQR/median "
                          f"< {t.target_iqr:g} or {t.max_time_s:g} s, {self.builds} fresh build(s) each in consecutive "
                          f"batches, each batch's speed taken out): its measurements read "
@@ -931,6 +934,21 @@ def _pct(x: float, sign: bool = False) -> str:
 
 def _num(x: float) -> str:
     return "-" if x is None or math.isnan(x) else f"{x:.3f}"
+
+
+def fitted(subnets: Sequence[SubnetResult], cal_subnets: Sequence[SubnetResult], measured: np.ndarray,
+           space, granularity: str) -> tuple[Calibration | None, tuple[float, float] | None, dict[str, np.ndarray]]:
+    """The calibration and the FLOPs line fitted on the calibration subnets' `measured` values
+    (one row's measurements), and what each predicts for `subnets`; nothing without them."""
+    ok = np.isfinite(measured) & (measured > 0)
+    if not cal_subnets or not ok.any():
+        return None, None, {}
+    cal_subnets = [r for r, good in zip(cal_subnets, ok) if good]
+    cal = fit_calibration(_predicted(cal_subnets, UNCALIBRATED), measured[ok], space.name, granularity)
+    flops_fit = fit_flops([r.flops for r in cal_subnets], measured[ok])
+    mflops = np.array([r.flops for r in subnets], dtype=np.float64) / 1e6
+    return cal, flops_fit, {CALIBRATED: cal.apply(_predicted(subnets, UNCALIBRATED)),
+                            FLOPS: flops_fit[0] * mflops + flops_fit[1]}
 
 
 def fit_flops(flops: Sequence[float], measured: Sequence[float]) -> tuple[float, float]:
@@ -1006,16 +1024,10 @@ def validate(table: LatencyTable, space, agent, n: int = 100, seed: int = 0,
     subnets = [by_index[i] for i in range(n)]
     cal_subnets = [by_index[i] for i in range(n, len(configs))]
 
-    cal = flops_fit = None
-    if cal_subnets:
-        cal = fit_calibration(_predicted(cal_subnets, UNCALIBRATED), _measured(cal_subnets), space.name,
-                              predictor.granularity)
-        flops_fit = fit_flops([r.flops for r in cal_subnets], _measured(cal_subnets))
-    for r, cfg in zip(subnets, val_cfgs):
-        if cal:
-            r.predicted[CALIBRATED] = float(cal.apply(r.predicted[UNCALIBRATED]))
-        if flops_fit:
-            r.predicted[FLOPS] = flops_fit[0] * r.flops / 1e6 + flops_fit[1]
+    cal, flops_fit, fits = fitted(subnets, cal_subnets, _measured(cal_subnets), space, predictor.granularity)
+    for i, (r, cfg) in enumerate(zip(subnets, val_cfgs)):
+        for name, values in fits.items():
+            r.predicted[name] = float(values[i])
         if op_pricer is not None:
             r.predicted[OP_SUM] = _op_sum(op_pricer, space, cfg)
 
@@ -1029,7 +1041,8 @@ def validate(table: LatencyTable, space, agent, n: int = 100, seed: int = 0,
         metrics=score(subnets, _measured(subnets)), yardstick=yardstick,
         plain_call=plain_call, ceiling=ceiling_of(subnets),
         table_statistic=table_statistic(table),
-        estimator_metrics=score(subnets, _estimated(subnets)) if estimator_row else None,
+        estimator_metrics=score(subnets, _estimated(subnets), fitted(
+            subnets, cal_subnets, _estimated(cal_subnets), space, predictor.granularity)[2]) if estimator_row else None,
         op_table=op_path, op_profiled=op_profiled, stored_calibration=stored,
         noise=noise_run, invocation_ms=predictor.invocation_ms, builds=builds, retime=drift,
         wall_s=time.perf_counter() - t0,

@@ -182,6 +182,11 @@ def test_validate_end_to_end(tables, device: str, tmp_path: Path, cli) -> None:
     cal = fit_calibration([s["predicted_ms"]["uncalibrated"] for s in rep["calibration_subnets"]],
                           [s["measured_ms"] for s in rep["calibration_subnets"]], "tiny", "block")
     assert rep["calibration"]["scale"] == pytest.approx(cal.scale)
+    # the estimator row's calibrated predictor is fitted on that row's own calibration measurements
+    cal_e = fit_calibration([s["predicted_ms"]["uncalibrated"] for s in rep["calibration_subnets"]],
+                            [s["estimator"]["measured_ms"] for s in rep["calibration_subnets"]], "tiny", "block")
+    e = [cal_e.apply(s["predicted_ms"]["uncalibrated"]) / s["estimator"]["measured_ms"] - 1 for s in rep["subnets"]]
+    assert est["metrics"]["calibrated"]["bias"] == pytest.approx(np.mean(e))
     assert len(rep["noise"]["estimates_ms"]) == 3
     assert "validation subnets" in err  # progress on stderr
     for sub in rep["subnets"] + rep["calibration_subnets"]:
@@ -233,7 +238,7 @@ def test_validate_end_to_end(tables, device: str, tmp_path: Path, cli) -> None:
         lines = out.splitlines()
         # both row sets (a header each), the ceiling after the first, the statistics stated
         assert sum(1 for x in lines if x.startswith("predictor ")) == 2
-        assert any(x.startswith("vs latbench estimator (the same predictions;") for x in lines)
+        assert any(x.startswith("vs latbench estimator (the same table prices, calibration and FLOPs line fitted on this row's own") for x in lines)
         assert sum(1 for x in lines if x.startswith("yardstick noise ceiling: one pass against the median of "
                                                      "the others: ")) == 1
         assert any(x.endswith(", 3 subnets x 3 passes") for x in lines)
