@@ -49,6 +49,7 @@ from latbench.device import DeviceProfile, _ranges
 from latbench.errors import DeviceUnavailableError, LatbenchError, UsageError, require
 from latbench.measure import Measurement, Stats, TimingSettings
 from latbench.ops import OpSpec
+from latbench.yardstick import PassStats, YardstickSettings
 
 from .base import Agent, AgentOptions, _one_line
 
@@ -58,6 +59,8 @@ DEVICE_ROOT = "/data/local/tmp/latbench"  # every file latbench puts on a phone 
 SCRIPTS = ("probe.sh", "run_batch.sh")
 DELEGATES = ("cpu", "xnnpack", "gpu", "nnapi")
 BATCH_SIZE = 32  # models per push-and-run: a 200-op profile in 0.095 adb round trips per op
+WHOLE_BATCH_BYTES = 256 << 20  # whole models per push at most (a phone's /data/local/tmp, a USB 2 link)
+WHOLE_MAX_S = 150.0  # benchmark_model's default --max_secs: one yardstick pass of a whole model
 MAX_PHONE_THREADS = 64  # threads bound before a phone is probed (then: its core count)
 # the variables adb's own client reads (and adbutils' ANDROID_ADB_SERVER_HOST)
 ENV_SOCKET, ENV_ADDRESS, ENV_HOST, ENV_PORT = ("ADB_SERVER_SOCKET", "ANDROID_ADB_SERVER_ADDRESS",
@@ -875,19 +878,25 @@ class AndroidAgent(Agent):
             else:
                 yield results[id(p)]
 
-    def _run_on_device(self, runnable: list[_Pending], timing: TimingSettings, args: list[str],
-                       settings: dict[str, Any], profile_id: str, t_start: float) -> dict[int, Measurement]:
-        """Push one batch, run it (resumed after each cooldown), parse it: id(pending) -> Measurement."""
+    def _push_and_run(self, files: Sequence[tuple[str, bytes]], limit: float, args: list[str]
+                      ) -> tuple[int, list[_ScriptRun], dict[int, tuple[_Section, _ScriptRun]]]:
+        """Push one batch of (file name, model bytes) and run it (resumed after each cooldown):
+        the batch number, its script runs, and model index -> (its section, the run it was in)."""
         k = self._batches
         self._batches += 1
         bdir = f"{self.session}/b{k}"
-        listing = "".join(f"{bdir}/{p.file}\n" for p in runnable).encode()
-        self._push([*((f"{bdir}/{p.file}", p.model, 0o644) for p in runnable), (f"{bdir}/list.txt", listing, 0o644)],
+        listing = "".join(f"{bdir}/{name}\n" for name, _ in files).encode()
+        self._push([*((f"{bdir}/{name}", data, 0o644) for name, data in files), (f"{bdir}/list.txt", listing, 0o644)],
                    f"batch {k} (push)")
+        runs = self._run_gated(k, bdir, len(files), limit, args)
+        return k, runs, {i: (sec, run) for run in runs for i, sec in run.sections.items()}
+
+    def _run_on_device(self, runnable: list[_Pending], timing: TimingSettings, args: list[str],
+                       settings: dict[str, Any], profile_id: str, t_start: float) -> dict[int, Measurement]:
+        """Push one batch, run it (resumed after each cooldown), parse it: id(pending) -> Measurement."""
         limit = self._run_limit(timing)
-        runs = self._run_gated(k, bdir, len(runnable), limit, args)
+        k, runs, ran = self._push_and_run([(p.file, p.model) for p in runnable], limit, args)
         t_back = runs[-1].t_back
-        ran = {i: (sec, run) for run in runs for i, sec in run.sections.items()}
         overhead = max(0.0, (t_back - t_start) - sum(sec.wall for sec, _ in ran.values())) / len(runnable)
         out_map: dict[int, Measurement] = {}
         for i, p in enumerate(runnable):
@@ -929,6 +938,62 @@ class AndroidAgent(Agent):
         names = self._zone_names()
         return {"batch": k, "thermal": run.thermal, "temps_before": run.before.to_dict(names) if run.before else None,
                 "temps_after": run.after.to_dict(names) if run.after else None}
+
+    # ------------------------------------------------------------------ whole models (the plain yardstick)
+    @property
+    def model_kind(self) -> str:
+        """The whole model its runner takes: a .tflite (benchmark_model) or an .onnx (onnxruntime_perf_test)."""
+        return "onnx" if self.runtime_key == "ort" else "tflite"
+
+    @property
+    def plain_call(self) -> str:
+        """What the yardstick times on the phone, in words."""
+        if self.runtime_key == "ort":
+            return f"onnxruntime_perf_test on {self.serial}, a fresh process per pass, its P50 and average"
+        return f"benchmark_model on {self.serial}, a fresh process per pass, its average"
+
+    @property
+    def plain_statistics(self) -> tuple[str, ...]:
+        """What the runner reports of its timed runs, the default first: benchmark_model their
+        average and minimum (no median); onnxruntime_perf_test -s also the P50."""
+        return ("median", "mean", "min") if self.runtime_key == "ort" else ("mean", "min")
+
+    def yardstick_args(self, y: YardstickSettings) -> list[str]:
+        """The runner's arguments for one yardstick pass of a whole model: y.warmup runs and
+        y.warmup_s seconds, then >= y.runs runs and >= y.min_s seconds (benchmark_model's own
+        loop; onnxruntime_perf_test takes a run count only, and warms up once)."""
+        if self.runtime_key == "ort":
+            return ["-I", "-s", "-m", "times", "-r", str(y.runs), "-x", str(self.threads), "-o", "99",
+                    *self._delegate_flags()]
+        return [f"--num_threads={self.threads}", f"--warmup_runs={y.warmup}",
+                f"--warmup_min_secs={_flag_value(y.warmup_s)}", f"--num_runs={y.runs}",
+                f"--min_secs={_flag_value(y.min_s)}", f"--max_secs={_flag_value(max(WHOLE_MAX_S, y.min_s))}",
+                *self._delegate_flags()]
+
+    def time_models(self, models: Sequence[bytes], y: YardstickSettings) -> list[PassStats]:
+        """One yardstick pass over whole models, in the given order: each pushed afresh and run by
+        its own runner process (a fresh interpreter or session), batch_size models (at most
+        WHOLE_BATCH_BYTES) a push; the thermal gate waits as for ops. A model without timings
+        raises LatbenchError naming it and the runner's reason."""
+        self._setup()
+        args = self.yardstick_args(y)
+        limit = (300 if self.runtime_key == "ort" else 60) + 3 * (y.warmup_s + max(WHOLE_MAX_S, y.min_s))
+        out: list[PassStats] = []
+        for chunk in _byte_chunks(models, self.batch_size, WHOLE_BATCH_BYTES):
+            files = [(f"net{len(out) + i}{self.rt.ext}", m) for i, m in enumerate(chunk)]
+            _, runs, ran = self._push_and_run(files, limit, args)
+            for i, (name, _) in enumerate(files):
+                sec = ran.get(i, (None, None))[0]
+                res = self.rt.parse(sec.text) if sec is not None and sec.rc == 0 else None
+                if res is None:
+                    why = ("no result (batch output ended early)" if sec is None else
+                           failure_message(self.rt.runner, sec.rc, sec.text, limit) if sec.rc != 0 else
+                           f"{self.rt.runner} printed no timings")
+                    raise LatbenchError(f"device {self.serial}: whole model {len(out) + 1} of {len(models)} "
+                                        f"({name}): {why}")
+                s = res.stats
+                out.append(PassStats.reported(s.median, s.mean, res.details.get("p90_ms", math.nan), s.min, s.n))
+        return out
 
     # ------------------------------------------------------------------ thermal gate
     @property
@@ -1074,6 +1139,18 @@ def _split_result(out: str, token: str) -> _ScriptRun:
         elif kind == "done":
             run.done = index if index is not None else 0
     return run
+
+
+def _byte_chunks(items: Sequence[bytes], count: int, max_bytes: int) -> Iterator[Sequence[bytes]]:
+    """Consecutive runs of `items`, each at most `count` long and `max_bytes` big (never empty)."""
+    start, size = 0, 0
+    for i, item in enumerate(items):
+        if i > start and (i - start >= count or size + len(item) > max_bytes):
+            yield items[start:i]
+            start, size = i, 0
+        size += len(item)
+    if start < len(items):
+        yield items[start:]
 
 
 def _celsius_of(milli: int | None) -> float | None:

@@ -25,11 +25,15 @@ _SEED = typer.Option(0, "--seed", help="sampling seed")
 _MAX_TIME = typer.Option(None, "--max-time", help="time cap per subnet in seconds (default: the table's timing)")
 _MIN_SAMPLES = typer.Option(None, "--min-samples", help="samples per subnet at least (default: the table's)")
 _TARGET_IQR = typer.Option(None, "--target-iqr", help="stop sampling once IQR/median is below this (default: the table's)")
+_RUNNER = typer.Option(None, "--runner", help="android: the benchmark runner to push (default: the one the table's "
+                       "profile recorded)")
+_SERIAL = typer.Option(None, "--serial", help="android: the phone (default: the table's, else ANDROID_SERIAL)")
 _JSON = typer.Option(False, "--json", help="print the result as one JSON document")
 _BUILDS = typer.Option(3, "--builds", help="latbench estimator: fresh builds (sessions, interpreters) per subnet, "
                        "timed interleaved; each in another batch; each batch's speed is taken out")
-_STATISTIC = typer.Option("median", "--statistic", help="yardstick: the statistic of each pass's runs "
-                          "(median, mean or min); a subnet's value is its median over the passes")
+_STATISTIC = typer.Option(None, "--statistic", help="yardstick: the statistic of each pass's runs "
+                          "(median, mean or min; default median, or the average where the runner reports no "
+                          "median: benchmark_model on a phone); a subnet's value is its median over the passes")
 _PASSES = typer.Option(3, "--passes", help="yardstick: passes over the subnets, each a fresh runnable per "
                        "subnet in its own shuffled order (the noise ceiling needs >= 3)")
 _RUNS = typer.Option(50, "--runs", help="yardstick: timed runs per pass, at least")
@@ -37,7 +41,7 @@ _MIN_TIME = typer.Option(0.5, "--min-time", help="yardstick: seconds of timed ru
 
 
 def open_agent(table, device: Optional[str], threads: Optional[int], opt_level: Optional[str],
-               xnnpack: Optional[bool]):
+               xnnpack: Optional[bool], runner: Optional[Path] = None, serial: Optional[str] = None):
     """The agent the table's profile names, with any explicit CLI setting overriding it; refused
     (one line naming both profiles) when it does not measure under the table's profile."""
     from device_agents import agent_options, get_agent
@@ -46,7 +50,8 @@ def open_agent(table, device: Optional[str], threads: Optional[int], opt_level: 
 
     want = profile_settings(table.require_profile())
     dev = device or want["device"]
-    flags = dict(threads=threads, opt_level=opt_level, xnnpack=xnnpack)  # None: the table's setting
+    flags = dict(threads=threads, opt_level=opt_level, xnnpack=xnnpack, runner=str(runner) if runner else None,
+                 serial=serial)  # None: the table's setting
     agent = get_agent(dev, **agent_options(dev, flags, defaults=want))
     try:
         check_agent(agent, table)
@@ -94,13 +99,13 @@ class _Bars:
 
 
 @contextlib.contextmanager
-def _session(table: Path, device, threads, opt_level, xnnpack, readonly=False):
+def _session(table: Path, device, threads, opt_level, xnnpack, readonly=False, runner=None, serial=None):
     """The table, an agent rebuilt from its profile and progress bars, for one end-to-end
     measuring command; the agent is closed after."""
     from .store import LatencyTable
 
     with LatencyTable.open(str(table), create=False, readonly=readonly) as t:
-        agent = open_agent(t, device, threads, opt_level, xnnpack)
+        agent = open_agent(t, device, threads, opt_level, xnnpack, runner, serial)
         try:
             with _Bars() as bars:
                 yield t, agent, bars
@@ -108,11 +113,18 @@ def _session(table: Path, device, threads, opt_level, xnnpack, readonly=False):
             agent.close()
 
 
-def _yardstick(statistic: str, passes: int, runs: int, min_time: float, seed: int):
+def _yardstick(statistic: Optional[str], passes: int, runs: int, min_time: float, seed: int):
     """The yardstick's settings from the flags (refused in one line where out of range)."""
     from .yardstick import YardstickSettings
 
-    return YardstickSettings(runs=runs, min_s=min_time, passes=passes, seed=seed, statistic=statistic)
+    return YardstickSettings(runs=runs, min_s=min_time, passes=passes, seed=seed, statistic=statistic or "median")
+
+
+def _agent_yardstick(agent, ys, statistic: Optional[str]):
+    """`ys` with a statistic `agent`'s runner reports (an unasked median becomes benchmark_model's average)."""
+    from .validate import agent_yardstick
+
+    return agent_yardstick(agent, ys, asked=statistic is not None)
 
 
 def calibrate_command(
@@ -120,7 +132,8 @@ def calibrate_command(
     n: int = typer.Option(10, "--n", "-n", help="subnets to measure end to end"),
     seed: int = _SEED, resolution: List[int] = _RES, threads: Optional[int] = _THREADS,
     opt_level: Optional[str] = _OPT, xnnpack: Optional[bool] = _XNN, as_json: bool = _JSON,
-    statistic: str = _STATISTIC, passes: int = _PASSES, runs: int = _RUNS, min_time: float = _MIN_TIME,
+    statistic: Optional[str] = _STATISTIC, passes: int = _PASSES, runs: int = _RUNS, min_time: float = _MIN_TIME,
+    runner: Optional[Path] = _RUNNER, serial: Optional[str] = _SERIAL,
 ) -> None:
     """Measure n random subnets with the plain yardstick, fit measured = scale x predicted +
     offset (or one of them, whichever predicts left-out subnets best), store it in the table."""
@@ -129,7 +142,8 @@ def calibrate_command(
 
     ys = _yardstick(statistic, passes, runs, min_time, seed)
     sp = get_space(space)
-    with _session(table, device, threads, opt_level, xnnpack) as (t, agent, bars):
+    with _session(table, device, threads, opt_level, xnnpack, runner=runner, serial=serial) as (t, agent, bars):
+        ys = _agent_yardstick(agent, ys, statistic)
         run = calibrate(t, sp, agent, n, seed, resolution or None, ys, bars)
         res = sorted({r.resolution for r in run.subnets})
         store_calibration(t, run, seed=seed, resolutions=res)
@@ -165,9 +179,10 @@ def validate_command(
     target_iqr: Optional[float] = _TARGET_IQR, as_json: bool = _JSON, builds: int = _BUILDS,
     retime: int = typer.Option(24, "--retime", help="table entries to time again before and after the subnets, "
                                "as the profile timed them: how far the machine's speed moved since (0: none)"),
-    statistic: str = _STATISTIC, passes: int = _PASSES, runs: int = _RUNS, min_time: float = _MIN_TIME,
+    statistic: Optional[str] = _STATISTIC, passes: int = _PASSES, runs: int = _RUNS, min_time: float = _MIN_TIME,
     estimator_row: bool = typer.Option(True, "--estimator-row/--no-estimator-row", help="also measure the "
                                        "subnets with latbench's estimator and score against it (a second row set)"),
+    runner: Optional[Path] = _RUNNER, serial: Optional[str] = _SERIAL,
 ) -> None:
     """Measure n random subnets end to end and report how close each predictor comes to the plain
     yardstick (and to latbench's estimator), with the yardstick's noise ceiling."""
@@ -177,7 +192,9 @@ def validate_command(
 
     ys = _yardstick(statistic, passes, runs, min_time, seed)
     sp = get_space(space)
-    with _session(table, device, threads, opt_level, xnnpack, readonly=True) as (t, agent, bars):
+    with _session(table, device, threads, opt_level, xnnpack, readonly=True, runner=runner,
+                  serial=serial) as (t, agent, bars):
+        ys = _agent_yardstick(agent, ys, statistic)
         report = validate(t, sp, agent, n, seed, resolution or None, calibrate_n,
                           _timing(t, max_time, min_samples, target_iqr), str(op_table) if op_table else None,
                           op_baseline, noise, bars, builds, retime, ys, estimator_row)

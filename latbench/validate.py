@@ -14,6 +14,7 @@ only when used.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -33,6 +34,7 @@ from .predict import Calibration, Predictor, Pricer, fit_calibration
 from .store import LatencyTable, ProfileMismatchError
 from .yardstick import CEILING_PASSES, PLURAL, STATISTICS, NoiseCeiling, Reading, YardstickSettings, noise_ceiling
 from .yardstick import measure as yardstick_readings
+from .yardstick import measure_batched as yardstick_batched
 
 # progress(task, done, total): the CLI draws bars from it; the library never prints
 Progress = Callable[[str, int, int], None]
@@ -175,7 +177,14 @@ def profile_settings(profile: DeviceProfile) -> dict[str, Any]:
         out.update(opt_level=opts.get("opt_level", "all"), boundary=opts.get("boundary", "graph"))
     elif profile.agent == "tflite":
         out["xnnpack"] = profile.delegate == "xnnpack"
-    return out
+    elif profile.agent == "android":  # the runner and settings the profile recorded; serial: the same phone
+        info = profile.info or {}
+        out.update(delegate=profile.delegate, runtime=profile.runtime,
+                   fixed_performance=opts.get("fixed_performance_mode", "off") != "off",
+                   runner=(info.get("runner") or {}).get("path"), serial=info.get("serial"),
+                   cpus=info.get("cpus_option"), max_temp=info.get("max_temp"), cooldown=info.get("cooldown_s"),
+                   batch_size=info.get("batch_size"))
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def check_agent(agent, table: LatencyTable) -> DeviceProfile:
@@ -285,11 +294,38 @@ MODEL_KINDS = {"ort": "onnx", "tflite": "tflite", "cpu": "torch", "cuda": "torch
 
 
 def subnet_kind(agent) -> str:
-    """The kind of whole model `agent` runs end to end (MODEL_KINDS); others are refused."""
+    """The kind of whole model `agent` runs end to end (its `model_kind`, else MODEL_KINDS); others
+    are refused."""
     name = getattr(agent, "name", "")
-    if name not in MODEL_KINDS:
-        raise UsageError(f"end-to-end measurement on device {name!r} is not supported ({', '.join(MODEL_KINDS)})")
-    return MODEL_KINDS[name]
+    kind = getattr(agent, "model_kind", None) or MODEL_KINDS.get(name)
+    if kind is None:
+        raise UsageError(f"end-to-end measurement on device {name!r} is not supported ({', '.join(MODEL_KINDS)}, "
+                         f"android)")
+    return kind
+
+
+def times_on_device(agent) -> bool:
+    """Whether the runtime times whole models itself, on the device (a phone's benchmark_model):
+    the yardstick then reads the runner's report, and latbench's host-side estimator cannot run."""
+    return callable(getattr(agent, "time_models", None))
+
+
+def plain_call_of(agent) -> str:
+    """What the yardstick times on `agent`, in words (PLAIN_CALLS, or the agent's own)."""
+    return getattr(agent, "plain_call", None) or PLAIN_CALLS[subnet_kind(agent)]
+
+
+def agent_yardstick(agent, settings: YardstickSettings, asked: bool = True) -> YardstickSettings:
+    """`settings` with a statistic the agent's runner reports: a runner that summarises its own
+    runs (benchmark_model: average and min) cannot give a median; an unasked default becomes the
+    runner's first statistic, an asked one it cannot give is refused in one line."""
+    offered = tuple(getattr(agent, "plain_statistics", STATISTICS))
+    if settings.statistic in offered:
+        return settings
+    if not asked:
+        return dataclasses.replace(settings, statistic=offered[0])
+    raise UsageError(f"--statistic {settings.statistic}: {plain_call_of(agent)} reports only "
+                     f"{', '.join(offered)} of its runs")
 
 
 def subnet_model(agent, space, config) -> tuple[str, Any]:
@@ -329,6 +365,16 @@ def plain_built(agent, model: tuple[str, Any]):
     if kind == "onnx":
         return agent.plain_runner(*art)
     return prepare_built(agent, model)
+
+
+def model_bytes(model: tuple[str, Any]) -> bytes:
+    """The file a device runner is handed for a `subnet_model` (.onnx or .tflite bytes)."""
+    kind, art = model
+    if kind == "onnx":
+        return art[0]
+    if kind == "tflite":
+        return art
+    raise UsageError(f"a {kind} model has no file form for a device runner")
 
 
 def prepare_subnet(agent, space, config):
@@ -612,8 +658,17 @@ def measure_subnets(agent, space, configs: np.ndarray, predictor: Predictor, yar
     for cfg in configs:
         models.append(subnet_model(agent, space, cfg))
         progress("building subnets", len(models), len(configs))
-    readings = yardstick_readings(len(models), lambda i: plain_built(agent, models[i]), yardstick, agent.state,
-                                  agent.synchronizer(), lambda d, t: progress(task, d, t))
+    agent_yardstick(agent, yardstick)
+    if times_on_device(agent):
+        if timing is not None:
+            raise UsageError(f"latbench's estimator row times on the host; {agent.name} times on the device: "
+                             f"use --no-estimator-row")
+        readings = yardstick_batched(
+            len(models), lambda idx: agent.time_models([model_bytes(models[i]) for i in idx], yardstick), yardstick,
+            agent.batch_size, lambda d, t: progress(task, d, t))
+    else:
+        readings = yardstick_readings(len(models), lambda i: plain_built(agent, models[i]), yardstick, agent.state,
+                                      agent.synchronizer(), lambda d, t: progress(task, d, t))
     estimated: list[EstimatorResult | None] = [None] * len(models)
     if timing is not None:
         est_task = f"{task}, latbench estimator"
@@ -696,7 +751,7 @@ def calibrate(table: LatencyTable, space, agent, n: int = 10, seed: int = 0,
     """Measure n random subnets with the yardstick and fit yardstick ~= scale * predicted + offset."""
     if n < 1:
         raise UsageError(f"calibration needs at least one subnet, got --n {n}")
-    yardstick = yardstick or YardstickSettings(seed=seed)
+    yardstick = agent_yardstick(agent, yardstick or YardstickSettings(seed=seed), asked=yardstick is not None)
     check_agent(agent, table)
     res = resolutions or covered_resolutions(table, space)
     predictor = Predictor.from_table(table, space, use_calibration=False)
@@ -795,6 +850,7 @@ class ValidationReport:
     ceiling: NoiseCeiling | None = None
     table_statistic: TableStatistic | None = None
     estimator_metrics: dict[str, Metrics] | None = None
+    estimator_note: str = ""  # why the estimator row is missing
     op_table: str | None = None
     op_profiled: int = 0
     stored_calibration: dict[str, Any] | None = None  # what the table held (not used here)
@@ -831,7 +887,7 @@ class ValidationReport:
             "table_statistic": self.table_statistic.to_dict() if self.table_statistic else None,
             "noise_ceiling": self.ceiling.to_dict() if self.ceiling else None,
             "metrics": {k: self.metrics[k].to_dict() for k in self.predictors},
-            "estimator": est,
+            "estimator": est, "estimator_note": self.estimator_note or None,
             "predictors": {k: PREDICTOR_HELP[k] for k in self.predictors},
             "calibration": self.calibration.to_dict() if self.calibration else None,
             "flops_fit": ({"ms_per_mflop": self.flops_fit[0], "offset_ms": self.flops_fit[1]}
@@ -881,7 +937,7 @@ class ValidationReport:
         if self.op_table:
             lines.append(f"op-sum: unfused op table {self.op_table} ({self.op_profiled} ops profiled in this run)")
         if self.estimator_metrics is None:
-            lines.append(f"{ESTIMATOR_ROW}: not measured (--no-estimator-row)")
+            lines.append(f"{ESTIMATOR_ROW}: not measured ({self.estimator_note or '--no-estimator-row'})")
         else:
             lines.append(f"{ESTIMATOR_ROW} (the same table prices, calibration and FLOPs line fitted on this row's "
                          f"own calibration subnets; subnets timed back to back in {t.rounds} "
@@ -982,11 +1038,18 @@ def validate(table: LatencyTable, space, agent, n: int = 100, seed: int = 0,
         raise UsageError("--calibrate-n, --noise and --retime must be >= 0")
     if builds < 1:  # before the op baseline profiles anything
         raise UsageError(f"--builds must be >= 1, got {builds}")
-    yardstick = yardstick or YardstickSettings(seed=seed)
+    yardstick = agent_yardstick(agent, yardstick or YardstickSettings(seed=seed), asked=yardstick is not None)
+    on_device = times_on_device(agent)
+    if on_device and noise:
+        raise UsageError(f"--noise times one subnet with latbench's estimator on the host; {agent.name} times on "
+                         f"the device (the yardstick's noise ceiling is reported anyway)")
+    estimator_note = "--no-estimator-row" if not estimator_row else ""
+    if on_device and estimator_row:
+        estimator_row, estimator_note = False, f"{agent.name} times whole models on the device, the estimator on the host"
     t0 = time.perf_counter()
     load0 = _loadavg()
     profile = check_agent(agent, table)
-    plain_call = PLAIN_CALLS[subnet_kind(agent)]
+    plain_call = plain_call_of(agent)
     timing = timing or table_timing(table) or TimingSettings()
     res = tuple(resolutions) if resolutions else covered_resolutions(table, space)
     predictor = Predictor.from_table(table, space, use_calibration=False)
@@ -1043,7 +1106,7 @@ def validate(table: LatencyTable, space, agent, n: int = 100, seed: int = 0,
         table_statistic=table_statistic(table),
         estimator_metrics=score(subnets, _estimated(subnets), fitted(
             subnets, cal_subnets, _estimated(cal_subnets), space, predictor.granularity)[2]) if estimator_row else None,
-        op_table=op_path, op_profiled=op_profiled, stored_calibration=stored,
+        estimator_note=estimator_note, op_table=op_path, op_profiled=op_profiled, stored_calibration=stored,
         noise=noise_run, invocation_ms=predictor.invocation_ms, builds=builds, retime=drift,
         wall_s=time.perf_counter() - t0,
         loadavg=tuple(max(a, b) for a, b in zip(load0, load1)),  # type: ignore[arg-type]

@@ -86,6 +86,12 @@ class PassStats:
         return cls(float(med), float(a.mean()), float(p90), float(a.min()), int(a.size),
                    tuple(float(x) for x in a))
 
+    @classmethod
+    def reported(cls, median: float, mean: float, p90: float, minimum: float, n: int) -> "PassStats":
+        """A pass a runtime timed and summarised itself (benchmark_model prints its runs' average and
+        min, not each run): what it did not report is NaN, and no samples are kept."""
+        return cls(float(median), float(mean), float(p90), float(minimum), int(n), ())
+
     def to_dict(self) -> dict[str, Any]:
         return {"median_ms": self.median, "mean_ms": self.mean, "p90_ms": self.p90, "min_ms": self.min,
                 "n": self.n, "samples_ms": list(self.samples)}
@@ -222,5 +228,28 @@ def measure(n: int, fresh: Callable[[int], Callable[[], Any]], settings: Yardsti
     return [Reading(tuple(s)) for s in samples]
 
 
+def measure_batched(n: int, time_batch: Callable[[list[int]], Sequence[PassStats]], settings: YardstickSettings,
+                    batch: int, done: Callable[[int, int], None] | None = None) -> list[Reading]:
+    """As `measure`, where the runtime times each network itself (a phone's benchmark_model, a
+    fresh process per network and pass): each pass hands its order to `time_batch`, `batch`
+    networks at a time, which returns one PassStats per network in that order."""
+    if batch < 1:
+        raise UsageError(f"batch must be >= 1, got {batch}")
+    samples: list[list[PassStats]] = [[] for _ in range(n)]
+    total, visits = n * settings.passes, 0
+    for order in pass_orders(n, settings.passes, settings.seed):
+        for start in range(0, n, batch):
+            chunk = order[start:start + batch]
+            stats = list(time_batch(chunk))
+            if len(stats) != len(chunk):
+                raise LatbenchError(f"end-to-end runs returned {len(stats)} results for {len(chunk)} networks")
+            for i, s in zip(chunk, stats):
+                samples[i].append(s)
+            visits += len(chunk)
+            if done:
+                done(visits, total)
+    return [Reading(tuple(s)) for s in samples]
+
+
 __all__ = ["YardstickSettings", "STATISTICS", "PassStats", "Reading", "NoiseCeiling", "noise_ceiling", "pass_ratios",
-           "pass_orders", "time_pass", "measure", "CEILING_PASSES"]
+           "pass_orders", "time_pass", "measure", "measure_batched", "CEILING_PASSES"]
