@@ -31,6 +31,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def sigint_by_default() -> None:
+    """Popen preexec_fn: Ctrl-C at its default, as in a terminal. A pytest started as a background
+    job (`cmd &` without job control) ignores SIGINT, its children inherit that, and latbench keeps
+    a signal its starter ignored ignored (cli._InterruptWatch)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def end_with(proc: subprocess.Popen, signum: int) -> tuple[int, float, str]:
     """Send `signum`; the exit code, the seconds until the process ended, and its stderr."""
     t0 = time.monotonic()
@@ -70,7 +77,7 @@ def test_profile_inside_a_long_native_run_ends_within_a_second(tmp_path: Path, s
     proc = subprocess.Popen([latbench_exe(), "profile", "--device", "ort", "--ops", str(ops), "--out",
                              str(table), "--max-time", "600", "--min-samples", "3", "--rounds", "1",
                              "--interleave", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=ROOT, env=CLI_ENV)
+                            text=True, cwd=ROOT, env=CLI_ENV, preexec_fn=sigint_by_default)
     try:  # the two small ops are stored already: past a whole small run's CPU, it is in HUGE's runs
         deadline = time.monotonic() + 240
         while cpu_seconds(proc.pid) < startup_cpu + 4 and time.monotonic() < deadline:
