@@ -792,8 +792,12 @@ class AndroidAgent(Agent):
 
     def _run_limit(self, timing: TimingSettings) -> int:
         """Seconds after which the batch script kills one hung run (perf_test has no time cap)."""
+        return self._limit_for(timing.warmup_s + timing.max_time_s)
+
+    def _limit_for(self, seconds: float) -> int:
+        """The hung-run limit for a run meant to take `seconds` of warm-up and timed runs."""
         base = 300 if self.runtime_key == "ort" else 60
-        return int(math.ceil(base + 3 * (timing.warmup_s + timing.max_time_s)))
+        return int(math.ceil(base + 3 * seconds))
 
     # ------------------------------------------------------------------ models
     def model_file(self, op: OpSpec) -> str:
@@ -977,7 +981,7 @@ class AndroidAgent(Agent):
         raises LatbenchError naming it and the runner's reason."""
         self._setup()
         args = self.yardstick_args(y)
-        limit = (300 if self.runtime_key == "ort" else 60) + 3 * (y.warmup_s + max(WHOLE_MAX_S, y.min_s))
+        limit = self._limit_for(y.warmup_s + max(WHOLE_MAX_S, y.min_s))
         out: list[PassStats] = []
         for chunk in _byte_chunks(models, self.batch_size, WHOLE_BATCH_BYTES):
             files = [(f"net{len(out) + i}{self.rt.ext}", m) for i, m in enumerate(chunk)]
