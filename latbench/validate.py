@@ -658,7 +658,7 @@ def measure_subnets(agent, space, configs: np.ndarray, predictor: Predictor, yar
     for cfg in configs:
         models.append(subnet_model(agent, space, cfg))
         progress("building subnets", len(models), len(configs))
-    agent_yardstick(agent, yardstick)
+    yardstick = agent_yardstick(agent, yardstick)  # a statistic the runner cannot give is refused here
     if times_on_device(agent):
         if timing is not None:
             raise UsageError(f"latbench's estimator row times on the host; {agent.name} times on the device: "
