@@ -153,7 +153,7 @@ def goal_lines(report) -> list[str]:
 
 def run_device(device: str, a, workdir: Path) -> dict:
     """Profile (or reuse) the table, validate, print the report; returns its JSON form."""
-    from latbench.cli_validate import open_agent
+    from latbench.cli.validate import open_agent
     from latbench.spaces import get_space
     from latbench.store import LatencyTable
     from latbench.validate import plot, validate, write_csv

@@ -173,11 +173,11 @@ def run_with_broken(module: str, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("args", [["--help"], ["table", "show", "t.sqlite"], ["spaces"]])
 def test_a_command_module_that_fails_to_import_fails_every_command(args):
-    r = run_with_broken("latbench.cli_table", *args)
+    r = run_with_broken("latbench.cli.table", *args)
     assert (r.returncode, r.stdout) == (1, "")
     assert re.fullmatch(r"latbench: error: latbench is broken: loading its commands failed at "
-                        r"latbench/cli\.py:\d+ \(from \.cli_table import table_app\): ImportError: "
-                        r"latbench\.cli_table is broken for this test", one_error_line(r.stderr))
+                        r"latbench/cli/app\.py:\d+ \(from \.table import table_app\): ImportError: "
+                        r"latbench\.cli\.table is broken for this test", one_error_line(r.stderr))
 
 
 def test_a_space_module_that_fails_to_import_is_an_error_not_a_missing_space():

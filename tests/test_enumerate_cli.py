@@ -209,7 +209,7 @@ def test_spaces_lists_every_registered_space(cli):
 
 
 def test_quickstart_runs_every_step(cli, tmp_path):
-    from latbench.cli import QUICKSTART_STEPS
+    from latbench.cli.quickstart import QUICKSTART_STEPS
 
     code, out, err = cli("quickstart", "--samples", "30", "--workdir", str(tmp_path / "qs"))
     assert code == 0, err

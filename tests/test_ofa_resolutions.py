@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from conftest import run_latbench
-from latbench.cli_table import _note, _row_view
+from latbench.cli.table import _note, _row_view
 from latbench.coverage import BY_RESOLUTION, table_values
 from latbench.errors import FormatError, UsageError
 from latbench.formats.ofa import ofa_predict_efficiency, parse_ofa_key, read_ofa_yaml

@@ -412,7 +412,7 @@ def test_registry_takes_new_prefixes(ofa):
 
 
 def test_search_imports_no_torch():
-    code = ("import sys, latbench.search, latbench.search.mlp, latbench.cli_search, latbench.search.report; "
+    code = ("import sys, latbench.search, latbench.search.mlp, latbench.cli.search, latbench.search.report; "
             "assert 'torch' not in sys.modules and 'pymoo' not in sys.modules, 'heavy import'")
     cp = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert cp.returncode == 0, cp.stderr
@@ -498,8 +498,8 @@ def test_cli_missing_table_is_one_line(tmp_path):
 def test_quickstart_search_step_uses_the_profiled_table(tmp_path):
     from rich.console import Console
 
-    from latbench.cli import QUICKSTART_STEPS, QuickstartState
-    from latbench.cli_search import quickstart_search
+    from latbench.cli.quickstart import QUICKSTART_STEPS, QuickstartState
+    from latbench.cli.quickstart import _qs_search as quickstart_search
 
     assert QUICKSTART_STEPS[-1][0].startswith("search")
     sp = get_space("tiny")

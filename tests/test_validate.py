@@ -373,8 +373,8 @@ def test_measure_subnet_with_the_torch_agent_and_quickstart_without_table() -> N
     from rich.console import Console
 
     from device_agents import get_agent
-    from latbench.cli import QuickstartState
-    from latbench.cli_validate import quickstart_validate
+    from latbench.cli.quickstart import QuickstartState
+    from latbench.cli.quickstart import _qs_validate as quickstart_validate
     from latbench.measure import TimingSettings
     from latbench.validate import measure_subnet
 

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from .errors import ConfigError, UsageError
+from ..errors import ConfigError, UsageError
 
 
 def _load_config(text: str):
@@ -51,8 +51,8 @@ def predict_command(
     """Predict latency (ms) of subnets or an ONNX model from a table; misses are priced by a
     fallback fitted on the table and counted (--strict makes them errors; a subnet with more than
     10% of its keys missing is an error unless --allow-fallback)."""
-    from .predict import DEFAULT_MAX_FALLBACK, STATISTICS, Predictor
-    from .store import LatencyTable
+    from ..predict import DEFAULT_MAX_FALLBACK, STATISTICS, Predictor
+    from ..store import LatencyTable
 
     modes = sum(x is not None for x in (config, random, model))
     if modes != 1:
@@ -70,7 +70,7 @@ def predict_command(
         else:
             if space is None:
                 raise UsageError("--config and --random need --space")
-            from .spaces import get_space
+            from ..spaces import get_space
 
             sp = get_space(space)
             pred = Predictor.from_table(t, sp, strict=strict, use_calibration=not no_calibration,
@@ -114,7 +114,7 @@ def _random(sp, pred, n: int, seed: int, resolution: list[int]):
     when it covers some but not all."""
     import numpy as np
 
-    from .search.domain import Domain
+    from ..search.domain import Domain
 
     if n < 1:
         raise UsageError("--random needs N >= 1")
@@ -134,8 +134,8 @@ def _predict_model(t, model: Path, input_shape: Optional[str], strict: bool, all
                    as_json: bool) -> None:
     """Price a whole ONNX model; compute the table cannot price makes the result partial: the
     price of the mapped ops and the list on stdout, one summary line on stderr, exit 3."""
-    from .model_price import parse_input_shape, price_model
-    from .predict import DEFAULT_MAX_FALLBACK
+    from ..model_price import parse_input_shape, price_model
+    from ..predict import DEFAULT_MAX_FALLBACK
 
     mp = price_model(t, model, parse_input_shape(input_shape), strict,
                      None if allow_fallback else DEFAULT_MAX_FALLBACK)

@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from .errors import LatbenchError, UsageError
+from ..errors import LatbenchError, UsageError
 
 _SUFFIX = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 
@@ -42,9 +42,9 @@ def load_predictors(space, tables: List[Path], calibration: bool = True,
     """{name: Predictor} from latbench table files (opened read-only, never created). A table
     holding every key the space can use is loaded strict: no fallback regression to fit.
     max_fallback: the share of a subnet's keys the fallback may price (None: any)."""
-    from .predict import Predictor, _guess_granularity
-    from .search.constraints import table_keys
-    from .store import LatencyTable
+    from ..predict import Predictor, _guess_granularity
+    from ..search.constraints import table_keys
+    from ..store import LatencyTable
 
     out = {}
     for name, path in zip(table_names(tables), tables):
@@ -65,8 +65,8 @@ def choose_resolutions(space, predictors: dict, asked: List[int], say) -> Option
     """The resolutions to search: those asked for, else those every table covers without the
     fallback regression (all of them for a full table). Refuses (FallbackError) before saying
     anything when a subnet there would have more keys missing than a predictor allows."""
-    from .search import Domain
-    from .search.constraints import refuse_fallback
+    from ..search import Domain
+    from ..search.constraints import refuse_fallback
 
     if space.resolution_position is None:
         if asked:
@@ -146,13 +146,13 @@ def search_command(
     from rich.console import Console
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)
-    from .search import run_search
-    from .search.strategies import get_strategy
-    from .spaces import get_space
+    from ..search import run_search
+    from ..search.strategies import get_strategy
+    from ..spaces import get_space
 
     strat = get_strategy(strategy)
     sp = get_space(space)
-    from .predict import DEFAULT_MAX_FALLBACK
+    from ..predict import DEFAULT_MAX_FALLBACK
 
     predictors = load_predictors(sp, table, calibration=not no_calibration,
                                  max_fallback=None if allow_fallback else DEFAULT_MAX_FALLBACK)
@@ -169,12 +169,12 @@ def search_command(
     if out:
         _write(out, json.dumps(result.published) + "\n")
     if front:
-        from .search.report import write_front_csv
+        from ..search.report import write_front_csv
 
         n = write_front_csv(result, sp, front)
         err.print(f"wrote {front} ({n} points on the front)", markup=False)
     if plot:
-        from .search.report import plot_front
+        from ..search.report import plot_front
 
         plot_front(result, plot)
         err.print(f"wrote {plot}", markup=False)
@@ -259,8 +259,8 @@ def accuracy_train_command(
     """Train an OFA-style accuracy MLP (3x400, 128-d OFA encoding) on (config, accuracy) pairs."""
     from dataclasses import asdict
 
-    from .search.mlp import read_pairs, save_mlp, train_mlp
-    from .spaces import get_space
+    from ..search.mlp import read_pairs, save_mlp, train_mlp
+    from ..spaces import get_space
 
     sp = get_space(space)
     X, y = read_pairs(data, sp)
@@ -276,42 +276,3 @@ def accuracy_train_command(
     typer.echo(f"{out}: trained on {report.n_train} pairs ({report.n_val} held out), {report.epochs} epochs, "
                f"RMSE train {report.train_rmse:.4g} / held-out {val}, base_acc {report.base_acc:.4g}, "
                f"{report.seconds:.1f} s; use --accuracy mlp:{out}")
-
-
-# ---------------------------------------------------------------------- quickstart
-def quickstart_search(st, con) -> None:
-    """The quickstart's last step: evolution on the table an earlier step built (`st.table`, for
-    the space `st.table_space`) under a budget a third of the way from the fastest to the slowest
-    achievable subnet; FLOPs stand in for accuracy and are labelled as such."""
-    from .predict import DEFAULT_MAX_FALLBACK
-    from .search import Domain, extreme, run_search
-    from .spaces import get_space
-
-    table = getattr(st, "table", None) or (getattr(st, "notes", None) or {}).get("table")
-    if not table or not Path(table).exists():
-        con.print("no latency table from an earlier step, nothing to search; with a table: "
-                  "latbench search --space SPACE --table TABLE --budget-ms MS", markup=False)
-        return
-    table = Path(table)
-    sp = get_space(getattr(st, "table_space", None) or st.space_name)
-    preds = load_predictors(sp, [table], max_fallback=DEFAULT_MAX_FALLBACK)
-    name, pred = next(iter(preds.items()))
-    choices = choose_resolutions(sp, preds, [], lambda m: con.print(m, markup=False))
-    domain = Domain.of(sp, choices)
-    fastest, _ = extreme(pred, domain)
-    slowest, _ = extreme(pred, domain, maximize=True)
-    budget = float(f"{fastest + (slowest - fastest) / 3:.3g}")
-    if budget <= fastest:
-        budget = fastest + (slowest - fastest) / 3
-    res_flag = "".join(f" -r {r}" for r in (choices or {}).get("r", []))
-    con.print(f"{sp.name} on {table}: achievable latency {fastest:.4f} .. {slowest:.4f} ms; budget {budget:g} ms",
-              markup=False)
-    result = run_search(sp, preds, {name: budget}, "flops", "evolution", seed=st.seed, choices=choices,
-                        generations=50)
-    r = result
-    con.print(f"best of {r.evaluations} scored subnets ({r.seconds:.2f} s): "
-              f"{json.dumps(r.published, separators=(',', ':'))}", markup=False, soft_wrap=True)
-    con.print(f"  {r.latency_ms[name]:.4f} ms (budget {budget:g}), {r.flops / 1e6:.2f} MFLOPs, "
-              f"{r.params / 1e3:.1f} K params; score = MFLOPs (a proxy, not an accuracy)", markup=False)
-    con.print(f"next: latbench search --space {sp.name} --table {table} --budget-ms {budget:g}{res_flag} "
-              f"--accuracy callable:yourmodule:your_fn --json", markup=False, soft_wrap=True)

@@ -46,7 +46,7 @@ def open_agent(table, device: Optional[str], threads: Optional[int], opt_level: 
     (one line naming both profiles) when it does not measure under the table's profile."""
     from device_agents import agent_options, get_agent
 
-    from .validate import check_agent, profile_settings
+    from ..validate import check_agent, profile_settings
 
     want = profile_settings(table.require_profile())
     dev = device or want["device"]
@@ -61,12 +61,12 @@ def open_agent(table, device: Optional[str], threads: Optional[int], opt_level: 
     return agent
 
 
-def _timing(table, max_time: Optional[float], min_samples: Optional[int], target_iqr: Optional[float]):
+def validation_timing(table, max_time: Optional[float], min_samples: Optional[int], target_iqr: Optional[float]):
     """The table's timing settings (else the defaults) with any explicit CLI value applied."""
     import dataclasses
 
-    from .measure import TimingSettings
-    from .validate import table_timing
+    from ..measure import TimingSettings
+    from ..validate import table_timing
 
     base = table_timing(table) or TimingSettings()
     changes = {k: v for k, v in (("max_time_s", max_time), ("min_samples", min_samples),
@@ -74,7 +74,7 @@ def _timing(table, max_time: Optional[float], min_samples: Optional[int], target
     return dataclasses.replace(base, **changes)
 
 
-class _Bars:
+class Bars:
     """One rich progress bar per task name on stderr; called as progress(task, done, total)."""
 
     def __init__(self):
@@ -85,7 +85,7 @@ class _Bars:
                                  TimeRemainingColumn(), console=Console(stderr=True), transient=False)
         self.tasks: dict[str, int] = {}
 
-    def __enter__(self) -> "_Bars":
+    def __enter__(self) -> "Bars":
         self.progress.__enter__()
         return self
 
@@ -102,12 +102,12 @@ class _Bars:
 def _session(table: Path, device, threads, opt_level, xnnpack, readonly=False, runner=None, serial=None):
     """The table, an agent rebuilt from its profile and progress bars, for one end-to-end
     measuring command; the agent is closed after."""
-    from .store import LatencyTable
+    from ..store import LatencyTable
 
     with LatencyTable.open(str(table), create=False, readonly=readonly) as t:
         agent = open_agent(t, device, threads, opt_level, xnnpack, runner, serial)
         try:
-            with _Bars() as bars:
+            with Bars() as bars:
                 yield t, agent, bars
         finally:
             agent.close()
@@ -115,14 +115,14 @@ def _session(table: Path, device, threads, opt_level, xnnpack, readonly=False, r
 
 def _yardstick(statistic: Optional[str], passes: int, runs: int, min_time: float, seed: int):
     """The yardstick's settings from the flags (refused in one line where out of range)."""
-    from .yardstick import YardstickSettings
+    from ..yardstick import YardstickSettings
 
     return YardstickSettings(runs=runs, min_s=min_time, passes=passes, seed=seed, statistic=statistic or "median")
 
 
 def _agent_yardstick(agent, ys, statistic: Optional[str]):
     """`ys` with a statistic `agent`'s runner reports (an unasked median becomes benchmark_model's average)."""
-    from .validate import agent_yardstick
+    from ..validate import agent_yardstick
 
     return agent_yardstick(agent, ys, asked=statistic is not None)
 
@@ -137,8 +137,8 @@ def calibrate_command(
 ) -> None:
     """Measure n random subnets with the plain yardstick, fit measured = scale x predicted +
     offset (or one of them, whichever predicts left-out subnets best), store it in the table."""
-    from .spaces import get_space
-    from .validate import calibrate, statistic_lines, store_calibration
+    from ..spaces import get_space
+    from ..validate import calibrate, statistic_lines, store_calibration
 
     ys = _yardstick(statistic, passes, runs, min_time, seed)
     sp = get_space(space)
@@ -186,9 +186,9 @@ def validate_command(
 ) -> None:
     """Measure n random subnets end to end and report how close each predictor comes to the plain
     yardstick (and to latbench's estimator), with the yardstick's noise ceiling."""
-    from .spaces import get_space
-    from .validate import plot as plot_report
-    from .validate import validate, write_csv
+    from ..spaces import get_space
+    from ..validate import plot as plot_report
+    from ..validate import validate, write_csv
 
     ys = _yardstick(statistic, passes, runs, min_time, seed)
     sp = get_space(space)
@@ -196,7 +196,7 @@ def validate_command(
                   serial=serial) as (t, agent, bars):
         ys = _agent_yardstick(agent, ys, statistic)
         report = validate(t, sp, agent, n, seed, resolution or None, calibrate_n,
-                          _timing(t, max_time, min_samples, target_iqr), str(op_table) if op_table else None,
+                          validation_timing(t, max_time, min_samples, target_iqr), str(op_table) if op_table else None,
                           op_baseline, noise, bars, builds, retime, ys, estimator_row)
     if csv:
         write_csv(report, csv)
@@ -212,33 +212,5 @@ def validate_command(
         typer.echo(f"wrote {', '.join(written)}", err=True)
 
 
-def quickstart_validate(st, con, n: int = 8, calibrate_n: int = 4) -> None:
-    """Quickstart step: validate n subnets (and calibrate on calibrate_n others) of the table the
-    profile step built, printing the accuracy figures; skipped when there is no table."""
-    from .spaces import get_space
-    from .store import LatencyTable
-    from .validate import validate
-    from .yardstick import YardstickSettings
 
-    table = getattr(st, "table", None) or st.notes.get("table")
-    if not table or not Path(table).exists():
-        con.print("no latency table from an earlier step: skipped (run `latbench validate --table T --space S`)")
-        return
-    sp = get_space(getattr(st, "table_space", None) or st.space_name)
-    with LatencyTable.open(str(table), readonly=True) as t:
-        agent = open_agent(t, None, None, None, None)
-        try:
-            timing = _timing(t, 0.1, None, None)  # a demo: 0.1 s per subnet and per baseline op
-            ys = YardstickSettings(min_s=0.1, seed=st.seed)  # ... and 0.1 s per yardstick pass
-            with _Bars() as bars:
-                report = validate(t, sp, agent, n=n, seed=st.seed, calibrate_n=calibrate_n, timing=timing,
-                                  progress=bars, retime=8, yardstick=ys)
-        finally:
-            agent.close()
-    for line in report.summary_lines():
-        con.print(line, markup=False, highlight=False)
-    con.print(f"next: latbench calibrate --table {table} --space {sp.name}  |  latbench validate --table "
-              f"{table} --space {sp.name} --n 100 --plot fit.png --csv fit.csv", markup=False)
-
-
-__all__ = ["calibrate_command", "validate_command", "open_agent", "quickstart_validate"]
+__all__ = ["calibrate_command", "validate_command", "open_agent"]

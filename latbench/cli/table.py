@@ -2,7 +2,7 @@
 taken in a slow spell, move it between formats, put tables of one device together, or combine
 several devices' tables into a new one.
 
-Mounted by latbench/cli.py as `app.add_typer(table_app, name="table")`; library errors are
+Mounted by latbench/cli/app.py as `app.add_typer(table_app, name="table")`; library errors are
 LatbenchError subclasses, which cli.run turns into one stderr line and an exit code. Data goes to
 stdout (the rows, `--json`), summaries to stderr.
 """
@@ -18,7 +18,7 @@ from typing import Any, Iterator, List, Optional
 
 import typer
 
-from .errors import UsageError
+from ..errors import UsageError
 
 table_app = typer.Typer(
     name="table",
@@ -56,8 +56,8 @@ def _row_view(r: dict[str, Any], ref_median: float | None = None) -> dict[str, A
     after it was timed again; `by_resolution` holds each resolution's entry of a key with one
     value per resolution (else null); `hot` marks a row measured while the device was above its
     temperature limit."""
-    from .coverage import row_values
-    from .suspect import EARLIER, row_signs
+    from ..coverage import row_values
+    from ..suspect import EARLIER, row_signs
 
     extra = r["extra"] or {}
     signs = row_signs(r["estimator"], r["median"], r["mean"], r["min"], extra, ref_median) if r["status"] == "ok" else ()
@@ -97,8 +97,8 @@ def show_cmd(
     kind: Optional[str] = typer.Option(None, "--kind", help="only rows of this op kind (conv, mbconv...)"),
 ) -> None:
     """Print a table's device profile, its ok/failed counts and its rows (key, median, IQR, n)."""
-    from .store import LatencyTable
-    from .suspect import reference_median
+    from ..store import LatencyTable
+    from ..suspect import reference_median
 
     with LatencyTable.open(table, readonly=True) as t:
         counts = t.counts()
@@ -147,9 +147,9 @@ def check_cmd(
     """List the rows that look taken in a slow spell of the machine, with why (exit 3 when any):
     an estimate far above the row's fastest round, rounds far apart, a reference kernel timed in
     its batch far slower than over the profile. `unstable`: still so after it was timed again."""
-    from .measure import LIMIT_OVER_FASTEST, LIMIT_REFERENCE, LIMIT_ROUND_SPREAD
-    from .store import LatencyTable
-    from .suspect import reference_median, suspects
+    from ..measure import LIMIT_OVER_FASTEST, LIMIT_REFERENCE, LIMIT_ROUND_SPREAD
+    from ..store import LatencyTable
+    from ..suspect import reference_median, suspects
 
     with LatencyTable.open(table, readonly=True) as t:
         found = suspects(t)
@@ -189,7 +189,7 @@ def export_cmd(
 ) -> None:
     """Write a table as CSV (with a .meta.json sidecar) or JSONL, both lossless; PaddleSlim text
     (with a .meta.json sidecar for what the text cannot hold); or OFA YAML."""
-    from . import store, tableio
+    from .. import store, tableio
 
     if drop_calibration and fmt is not TableFormat.ofa_yaml:
         raise UsageError(f"--drop-calibration is for formats that cannot hold a calibration (ofa-yaml); "
@@ -221,7 +221,7 @@ def _detect_format(path: Path) -> TableFormat:
 def _needs_device(kind: TableFormat, files: List[Path]) -> bool:
     """True when the files do not say where their numbers were measured: OFA YAML, and PaddleSlim
     text without its latbench sidecar (CSV and JSONL carry their profile)."""
-    from .tableio import paddleslim_meta_path
+    from ..tableio import paddleslim_meta_path
 
     if kind is TableFormat.paddleslim:
         return not all(os.path.exists(paddleslim_meta_path(f)) for f in files)
@@ -232,7 +232,7 @@ def _needs_device(kind: TableFormat, files: List[Path]) -> bool:
 def _new_table(path: Path) -> Iterator[Any]:
     """The table at `path` opened for writing; a table this call created is removed again when
     the command fails, so no half-made table is left behind."""
-    from .store import LatencyTable
+    from ..store import LatencyTable
 
     new = not path.exists()
     try:
@@ -266,7 +266,7 @@ def import_cmd(
                                         "from the stem Conv and Logits keys)"),
 ) -> None:
     """Import CSV / JSONL exports, PaddleSlim latency tables or Once-for-All lookup-table YAML into a table."""
-    from . import tableio
+    from .. import tableio
 
     fmts = {fmt or _detect_format(f) for f in files}
     if len(fmts) != 1:
@@ -314,7 +314,7 @@ def merge_cmd(
 ) -> None:
     """Merge tables of one device profile into DST: a later source replaces a key, a failed row
     never replaces an ok one; a table of another profile is refused (see `table combine`)."""
-    from . import tableio
+    from .. import tableio
 
     _check_tables(srcs)
     with _new_table(dst) as t:
@@ -332,7 +332,7 @@ def combine_cmd(
 ) -> None:
     """Combine tables of several devices into a NEW table whose profile names them; every row keeps
     the profile it was measured under. Predict and search use it like any table."""
-    from . import tableio
+    from .. import tableio
 
     _check_tables(srcs)
     if out.exists():

@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from .errors import UsageError
+from ..errors import UsageError
 
 supernet_app = typer.Typer(help="Train, search and export weight-sharing supernets (PyTorch).",
                            no_args_is_help=True, add_completion=False)
@@ -53,7 +53,7 @@ def train_cmd(
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
 ) -> None:
     """Train a supernet on a space (resumes from --out; runs under torchrun unchanged)."""
-    from .supernet.train import TrainSettings, train_supernet
+    from ..supernet.train import TrainSettings, train_supernet
 
     settings = TrainSettings(space=space, data=data, strategy=strategy, epochs=epochs, out=str(out),
                              batch_size=batch_size, lr=lr, seed=seed, threads=threads, num_random=num_random,
@@ -93,8 +93,8 @@ def search_cmd(
     as_json: bool = typer.Option(False, "--json", help="print the results as JSON"),
 ) -> None:
     """Search the supernet's subnets for the most accurate one under each latency budget."""
-    from .supernet.evaluator import SupernetEvaluator
-    from .supernet.search import search_supernet
+    from ..supernet.evaluator import SupernetEvaluator
+    from ..supernet.search import search_supernet
 
     if any(b <= 0 for b in budget_ms):
         raise UsageError("--budget-ms must be > 0")
@@ -130,9 +130,9 @@ def export_cmd(
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
 ) -> None:
     """Export one subnet (the space's module with the supernet's weights) to torch, ONNX or .tflite."""
-    from .supernet.checkpoint import supernet_from_checkpoint
-    from .supernet.data import load_data
-    from .supernet.export import export_subnet, read_config
+    from ..supernet.checkpoint import supernet_from_checkpoint
+    from ..supernet.data import load_data
+    from ..supernet.export import export_subnet, read_config
 
     net, meta = supernet_from_checkpoint(str(checkpoint))
     cfg = read_config(config, net.space)
@@ -156,10 +156,10 @@ def eval_cmd(
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
     """Accuracy of subnets (after calib_bn) on a split."""
-    from .supernet.checkpoint import supernet_from_checkpoint
-    from .supernet.data import load_data
-    from .supernet.evaluator import evaluate_config
-    from .supernet.export import read_config
+    from ..supernet.checkpoint import supernet_from_checkpoint
+    from ..supernet.data import load_data
+    from ..supernet.evaluator import evaluate_config
+    from ..supernet.export import read_config
 
     net, meta = supernet_from_checkpoint(str(checkpoint))
     splits = load_data(data or meta["data"], meta["channels"], meta["data_resolution"], meta.get("data_seed", 0))

@@ -13,27 +13,27 @@ from typing import List, Optional
 
 import typer
 
-from .errors import UsageError
+from ..errors import UsageError
 
 
 def select_ops(space: Optional[str], ops_file: Optional[Path], resolution: list[int], granularity: str,
                fusion: str):
     """The ops to profile and, for space ops, the resolutions each key belongs to; an empty
     selection is refused, naming where it came from."""
-    from . import ops as O
-    from .profiling import ops_with_resolutions
+    from .. import ops as O
+    from ..profiling import ops_with_resolutions
 
     if (space is None) == (ops_file is None):
         raise UsageError("give exactly one of --space or --ops")
     if ops_file is not None:
-        from .formats.oplist import read_any_ops
+        from ..formats.oplist import read_any_ops
 
         if resolution:
             raise UsageError(f"--resolution applies to --space; {ops_file} lists its ops with their shapes")
         ops, res = O.unique(read_any_ops(str(ops_file))), {}
         where = f"{ops_file} lists no ops"
     else:
-        from .spaces import get_space
+        from ..spaces import get_space
 
         ops, res = ops_with_resolutions(get_space(space), resolution or None, granularity, fusion)
         where = f"space {space} gives no {granularity}s at resolution(s) {', '.join(map(str, resolution)) or 'all'}"
@@ -89,9 +89,9 @@ def profile_command(
     """Profile ops on a device into a latency table (resumable; every op committed as measured)."""
     from device_agents import agent_class, agent_options, get_agent
 
-    from .profiling import INVOCATION_META, check_max_ops, measure_invocation, timing_for
-    from .spaces import get_space
-    from .store import LatencyTable
+    from ..profiling import INVOCATION_META, check_max_ops, measure_invocation, timing_for
+    from ..spaces import get_space
+    from ..store import LatencyTable
 
     if granularity not in ("op", "block"):
         raise UsageError(f"--granularity must be op or block, got {granularity!r}")
@@ -150,7 +150,7 @@ def checked_run(table, granularity: str, fusion: str, space, timing, estimator, 
     the mean), after the table's run settings were checked or recorded (check_run_meta)."""
     import dataclasses
 
-    from .profiling import check_run_meta, table_estimator
+    from ..profiling import check_run_meta, table_estimator
 
     if estimator is None and own_loop:
         timing = dataclasses.replace(timing, estimator=table_estimator(table) or "mean")
@@ -161,7 +161,7 @@ def checked_run(table, granularity: str, fusion: str, space, timing, estimator, 
 def _retime_timing(table, agent, timing, context: str, context_mb, estimator, own_loop: bool):
     """The timing to time `table`'s suspect rows again with: its recorded cache context unless
     --context/--context-mb say otherwise (then checked against it), its estimator."""
-    from .profiling import timing_for
+    from ..profiling import timing_for
 
     meta = table.meta_get("profile_run") or {}
     if context == "auto" and context_mb is None and meta.get("context"):
@@ -218,7 +218,7 @@ def default_timing(agent, rounds: Optional[int] = None, interleave: Optional[int
     """TimingSettings with latbench's profile defaults: 10 rounds over 24 ops interleaved (spread over
     seconds, so a slow spell of a shared machine hits a round, not an op) where the agent (an
     instance or its class) can."""
-    from .measure import TimingSettings
+    from ..measure import TimingSettings
 
     can = getattr(agent, "interleaves", False)
     return TimingSettings(rounds=rounds if rounds is not None else (ROUNDS if can else 1),
@@ -254,7 +254,7 @@ def _run_with_progress(table, agent, ops, timing, max_ops, retry_failed, res, re
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from .profiling import profile_into
+    from ..profiling import profile_into
 
     console = Console(stderr=True)
     with Progress(TextColumn("[bold]profile"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
