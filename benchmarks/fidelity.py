@@ -21,7 +21,7 @@ Timing of the profile, the estimator row and the op baseline (--max-time/--min-s
 rounds over 24 ops), at least 10 samples a round, a round stops once IQR/median < 5% or after
 its fifth of 1 s (profile's default cap is 2 s); the estimator times subnets back to back in the
 same rounds, each on --builds fresh builds in consecutive batches, each batch's speed taken out
-(latbench.validate.batch_adjusted).
+(latbench.validate.endtoend.batch_adjusted).
 
     python benchmarks/fidelity.py                               # both devices, N=100
     python benchmarks/fidelity.py --device ort --n 20 --resolutions 160

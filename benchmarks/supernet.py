@@ -112,13 +112,14 @@ def search_time(checkpoint: str, table: str, budgets: list[float], threads: int)
     import torch
 
     from latbench.supernet.evaluator import SupernetEvaluator
-    from latbench.supernet.search import predictor_for, search_supernet
+    from latbench.search.tables import load_predictor
+    from latbench.supernet.search import search_supernet
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     ev = SupernetEvaluator.from_checkpoint(checkpoint)
     load = time.perf_counter() - t0
-    pred = predictor_for(table, ev.space)
+    pred = load_predictor(table, ev.space)
     lo, hi = pred.predict(ev.space.smallest()), pred.predict(ev.space.largest())
     budgets = budgets or [round(lo + 0.25 * (hi - lo), 4), round(lo + 0.6 * (hi - lo), 4)]
     print(f"## search wall time with the supernet evaluator (evolution 24 x 8; loading {load:.1f} s)")

@@ -43,6 +43,12 @@ def get_agent(name: str, **options: Any) -> Agent:
     return agent_class(name)(**options)
 
 
+def agent_from_profile(profile_or_spec: Any, **overrides: Any) -> Agent:
+    """The agent a table's DeviceProfile was measured with, or the one a JSON spec
+    `{"agent": name, "options": {...}}` describes (Agent.from_profile); `overrides` replace options."""
+    return Agent.from_profile(profile_or_spec, **overrides)
+
+
 def agent_options(name: str, flags: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Constructor options of agent `name` from a command's agent flags (option name -> value,
     None where the flag was not given): a given flag that is none of the agent's options is
@@ -64,4 +70,4 @@ def _flag(option: str) -> str:
     return "--" + option.replace("_", "-")
 
 
-__all__ = ["Agent", "agent_class", "agent_options", "get_agent", "list_agents", "register_agent"]
+__all__ = ["Agent", "agent_class", "agent_from_profile", "agent_options", "get_agent", "list_agents", "register_agent"]

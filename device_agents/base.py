@@ -1,7 +1,28 @@
-"""Agent: runs ops on one device and yields one Measurement per op as each finishes.
+"""Agent: runs ops and whole networks on one device; one contract for every agent (cpu, cuda, ort,
+tflite, android), checked by tests/test_agent_conformance.py.
 
-Local agents only implement `fingerprint`, `prepare` (build a runnable for an op) and `run` (one
-inference for the conformance suite); the timing loop is latbench.measure's, shared by all.
+The contract:
+- `Options`: a frozen AgentOptions dataclass of the agent's typed constructor options.
+- `from_profile(profile_or_spec)` / `to_spec()`: rebuild an agent from a table's DeviceProfile or
+  from a plain JSON spec `{"agent": name, "options": {...}}` (what a device farm sends to the host
+  holding the device); `to_spec()` gives that spec. The rebuilt agent has the same profile id.
+- `fingerprint()`: the DeviceProfile its numbers are valid for.
+- `prepare_op(op)`: a runnable of one op on prepared inputs (a Prepared), what the shared timing
+  loop times; an agent whose runner times ops on the device (android) refuses it in one line.
+  `run(op, x)`: one inference of the op on `x` (compared with the torch reference).
+- `measure(ops, timing)`: the one measuring path: ops in batches of `batch_len(timing)`, each
+  batch timed by `measure_batch` under `state()` (the shared loop of latbench.measure; android
+  overrides `measure_batch` and `measure_settings` to run a batch on the phone), one Measurement
+  per op, a batch's results yielded before the next ops are taken.
+- Whole networks: `model_kind` (what it runs end to end: "onnx", "tflite" or "torch"),
+  `network_model(space, config)` (the subnet built once as a NetworkModel), `prepare_model(model)`
+  (a fresh runnable of it timed like ops), `plain_model(model)` (a fresh runnable of the plain
+  call users time: `plain_call` says which), `prepare_network(space, config)` (both in one) and
+  `run_network(model, x)` (one inference, for the conformance suite). `plain_statistics` are the
+  statistics the plain call can report.
+- `time_networks(models, yardstick)`: one yardstick pass over whole networks timed by the runtime's
+  own loop on the device (`times_on_device`: a phone's benchmark_model; `network_batch` of them a
+  call at best); host agents do not support it (UsageError): time `prepare_network`'s runnable.
 """
 from __future__ import annotations
 
@@ -15,14 +36,15 @@ import time
 import traceback
 import typing
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from latbench.device import DeviceProfile
 from latbench.errors import LatbenchError, UsageError
-from latbench.measure import Measurement, TimingSettings, time_batch
+from latbench.measure import Measurement, Stats, TimingSettings, time_batch, time_callable
 from latbench.ops import OpSpec
+from latbench.yardstick import STATISTICS, PassStats, YardstickSettings
 
 from .weights import op_weights
 
@@ -145,8 +167,31 @@ class AgentOptions:
         return dataclasses.asdict(self)
 
 
+# what `plain_model` runs, in words, by model kind (Agent.plain_call)
+PLAIN_CALLS = {"onnx": "session.run with a numpy input", "tflite": "interpreter.invoke() on inputs set once",
+               "torch": "module(x) under inference_mode"}
+
+
+@dataclass(frozen=True)
+class NetworkModel:
+    """A whole network built once for an agent (`Agent.network_model`): its kind (the agent's
+    model_kind), the model (.onnx bytes, .tflite bytes or a torch module) and its input shape."""
+
+    kind: str
+    model: Any
+    input_shape: tuple[int, ...]
+    source: Any = None  # the torch module it was made from, if it was: what its outputs must match
+
+    def file_bytes(self) -> bytes:
+        """The file a runner on a device is handed (.onnx or .tflite bytes)."""
+        if not isinstance(self.model, (bytes, bytearray)):
+            raise UsageError(f"a {self.kind} network has no file form for a device runner")
+        return bytes(self.model)
+
+
 class Agent:
-    """Base class of every agent. Agents hold no global state: several may run side by side.
+    """Base class of every agent (the contract: see the module docstring). Agents hold no global
+    state: several may run side by side.
 
     Options are the class's `Options` dataclass: `Agent(**options)` validates them
     (AgentOptions.from_kwargs) into `self.opts`."""
@@ -156,6 +201,10 @@ class Agent:
     fusion: str = "none"  # which op patterns the runtime runs as one kernel (latbench.ops.FUSIONS)
     contexts = ("warm", "network")  # cache contexts the agent can time in (TimingSettings.context)
     interleaves = True  # times ops in interleaved rounds (TimingSettings.rounds/interleave)
+    model_kind: str = ""  # the whole network it runs end to end: "onnx", "tflite", "torch" ("": none)
+    times_on_device = False  # whether time_networks works (the runtime times whole networks itself)
+    network_batch = 1  # whole networks one time_networks call is best handed (android: a push's worth)
+    plain_statistics: tuple[str, ...] = STATISTICS  # what the plain call's timing can be read as
 
     Options: type[AgentOptions] = AgentOptions
 
@@ -165,11 +214,45 @@ class Agent:
         self.seed = self.opts.seed
         self._profile: DeviceProfile | None = None
 
+    # ---------------------------------------------------------------- rebuilding anywhere
+    @classmethod
+    def from_profile(cls, source: "DeviceProfile | Mapping[str, Any]", **overrides: Any) -> "Agent":
+        """The agent a table's DeviceProfile was measured with, or the one a JSON spec
+        `{"agent": name, "options": {...}}` (to_spec) describes; `overrides` replace options
+        (e.g. another serial). Called on Agent, the profile's or spec's agent class is used; on an
+        agent class, a profile or spec of another agent is refused."""
+        if isinstance(source, DeviceProfile):
+            name = source.agent
+        elif isinstance(source, Mapping) and isinstance(source.get("agent"), str):
+            name = source["agent"]
+            if not isinstance(source.get("options", {}), Mapping):
+                raise UsageError(f"agent spec: options must be a mapping, got {source.get('options')!r}")
+        else:
+            raise UsageError(f"from_profile takes a DeviceProfile or a spec {{'agent': name, 'options': "
+                             f"{{...}}}}, got {type(source).__name__}")
+        if cls is Agent:
+            from . import agent_class
+
+            return agent_class(name).from_profile(source, **overrides)
+        if name != cls.name:
+            raise UsageError(f"a {name!r} profile cannot rebuild a {cls.name!r} agent")
+        opts = cls.options_from_profile(source) if isinstance(source, DeviceProfile) else dict(source.get("options", {}))
+        return cls(**{**opts, **overrides})
+
+    @classmethod
+    def options_from_profile(cls, profile: DeviceProfile) -> dict[str, Any]:
+        """The options that reproduce `profile` on this agent (threads; agents add their own)."""
+        return {"threads": profile.threads}
+
+    def to_spec(self) -> dict[str, Any]:
+        """This agent as plain JSON: from_profile(spec) builds it again, on any host."""
+        return {"agent": self.name, "options": self.opts.to_dict()}
+
     # ---------------------------------------------------------------- to implement
     def fingerprint(self) -> DeviceProfile:  # pragma: no cover - abstract
         raise LatbenchError(f"agent {self.name} defines no fingerprint")
 
-    def prepare(self, op: OpSpec) -> Callable[[], Any]:  # pragma: no cover - abstract
+    def prepare_op(self, op: OpSpec) -> Callable[[], Any]:  # pragma: no cover - abstract
         """A zero-argument callable that runs `op` once on prepared inputs (a Prepared, when the
         agent can re-read those inputs for network-context timing)."""
         raise LatbenchError(f"agent {self.name} cannot prepare ops")
@@ -187,6 +270,49 @@ class Agent:
         """Run before each clock read (e.g. torch.cuda.synchronize) so queued device work is timed."""
         return None
 
+    # ---------------------------------------------------------------- whole networks
+    def network_model(self, space, config) -> NetworkModel:
+        """The subnet `config` of `space` as the whole model this agent runs, built once."""
+        raise UsageError(f"end-to-end measurement on device {self.name!r} is not supported")
+
+    def prepare_model(self, model: Any, input_shape: Sequence[int] | None = None) -> Prepared:
+        """A fresh runnable of a whole model (a NetworkModel, or the runtime's own model form with
+        its input shape) timed the way ops are: its own session, interpreter or module copy, so
+        several can be timed side by side (time_batch). Call it inside `state()`."""
+        raise UsageError(f"agent {self.name} cannot run whole models on this host")
+
+    def run_network(self, model: NetworkModel, x: np.ndarray) -> np.ndarray:
+        """One inference of a whole network on the NCHW float32 input `x`, its output as torch
+        gives it (the conformance suite compares it with the network's torch reference)."""
+        raise UsageError(f"agent {self.name} cannot run whole models on this host")
+
+    def plain_model(self, model: Any, input_shape: Sequence[int] | None = None) -> Prepared:
+        """A fresh runnable of a whole model called as users time it (`plain_call`); the same as
+        prepare_model where that already is the plain call."""
+        return self.prepare_model(model, input_shape)
+
+    def prepare_network(self, space, config) -> Prepared:
+        """One runnable of the whole subnet `config`, called the way users time it (plain_model)."""
+        return self.plain_model(self.network_model(space, config))
+
+    @property
+    def plain_call(self) -> str:
+        """What the plain call of a whole network is, in words."""
+        return PLAIN_CALLS.get(self.model_kind, f"{self.name} runs no whole networks")
+
+    def measure_model(self, model: Any, input_shape: Sequence[int] | None = None,
+                      timing: TimingSettings = TimingSettings()) -> Stats:
+        """Time a whole model (see prepare_model) with the shared timing loop."""
+        with self.state():
+            p = self.prepare_model(model, input_shape)
+            return time_callable(p, timing, sync=self.synchronizer(), touch=getattr(p, "touch", None))
+
+    def time_networks(self, models: Sequence[NetworkModel], yardstick: YardstickSettings) -> list[PassStats]:
+        """One yardstick pass over whole networks, in order, timed by the runtime's own loop on the
+        device (agents whose `times_on_device`). Host agents do not: time prepare_network's runnable."""
+        raise UsageError(f"{self.name}: timing whole networks with the runtime's own loop on the device is not "
+                         f"supported by this agent; time prepare_network's runnable instead")
+
     # ---------------------------------------------------------------- shared
     @property
     def profile(self) -> DeviceProfile:
@@ -203,29 +329,39 @@ class Agent:
         return {"agent": self.name, "runtime": p.runtime, "runtime_version": p.runtime_version,
                 "threads": p.threads, "delegate": p.delegate, **dict(p.options)}
 
+    def measure_settings(self, timing: TimingSettings) -> dict[str, Any]:
+        """The settings every row of one `measure` call records."""
+        return {**self.settings(), "timing": timing.to_dict(), "estimator": timing.estimator}
+
     def measure(self, ops: Iterable[OpSpec], timing: TimingSettings = TimingSettings()) -> Iterator[Measurement]:
         """Time each op; a failing op yields a 'failed' Measurement and the run goes on.
 
-        Ops are taken `timing.interleave` at a time (one by default, so each result is handed
-        over before the next op is even read); a batch is prepared, timed round-robin in
-        `timing.rounds` rounds (latbench.measure.time_batch) and yielded in order."""
+        Ops are taken `batch_len(timing)` at a time (one by default, so each result is handed
+        over before the next op is even read); a batch is measured by `measure_batch` under the
+        agent's `state()` (set only while it works, not while the caller holds a result) and its
+        results yielded in order."""
         self.check_timing(timing)
         profile_id = self.profile.id
-        settings = {**self.settings(), "timing": timing.to_dict(), "estimator": timing.estimator}
+        settings = self.measure_settings(timing)
+        size = self.batch_len(timing)
         it = iter(ops)
         while True:
-            batch = list(itertools.islice(it, timing.interleave))
+            batch = list(itertools.islice(it, size))
             if not batch:
                 return
-            yield from self._measure_batch(batch, timing, settings, profile_id)
+            with self.state():
+                results = list(self.measure_batch(batch, timing, settings, profile_id))
+            yield from results
 
-    def _measure_batch(self, batch: list[OpSpec], timing: TimingSettings, settings: dict[str, Any],
-                       profile_id: str) -> Iterator[Measurement]:
+    def measure_batch(self, batch: list[OpSpec], timing: TimingSettings, settings: dict[str, Any],
+                      profile_id: str) -> Iterator[Measurement]:
+        """One batch: each op prepared (prepare_op), timed round-robin in `timing.rounds` rounds
+        (latbench.measure.time_batch), one Measurement per op in order."""
         built: list[tuple[OpSpec, Any, float]] = []  # (op, prepared callable or its error, seconds)
         for op in batch:
             t0 = time.perf_counter()
             try:
-                built.append((op, self.prepare(op), time.perf_counter() - t0))
+                built.append((op, self.prepare_op(op), time.perf_counter() - t0))
             except Exception as e:  # the op is reported, the run goes on
                 built.append((op, e, time.perf_counter() - t0))
         live = [fn for _, fn, _ in built if not isinstance(fn, Exception)]

@@ -6,16 +6,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from latbench.device import DeviceProfile, host_profile
 from latbench.errors import MissingExtraError
-from latbench.measure import Stats, TimingSettings, time_callable
 from latbench.ops import OpSpec
 
-from .base import Agent, AgentOptions, Prepared
+from .base import Agent, AgentOptions, NetworkModel, Prepared
+from .networks import tflite_network
 from .tflite_build import build_tflite
 
 
@@ -46,6 +46,7 @@ class LiteRTAgent(Agent):
     """Times ops in the LiteRT interpreter; `xnnpack=False` runs the builtin kernels only."""
 
     name = "tflite"
+    model_kind = "tflite"
     fusion = "tflite"  # converters fold BN into the conv and fuse RELU/RELU6 (tflite_build does too)
 
     Options = LiteRTOptions
@@ -54,6 +55,11 @@ class LiteRTAgent(Agent):
         super().__init__(**options)
         self.xnnpack = self.opts.xnnpack
         self._Interpreter, self._Resolver, self._runtime_name, self._version = _runtime()
+
+    @classmethod
+    def options_from_profile(cls, profile: DeviceProfile) -> dict[str, Any]:
+        """threads and whether XNNPACK ran (the profile's delegate)."""
+        return {"threads": profile.threads, "xnnpack": profile.delegate == "xnnpack"}
 
     def fingerprint(self) -> DeviceProfile:
         return host_profile("tflite", self._runtime_name, self._version, self.threads,
@@ -88,14 +94,19 @@ class LiteRTAgent(Agent):
         """The .tflite bytes this agent times for `op` (canonical weights of its seed)."""
         return build_tflite(op, self.weights(op))
 
-    def prepare(self, op: OpSpec) -> Prepared:
+    def prepare_op(self, op: OpSpec) -> Prepared:
         return self.prepare_model(self.model(op))
 
-    def prepare_model(self, model: bytes | str | os.PathLike) -> Prepared:
-        """An interpreter for a model (bytes or path) on seeded inputs; `touch` re-reads its input
-        buffers in place (views are taken and dropped at once: invoke refuses to run while one
-        is held)."""
-        it = self.interpreter(model)
+    def network_model(self, space, config) -> NetworkModel:
+        """The subnet as one .tflite (networks.tflite_network, canonical weights of this seed)."""
+        return NetworkModel("tflite", tflite_network(space, config, self.seed), tuple(space.input_shape(config)))
+
+    def prepare_model(self, model: NetworkModel | bytes | str | os.PathLike,
+                      input_shape: Sequence[int] | None = None) -> Prepared:
+        """An interpreter for a model (a NetworkModel, bytes or path) on seeded inputs: the plain
+        call `invoke()`; `touch` re-reads its input buffers in place (views are taken and dropped
+        at once: invoke refuses to run while one is held). The model fixes its input shape."""
+        it = self.interpreter(model.model if isinstance(model, NetworkModel) else model)
         self._feed_random(it)
         views = [it.tensor(d["index"]) for d in it.get_input_details()]
 
@@ -107,17 +118,19 @@ class LiteRTAgent(Agent):
 
     def run(self, op: OpSpec, x: np.ndarray) -> np.ndarray:
         """NCHW in, NHWC through the model, NCHW out ((n, out) for linear, as torch gives)."""
-        it = self.interpreter(self.model(op))
+        return self.run_bytes(self.model(op), x)
+
+    def run_network(self, model: NetworkModel, x: np.ndarray) -> np.ndarray:
+        return self.run_bytes(model.model, x)
+
+    def run_bytes(self, model: bytes, x: np.ndarray) -> np.ndarray:
+        """One invoke of a .tflite on the NCHW input `x` (NHWC inside), output NCHW or (n, out)."""
+        it = self.interpreter(model)
         d = it.get_input_details()[0]
         it.set_tensor(d["index"], np.ascontiguousarray(np.asarray(x, dtype=np.float32).transpose(0, 2, 3, 1)))
         it.invoke()
         y = it.get_tensor(it.get_output_details()[0]["index"])
         return np.ascontiguousarray(y.transpose(0, 3, 1, 2)) if y.ndim == 4 else y.copy()
-
-    def measure_model(self, model: bytes | str | os.PathLike, timing: TimingSettings = TimingSettings()) -> Stats:
-        """Time a whole .tflite model (bytes or path) on seeded random inputs: end-to-end latency."""
-        p = self.prepare_model(model)
-        return time_callable(p, timing, touch=p.touch)
 
 
 __all__ = ["LiteRTAgent"]

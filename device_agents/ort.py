@@ -12,10 +12,10 @@ import numpy as np
 from latbench import ops as O
 from latbench.device import DeviceProfile, host_profile
 from latbench.errors import DeviceUnavailableError, UsageError, require
-from latbench.measure import Stats, TimingSettings, time_callable
 from latbench.ops import OpSpec
 
-from .base import Agent, AgentOptions, Prepared
+from .base import Agent, AgentOptions, NetworkModel, Prepared
+from .networks import export_onnx
 from .onnx_build import build_onnx, graph_in_shape, graph_out_shape
 from .ort_layout import network_graph
 from .weights import Weights
@@ -30,7 +30,7 @@ OPT_LEVELS = {
     "basic": _GOL.ORT_ENABLE_BASIC,
     "disable": _GOL.ORT_DISABLE_ALL,
 }
-BOUNDARIES = ("network", "graph")  # how an op's graph meets its neighbours (OrtAgent.prepare)
+BOUNDARIES = ("network", "graph")  # how an op's graph meets its neighbours (OrtAgent.prepare_op)
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,7 @@ class OrtAgent(Agent):
     """Times ops in onnxruntime on this host (one session per op, freed before the next)."""
 
     name = "ort"
+    model_kind = "onnx"
 
     Options = OrtOptions
 
@@ -74,6 +75,14 @@ class OrtAgent(Agent):
         self._cut_options = session_options(self.threads, "disable")  # cut graphs are optimised already
         self._live: tuple | None = None  # the session (and binding) of the op being timed
         self._pool: np.ndarray | None = None  # random values that timing weights are cut from
+
+    @classmethod
+    def options_from_profile(cls, profile: DeviceProfile) -> dict[str, Any]:
+        """threads, provider, opt_level and boundary (a profile from before boundaries were
+        recorded timed each op's own graph)."""
+        opts = dict(profile.options)
+        return {"threads": profile.threads, "provider": profile.delegate,
+                "opt_level": opts.get("opt_level", "all"), "boundary": opts.get("boundary", "graph")}
 
     def fingerprint(self) -> DeviceProfile:
         return host_profile("ort", "onnxruntime", ort.__version__, self.threads, delegate=self.provider,
@@ -109,7 +118,7 @@ class OrtAgent(Agent):
             self._pool = np.random.default_rng(self.seed).standard_normal(POOL_SIZE, dtype=np.float32)
         return self._pool
 
-    def prepare(self, op: OpSpec) -> Prepared:
+    def prepare_op(self, op: OpSpec) -> Prepared:
         """A session for `op` with input and output bound once; calling it runs it once, `touch`
         re-reads the bound input (a numpy array the session reads in place). With boundary
         `network`, the op's kernels as ONNX Runtime runs them between two convolutions (NCHWc,
@@ -140,19 +149,30 @@ class OrtAgent(Agent):
         sess.run_with_iobinding(binding)
         return outs[0].numpy().reshape(op.out_shape).copy()
 
-    def prepare_model(self, model: "onnx.ModelProto | bytes | str | os.PathLike",
-                      input_shape: Sequence[int]) -> Prepared:
-        """A whole model (a subnet from build_onnx_chain, an exported .onnx file) ready to time
-        the way ops are timed: same session options, input and outputs bound once. Each call
-        keeps its own session, so several models can be timed side by side (time_batch)."""
+    def network_model(self, space, config) -> NetworkModel:
+        """The torch subnet exported to ONNX (networks.export_onnx)."""
+        module = space.build(config)
+        return NetworkModel("onnx", export_onnx(space, config, module), tuple(space.input_shape(config)), module)
+
+    def run_network(self, model: NetworkModel, x: np.ndarray) -> np.ndarray:
+        """One session.run of the whole model on `x`: its first output."""
+        sess = self.session(model.model)
+        return np.asarray(sess.run(None, {sess.get_inputs()[0].name: np.ascontiguousarray(x, dtype=np.float32)})[0])
+
+    def prepare_model(self, model: "NetworkModel | onnx.ModelProto | bytes | str | os.PathLike",
+                      input_shape: Sequence[int] | None = None) -> Prepared:
+        """A whole model (a NetworkModel, an .onnx proto, bytes or file) ready to time the way ops
+        are timed: same session options, input and outputs bound once. Each call keeps its own
+        session, so several models can be timed side by side (time_batch)."""
+        self._release()
         sess, feed = self._whole_model(model, input_shape)
         (x,) = feed.values()
         shapes = [o.shape for o in sess.run(None, feed)]
         binding, outs = bind(sess, x, shapes, share_input=True)
         return Prepared(runner(sess, binding), x.sum, keep=(sess, binding, x, outs))
 
-    def plain_runner(self, model: "onnx.ModelProto | bytes | str | os.PathLike",
-                     input_shape: Sequence[int]) -> Prepared:
+    def plain_model(self, model: "NetworkModel | onnx.ModelProto | bytes | str | os.PathLike",
+                    input_shape: Sequence[int] | None = None) -> Prepared:
         """A whole model as users time it (latbench.yardstick): a new session with this agent's
         options, called as `session.run(None, {name: x})` with a numpy input, no IOBinding."""
         sess, feed = self._whole_model(model, input_shape)
@@ -162,20 +182,19 @@ class OrtAgent(Agent):
 
         return Prepared(run, keep=sess)
 
-    def _whole_model(self, model, input_shape: Sequence[int]) -> tuple["ort.InferenceSession", dict[str, np.ndarray]]:
-        """A new session of a one-input model and its input {name: seeded float32 array}."""
+    def _whole_model(self, model, input_shape: Sequence[int] | None) -> tuple["ort.InferenceSession", dict[str, np.ndarray]]:
+        """A new session of a one-input model and its input {name: seeded float32 array}; the
+        shape is the NetworkModel's, the given one, else the graph's own (fixed dimensions)."""
+        if isinstance(model, NetworkModel):
+            model, input_shape = model.model, input_shape or model.input_shape
         sess = self.session(model)
         inputs = sess.get_inputs()
         if len(inputs) != 1:
             raise UsageError(f"ort: a whole model must have one input, this one has {len(inputs)}")
-        return sess, {inputs[0].name: np.array(_cut(self.pool, tuple(input_shape)), dtype=np.float32)}
-
-    def measure_model(self, model: "onnx.ModelProto | bytes | str | os.PathLike", input_shape: Sequence[int],
-                      timing: TimingSettings = TimingSettings()) -> Stats:
-        """Time a whole model with the shared timing loop (see prepare_model)."""
-        self._release()
-        p = self.prepare_model(model, input_shape)
-        return time_callable(p, timing, touch=p.touch)
+        shape = tuple(input_shape) if input_shape is not None else tuple(inputs[0].shape)
+        if not all(isinstance(d, int) and d > 0 for d in shape):
+            raise UsageError(f"ort: input {inputs[0].name!r} has shape {list(inputs[0].shape)}: pass input_shape")
+        return sess, {inputs[0].name: np.array(_cut(self.pool, shape), dtype=np.float32)}
 
 
 # ---------------------------------------------------------------------- helpers

@@ -1,26 +1,26 @@
 """Torch eager agents (cpu, cuda) and the torch reference every agent's output is compared with.
 
 Global torch state (thread count, grad mode, the CPU RNG, CUDA TF32 switches) is process-wide, so
-an agent sets what it needs only while it works on an op (prepare + timing inside `measure`, or
-one `run`) and restores the previous values before handing a result back. Two agents with
+an agent sets what it needs only while it works on an op (prepare_op + timing inside `measure`,
+which holds `state()` around each batch, or one `run`) and restores the previous values before handing a result back. Two agents with
 different thread counts can therefore be interleaved in one process, and nothing leaks after
 `close()`, which has nothing left to undo.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from latbench import ops as O
 from latbench.device import DeviceProfile, host_profile
 from latbench.errors import DeviceUnavailableError, OpError, UsageError, require
-from latbench.measure import Measurement, TimingSettings
 from latbench.ops import OpSpec
 
-from .base import Agent, AgentOptions, Prepared
+from .base import Agent, AgentOptions, NetworkModel, Prepared
 from .weights import BN_EPS, Weights
 
 torch = require("torch", "torch")
@@ -122,6 +122,7 @@ class TorchCPUAgent(Agent):
 
     name = "cpu"
     device_type = "cpu"
+    model_kind = "torch"
 
     def __init__(self, **options: Any):
         super().__init__(**options)
@@ -160,7 +161,7 @@ class TorchCPUAgent(Agent):
     def _module(self, op: OpSpec) -> nn.Module:
         return reference_module(op, self.weights(op)).to(self.device)
 
-    def prepare(self, op: OpSpec) -> Prepared:
+    def prepare_op(self, op: OpSpec) -> Prepared:
         """The reference module on a fixed input, run once; the closure is meant to be called
         inside `measure` (which holds the thread count and inference mode around it)."""
         with self._state():
@@ -176,10 +177,27 @@ class TorchCPUAgent(Agent):
 
         return Prepared(call, x.sum, keep=module)
 
-    def prepare_module(self, module: nn.Module, input_shape) -> Prepared:
-        """A whole torch module (e.g. a subnet) in eval mode on this device with a fixed random
-        input; call it inside `state()`."""
-        module = module.eval().to(self.device)
+    def network_model(self, space, config) -> NetworkModel:
+        """The torch subnet (`space.build`), built once; each runnable gets its own copy."""
+        module = space.build(config).eval()
+        return NetworkModel("torch", module, tuple(space.input_shape(config)), module)
+
+    def run_network(self, model: NetworkModel, x: np.ndarray) -> np.ndarray:
+        """One call of the module on `x` on this device, under this agent's state."""
+        with self._state():
+            module = model.model.eval().to(self.device)
+            y = module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device))
+            return y.detach().cpu().numpy()
+
+    def prepare_model(self, model: "NetworkModel | nn.Module", input_shape: Sequence[int] | None = None) -> Prepared:
+        """A whole torch module (a NetworkModel's copy, so its buffers get their own place in
+        memory, or the given module itself) in eval mode on this device with a fixed random
+        input; the plain call `module(x)`, made inside `state()` (inference mode)."""
+        if isinstance(model, NetworkModel):
+            model, input_shape = copy.deepcopy(model.model), input_shape or model.input_shape
+        if input_shape is None:
+            raise UsageError(f"{self.name}: a torch module needs its input_shape")
+        module = model.eval().to(self.device)
         rng = np.random.default_rng([self.seed, 1])
         x = torch.from_numpy(rng.standard_normal(tuple(input_shape), dtype=np.float32)).to(self.device)
 
@@ -198,19 +216,6 @@ class TorchCPUAgent(Agent):
             module = self._module(op)
             y = module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device))
             return y.detach().cpu().numpy()
-
-    def measure(self, ops: Iterable[OpSpec], timing: TimingSettings = TimingSettings()) -> Iterator[Measurement]:
-        """The shared measure loop, with this agent's torch state set only while it works."""
-        inner = super().measure(ops, timing)
-        try:
-            while True:
-                with self._state():
-                    m = next(inner, None)
-                if m is None:
-                    return
-                yield m
-        finally:
-            inner.close()
 
     def _sync_now(self) -> None:
         """Wait for queued device work (nothing to wait for on the CPU)."""
@@ -248,6 +253,12 @@ class TorchCUDAAgent(TorchCPUAgent):
             raise DeviceUnavailableError(f"no CUDA device: index {self.opts.index} but {count} device(s) visible")
         self.index = self.opts.index
         self.device = torch.device("cuda", self.index)
+
+    @classmethod
+    def options_from_profile(cls, profile: DeviceProfile) -> dict[str, Any]:
+        """threads and the device index the profile recorded."""
+        index = (profile.info or {}).get("index")
+        return {"threads": profile.threads, **({"index": index} if index is not None else {})}
 
     def fingerprint(self) -> DeviceProfile:
         """The host profile plus the GPU's name, capability and CUDA/cuDNN versions (identity)."""

@@ -10,7 +10,6 @@ entries agree has no by_resolution: its one value holds at every resolution it l
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -39,26 +38,24 @@ def row_values(row: Mapping[str, Any]) -> dict[int, dict[str, Any]]:
 def table_values(table, field: str = "estimate") -> dict[str, dict[int, float | None]]:
     """key -> {resolution: its entry's `field` (the estimate, or a statistic such as the mean;
     None where the entry lacks it)} of every ok row holding one value per resolution."""
-    out: dict[str, dict[int, float]] = {}
-    sql = ("SELECT key, estimate, mean, n, std, extra FROM measurements "
-           "WHERE status = 'ok' AND extra LIKE '%by|_resolution%' ESCAPE '|'")
-    for key, est, mean, n, std, extra in table.conn.execute(sql):
-        vals = row_values({"estimate": est, "mean": mean, "n": n, "std": std, "extra": json.loads(extra)})
+    out: dict[str, dict[int, float | None]] = {}
+    for row in table.rows(status="ok", columns=("estimate", "mean", "n", "std", "extra"),
+                          extra_keys=(BY_RESOLUTION, _LEGACY)):
+        vals = row_values(row)
         if vals:
-            out[key] = {r: None if e.get(field) is None else float(e[field]) for r, e in vals.items()}
+            out[row["key"]] = {r: None if e.get(field) is None else float(e[field]) for r, e in vals.items()}
     return out
 
 
 def table_resolutions(table) -> tuple[int, ...]:
     """Every resolution the table's ok rows list in extra["resolutions"], ascending."""
-    sql = ("SELECT DISTINCT r.value FROM measurements, json_each(measurements.extra, '$.resolutions') AS r "
-           "WHERE measurements.status = 'ok'")
-    return tuple(sorted(int(v) for (v,) in table.conn.execute(sql)))
+    return tuple(sorted(int(v) for v in table.extra_values("resolutions")))
 
 
 def table_spaces(table) -> tuple[str, ...]:
     """The spaces the table records: profiled from (meta profile_run) or imported for (meta space)."""
-    names = set((table.meta_get("profile_run") or {}).get("spaces") or ())
+    run = table.run_settings
+    names = set(run.spaces if run else ())
     own = table.meta_get(SPACE_META)
     if own and own.get("name"):
         names.add(own["name"])

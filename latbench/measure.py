@@ -119,12 +119,12 @@ class TimingSettings:
         if self.context not in CONTEXTS:
             raise UsageError(f"timing context must be one of {', '.join(CONTEXTS)}, got {self.context!r}")
         if self.estimator not in LOOP_ESTIMATORS:
-            raise UsageError(f"timing estimator (--estimator) must be one of {', '.join(LOOP_ESTIMATORS)}, "
+            raise UsageError(f"timing estimator (`estimator`) must be one of {', '.join(LOOP_ESTIMATORS)}, "
                              f"got {self.estimator!r}")
         for name, bound in BOUNDS.items():
             bound.check(name, getattr(self, name))
         if self.estimator == "round_min" and self.rounds < 2:
-            raise UsageError(f"timing estimator round_min ({ESTIMATOR_WORDS['round_min']}) needs --rounds "
+            raise UsageError(f"timing estimator round_min ({ESTIMATOR_WORDS['round_min']}) needs `rounds` "
                              f">= 2, got {self.rounds}")
 
     @classmethod

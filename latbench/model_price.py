@@ -7,11 +7,12 @@ the mapped ops only and says so. Shape-only nodes (views, folded shape arithmeti
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 from .errors import UsageError
-from .lower import Unmapped, lower_onnx
+from .lower import Unmapped, lower_onnx, lower_torch
 from .predict import DEFAULT_MAX_FALLBACK, FallbackError, Price, Pricer
 
 
@@ -89,7 +90,7 @@ def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
     except ValueError:
         shape = ()
     if not shape or any(v < 1 for v in shape):
-        raise UsageError(f"--input-shape takes positive sizes separated by commas, e.g. 1,3,224,224; got {text!r}")
+        raise UsageError(f"`input_shape` takes positive sizes separated by commas, e.g. 1,3,224,224; got {text!r}")
     return shape
 
 
@@ -101,20 +102,51 @@ def group_unmapped(nodes: Sequence[Unmapped]) -> tuple[UnmappedGroup, ...]:
     return tuple(UnmappedGroup(t, tuple(ns)) for t, ns in by_type.items())
 
 
-def price_model(table, model, input_shape: Sequence[int] | None = None, strict: bool = False,
+def price_model(source, model, input_shape: Sequence[int] | None = None, strict: bool = False,
                 max_fallback: float | None = DEFAULT_MAX_FALLBACK) -> ModelPrice:
-    """Lower an ONNX model and price its ops from an op-level `table` (a LatencyTable);
-    more than `max_fallback` of the keys missing is a FallbackError (None: any share)."""
-    gran = (table.meta_get("profile_run") or {}).get("granularity", "op")
-    if gran != "op":
-        raise UsageError(f"{model}: pricing a whole model needs an op-level table; this one holds "
-                         f"{gran}-level entries (profile with --granularity op)")
-    low = lower_onnx(model, input_shape)
-    p = Pricer.from_table(table, "op", strict=strict).price(low.ops)
+    """Lower a model and price its ops from an op-level table: `source` a LatencyTable or a
+    Predictor (latbench.predict; its table copied, so a closed table is fine); `model` an ONNX file
+    or bytes (`input_shape` for symbolic dims) or a torch.nn.Module (`input_shape` required).
+    More than `max_fallback` of the keys missing is a FallbackError (None: any share)."""
+    if hasattr(source, "pricer"):  # a Predictor
+        pricer, where = source.pricer, source.coverage.path if source.coverage else "the cost map"
+    else:
+        run = source.run_settings
+        gran = run.granularity if run else "op"
+        if gran != "op":
+            pricer = Pricer({}, "block")  # refused below, naming the table
+        else:
+            pricer = Pricer.from_table(source, "op", strict=strict)
+        where = str(source.path)
+    name = _model_name(model)
+    if pricer.granularity != "op":
+        raise UsageError(f"{name}: pricing a whole model needs an op-level table; {where} holds "
+                         f"{pricer.granularity}-level entries (profile with granularity op)")
+    low = _lower(model, input_shape)
+    p = pricer.price(low.ops)
     if max_fallback is not None and len(p.misses) > max_fallback * p.keys:
-        raise FallbackError(f"{table.path} prices {model} with {len(p.misses)} of {p.keys} keys missing, over "
-                            f"the {max_fallback:.0%} allowed; --allow-fallback prices them with the "
+        raise FallbackError(f"{where} prices {name} with {len(p.misses)} of {p.keys} keys missing, over "
+                            f"the {max_fallback:.0%} allowed; `max_fallback=None` prices them with the "
                             f"fallback regression")
-    return ModelPrice(str(model), str(table.path), tuple(input_shape) if input_shape else None, p, len(low.ops),
+    return ModelPrice(name, where, tuple(input_shape) if input_shape else None, p, len(low.ops),
                       len(low.free), group_unmapped(low.unmapped), sum(o.flops for o in low.ops),
                       sum(o.params for o in low.ops))
+
+
+def _model_name(model) -> str:
+    """A model's name in messages: its path, or a torch module's class name."""
+    if isinstance(model, (bytes, bytearray)):
+        return "<ONNX bytes>"
+    if isinstance(model, (str, os.PathLike)):
+        return str(model)
+    return type(model).__name__
+
+
+def _lower(model, input_shape: Sequence[int] | None):
+    """ONNX (path or bytes) -> lower_onnx; anything else is taken for a torch module -> lower_torch."""
+    if isinstance(model, (str, os.PathLike, bytes, bytearray)):
+        return lower_onnx(model, input_shape)
+    if input_shape is None:
+        raise UsageError(f"input_shape is needed to price a torch module ({type(model).__name__}): "
+                         f"e.g. (1, 3, 224, 224)")
+    return lower_torch(model, tuple(input_shape))

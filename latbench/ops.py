@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, fields
+import functools
 from functools import cached_property
 from typing import Any
 
@@ -324,6 +325,17 @@ def expand(op: OpSpec) -> list[OpSpec]:
     A conv with a folded BN / fused activation expands to conv, batch_norm, activation, which is
     how a framework without fusion (torch eager) runs it.
     """
+    return list(_expand_cached(op))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _expand_cached(op: OpSpec) -> tuple[OpSpec, ...]:
+    """expand, computed once per distinct op: decoding configs at op granularity (a search, a
+    predictor) expands the same few thousand blocks over and over (OpSpec is frozen, all fields compared)."""
+    return tuple(_expand(op))
+
+
+def _expand(op: OpSpec) -> list[OpSpec]:
     k = op.kind
     if k == "conv":
         if not op.bn and op.act == "none":

@@ -11,7 +11,7 @@ LatencyTable prices it with that resolution's file.
 
 Every entry was timed as one runtime call, and so holds the runtime's fixed cost of a call once;
 a network pays that cost once in all. Where the table measured it (meta "invocation", see
-latbench.profiling), a price is the sum of (entry - invocation) over its keys plus one invocation.
+latbench.runmeta), a price is the sum of (entry - invocation) over its keys plus one invocation.
 
 An entry is priced by the table's own estimator (each row's `estimate`: the mean of its samples
 for a profile today), or by another statistic of its samples asked for (`statistic`: median,
@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -30,6 +31,7 @@ import numpy as np
 from . import ops as O
 from .errors import LatbenchError, UsageError
 from .ops import OpSpec
+from .tablemeta import CalibrationEntry
 
 
 class MissingKeyError(LatbenchError):
@@ -63,6 +65,11 @@ class Calibration:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+    @classmethod
+    def from_entry(cls, e: "CalibrationEntry") -> "Calibration":
+        """The calibration a table stores (latbench.tablemeta.CalibrationEntry)."""
+        return cls(e.scale, e.offset_ms, e.n, e.space, e.granularity, e.form)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Calibration":
@@ -263,9 +270,9 @@ class Pricer:
         """The table's prices by `statistic` (None: its estimates; see `table_prices`), per
         resolution where it has them, and per-call cost; granularity/fusion default to what it records."""
         costs, by_resolution, inv, label = table_prices(table, statistic)
-        meta = table.meta_get("profile_run") or {}
-        granularity = granularity or meta.get("granularity") or _guess_granularity(table.keys())
-        return cls(costs, granularity, fusion or meta.get("fusion") or "none", None, strict,
+        run = table.run_settings
+        granularity = granularity or (run.granularity if run else None) or _guess_granularity(table.keys())
+        return cls(costs, granularity, fusion or (run.fusion if run else None) or "none", None, strict,
                    lambda: table.ops(), inv, by_resolution, label)
 
     def price(self, ops: Iterable[OpSpec], resolution: int | None = None) -> Price:
@@ -296,20 +303,46 @@ def table_prices(table, statistic: str | None = None) -> tuple[dict[str, float],
     median, mean or min of every row's samples and of the per-call cost's, refused in one line
     naming the table and how many rows do not hold it (an imported table may hold one value)."""
     from .coverage import table_values
-    from .profiling import invocation_ms
+    from .runmeta import invocation_ms
 
     if statistic is None:
         return table.estimates(), table_values(table), invocation_ms(table), own_statistic(table)  # type: ignore[return-value]
     if statistic not in STATISTICS:
-        raise UsageError(f"--statistic must be one of {', '.join(STATISTICS)}, got {statistic!r}")
+        raise UsageError(f"`statistic` must be one of {', '.join(STATISTICS)}, got {statistic!r}")
     costs = table.statistic_values(statistic)
     per = table_values(table, statistic)  # an OFA entry per resolution holds a mean only
     lacking = sum(1 for k, v in costs.items() if (None in per[k].values() if k in per else v is None))
     if lacking:
         raise UsageError(f"{table.path}: {lacking} of {len(costs)} rows hold no {statistic} (the table's rows "
-                         f"are priced by {own_statistic(table)}), so --statistic {statistic} cannot price it; "
-                         f"leave --statistic out to price by the table's own estimator")
+                         f"are priced by {own_statistic(table)}), so `statistic={statistic}` cannot price it; "
+                         f"leave `statistic` out to price by the table's own estimator")
     return costs, per, invocation_ms(table, statistic), statistic  # type: ignore[return-value]
+
+
+_SLOT_STEPS: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+
+
+def _slot_step(space, i: int, state: Any, vals: tuple) -> tuple[list[OpSpec], Any] | None:
+    """Slot i's (blocks, next state) from `state` with choice values `vals`, None where the
+    combination is unreachable; memoised per space, since every predictor of a space (a table's,
+    the FLOPs and params counts, each table of a search) walks the same slots."""
+    memo = _SLOT_STEPS.setdefault(space, {})
+    key = (i, state, vals)
+    if key not in memo:
+        try:
+            memo[key] = space.slots[i].fn(state, vals)
+        except LatbenchError:
+            memo[key] = None
+    return memo[key]
+
+
+def resolve_space(space_or_name):
+    """A SearchSpace from itself, a registered name or a YAML file; None stays None."""
+    if space_or_name is None or not isinstance(space_or_name, str):
+        return space_or_name
+    from .spaces import get_space
+
+    return get_space(space_or_name)
 
 
 # ---------------------------------------------------------------------- compiled space
@@ -338,6 +371,8 @@ class _SlotTable:
 
 class Predictor:
     """Built once from a cost map and a space; predicts single configs, batches and op lists.
+    Self-contained once built: it holds copies of what it prices by (and fits its fallback on),
+    never the table. Without a space it prices op lists (`price`) and models (`price_model`) only.
 
     max_fallback: the share of a subnet's keys the fallback regression may price before a
     prediction is a FallbackError (None: any share). `coverage` names the table in that error."""
@@ -355,27 +390,51 @@ class Predictor:
         self.calibration = calibration
         self.max_fallback = max_fallback
         self.coverage = coverage
-        self._compile(resolutions)
+        self._tables: list[_SlotTable] = []
+        self._risk = None
+        if space is not None:
+            self._compile(resolutions)
 
     @classmethod
-    def from_table(cls, table, space, granularity: str | None = None, fusion: str | None = None,
+    def from_table(cls, table, space=None, granularity: str | None = None, fusion: str | None = None,
                    strict: bool = False, use_calibration: bool = True, statistic: str | None = None,
                    **kw) -> "Predictor":
-        """From a latbench LatencyTable: its prices by `statistic` (None: its estimates; per
-        resolution where it has them), per-call cost and (if asked) calibration, which is fitted to
-        the table's own prices and so left out when another statistic prices it;
-        granularity/fusion default to what the table records."""
+        """From a latency table (a path, opened read-only, or an open LatencyTable) and a space
+        (a SearchSpace, a registered name or a YAML file; None: op lists and models only): the
+        table's prices by `statistic` (None: its estimates; per resolution where it has them),
+        per-call cost and (if asked) calibration, which is fitted to the table's own prices and so
+        left out when another statistic prices it; granularity/fusion default to what the table
+        records. The predictor copies what it needs: it works after the table is closed."""
+        import os
+
         from .coverage import Coverage
 
+        from .store import LatencyTable
+
+        if isinstance(table, (str, os.PathLike)):
+            with LatencyTable.open(table, readonly=True) as t:
+                return cls.from_table(t, space, granularity, fusion, strict, use_calibration, statistic, **kw)
+        if not isinstance(table, LatencyTable):
+            raise UsageError(f"`table` must be a path or an open LatencyTable, got {type(table).__name__}")
+        space = resolve_space(space)
         pricer = Pricer.from_table(table, granularity, fusion, strict, statistic)
         cal = None
-        if use_calibration and statistic in (None, own_statistic(table)):
-            cals = table.meta_get("calibration") or {}
-            d = cals.get(f"{space.name}/{pricer.granularity}")
-            cal = Calibration.from_dict(d) if d else None
+        if space is not None and use_calibration and statistic in (None, own_statistic(table)):
+            stored = table.calibration(space, pricer.granularity)
+            cal = Calibration.from_entry(stored) if stored else None
+        # the fallback's ops are copied now (a strict predictor never falls back): no table after this
+        ops = () if strict else table.ops()
         return cls(space, pricer.costs, pricer.granularity, pricer.fusion, strict, cal,
-                   fallback_ops=table.ops, invocation_ms=pricer.invocation_ms,
+                   fallback_ops=ops, invocation_ms=pricer.invocation_ms,
                    by_resolution=pricer.by_resolution, coverage=Coverage.of(table), statistic=pricer.statistic, **kw)
+
+    def _need_space(self, what: str):
+        """The space, or a UsageError naming the `space` parameter (a predictor of op lists only)."""
+        if self.space is None:
+            raise UsageError(f"{what} prices configs of a space: this Predictor was built without one "
+                             f"(give `space` to Predictor.from_table); price(ops) and price_model(model) "
+                             f"need none")
+        return self.space
 
     @property
     def granularity(self) -> str:
@@ -420,12 +479,11 @@ class Predictor:
                     vals = tuple(choices[p][k] for p, k in zip(reads, combo))
                     at = vals[reads.index(rpos)] if carry and r is None else r
                     f = sid * per_state + j
-                    try:
-                        blocks, st2 = slot.fn(inner, vals[:-1] if add_r else vals)
-                    except LatbenchError:
-                        # unreachable combination (e.g. resolution too small): price it as infinite
+                    step = _slot_step(sp, i, inner, vals[:-1] if add_r else vals)
+                    if step is None:  # unreachable combination (e.g. resolution too small): infinite
                         cost[f] = math.inf
                         continue
+                    blocks, st2 = step
                     cost[f], count[f] = block_cost(blocks, at)
                     nxt[f] = new_states.setdefault((st2, at) if carry else st2, len(new_states))
             strides = np.ones(len(reads), dtype=np.int64)
@@ -488,7 +546,7 @@ class Predictor:
     @property
     def covered_resolutions(self) -> tuple[int, ...]:
         """The space's resolutions at which no config has a key priced by the fallback."""
-        if self.space.resolution_position is None:
+        if self._need_space("covered_resolutions").resolution_position is None:
             return ()
         res = self.space.resolutions
         return tuple(res) if self._risk is None else tuple(r for r, bad in zip(res, self._risk) if not bad)
@@ -508,12 +566,13 @@ class Predictor:
 
     def predict_raw(self, config: Any) -> tuple[float, int]:
         """(uncalibrated ms, number of fallback-priced keys) of one config; never refuses."""
+        self._need_space("predict_raw")
         ms, count = self._walk(self.space.index(config).tolist())
         return ms, count >> _KEY_BITS
 
     def predict(self, config: Any) -> float:
         """Predicted latency in ms of one config (any accepted form), calibrated if available."""
-        idx = self.space.index(config)
+        idx = self._need_space("predict").index(config)
         ms, count = self._walk(idx.tolist())
         if ms != ms:  # NaN: a strict table lacks a key of this config
             self._raise_missing(config)
@@ -544,12 +603,12 @@ class Predictor:
         where = self.coverage.path if self.coverage else "the cost map"
         covers = f" ({self.coverage.describe()})" if self.coverage else ""
         raise FallbackError(f"{where} prices {self.space.name}{at} with {misses} of {keys} keys missing, "
-                            f"over the {self.max_fallback:.0%} allowed{covers}; --allow-fallback prices "
+                            f"over the {self.max_fallback:.0%} allowed{covers}; `max_fallback=None` prices "
                             f"them with the fallback regression")
 
     def explain(self, config: Any) -> Price:
         """The full price of one config: raw sum, calibrated value, keys priced by the fallback."""
-        blocks = self.space.blocks(config)  # strict: Pricer.price raises on the first missing key
+        blocks = self._need_space("explain").blocks(config)  # strict: Pricer.price raises on the first missing key
         p = self.pricer.price(blocks, self.resolution_of(config))
         self._check_fallback(config, len(p.misses), p.keys)
         ms = self.calibration.apply(p.raw_ms) if self.calibration else p.raw_ms
@@ -563,6 +622,7 @@ class Predictor:
         of a million rows made this memory-bound, 4x slower). Fallback-priced keys are counted
         only where asked or where a chunk holds a resolution at which some config has them."""
         idx = np.asarray(configs)
+        self._need_space("predict_batch")
         if idx.ndim != 2 or idx.shape[1] != self.space.n_positions:
             raise UsageError(f"predict_batch wants an int array (n, {self.space.n_positions}), got {idx.shape}")
         n = idx.shape[0]
@@ -644,6 +704,15 @@ class Predictor:
         if self.calibration:
             return Price(self.calibration.apply(p.raw_ms), p.raw_ms, p.misses, True, p.invocation_ms, p.keys)
         return p
+
+    def price_model(self, model, input_shape: Sequence[int] | None = None,
+                    max_fallback: float | None = DEFAULT_MAX_FALLBACK):
+        """A whole model priced from an op-level table: a torch.nn.Module (with `input_shape`) or an
+        ONNX file or bytes (`input_shape` for symbolic dims); a ModelPrice (latbench.model_price)
+        that lists compute the table cannot price instead of dropping it."""
+        from .model_price import price_model
+
+        return price_model(self, model, input_shape, max_fallback=max_fallback)
 
 
 def best_over_slots(tables: Sequence[_SlotTable], allowed: Sequence[Sequence[int]],

@@ -1,5 +1,6 @@
-"""The latency table: an SQLite file that is latbench's store of record (exports, imports and
-merge live in latbench.tableio).
+"""The latency table: an SQLite file that is latbench's store of record (exports and imports live
+in latbench.formats, merge and combine in latbench.merge and latbench.combine, all through this
+module's public API).
 
 One row per op key, holding everything a Measurement carries (statistics, raw samples, settings,
 extra facts such as temperatures or the resolutions an op belongs to) and the number used for
@@ -28,6 +29,13 @@ file) is read as `immutable` (no -shm needed), a table with a live or killed wri
 that writer's -shm (`mode=ro`), so committed log frames are never skipped; a -wal without its
 -shm is refused in one line. A table that cannot be written, a damaged file and an estimate that
 is not a finite number >= 0 (written by another tool) are one-line TableErrors naming the file.
+
+Metadata is typed (latbench.tablemeta): `run_settings`, `invocation`, `reference`,
+`calibration(space, granularity)` and `timing` read it, `set_*` write it; `meta_get`/`meta_set`
+read and write the same JSON. The format version (meta "version") is the schema version: 2 since
+typed metadata. A table written by an older latbench (version 1) is upgraded when opened
+(`tablemeta.migrate_meta`): in place, in one transaction, when opened for writing; read through
+the migration, writing nothing, when opened read-only. A newer version is refused.
 """
 from __future__ import annotations
 
@@ -41,8 +49,10 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence, Union
 
 from .device import DeviceProfile
 from .errors import FormatError, LatbenchError, OpError, TableError, UsageError
-from .measure import Measurement, Stats
+from .measure import Measurement, Stats, TimingSettings
 from .ops import OpSpec
+from .tablemeta import (CALIBRATION_META, INVOCATION_META, REFERENCE_META, RUN_META, CalibrationEntry,
+                        CompanionEntry, RunSettings, calibration_key, migrate_meta)
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas
@@ -50,7 +60,7 @@ if TYPE_CHECKING:  # pragma: no cover
 PathLike = Union[str, "os.PathLike[str]"]
 
 FORMAT_NAME = "latbench-table"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the schema version; 1: before typed metadata (migrated on open)
 CSV_FORMAT_NAME = "latbench-table-csv"
 SQLITE_MAGIC = b"SQLite format 3\x00"
 RESERVED_META = ("format", "version", "profile")
@@ -126,7 +136,8 @@ def _finite(x: Any) -> float | None:
     return None if math.isnan(x) else x
 
 
-def _dumps(obj: Any) -> str:
+def column_json(obj: Any) -> str:
+    """A JSON column's text as the store writes it (sorted keys, no spaces)."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
@@ -134,8 +145,9 @@ def _nan(x: Any) -> float:
     return math.nan if x is None else float(x)
 
 
-def _op_for(key: str, op_dict: Any, where: str) -> OpSpec:
-    """Rebuild the op of a row and check it is the op its key names."""
+def op_for_row(key: str, op_dict: Any, where: str) -> OpSpec:
+    """Rebuild the op of a row (its op JSON) and check it is the op its key names; `where` (file,
+    line) starts the message of a FormatError or OpError."""
     if not isinstance(op_dict, dict):
         raise FormatError(f"{where}: op of {key!r} must be a JSON object, got {op_dict!r}")
     try:
@@ -251,17 +263,53 @@ def _create_schema(conn: sqlite3.Connection) -> None:
         raise
 
 
+def _migrate(p: str, conn: sqlite3.Connection, version: int, readonly: bool) -> dict[str, Any]:
+    """Upgrade a table of format `version` to FORMAT_VERSION: writable, in place in one transaction
+    (meta read again inside it, so a concurrent writer's entries are never overwritten) and {}
+    returned; read-only, nothing written and the migrated meta entries returned."""
+    if readonly:
+        return migrate_meta(_stored_meta(p, conn), version)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        meta = _stored_meta(p, conn)
+        now = meta.get("version")
+        if isinstance(now, int) and now < FORMAT_VERSION:
+            changed = {**migrate_meta(meta, now), "version": FORMAT_VERSION}
+            conn.executemany("INSERT OR REPLACE INTO meta(name, value) VALUES (?, ?)",
+                             [(k, json.dumps(v, sort_keys=True)) for k, v in changed.items()])
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return {}
+
+
+def _stored_meta(p: str, conn: sqlite3.Connection) -> dict[str, Any]:
+    """Every meta entry, JSON decoded; one that is not JSON is a one-line TableError."""
+    out = {}
+    for name, value in conn.execute("SELECT name, value FROM meta"):
+        try:
+            out[name] = json.loads(value)
+        except (TypeError, ValueError) as e:
+            raise TableError(f"{p}: meta {name!r} is not JSON ({e})") from None
+    return out
+
+
 # ---------------------------------------------------------------------- the table
 class LatencyTable:
     """One device profile's latency table in an SQLite file; see the module docstring."""
 
     def __init__(self, path: str, conn: sqlite3.Connection, profile: DeviceProfile | None,
-                 readonly: bool = False, snapshot: tuple | None = None):
+                 readonly: bool = False, snapshot: tuple | None = None,
+                 migrated: dict[str, Any] | None = None):
         self.path = path
         self._conn = conn
         self._profile = profile
         self.readonly = readonly
         self._snapshot = snapshot  # the file's stat when read as immutable: a change ends the read
+        self._migrated = migrated or {}  # read-only open of an older table: meta as migrated
+        self._id_of: tuple[DeviceProfile | None, str] = (None, "")  # (profile, its id)
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -279,14 +327,14 @@ class LatencyTable:
         except sqlite3.Error as e:
             raise TableError(f"{p}: cannot open: {e}") from None
         try:
-            stored = cls._prepare(p, conn, readonly)
+            stored, migrated = cls._prepare(p, conn, readonly)
         except sqlite3.DatabaseError as e:
             conn.close()
             raise sql_error(p, e, "open") from None
         except BaseException:
             conn.close()
             raise
-        table = cls(p, conn, stored, readonly, snapshot)
+        table = cls(p, conn, stored, readonly, snapshot, migrated)
         if profile is not None:
             try:
                 table.set_profile(profile)
@@ -296,8 +344,10 @@ class LatencyTable:
         return table
 
     @staticmethod
-    def _prepare(p: str, conn: sqlite3.Connection, readonly: bool = False) -> DeviceProfile | None:
-        """Check (or, writable, create) the schema; return the stored profile."""
+    def _prepare(p: str, conn: sqlite3.Connection,
+                 readonly: bool = False) -> tuple[DeviceProfile | None, dict[str, Any]]:
+        """Check (or, writable, create) the schema and upgrade an older one (see the module
+        docstring); return the stored profile and, read-only, the meta entries as migrated."""
         conn.execute("PRAGMA busy_timeout = 30000")
         if readonly:
             conn.execute("PRAGMA query_only = 1")
@@ -329,12 +379,13 @@ class LatencyTable:
         if not readonly:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
+        migrated = _migrate(p, conn, version, readonly) if version < FORMAT_VERSION else {}
         if "profile" in rows:
             try:
-                return DeviceProfile.from_dict(json.loads(rows["profile"]))
+                return DeviceProfile.from_dict(json.loads(rows["profile"])), migrated
             except (ValueError, TypeError) as e:
                 raise FormatError(f"{p}: stored device profile is unreadable: {e}") from None
-        return None
+        return None, migrated
 
     def __enter__(self) -> "LatencyTable":
         return self
@@ -392,8 +443,15 @@ class LatencyTable:
             return
         with self._tx():
             self.conn.execute("INSERT OR REPLACE INTO meta(name, value) VALUES ('profile', ?)",
-                              (_dumps(profile.to_dict()),))
+                              (column_json(profile.to_dict()),))
         self._profile = profile
+
+    def _profile_id(self) -> str:
+        """The profile's id, hashed once per profile (bulk imports ask for it per row)."""
+        prof = self.require_profile()
+        if self._id_of[0] is not prof:
+            self._id_of = (prof, prof.id)
+        return self._id_of[1]
 
     def require_profile(self) -> DeviceProfile:
         if self._profile is None:
@@ -403,6 +461,8 @@ class LatencyTable:
 
     def meta_get(self, name: str, default: Any = None) -> Any:
         """A JSON value stored under `name` (e.g. a calibration), or `default`."""
+        if name in self._migrated:
+            return self._migrated[name]
         rows = self._query("SELECT value FROM meta WHERE name = ?", (name,))
         return default if not rows else json.loads(rows[0][0])
 
@@ -419,25 +479,92 @@ class LatencyTable:
         out = {}
         for name, value in self._query("SELECT name, value FROM meta ORDER BY name"):
             if name not in RESERVED_META:
-                out[name] = json.loads(value)
+                out[name] = self._migrated.get(name, json.loads(value))
         return out
+
+    # ------------------------------------------------------------------ typed meta (latbench.tablemeta)
+    def _typed(self, cls: Any, name: str) -> Any:
+        d = self.meta_get(name)
+        return None if d is None else cls.from_dict(d, f"{self.path}: meta {name}")
+
+    @property
+    def run_settings(self) -> RunSettings | None:
+        """How a profile timed the rows (meta "profile_run"); None when none did (an import)."""
+        return self._typed(RunSettings, RUN_META)
+
+    def set_run_settings(self, run: RunSettings) -> None:
+        """Record how the rows are timed (latbench.runmeta.check_run_meta checks a run against it)."""
+        self.meta_set(RUN_META, run.to_dict())
+
+    @property
+    def invocation(self) -> CompanionEntry | None:
+        """The runtime's per-call cost (meta "invocation"), or None where none was measured."""
+        return self._typed(CompanionEntry, INVOCATION_META)
+
+    def set_invocation(self, entry: CompanionEntry) -> None:
+        self.meta_set(INVOCATION_META, entry.to_dict())
+
+    @property
+    def reference(self) -> CompanionEntry | None:
+        """The reference kernel timed in every batch (meta "reference"), or None."""
+        return self._typed(CompanionEntry, REFERENCE_META)
+
+    def set_reference(self, entry: CompanionEntry) -> None:
+        self.meta_set(REFERENCE_META, entry.to_dict())
+
+    def calibrations(self) -> dict[str, CalibrationEntry]:
+        """Every stored calibration by its key "SPACE/GRANULARITY"."""
+        cals = self.meta_get(CALIBRATION_META) or {}
+        if not isinstance(cals, dict):
+            raise TableError(f"{self.path}: meta {CALIBRATION_META} must be a JSON object")
+        return {k: CalibrationEntry.from_dict(v, f"{self.path}: meta {CALIBRATION_META} {k}")
+                for k, v in cals.items()}
+
+    def calibration(self, space: Any, granularity: str) -> CalibrationEntry | None:
+        """The calibration of `space` (a name or a space) at `granularity`, or None."""
+        return self.calibrations().get(calibration_key(space, granularity))
+
+    def set_calibration(self, entry: CalibrationEntry) -> None:
+        """Store `entry` under its key (the other spaces' calibrations kept), in one transaction."""
+        with self._tx():
+            cals = dict(self.meta_get(CALIBRATION_META) or {})
+            cals[entry.key] = entry.to_dict()
+            self.conn.execute("INSERT OR REPLACE INTO meta(name, value) VALUES (?, ?)",
+                              (CALIBRATION_META, json.dumps(cals, sort_keys=True)))
+
+    @property
+    def timing(self) -> TimingSettings | None:
+        """The timing settings most ok rows were measured with (ties: the first stored), or None
+        where no row records one (an imported table)."""
+        recs = self._query(
+            "SELECT json_extract(settings, '$.timing') AS t, COUNT(*) AS c FROM measurements "
+            "WHERE status = 'ok' AND json_type(settings, '$.timing') = 'object' "
+            "GROUP BY t ORDER BY c DESC, MIN(rowid) LIMIT 1")
+        if not recs:
+            return None
+        try:
+            return TimingSettings.from_dict(json.loads(recs[0][0]))
+        except (LatbenchError, TypeError, ValueError) as e:
+            raise TableError(f"{self.path}: the rows' timing settings cannot be read ({e})") from None
 
     # ------------------------------------------------------------------ writing
     def add(self, m: Measurement, *, source: str = "measured", estimator: str = "median",
             estimate: float | None = None) -> None:
         """Store one measurement in its own transaction (a re-added key replaces the old row)."""
-        row = self._measurement_row(m, source, estimator, estimate)
+        row = self.measurement_row(m, source, estimator, estimate)
         with self._tx():
             self._insert(row)
 
     def add_many(self, measurements: Iterable[Measurement], *, source: str = "measured",
                  estimator: str = "median") -> int:
         """Store many measurements in one transaction (imports); returns how many."""
-        rows = [self._measurement_row(m, source, estimator, None) for m in measurements]
-        self._put_rows(rows)
+        rows = [self.measurement_row(m, source, estimator, None) for m in measurements]
+        self.put_rows(rows)
         return len(rows)
 
-    def _put_rows(self, rows: Sequence[dict[str, Any]]) -> None:
+    def put_rows(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Store rows as `rows()` gives them (another table's, or ones `measurement_row` or
+        latbench.formats checked) in one transaction; a key already stored is replaced."""
         with self._tx():
             for row in rows:
                 self._insert(row)
@@ -448,10 +575,13 @@ class LatencyTable:
         self.conn.execute(f"INSERT OR REPLACE INTO measurements ({cols}) VALUES ({marks})",
                           [_to_sql(c, row.get(c)) for c in COLUMNS])
 
-    def _measurement_row(self, m: Measurement, source: str, estimator: str,
-                         estimate: float | None) -> dict[str, Any]:
+    def measurement_row(self, m: Measurement, source: str, estimator: str,
+                        estimate: float | None) -> dict[str, Any]:
+        """The row `add` would store for `m` (checked against the table's profile; `estimate`
+        None: the statistic `estimator` of its stats), for callers that store many at once."""
         prof = self.require_profile()
-        if m.profile_id and m.profile_id != prof.id:
+        pid = self._profile_id()
+        if m.profile_id and m.profile_id != pid:
             raise ProfileMismatchError(
                 f"{self.path}: the measurement of {m.key} was taken under profile {m.profile_id}, "
                 f"the table's profile is {prof.describe()}")
@@ -459,12 +589,12 @@ class LatencyTable:
             raise UsageError(f"{m.key}: status must be ok or failed, got {m.status!r}")
         if estimator not in ESTIMATORS:
             raise UsageError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
-        _op_for(m.key, m.op, self.path)
+        op_for_row(m.key, m.op, self.path)
         s = m.stats
         row: dict[str, Any] = {
             "key": m.key, "kind": m.op.get("kind", ""), "status": m.status, "error": m.error or "",
             "estimator": estimator, "estimate": None, "wall_s": m.wall_s, "timed_s": m.timed_s,
-            "taken_at": m.taken_at, "source": source, "profile_id": prof.id, "op": m.op,
+            "taken_at": m.taken_at, "source": source, "profile_id": pid, "op": m.op,
             "settings": dict(m.settings), "extra": dict(m.extra), "samples": None,
         }
         if s is not None:
@@ -505,8 +635,14 @@ class LatencyTable:
             return {r[0] for r in self._query("SELECT key FROM measurements")}
         return {r[0] for r in self._query("SELECT key FROM measurements WHERE status = ?", (status,))}
 
-    def rows(self, status: str | None = None, kind: str | None = None) -> Iterator[dict[str, Any]]:
-        """Every stored column of each row (JSON decoded), ordered by key."""
+    def rows(self, status: str | None = None, kind: str | None = None, *,
+             columns: Sequence[str] = COLUMNS, extra_keys: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
+        """Each row's `columns` (every stored one by default; key always; JSON decoded), ordered by
+        key; of `status`, `kind`, and with `extra_keys`: rows whose extra holds one of them."""
+        cols = ("key",) + tuple(c for c in columns if c != "key")
+        unknown = [c for c in cols if c not in COLUMNS]
+        if unknown:
+            raise UsageError(f"unknown column(s) {', '.join(unknown)} (columns: {', '.join(COLUMNS)})")
         where, args = [], []
         if status is not None:
             where.append("status = ?")
@@ -514,11 +650,25 @@ class LatencyTable:
         if kind is not None:
             where.append("kind = ?")
             args.append(kind)
-        sql = f"SELECT {', '.join(COLUMNS)} FROM measurements"
+        if extra_keys is not None:
+            paths = [_json_path(k) for k in extra_keys]
+            where.append("(" + (" OR ".join("json_type(extra, ?) IS NOT NULL" for _ in paths) or "0") + ")")
+            args.extend(paths)
+        sql = f"SELECT {', '.join(cols)} FROM measurements"
         if where:
             sql += " WHERE " + " AND ".join(where)
         for rec in self._query(sql + " ORDER BY key", args):
-            yield _from_sql(rec, self.path)
+            yield _from_sql(rec, self.path, cols)
+
+    def extra_values(self, name: str, status: str | None = "ok") -> set[Any]:
+        """Every distinct item of the JSON lists that rows of `status` (None: all) keep in
+        extra[name] (e.g. "resolutions": the input resolutions their keys belong to)."""
+        sql = "SELECT DISTINCT r.value FROM measurements, json_each(measurements.extra, ?) AS r"
+        args: list[Any] = [_json_path(name)]
+        if status is not None:
+            sql += " WHERE measurements.status = ?"
+            args.append(status)
+        return {v for (v,) in self._query(sql, args)}
 
     def row(self, key: str) -> dict[str, Any] | None:
         """Every stored column of one row, or None."""
@@ -590,6 +740,19 @@ class LatencyTable:
         self._check_snapshot()
         return frame
 
+    def backup(self, path: PathLike) -> None:
+        """Copy the table as it is now into the file `path` (SQLite's online backup: one consistent
+        snapshot, while a writer may go on); an existing file there is overwritten."""
+        p = os.fspath(path)
+        try:
+            dst = sqlite3.connect(p)
+            try:
+                self.conn.backup(dst)
+            finally:
+                dst.close()
+        except sqlite3.Error as e:
+            raise sql_error(p, e, "write") from None
+
     def integrity_check(self) -> str:
         """SQLite's own check: 'ok' when the file is sound."""
         return self._query("PRAGMA integrity_check")[0][0]
@@ -625,7 +788,7 @@ class _Transaction:
 
 def _to_sql(col: str, v: Any) -> Any:
     if col in JSON_COLUMNS:
-        return None if v is None else _dumps(v)
+        return None if v is None else column_json(v)
     if col in FLOAT_COLUMNS:
         return _finite(v)
     if col in INT_COLUMNS:
@@ -633,15 +796,20 @@ def _to_sql(col: str, v: Any) -> Any:
     return v
 
 
-def _from_sql(rec: Sequence[Any], path: str) -> dict[str, Any]:
-    """A stored row as a dict, JSON decoded; a value of the wrong type (a row another tool wrote)
-    is one line naming the file, the key and the column."""
-    row = dict(zip(COLUMNS, rec))
+def _json_path(name: str) -> str:
+    """The SQLite JSON path of the top-level member `name`."""
+    return '$."' + name.replace('"', '""') + '"'
+
+
+def _from_sql(rec: Sequence[Any], path: str, columns: Sequence[str] = COLUMNS) -> dict[str, Any]:
+    """A stored row (of `columns`) as a dict, JSON decoded; a value of the wrong type (a row
+    another tool wrote) is one line naming the file, the key and the column."""
+    row = dict(zip(columns, rec))
     for c in FLOAT_COLUMNS + INT_COLUMNS:
-        if row[c] is not None and not isinstance(row[c], (int, float)):
+        if row.get(c) is not None and not isinstance(row[c], (int, float)):
             raise TableError(f"{path}: key {row['key']!r}: {c} holds {row[c]!r}, not a number")
     for c in JSON_COLUMNS:
-        if row[c] is not None:
+        if row.get(c) is not None:
             try:
                 row[c] = json.loads(row[c])
             except (TypeError, ValueError) as e:
@@ -673,5 +841,6 @@ def read_table(path: PathLike) -> "pandas.DataFrame":
 
 
 
-__all__ = ["LatencyTable", "ProfileMismatchError", "KeyNotFoundError", "COLUMNS", "ESTIMATORS",
-           "read_table", "row_to_measurement", "mismatch_message"]
+__all__ = ["LatencyTable", "ProfileMismatchError", "KeyNotFoundError", "COLUMNS", "ESTIMATORS", "FORMAT_VERSION",
+           "read_table", "row_to_measurement", "mismatch_message", "op_for_row", "column_json", "RunSettings",
+           "CompanionEntry", "CalibrationEntry", "calibration_key"]

@@ -10,7 +10,6 @@ is `unstable`: its number is as uncertain as the machine was.
 """
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from dataclasses import dataclass
@@ -46,10 +45,8 @@ class Suspect:
 def reference_median(table) -> float | None:
     """The reference kernel's median estimate over every batch of the table's profile (meta
     "reference"), None where none was timed."""
-    from .profiling import REFERENCE_META
-
-    entry = table.meta_get(REFERENCE_META) or {}
-    ok = [x["estimate_ms"] for x in entry.get("samples", ()) if x.get("estimate_ms") is not None]
+    entry = table.reference
+    ok = [x.estimate_ms for x in entry.samples if x.estimate_ms is not None] if entry else []
     return float(statistics.median(ok)) if ok else None
 
 
@@ -75,14 +72,13 @@ def suspects(table, keys: Iterable[str] | None = None) -> list[Suspect]:
     want = None if keys is None else set(keys)
     ref = reference_median(table)
     out = []
-    sql = "SELECT key, estimator, median, mean, min, extra FROM measurements WHERE status = 'ok' ORDER BY key"
-    for key, estimator, median, mean, low, extra_text in table.conn.execute(sql):
-        if want is not None and key not in want:
+    for r in table.rows(status="ok", columns=("estimator", "median", "mean", "min", "extra")):
+        if want is not None and r["key"] not in want:
             continue
-        extra = json.loads(extra_text or "{}")
-        signs = row_signs(estimator, median, mean, low, extra, ref)
+        extra = r["extra"] or {}
+        signs = row_signs(r["estimator"], r["median"], r["mean"], r["min"], extra, ref)
         if signs:
-            out.append(Suspect(key, signs, len(extra.get(EARLIER) or ())))
+            out.append(Suspect(r["key"], signs, len(extra.get(EARLIER) or ())))
     return out
 
 

@@ -54,7 +54,7 @@ class YardstickSettings:
 
     def __post_init__(self) -> None:
         if self.statistic not in STATISTICS:
-            raise UsageError(f"--statistic must be one of {', '.join(STATISTICS)}, got {self.statistic!r}")
+            raise UsageError(f"`statistic` must be one of {', '.join(STATISTICS)}, got {self.statistic!r}")
         for name, bound in BOUNDS.items():
             bound.check(name, getattr(self, name))
 

@@ -66,6 +66,17 @@ def tiny_yaml(tmp_path: Path) -> Path:
     return p
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch intra-op thread for a module (use: `pytestmark = pytest.mark.usefixtures(...)`):
+    small nets run no faster on more, and on a busy 2-core machine several times slower."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def cli(capsys):
     """Run the CLI in-process through `latbench.cli.run`: returns (exit code, stdout, stderr)."""

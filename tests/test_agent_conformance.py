@@ -1,4 +1,8 @@
-"""One conformance suite every device agent passes (optuna's shared storage tests, for agents).
+"""One conformance suite every device agent passes (optuna's shared storage tests, for agents): the
+contract of device_agents/base.py: output against the torch reference, timing, laziness, identity,
+failure isolation, rebuilding from a profile or a JSON spec (from_profile/to_spec), prepare_op,
+and whole networks (network_model, run_network, prepare_network; time_networks where the runtime
+times them on the device: android on the stand-in adb server).
 
 Adding an agent is one line in AGENT_FACTORIES: name -> factory(request, threads=..., seed=...)
 returning the agent (the factory may pull other fixtures, e.g. a stand-in adb server, through
@@ -14,6 +18,7 @@ times) carry what the runner gave and no invented quantiles; "median" rows carry
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
@@ -27,9 +32,11 @@ import device_agents
 from conftest import android_on_standin
 from device_agents import Agent, get_agent
 from latbench import ops as O
-from latbench.errors import DeviceUnavailableError, MissingExtraError
+from latbench.device import DeviceProfile
+from latbench.errors import DeviceUnavailableError, MissingExtraError, UsageError
 from latbench.measure import Measurement, TimingSettings
 from latbench.ops import OpSpec
+from latbench.yardstick import YardstickSettings
 
 import torch  # the conformance reference; the dev install has it (a missing one fails the suite)
 
@@ -190,6 +197,9 @@ def _ids(ops: list[OpSpec]) -> list[str]:
 
 
 # ---------------------------------------------------------------------- correctness
+_REFERENCE: dict[tuple[str, int], np.ndarray] = {}  # (op key, seed) -> the torch reference's output on the test input
+
+
 @pytest.mark.parametrize("op", OP_LEVEL + BLOCK_LEVEL, ids=_ids(OP_LEVEL + BLOCK_LEVEL))
 def test_output_matches_torch_reference(agent: Agent, op: OpSpec) -> None:
     """The agent runs the op we mean to time: same output as the torch reference, same weights."""
@@ -199,8 +209,13 @@ def test_output_matches_torch_reference(agent: Agent, op: OpSpec) -> None:
     if granularity not in agent.granularities:
         pytest.skip(f"agent {agent.name!r} measures {agent.granularities} only, not {granularity}")
     x = np.random.default_rng(1234).standard_normal(op.in_shape, dtype=np.float32)
-    with torch.inference_mode():
-        ref = reference_module(op, agent.weights(op))(torch.from_numpy(x)).numpy()
+    shared = type(agent).weights is Agent.weights  # the canonical weights of its seed: one reference for all
+    ref = _REFERENCE.get((op.key, agent.seed)) if shared else None
+    if ref is None:
+        with torch.inference_mode():
+            ref = reference_module(op, agent.weights(op))(torch.from_numpy(x)).numpy()
+        if shared:
+            _REFERENCE[(op.key, agent.seed)] = ref
     out = np.asarray(agent.run(op, x))
     assert out.shape in (ref.shape, op.out_shape), f"output shape {out.shape}, reference {ref.shape}"
     assert np.issubdtype(out.dtype, np.floating)
@@ -349,6 +364,98 @@ def test_agent_leaves_no_global_torch_state(make_agent: Callable[..., Agent]) ->
     a.run(op, np.zeros(op.in_shape, np.float32))
     after = (torch.get_num_threads(), torch.is_grad_enabled(), torch.is_inference_mode_enabled())
     assert after == before
+
+
+# ---------------------------------------------------------------------- the agent contract
+def test_from_profile_and_spec_rebuild_the_same_agent(agent: Agent) -> None:
+    """An agent rebuilt from its profile (as a table stores it) or from its JSON spec (as a farm
+    sends it) measures under the same profile id, through Agent and through its own class."""
+    spec = json.loads(json.dumps(agent.to_spec()))
+    assert spec == {"agent": agent.name, "options": agent.opts.to_dict()}
+    stored = DeviceProfile.from_dict(json.loads(json.dumps(agent.profile.to_dict())))
+    for again in (Agent.from_profile(spec), device_agents.agent_from_profile(stored), type(agent).from_profile(stored)):
+        try:
+            assert type(again) is type(agent) and again.profile.id == agent.profile.id
+        finally:
+            again.close()
+    with pytest.raises(UsageError, match="unknown option no_such_option"):
+        Agent.from_profile({"agent": agent.name, "options": {**spec["options"], "no_such_option": 1}})
+    with pytest.raises(UsageError, match="from_profile takes a DeviceProfile or a spec"):
+        Agent.from_profile(agent.name)
+    other = "cpu" if agent.name != "cpu" else "ort"
+    with pytest.raises(UsageError, match=f"a '{other}' profile cannot rebuild a '{agent.name}' agent"):
+        type(agent).from_profile({"agent": other, "options": {}})
+
+
+def test_prepare_op_runs_the_op_or_is_refused_by_name(agent: Agent) -> None:
+    """Agents timed by latbench's loop give a runnable of one op; an agent whose runner times ops on
+    the device (android) refuses it in one line."""
+    op = O.conv(S, 24, 3)
+    if not agent.interleaves:
+        with pytest.raises(UsageError, match=f"^{agent.name}: .*no host runnable of one op"):
+            agent.prepare_op(op)
+        return
+    with agent.state():
+        p = agent.prepare_op(op)
+        p()
+        p()
+
+
+NET_SPACE, NET_TOL = "tiny", 1e-3
+
+
+def _chain_reference(blocks: list[OpSpec], seed: int) -> "torch.nn.Module":
+    """The subnet's blocks in a row, each the torch reference with its canonical weights (seed + i):
+    what the .tflite chain builder builds."""
+    from device_agents.torch_local import reference_module
+    from device_agents.weights import op_weights
+
+    mods = [reference_module(b, op_weights(b, seed + i)) for i, b in enumerate(blocks)]
+
+    class Chain(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks = torch.nn.ModuleList(mods)
+
+        def forward(self, x):
+            for b, m in zip(blocks, self.blocks):
+                x = m(x.flatten(1) if b.kind == "linear" and x.dim() == 4 else x)
+            return x
+
+    return Chain().eval()
+
+
+def test_prepare_network_runs_the_subnet_the_torch_reference_computes(agent: Agent) -> None:
+    """The whole subnet an agent runs computes what torch does (its source module, or the chain of
+    block references for a .tflite); prepare_network's plain call runs on the host, or, where the
+    runtime times networks on the device, time_networks gives one pass of each, in order."""
+    from latbench.spaces import get_space
+
+    space = get_space(NET_SPACE)
+    small, large = space.smallest(), space.largest()
+    model = agent.network_model(space, small)
+    assert model.kind == agent.model_kind and model.input_shape == tuple(space.input_shape(small))
+    x = np.random.default_rng(7).standard_normal(model.input_shape, dtype=np.float32)
+    ref_module = model.source if model.source is not None else _chain_reference(space.blocks(small), agent.seed)
+    with torch.inference_mode():
+        ref = ref_module(torch.from_numpy(x)).numpy()
+    out = np.asarray(agent.run_network(model, x))
+    np.testing.assert_allclose(out.reshape(ref.shape), ref, rtol=NET_TOL, atol=NET_TOL * max(1.0, float(np.abs(ref).max())))
+    if agent.times_on_device:
+        with pytest.raises(UsageError):
+            agent.prepare_network(space, small)
+        y = YardstickSettings(warmup=1, warmup_s=0.0, runs=5, min_s=0.0, passes=1)
+        got = agent.time_networks([model, agent.network_model(space, large)], y)
+        assert len(got) == 2 and all(g.n >= 5 and g.mean > 0 for g in got)
+        assert got[1].mean > got[0].mean  # in order: the largest subnet second
+        return
+    with pytest.raises(UsageError, match="use prepare_network|time prepare_network"):
+        agent.time_networks([model], YardstickSettings())
+    with agent.state():
+        plain = agent.prepare_network(space, small)
+        plain()
+        timed = agent.prepare_model(model)
+        timed()
 
 
 # ---------------------------------------------------------------------- probed agents

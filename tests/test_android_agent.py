@@ -1,7 +1,9 @@
 """The Android agent against the stand-in adb server: batching and round trips, runner output
-formats, thermal gate, crashes, disconnect and resume, quoting, `latbench devices`, and the real
-`latbench profile --device android` in a subprocess. The checks every agent passes (output against
-the torch reference, laziness, identity, failure isolation) are test_agent_conformance.py's."""
+formats, thermal gate, crashes, disconnect and resume, quoting, `latbench devices`, and
+`latbench profile --device android` through the in-process CLI (a subprocess only where a fresh
+process is the point: adb variables checked before adbutils is imported). The checks every agent
+passes (output against the torch reference, laziness, identity, rebuilding from a profile or a
+spec, whole networks) are test_agent_conformance.py's."""
 from __future__ import annotations
 
 import json
@@ -31,7 +33,7 @@ from device_agents.android import (  # noqa: E402
 from latbench import ops as O  # noqa: E402
 from latbench.errors import DeviceUnavailableError, UsageError  # noqa: E402
 from latbench.measure import TimingSettings  # noqa: E402
-from latbench.profiling import INVOCATION_OP  # noqa: E402
+from latbench.runmeta import INVOCATION_OP  # noqa: E402
 from latbench.store import LatencyTable  # noqa: E402
 
 FAST = TimingSettings(warmup=1, warmup_s=0.0, min_samples=5, max_samples=30, max_time_s=0.2)
@@ -65,16 +67,6 @@ def one_per_batch(server: StandinServer) -> Iterator[AndroidAgent]:
     a.close()
 
 
-def cli_env(server: StandinServer) -> dict[str, str]:
-    return {**CLI_ENV, "ADBUTILS_ADB_PATH": "/bin/true", "ANDROID_ADB_SERVER_PORT": str(server.port)}
-
-
-def latbench(server: StandinServer, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """The real `latbench` console script in a subprocess, talking to the stand-in."""
-    return subprocess.run([latbench_exe(), *args], capture_output=True, text=True, cwd=ROOT,
-                          env=cli_env(server), timeout=timeout)
-
-
 def sessions(dev: FakeDevice) -> list[str]:
     """latbench session directories left on a device."""
     return dev.listdir(DEVICE_ROOT) if dev.exists(DEVICE_ROOT) else []
@@ -102,17 +94,17 @@ def test_batches_are_lazy_and_results_come_per_batch(make, pixel: FakeDevice) ->
 
 
 def test_round_trips_per_op(make, pixel: FakeDevice) -> None:
-    """Setup is two adb round trips (one sync session, one shell), a batch of 20 two more (one sync
+    """Setup is two adb round trips (one sync session, one shell), a batch of 8 two more (one sync
     session pushing its models and list, one shell running them), cleanup one."""
-    agent = make(batch_size=20)
+    agent = make(batch_size=8)
     agent.fingerprint()
     setup = pixel.round_trips
     pixel.reset_counters()
-    ops = [O.conv((1, c, 8, 8), c, 1) for c in range(1, 21)]
+    ops = [O.conv((1, c, 8, 8), c, 1) for c in range(1, 9)]
     results = list(agent.measure(ops, TimingSettings(warmup=1, warmup_s=0, max_samples=5, max_time_s=0.05)))
     assert all(m.ok for m in results), [m.error for m in results if not m.ok]
     assert pixel.services["sync"] == 1 and pixel.services["shell_v2"] + pixel.services["shell"] == 1
-    assert pixel.sync_ops["SEND"] == 20 + 1  # 20 models + the list file, no STATs
+    assert pixel.sync_ops["SEND"] == 8 + 1  # 8 models + the list file, no STATs
     agent.close()
     assert (setup, pixel.round_trips) == (2, 3)
 
@@ -122,27 +114,6 @@ def retimed_batches(summary: str, per_batch: int) -> int:
     ran the reference kernel slow: the stand-in times it for real, on a shared host)."""
     again = re.search(r"(\d+) suspect rows timed again", summary)
     return -(-int(again.group(1)) // per_batch) if again else 0
-
-
-def test_cli_profile_of_200_ops_takes_under_0_12_round_trips_per_op(server: StandinServer, pixel: FakeDevice,
-                                                                    tmp_path: Path) -> None:
-    """A whole `latbench profile` of 200 ops at the default batch size, counted by the stand-in
-    server: device services opened (each a transport switch) over ops. Setup 2, the per-call cost
-    2 (a batch of its own), 7 batches of 30 ops, a per-call sample and a reference at 2 each (and 2
-    for each batch of suspect rows timed again), cleanup 1: 19 (21 with one such batch)."""
-    ops = tmp_path / "ops.txt"
-    ops.write_text("".join(f"activation relu 1 {c} 2 2\n" for c in range(1, 201)))  # tiny: quick to run
-    transports = server.host_requests["host:tport"] + server.host_requests["host:transport"]
-    r = latbench(server, "profile", "--device", "android", "--serial", PIXEL, "--runner", str(BENCHMARK_MODEL),
-                 "--ops", str(ops), "--out", str(tmp_path / "t.sqlite"), "--max-time", "0.001", timeout=600)
-    assert r.returncode == 0, r.stderr
-    assert "200 measured, 0 already stored, 0 failed" in r.stdout
-    trips = pixel.round_trips
-    assert server.host_requests["host:tport"] + server.host_requests["host:transport"] - transports == trips
-    runs = sum("run_batch.sh" in c for c in pixel.commands)
-    print(f"latbench profile of 200 ops: {trips} adb round trips ({runs} batch runs), {trips / 200:.3f} per op")
-    assert runs == 1 + math.ceil(200 / (BATCH_SIZE - 2)) + retimed_batches(r.stdout, BATCH_SIZE - 2)
-    assert trips == 2 + 2 * runs + 1 and trips / 200 <= 0.12
 
 
 # ---------------------------------------------------------------------- runner output formats
@@ -333,7 +304,7 @@ def test_device_selection(server: StandinServer) -> None:
         get_agent("android", runner=str(BENCHMARK_MODEL))
     with pytest.raises(DeviceUnavailableError, match="no device 'NOPE'"):
         get_agent("android", serial="NOPE", runner=str(BENCHMARK_MODEL))
-    with pytest.raises(UsageError, match="--runner"):
+    with pytest.raises(UsageError, match="`runner` PATH"):
         get_agent("android", serial=PIXEL)
     with StandinServer([FakeDevice("pixel7", serial="LOCKED1", state="unauthorized")]) as empty:
         with pytest.raises(DeviceUnavailableError, match="no Android device ready.*LOCKED1 \\(unauthorized\\)"):
@@ -375,29 +346,29 @@ def test_crash_on_one_model_fails_that_op_only(make, pixel: FakeDevice) -> None:
 
 
 def test_phone_heating_up_stops_the_batch_between_models_and_resumes(make, pixel: FakeDevice) -> None:
-    """The gate on the device: a phone at 36 C that heats 2 C a model reads 46 C > 45 C before its
-    sixth model, so the batch script stops there; the agent waits (0.3 s at 50 C/s: back to 36 C)
-    and resumes with the rest. 12 models: runs of 5, 5 and 2, two waits, each model run once, and
-    by the phone's own log none started above max_temp."""
-    agent = make(max_temp=45, cooldown=0.3, max_waits=3, batch_size=12)
+    """The gate on the device: a phone at 36 C that heats 3 C a model reads 48 C > 45 C before its
+    fifth model, so the batch script stops there; the agent waits (0.1 s at 150 C/s:
+    back to 36 C) and resumes with the rest. 9 models: runs of 4, 4 and 1, two waits, each model
+    run once, and by the phone's own log none started above max_temp."""
+    agent = make(max_temp=45, cooldown=0.1, max_waits=3, batch_size=9)
     agent.fingerprint()
-    pixel.set_heating(start=36.0, per_run=2.0, cool_per_s=50.0)
-    ops = [O.activation((1, c, 3, 3), "relu") for c in range(1, 13)]
+    pixel.set_heating(start=36.0, per_run=3.0, cool_per_s=150.0)
+    ops = [O.activation((1, c, 3, 3), "relu") for c in range(1, 10)]
     t0 = time.monotonic()
     results = list(agent.measure(ops, FAST))
     elapsed = time.monotonic() - t0
     assert [m.key for m in results] == [op.key for op in ops] and all(m.ok for m in results)
-    readings = [36.0, 38.0, 40.0, 42.0, 44.0]
-    assert [m.extra["temp_c"] for m in results] == readings * 2 + readings[:2]
-    assert [m.extra["thermal"]["waits"] for m in results] == [0] * 5 + [1] * 5 + [2] * 2
+    readings = [36.0, 39.0, 42.0, 45.0]  # 45.0 is not above max_temp: it runs
+    assert [m.extra["temp_c"] for m in results] == readings * 2 + readings[:1]
+    assert [m.extra["thermal"]["waits"] for m in results] == [0] * 4 + [1] * 4 + [2] * 1
     assert not any(m.extra["hot"] or m.extra["thermal"]["gave_up"] for m in results)
-    assert elapsed >= 2 * 0.3 and results[-1].extra["thermal"]["waited_s"] >= 2 * 0.3
+    assert elapsed >= 2 * 0.1 and results[-1].extra["thermal"]["waited_s"] >= 2 * 0.1
     ran = pixel.run_temperatures[-len(ops):]  # (model file, C when it started), the phone's own record
     assert sorted(f for f, _ in ran) == sorted(agent.model_file(op) for op in ops)
     assert max(c for _, c in ran) <= 45.0
     assert {m.extra["model_file"]: m.extra["temp_c"] for m in results} == dict(ran)
     runs = [shlex.split(c) for c in pixel.commands if "run_batch.sh" in c]
-    assert [(r[7], r[8]) for r in runs] == [("45000", "0"), ("45000", "5"), ("45000", "10")]  # gate, start
+    assert [(r[7], r[8]) for r in runs] == [("45000", "0"), ("45000", "4"), ("45000", "8")]  # gate, start
 
 
 def test_phone_that_stays_hot_gives_rows_flagged_hot(make, pixel: FakeDevice) -> None:
@@ -443,47 +414,47 @@ def test_odd_serial_and_runner_path_stay_one_argument(server: StandinServer, tmp
         dev.close()
 
 
-def test_disconnect_exits_4_and_rerun_measures_only_the_rest(server: StandinServer, pixel: FakeDevice,
+def test_disconnect_exits_4_and_rerun_measures_only_the_rest(cli, server: StandinServer, pixel: FakeDevice,
                                                              tmp_path: Path) -> None:
     out = tmp_path / "t.sqlite"
     args = ["profile", "--device", "android", "--serial", PIXEL, "--runner", str(BENCHMARK_MODEL), "--space",
-            "ofa-mbv3-w10", "--resolution", "160", "--granularity", "op", "--batch-size", "5",
-            "--max-time", "0.02", "--out", str(out), "--max-ops"]
+            "tiny", "--resolution", "24", "--granularity", "op", "--batch-size", "5",
+            "--max-time", "0.01", "--out", str(out), "--max-ops"]
     pixel.disconnect_after(7)
     try:
         t0 = time.monotonic()
-        r = latbench(server, *args, "15")
-        assert r.returncode == 4, r.stderr
-        err = [x for x in r.stderr.splitlines() if x.startswith("latbench:")]
+        code, _, stderr = cli(*args, "9")
+        assert code == 4, stderr
+        err = [x for x in stderr.splitlines() if x.startswith("latbench:")]
         # batch 0 measured the per-call cost (one 1-element model), batch 1 three ops and a sample
         # of the per-call cost and of the reference kernel, batch 2 died
-        assert len(err) == 1 and f"device {PIXEL} disconnected during batch 2" in err[0], r.stderr
+        assert len(err) == 1 and f"device {PIXEL} disconnected during batch 2" in err[0], stderr
         assert err[0].endswith("results of earlier batches (6 models) were handed over: rerun to resume")
         assert time.monotonic() - t0 < 60
         with LatencyTable.open(out, create=False) as t:
             first = t.keys("ok")
-            assert len(t.meta_get("invocation")["samples"]) == 2
+            assert len(t.invocation.samples) == 2
         assert len(first) == 3  # the completed batch, committed before the device went away
         ran_before = len(pixel.models_run)
     finally:
         pixel.reconnect()
     pixel.reset_counters()
-    r = latbench(server, *args, "12")  # the 12 ops the first run missed
-    assert r.returncode == 0, r.stderr
-    assert "12 measured, 3 already stored" in r.stdout
-    again = re.search(r"(\d+) suspect rows timed again", r.stdout)
+    code, stdout, stderr = cli(*args, "6")  # the 6 ops the first run missed
+    assert code == 0, stderr
+    assert "6 measured, 3 already stored" in stdout
+    again = re.search(r"(\d+) suspect rows timed again", stdout)
     retimed = int(again.group(1)) if again else 0
-    batches = 4 + retimed_batches(r.stdout, 3)
+    batches = 2 + retimed_batches(stdout, 3)
     rerun = pixel.models_run[ran_before:]
     with LatencyTable.open(out, create=False) as t:
-        assert len(t.keys("ok")) == 15
+        assert len(t.keys("ok")) == 9
         files = {row["extra"]["model_file"] for row in t.rows() if row["key"] in first and "earlier" not in row["extra"]}
-        assert len(t.meta_get("invocation")["samples"]) == 2 + batches  # one more in each batch of the rerun
+        assert len(t.invocation.samples) == 2 + batches  # one more in each batch of the rerun
     agent = android_on_standin(server)
     inv_file = agent.model_file(INVOCATION_OP)
     agent.close()
     # batches of 3 ops, each with a sample of the per-call cost and the reference; no stored op again
-    assert len(rerun) == 12 + retimed + 2 * batches and rerun.count(inv_file) == batches and not files & set(rerun)
+    assert len(rerun) == 6 + retimed + 2 * batches and rerun.count(inv_file) == batches and not files & set(rerun)
     assert sum("run_batch.sh" in c for c in pixel.commands) == batches
 
 
@@ -564,19 +535,33 @@ def test_adb_server_address_follows_adbs_precedence(monkeypatch: pytest.MonkeyPa
     ("ADB_SERVER_SOCKET", "tcp:host:99999", "the port of ADB_SERVER_SOCKET must be a port number (1-65535), got '99999'"),
 ])
 @pytest.mark.parametrize("command", ["devices", "profile"])
-def test_bad_adb_variables_are_usage_errors(name: str, value: str, words: str, command: str, tmp_path: Path) -> None:
-    """One line naming the variable, exit 2, before adbutils is even imported (its import reads
-    ANDROID_ADB_SERVER_PORT itself)."""
+def test_bad_adb_variables_are_usage_errors(cli, name: str, value: str, words: str, command: str, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """One line naming the variable, exit 2 (in-process; the fresh process, where adbutils is not
+    imported yet, is test_a_bad_port_is_refused_before_adbutils_reads_it)."""
     args = ["devices"] if command == "devices" else [
         "profile", "--device", "android", "--runner", str(BENCHMARK_MODEL), "--ops", str(tmp_path / "none.txt"),
         "--out", str(tmp_path / "t.sqlite")]
+    for var in ("ADB_SERVER_SOCKET", "ANDROID_ADB_SERVER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("ADBUTILS_ADB_PATH", "/bin/true")
+    monkeypatch.setenv(name, value)
+    code, _, err = cli(*args)
+    assert (code, err) == (2, f"latbench: error: {words}\n")
+
+
+def test_a_bad_port_is_refused_before_adbutils_reads_it() -> None:
+    """In a fresh process the check comes before adbutils is imported (its import reads
+    ANDROID_ADB_SERVER_PORT itself and would fail on its own terms)."""
     env = {k: v for k, v in CLI_ENV.items() if k not in ("ADB_SERVER_SOCKET", "ANDROID_ADB_SERVER_PORT")}
-    r = subprocess.run([latbench_exe(), *args], capture_output=True, text=True, cwd=ROOT, timeout=120,
-                       env={**env, "ADBUTILS_ADB_PATH": "/bin/true", name: value})
-    assert (r.returncode, r.stderr) == (2, f"latbench: error: {words}\n")
+    r = subprocess.run([latbench_exe(), "devices"], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                       env={**env, "ADBUTILS_ADB_PATH": "/bin/true", "ANDROID_ADB_SERVER_PORT": "abc"})
+    assert (r.returncode, r.stderr) == (2, "latbench: error: ANDROID_ADB_SERVER_PORT must be a port number "
+                                           "(1-65535), got 'abc'\n")
 
 
-def test_adb_server_socket_and_android_serial_are_honoured(server: StandinServer) -> None:
+def test_adb_server_socket_and_android_serial_are_honoured(cli, server: StandinServer,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """ADB_SERVER_SOCKET wins over ANDROID_ADB_SERVER_PORT (here a port nobody serves; an empty
     one is adb's default, not an error); ANDROID_SERIAL picks one of the two attached devices."""
     import socket
@@ -584,12 +569,13 @@ def test_adb_server_socket_and_android_serial_are_honoured(server: StandinServer
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = s.getsockname()[1]
-    env = {**CLI_ENV, "ADBUTILS_ADB_PATH": "/bin/true", "ADB_SERVER_SOCKET": f"tcp:127.0.0.1:{server.port}"}
+    monkeypatch.setenv("ADB_SERVER_SOCKET", f"tcp:127.0.0.1:{server.port}")
     for port in (str(dead), ""):
-        r = subprocess.run([latbench_exe(), "devices", "--json"], capture_output=True, text=True, cwd=ROOT,
-                           timeout=120, env={**env, "ANDROID_ADB_SERVER_PORT": port})
-        assert r.returncode == 0, r.stderr
-        assert {d["serial"] for d in json.loads(r.stdout)} == {PIXEL, GALAXY}
+        monkeypatch.setenv("ANDROID_ADB_SERVER_PORT", port)
+        code, out, err = cli("devices", "--json")
+        assert code == 0, err
+        assert {d["serial"] for d in json.loads(out)} == {PIXEL, GALAXY}
+    monkeypatch.undo()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ANDROID_SERIAL", GALAXY)
         agent = get_agent("android", runner=str(BENCHMARK_MODEL))
@@ -604,62 +590,79 @@ def test_adb_server_socket_and_android_serial_are_honoured(server: StandinServer
 
 
 # ---------------------------------------------------------------------- the CLI
-def test_cli_profile_android_end_to_end(server: StandinServer, pixel: FakeDevice, tmp_path: Path) -> None:
+def rounds_for(n_ops: int, batch_size: int = BATCH_SIZE) -> tuple[int, int]:
+    """(batch runs, adb round trips) of a `latbench profile` of n_ops ops at `batch_size`: one batch
+    for the per-call cost, then batches of batch_size - 2 ops (each with one more sample of the
+    per-call cost and of the reference kernel); setup 2, 2 per batch, cleanup 1."""
+    runs = 1 + math.ceil(n_ops / (batch_size - 2))
+    return runs, 2 + 2 * runs + 1
+
+
+def test_cli_profile_android_end_to_end(cli, server: StandinServer, pixel: FakeDevice, tmp_path: Path) -> None:
+    """`latbench profile --device android` (in-process) of 10 ops in batches of 8: the table's
+    profile and rows, cleanup, and the adb round trips, counted by the stand-in server as the
+    device services opened (each a transport switch): 2 per batch plus 3 (rounds_for), so a
+    200-op profile at the default batch size takes under 0.12 per op (19: 0.095)."""
     out = tmp_path / "t.sqlite"
     live = {s for s in sessions(pixel) if not s.split("-")[1].isdigit() or int(s.split("-")[1]) == os.getpid()}
-    r = latbench(server, "profile", "--device", "android", "--serial", PIXEL, "--runner", str(BENCHMARK_MODEL),
-                 "--space", "ofa-mbv3-w10", "--resolution", "160", "--max-ops", "40", "--out", str(out),
-                 "--max-time", "0.05")
-    assert r.returncode == 0, r.stderr
-    assert "40 measured, 0 already stored, 0 failed" in r.stdout
+    transports = server.host_requests["host:tport"] + server.host_requests["host:transport"]
+    code, stdout, err = cli("profile", "--device", "android", "--serial", PIXEL, "--runner", str(BENCHMARK_MODEL),
+                            "--space", "tiny", "--resolution", "24", "-g", "op", "--max-ops", "10", "--batch-size", "8", "--out", str(out),
+                            "--max-time", "0.01")
+    assert code == 0, err
+    assert "10 measured, 0 already stored, 0 failed" in stdout
     props = load_profile("pixel7")["props"]
     with LatencyTable.open(out, create=False) as t:
         p = t.profile
         assert p.agent == "android" and p.device == "Google Pixel 7" and "GS201" in p.soc
         assert p.os == props["ro.build.fingerprint"] and p.runtime == "benchmark_model"
         rows = list(t.rows())
-    assert len(rows) == 40 and all(r["status"] == "ok" for r in rows)
+    assert len(rows) == 10 and all(r["status"] == "ok" for r in rows)
     for row in rows:
         assert row["estimator"] == "mean" and row["estimate"] == row["mean"] and row["median"] is None
         assert row["n"] >= 1 and row["extra"]["temps_before"]["zones"]["BIG"] == 36.5
     assert set(sessions(pixel)) <= live  # its own cleaned, and those of dead runs of this host
     batches = sum("run_batch.sh" in c for c in pixel.commands)
-    # one batch for the per-call cost (a 1-element model), then 40 ops in batches of 30 and 10 (the
-    # default batch size 32 less two), each with one more sample of the per-call cost and the reference
-    assert batches == 3 + retimed_batches(r.stdout, BATCH_SIZE - 2)
+    # one batch for the per-call cost (a 1-element model), then 10 ops in batches of 6 and 4 (the
+    # batch size less two), each with one more sample of the per-call cost and the reference
+    retimed = retimed_batches(stdout, 8 - 2)
+    assert batches == rounds_for(10, 8)[0] + retimed == 3 + retimed
     assert pixel.services["sync"] == batches + 1  # setup push + one per batch
     assert pixel.round_trips == 2 + 2 * batches + 1  # setup, 2 per batch, cleanup
+    assert server.host_requests["host:tport"] + server.host_requests["host:transport"] - transports == pixel.round_trips
+    assert rounds_for(200) == (8, 19) and rounds_for(200)[1] / 200 <= 0.12
     with LatencyTable.open(out, create=False) as t:
-        inv = t.meta_get("invocation")
-    assert inv["key"] == "activation-input:1x1x1x1-type:relu" and inv["timing"]["context"] == "warm"
-    assert len(inv["samples"]) == batches  # the first and one from each batch
-    ok = [x for x in inv["samples"] if x["status"] == "ok"]
+        inv = t.invocation
+    assert inv.key == "activation-input:1x1x1x1-type:relu" and inv.timing.context == "warm"
+    assert len(inv.samples) == batches  # the first and one from each batch
+    ok = [x for x in inv.samples if x.status == "ok"]
     if ok:  # benchmark_model prints whole microseconds: a 0 avg is flagged as a bound
-        pooled = sum(x["stats"]["n"] * x["stats"]["mean"] for x in ok) / sum(x["stats"]["n"] for x in ok)
-        assert inv["estimator"] == "mean" and inv["estimate_ms"] == pytest.approx(pooled, rel=1e-12)  # of every run
-        assert all(x["estimate_ms"] > 0 or x["below_resolution_us"] == 1.0 for x in ok)
+        pooled = sum(x.stats["n"] * x.stats["mean"] for x in ok) / sum(x.stats["n"] for x in ok)
+        assert inv.estimator == "mean" and inv.estimate_ms == pytest.approx(pooled, rel=1e-12)  # of every run
+        assert all(x.estimate_ms > 0 or x.below_resolution_us == 1.0 for x in ok)
     else:
-        assert inv["estimate_ms"] is None and inv["error"]
+        assert inv.estimate_ms is None and inv.error
 
 
-def test_devices_command(server: StandinServer) -> None:
+def test_devices_command(cli, server: StandinServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "160")  # the table's width, as a wide terminal gives it
     locked = server.add_device(FakeDevice("galaxy_s21_sd888", serial="LOCKED2", state="unauthorized"))
     try:
-        r = latbench(server, "devices")
-        assert r.returncode == 0, r.stderr
-        assert PIXEL in r.stdout and GALAXY in r.stdout and "Pixel 7" in r.stdout and "SM8350" in r.stdout
-        assert "14 (SDK 34)" in r.stdout and "unauthorized" in r.stdout and "USB debugging" in r.stderr
-        r = latbench(server, "devices", "--json")
+        code, out, err = cli("devices")
+        assert code == 0, err
+        assert PIXEL in out and GALAXY in out and "Pixel 7" in out and "SM8350" in out
+        assert "14 (SDK 34)" in out and "unauthorized" in out and "USB debugging" in err
+        code, out, err = cli("devices", "--json")
     finally:
         server.remove_device("LOCKED2")
         locked.close()
-    rows = {d["serial"]: d for d in json.loads(r.stdout)}
+    rows = {d["serial"]: d for d in json.loads(out)}
     assert rows["LOCKED2"]["state"] == "unauthorized" and locked.commands == []
     assert rows[PIXEL]["model"] == "Pixel 7" and rows[PIXEL]["soc"] == "GS201" and rows[PIXEL]["android"] == "14"
     assert rows[GALAXY]["state"] == "device" and rows[GALAXY]["platform"] == "lahaina"
 
 
-def test_devices_without_server_is_fast_with_a_hint(tmp_path: Path) -> None:
+def test_devices_without_server_is_fast_with_a_hint(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import socket
 
     with socket.socket() as s:  # a port nobody listens on
@@ -669,10 +672,12 @@ def test_devices_without_server_is_fast_with_a_hint(tmp_path: Path) -> None:
     fake_adb = tmp_path / "adb"
     fake_adb.write_text(f"#!/bin/sh\ntouch {shlex.quote(str(marker))}\nsleep 30\n")
     fake_adb.chmod(0o755)
-    env = {**CLI_ENV, "ANDROID_ADB_SERVER_PORT": str(port), "ADBUTILS_ADB_PATH": str(fake_adb)}
+    monkeypatch.setenv("ANDROID_ADB_SERVER_PORT", str(port))
+    monkeypatch.setenv("ADBUTILS_ADB_PATH", str(fake_adb))
+    monkeypatch.delenv("ADB_SERVER_SOCKET", raising=False)
     t0 = time.monotonic()
-    r = subprocess.run([latbench_exe(), "devices"], capture_output=True, text=True, env=env, timeout=60)
-    assert r.returncode == 4 and time.monotonic() - t0 < 10
-    lines = r.stderr.strip().splitlines()
+    code, _, err = cli("devices")
+    assert code == 4 and time.monotonic() - t0 < 10
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and "adb start-server" in lines[0] and "ANDROID_ADB_SERVER_PORT" in lines[0]
     assert not marker.exists(), "adbutils tried to start an adb server"

@@ -16,7 +16,7 @@ pytest.importorskip("ai_edge_litert", reason="the stand-in benchmark_model runs 
 
 from adb_standin import BENCHMARK_MODEL, PIXEL, FakeDevice, StandinServer  # noqa: E402
 from conftest import android_on_standin  # noqa: E402
-from test_android_agent import latbench, sessions  # noqa: E402
+from test_android_agent import sessions  # noqa: E402
 
 from device_agents.tflite_build import build_tflite  # noqa: E402
 from device_agents.weights import op_weights  # noqa: E402
@@ -85,25 +85,27 @@ def test_batched_passes_visit_each_network_once_per_pass_in_the_pass_order() -> 
 
 @pytest.fixture(scope="module")
 def android_table(server: StandinServer, tmp_path_factory) -> Path:
-    """A block table of tiny at 24 px profiled on the stand-in Pixel by the real CLI."""
+    """A block table of tiny at 24 px profiled on the stand-in Pixel by the CLI (in-process)."""
+    from latbench.cli import run
+
     out = tmp_path_factory.mktemp("android_yardstick") / "tiny-android.sqlite"
-    r = latbench(server, "profile", "--device", "android", "--serial", PIXEL, "--runner", str(BENCHMARK_MODEL),
-                 "--space", "tiny", "-r", "24", "-g", "block", "--max-time", "0.05", "--out", str(out), timeout=600)
-    assert r.returncode == 0, r.stderr
+    code = run(["profile", "--device", "android", "--serial", PIXEL, "--runner", str(BENCHMARK_MODEL),
+                "--space", "tiny", "-r", "24", "-g", "block", "--max-time", "0.01", "--out", str(out)])
+    assert code == 0
     return out
 
 
 YARD = ["--runs", "5", "--min-time", "0.02", "--seed", "1"]
 
 
-def test_validate_on_android_reads_benchmark_models_average(server: StandinServer, pixel: FakeDevice,
+def test_validate_on_android_reads_benchmark_models_average(cli, server: StandinServer, pixel: FakeDevice,
                                                              android_table: Path) -> None:
     base = ["validate", "--table", str(android_table), "--space", "tiny", "--device", "android", "--n", "3",
             "--calibrate-n", "2", "--no-op-baseline", "--retime", "0", *YARD]
     before = len(pixel.models_run)
-    r = latbench(server, *base, "--json", timeout=600)
-    assert r.returncode == 0, r.stderr
-    rep = json.loads(r.stdout)
+    code, out, err = cli(*base, "--json")
+    assert code == 0, err
+    rep = json.loads(out)
     ys = rep["yardstick"]
     assert ys["statistic"] == "mean" and ys["reads"] == "median of 3 pass means"
     assert ys["plain_call"].startswith(f"benchmark_model on {PIXEL}")
@@ -118,24 +120,25 @@ def test_validate_on_android_reads_benchmark_models_average(server: StandinServe
     # 5 networks x 3 passes, each a benchmark_model process of its own
     ran = [Path(m).name for m in pixel.models_run[before:]]
     assert len(ran) == 15 and all(re.fullmatch(r"net\d+\.tflite", m) for m in ran), ran
-    text = latbench(server, *base, timeout=600)
-    assert text.returncode == 0, text.stderr
+    # the text report of a smaller run (2 subnets, no calibration): the same lines, fewer models
+    small = [*base[:base.index("--n")], "--n", "2", "--calibrate-n", "0", *base[base.index("--calibrate-n") + 2:]]
+    code, text, err = cli(*small)
+    assert code == 0, err
     assert re.search(r"yardstick: each subnet in a fresh runnable \(benchmark_model on \S+, a fresh process per "
-                     r"pass, its average\)", text.stdout), text.stdout
-    assert "vs latbench estimator: not measured (android times whole models on the device" in text.stdout
-    assert "yardstick noise ceiling: one pass against the median of the others" in text.stdout
+                     r"pass, its average\)", text), text
+    assert "vs latbench estimator: not measured (android times whole models on the device" in text
+    assert "yardstick noise ceiling: one pass against the median of the others" in text
 
 
-def test_android_statistic_it_cannot_give_is_refused_and_calibrate_runs(server: StandinServer,
+def test_android_statistic_it_cannot_give_is_refused_and_calibrate_runs(cli, server: StandinServer,
                                                                         android_table: Path, tmp_path: Path) -> None:
-    r = latbench(server, "validate", "--table", str(android_table), "--space", "tiny", "--device", "android",
-                 "--n", "2", "--statistic", "median", *YARD)
-    err = [x for x in r.stderr.splitlines() if x.strip()]
-    assert r.returncode == 2 and len(err) == 1, r.stderr
+    code, _, stderr = cli("validate", "--table", str(android_table), "--space", "tiny", "--device", "android",
+                          "--n", "2", "--statistic", "median", *YARD)
+    err = [x for x in stderr.splitlines() if x.strip()]
+    assert code == 2 and len(err) == 1, stderr
     assert "--statistic median: benchmark_model on" in err[0] and "reports only mean, min of its runs" in err[0]
     copy = tmp_path / "t.sqlite"
     copy.write_bytes(android_table.read_bytes())
-    r = latbench(server, "calibrate", "--table", str(copy), "--space", "tiny", "--device", "android", "--n", "3",
-                 *YARD, timeout=600)
-    assert r.returncode == 0, r.stderr
-    assert "measured: the yardstick's median of 3 pass means" in r.stdout
+    code, out, err = cli("calibrate", "--table", str(copy), "--space", "tiny", "--device", "android", "--n", "3", *YARD)
+    assert code == 0, err
+    assert "measured: the yardstick's median of 3 pass means" in out

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import CLI_ENV, ROOT, run_latbench
+from conftest import CLI_ENV, ROOT
 from latbench.errors import FormatError, TableError
 from latbench.formats.oplist import read_any_ops
 from latbench.spaces import get_space
@@ -76,7 +76,7 @@ def test_a_resolution_the_space_lacks_is_a_usage_error_from_config_and_from_r(cl
 
 
 # ---------------------------------------------------------------------- op list not UTF-8
-def test_an_op_list_that_is_not_utf8_names_line_and_offset(tmp_path: Path):
+def test_an_op_list_that_is_not_utf8_names_line_and_offset(cli, tmp_path: Path):
     ops = tmp_path / "ops.txt"
     ops.write_bytes(b"conv-input:1x8x8x8-out:8-k:3-s:1-p:1-d:1-g:1-bias:0-bn:0-act:none\n"
                     b"# caf\xe9 latin-1\n")
@@ -87,14 +87,14 @@ def test_an_op_list_that_is_not_utf8_names_line_and_offset(tmp_path: Path):
         read_any_ops(ops)
     assert str(e.value) == line
     out = tmp_path / "t.sqlite"
-    r = run_latbench("profile", "--device", "ort", "--ops", str(ops), "--out", str(out))
-    assert r.returncode == 1
-    assert one_error_line(r.stderr) == f"latbench: error: {line}"
+    code, _, err = cli("profile", "--device", "ort", "--ops", str(ops), "--out", str(out))
+    assert code == 1
+    assert one_error_line(err) == f"latbench: error: {line}"
     assert not out.exists()
 
 
 # ---------------------------------------------------------------------- a damaged table
-def test_a_damaged_index_page_is_one_line_naming_the_table(table: Path):
+def test_a_damaged_index_page_is_one_line_naming_the_table(cli, table: Path):
     con = sqlite3.connect(table)
     page_size = con.execute("PRAGMA page_size").fetchone()[0]
     root = con.execute("SELECT rootpage FROM sqlite_master WHERE name = 'sqlite_autoindex_measurements_1'").fetchone()[0]
@@ -104,29 +104,29 @@ def test_a_damaged_index_page_is_one_line_naming_the_table(table: Path):
         f.write(b"\xff" * page_size)
     for args in (["table", "show", str(table)],
                  ["predict", "--table", str(table), "--space", "tiny", "--random", "2"]):
-        r = run_latbench(*args)
-        assert r.returncode == 1 and r.stdout == ""
-        line = one_error_line(r.stderr)
+        code, out, err = cli(*args)
+        assert code == 1 and out == ""
+        line = one_error_line(err)
         assert line.startswith(f"latbench: error: {table}: the table file is damaged (Page {root}: ")
         assert line.endswith(f"; `sqlite3 {table} .recover` saves what can be saved")
 
 
 # ---------------------------------------------------------------------- YAML aliases
-def test_a_billion_laughs_space_file_is_refused_at_its_first_alias(tmp_path: Path):
+def test_a_billion_laughs_space_file_is_refused_at_its_first_alias(cli, tmp_path: Path):
     lines = ["name: lol", "input: {resolutions: [32]}", "x0: &a0 [8, 8, 8, 8, 8, 8, 8, 8, 8, 8]"]
     lines += [f"x{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 10)]
     lines += ["stem: {type: conv, out: *a9, kernel: 3, stride: 2}", "stages: []", "head: []"]
     space = tmp_path / "lol.yaml"
     space.write_text("\n".join(lines) + "\n")
-    r = run_latbench("enumerate", str(space))
-    assert (r.returncode, r.stdout) == (1, "")
-    assert one_error_line(r.stderr) == (f"latbench: error: {space}: line 4: alias *a0 refused: a space file "
+    code, out, err = cli("enumerate", str(space))
+    assert (code, out) == (1, "")
+    assert one_error_line(err) == (f"latbench: error: {space}: line 4: alias *a0 refused: a space file "
                                   f"may not use YAML aliases (write the values out)")
 
 
 # ---------------------------------------------------------------------- estimates no price is made of
 @pytest.mark.parametrize("sql_value,shown", [("-4.6", "-4.6"), ("9e999", "inf"), ("'nan'", "'nan'")])
-def test_an_estimate_that_is_no_price_is_refused_naming_file_and_key(table: Path, sql_value, shown):
+def test_an_estimate_that_is_no_price_is_refused_naming_file_and_key(cli, table: Path, sql_value, shown):
     con = sqlite3.connect(table)
     key = con.execute("SELECT key FROM measurements ORDER BY key LIMIT 1").fetchone()[0]
     con.execute(f"UPDATE measurements SET estimate = {sql_value} WHERE key = ?", (key,))
@@ -141,14 +141,14 @@ def test_an_estimate_that_is_no_price_is_refused_naming_file_and_key(table: Path
             assert str(e.value) == line
     for args in (["predict", "--table", str(table), "--space", "tiny", "--random", "2"],
                  ["search", "--space", "tiny", "--table", str(table), "--budget-ms", "5"]):
-        r = run_latbench(*args)
-        assert (r.returncode, r.stdout) == (1, ""), r.stderr
-        assert one_error_line(r.stderr) == f"latbench: error: {line}"
-    r = run_latbench("table", "show", str(table))  # showing a number is no pricing; text is no number
+        code, out, err = cli(*args)
+        assert (code, out) == (1, ""), err
+        assert one_error_line(err) == f"latbench: error: {line}"
+    code, _, err = cli("table", "show", str(table))  # showing a number is no pricing; text is no number
     if shown == "'nan'":
-        assert one_error_line(r.stderr) == f"latbench: error: {table}: key {key!r}: estimate holds 'nan', not a number"
+        assert one_error_line(err) == f"latbench: error: {table}: key {key!r}: estimate holds 'nan', not a number"
     else:
-        assert r.returncode == 0, r.stderr
+        assert code == 0, err
 
 
 # ---------------------------------------------------------------------- registries

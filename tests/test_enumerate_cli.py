@@ -109,33 +109,35 @@ def test_cli_import_pulls_in_no_heavy_module():
     assert out.stdout.strip() == "[]"
 
 
-# ---------------------------------------------------------------------- enumerate through the real CLI
-def test_default_output_is_paddleslim_with_summary_on_stderr(tmp_path):
-    proc = run_latbench("enumerate", "ofa-mbv3-w10", "-r", "224")
-    assert proc.returncode == 0, proc.stderr
+# ---------------------------------------------------------------------- enumerate through the CLI
+# In-process (the `cli` fixture) unless the entry point is the point: the script and cli.py are
+# run by the help, import, hash-seed and cli.py-from-elsewhere tests.
+def test_default_output_is_paddleslim_with_summary_on_stderr(cli, tmp_path):
+    code, out, err = cli("enumerate", "ofa-mbv3-w10", "-r", "224")
+    assert code == 0, err
     path = tmp_path / "out.txt"
-    path.write_text(proc.stdout)
+    path.write_text(out)
     want = enumerated("ofa-mbv3-w10", "op", (224,))
     assert read_ops(path) == list(want)
     counts = summary(want)
-    assert f"total {len(want)}" in proc.stderr
+    assert f"total {len(want)}" in err
     for kind, n in counts.items():
-        assert f"{kind} {n}" in proc.stderr
-    assert re.search(r"\d+\.\d\d s", proc.stderr)
+        assert f"{kind} {n}" in err
+    assert re.search(r"\d+\.\d\d s", err)
 
 
-def test_cli_py_writes_csv(tmp_path):
-    proc = run_latbench("enumerate", "bignas-resnet", "-r", "192", "--format", "csv", entry="root")
-    assert proc.returncode == 0, proc.stderr
+def test_csv_output(cli, tmp_path):
+    code, out, err = cli("enumerate", "bignas-resnet", "-r", "192", "--format", "csv")
+    assert code == 0, err
     path = tmp_path / "out.csv"
-    path.write_text(proc.stdout)
+    path.write_text(out)
     assert read_csv(path) == list(enumerated("bignas-resnet", "op", (192,)))
 
 
-def test_block_granularity_prints_ofa_keys():
-    proc = run_latbench("enumerate", "ofa-mbv3-w10", "--granularity", "block", "-r", "160", "-r", "224")
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
+def test_block_granularity_prints_ofa_keys(cli):
+    code, out, err = cli("enumerate", "ofa-mbv3-w10", "--granularity", "block", "-r", "160", "-r", "224")
+    assert code == 0, err
+    lines = out.splitlines()
     assert lines == keys(enumerated("ofa-mbv3-w10", "block", (160, 224)))
     assert all(OFA_KEY.match(line) for line in lines)
 
@@ -211,7 +213,9 @@ def test_spaces_lists_every_registered_space(cli):
 def test_quickstart_runs_every_step(cli, tmp_path):
     from latbench.cli.quickstart import QUICKSTART_STEPS
 
-    code, out, err = cli("quickstart", "--samples", "30", "--workdir", str(tmp_path / "qs"))
+    # the cheapest run its options allow that still runs every step (validate measures 2 subnets)
+    code, out, err = cli("quickstart", "--samples", "5", "-r", "160", "--validate-n", "2",
+                         "--workdir", str(tmp_path / "qs"))
     assert code == 0, err
     for i, (title, _) in enumerate(QUICKSTART_STEPS, 1):
         assert f"{i}/{len(QUICKSTART_STEPS)} {title}" in out
@@ -221,29 +225,29 @@ def test_quickstart_runs_every_step(cli, tmp_path):
 
 
 # ---------------------------------------------------------------------- errors
-def test_unknown_space_lists_known_ones():
-    proc = run_latbench("enumerate", "resnet-9000")
-    assert proc.returncode == 2
-    line = one_error_line(proc.stderr)
+def test_unknown_space_lists_known_ones(cli):
+    code, out, err = cli("enumerate", "resnet-9000")
+    assert code == 2
+    line = one_error_line(err)
     assert "resnet-9000" in line
     for name in list_spaces():
         assert name in line
-    assert proc.stdout == ""
+    assert out == ""
 
 
-def test_bad_resolution_names_the_allowed_ones():
-    proc = run_latbench("enumerate", "ofa-mbv3-w10", "-r", "225", entry="root")
-    assert proc.returncode == 2
-    line = one_error_line(proc.stderr)
+def test_bad_resolution_names_the_allowed_ones(cli):
+    code, out, err = cli("enumerate", "ofa-mbv3-w10", "-r", "225")
+    assert code == 2
+    line = one_error_line(err)
     assert "225" in line and "128" in line and "224" in line
 
 
-def test_bad_yaml_space_is_one_line(tmp_path):
+def test_bad_yaml_space_is_one_line(cli, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: broken\ninput: {resolutions: [32]}\nstages:\n  - {block: mbconv, depth: 1, out: 8, kernal: 3}\n")
-    proc = run_latbench("enumerate", str(bad))
-    assert proc.returncode in (1, 2)
-    line = one_error_line(proc.stderr)
+    code, out, err = cli("enumerate", str(bad))
+    assert code in (1, 2)
+    line = one_error_line(err)
     assert "bad.yaml" in line and "kernal" in line
 
 
@@ -260,11 +264,11 @@ def test_unparseable_yaml_is_one_line(cli, tmp_path):
     (["--granularity", "layer"], "layer"),
     (["-r", "abc"], "--resolution"),
 ])
-def test_bad_option_values_are_usage_errors(args, needle):
-    proc = run_latbench("enumerate", "ofa-mbv3-w10", *args)
-    assert proc.returncode == 2
-    assert needle in proc.stderr and "Traceback" not in proc.stderr
-    assert proc.stdout == ""
+def test_bad_option_values_are_usage_errors(cli, args, needle):
+    code, out, err = cli("enumerate", "ofa-mbv3-w10", *args)
+    assert code == 2
+    assert needle in err and "Traceback" not in err
+    assert out == ""
 
 
 @pytest.mark.parametrize("args,needle", [

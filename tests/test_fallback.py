@@ -12,14 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from cli_result import run_cli
 
-from conftest import run_latbench
 from latbench.errors import UsageError
+from latbench.formats import import_ofa_yaml, import_profile
 from latbench.measure import Measurement, Stats
 from latbench.predict import FallbackError, Predictor
 from latbench.spaces import get_space
 from latbench.store import LatencyTable
-from latbench.tableio import import_ofa_yaml, import_profile
+from latbench.tablemeta import RunSettings
 
 W12_RES = (160, 176)
 TAIL = "--allow-fallback prices them with the fallback regression\n"
@@ -51,7 +52,7 @@ def small_config(space_name: str, r: int) -> dict:
 def block_table(path: Path, space, resolutions) -> Path:
     prof = import_profile("host", "onnxruntime", 1)
     with LatencyTable.open(path, prof) as t:
-        t.meta_set("profile_run", {"granularity": "block", "fusion": "none", "spaces": [space.name]})
+        t.set_run_settings(RunSettings("block", spaces=(space.name,)))
         for b in space.enumerate_blocks(resolutions):
             t.add(Measurement(b.key, prof.id, b.to_dict(), Stats.from_samples([0.1 + b.flops / 1e9] * 3),
                               extra={"resolutions": list(resolutions)}))
@@ -59,59 +60,59 @@ def block_table(path: Path, space, resolutions) -> Path:
 
 
 # ---------------------------------------------------------------------- predict
-def test_predict_wrong_space_is_one_line_naming_the_tables_space(w12_table):
+def test_predict_wrong_space_is_one_line_naming_the_tables_space(w12_table, cli):
     """ofa-mbv3-w10 on the w1.2 table: every key misses, exit 1; --allow-fallback prices them."""
     cfg = json.dumps(small_config("ofa-mbv3-w10", 160))
-    cp = run_latbench("predict", "-t", str(w12_table), "-s", "ofa-mbv3-w10", "--config", cfg)
+    cp = run_cli(cli, "predict", "-t", str(w12_table), "-s", "ofa-mbv3-w10", "--config", cfg)
     assert cp.returncode == 1 and cp.stdout == ""
     assert cp.stderr == (f"latbench: error: {w12_table} prices ofa-mbv3-w10 r=160 with 16 of 16 keys missing, "
                          f"over the 10% allowed (table covers ofa-mbv3-w12 at 160, 176); {TAIL}")
-    cp = run_latbench("predict", "-t", str(w12_table), "-s", "ofa-mbv3-w10", "--config", cfg, "--json",
+    cp = run_cli(cli, "predict", "-t", str(w12_table), "-s", "ofa-mbv3-w10", "--config", cfg, "--json",
                       "--allow-fallback")
     assert cp.returncode == 0, cp.stderr
     (row,) = json.loads(cp.stdout)["predictions"]
     assert row["misses"] == row["keys"] == 16 and row["ms"] > 0
 
 
-def test_predict_uncovered_resolution_and_foreign_table(w12_table, tmp_path):
+def test_predict_uncovered_resolution_and_foreign_table(w12_table, tmp_path, cli):
     """The right space at a resolution the table lacks (Conv_2 and Logits too: the table has their
     values at 160 and 176 only), and the `tiny` table on an OFA space."""
     cfg = json.dumps(small_config("ofa-mbv3-w12", 224))
-    cp = run_latbench("predict", "-t", str(w12_table), "-s", "ofa-mbv3-w12", "--config", cfg)
+    cp = run_cli(cli, "predict", "-t", str(w12_table), "-s", "ofa-mbv3-w12", "--config", cfg)
     assert cp.returncode == 1
     assert cp.stderr == (f"latbench: error: {w12_table} prices ofa-mbv3-w12 r=224 with 16 of 16 keys missing, "
                          f"over the 10% allowed (table covers ofa-mbv3-w12 at 160, 176); {TAIL}")
     tiny = block_table(tmp_path / "tiny.db", get_space("tiny"), [24])
-    cp = run_latbench("predict", "-t", str(tiny), "-s", "ofa-mbv3-w12", "--config", cfg)
+    cp = run_cli(cli, "predict", "-t", str(tiny), "-s", "ofa-mbv3-w12", "--config", cfg)
     assert cp.returncode == 1
     assert cp.stderr == (f"latbench: error: {tiny} prices ofa-mbv3-w12 r=224 with 16 of 16 keys missing, "
                          f"over the 10% allowed (table covers tiny at 24); {TAIL}")
 
 
-def test_predict_says_how_many_keys_fell_back(w12_table):
-    cp = run_latbench("predict", "-t", str(w12_table), "-s", "ofa-mbv3-w12", "--config",
+def test_predict_says_how_many_keys_fell_back(w12_table, cli):
+    cp = run_cli(cli, "predict", "-t", str(w12_table), "-s", "ofa-mbv3-w12", "--config",
                       json.dumps(small_config("ofa-mbv3-w12", 176)))
     assert cp.returncode == 0, cp.stderr
     assert "; 0 of 16 keys priced by the fallback;" in cp.stdout
 
 
-def test_a_config_must_state_its_resolution(w12_table):
+def test_a_config_must_state_its_resolution(w12_table, cli):
     """A missing r no longer means 224: a usage error naming the field."""
     cfg = small_config("ofa-mbv3-w12", 160)
     del cfg["r"]
-    cp = run_latbench("predict", "-t", str(w12_table), "-s", "ofa-mbv3-w12", "--config", json.dumps(cfg))
+    cp = run_cli(cli, "predict", "-t", str(w12_table), "-s", "ofa-mbv3-w12", "--config", json.dumps(cfg))
     assert cp.returncode == 2
     assert cp.stderr == ("latbench: error: ofa-mbv3-w12: config lacks r (expects ks, e, d, r; r is the input "
                          "resolution, one of 128..224 step 4)\n")
 
 
-def test_random_samples_the_resolutions_the_table_covers(w12_table):
-    cp = run_latbench("predict", "-t", str(w12_table), "-s", "ofa-mbv3-w12", "--random", "30", "--json")
+def test_random_samples_the_resolutions_the_table_covers(w12_table, cli):
+    cp = run_cli(cli, "predict", "-t", str(w12_table), "-s", "ofa-mbv3-w12", "--random", "30", "--json")
     assert cp.returncode == 0, cp.stderr
     assert cp.stderr == "sampling the resolutions the table covers: 160, 176 (of 25; -r to choose)\n"
     preds = json.loads(cp.stdout)["predictions"]
     assert {p["config"]["r"][0] for p in preds} == set(W12_RES) and all(p["misses"] == 0 for p in preds)
-    cp = run_latbench("predict", "-t", str(w12_table), "-s", "ofa-mbv3-w12", "--random", "3", "-r", "176", "--json")
+    cp = run_cli(cli, "predict", "-t", str(w12_table), "-s", "ofa-mbv3-w12", "--random", "3", "-r", "176", "--json")
     assert cp.returncode == 0 and cp.stderr == ""
     assert {p["config"]["r"][0] for p in json.loads(cp.stdout)["predictions"]} == {176}
 
@@ -165,17 +166,17 @@ def test_the_check_is_decided_at_compile_time(tmp_path):
 
 
 # ---------------------------------------------------------------------- search
-def test_search_refuses_before_searching(w12_table):
+def test_search_refuses_before_searching(w12_table, cli):
     """The w1.0 space on the w1.2 table: one line before any search step; --allow-fallback searches."""
-    cp = run_latbench("search", "--space", "ofa-mbv3-w10", "--table", str(w12_table), "-b", "30", "-g", "2")
+    cp = run_cli(cli, "search", "--space", "ofa-mbv3-w10", "--table", str(w12_table), "-b", "30", "-g", "2")
     assert cp.returncode == 1 and cp.stdout == ""
     assert re.fullmatch(rf"latbench: error: {re.escape(str(w12_table))} prices ofa-mbv3-w10 r=\d+ with (\d+) of "
                         rf"\1 keys missing, over the 10% allowed \(table covers ofa-mbv3-w12 at 160, 176\); "
                         rf"{re.escape(TAIL)}", cp.stderr), cp.stderr
-    cp = run_latbench("search", "--space", "ofa-mbv3-w12", "--table", str(w12_table), "-b", "30", "-g", "2",
+    cp = run_cli(cli, "search", "--space", "ofa-mbv3-w12", "--table", str(w12_table), "-b", "30", "-g", "2",
                       "-r", "224")
     assert cp.returncode == 1 and cp.stderr.startswith(f"latbench: error: {w12_table} prices ofa-mbv3-w12 r=224")
-    cp = run_latbench("search", "--space", "ofa-mbv3-w12", "--table", str(w12_table), "-b", "30", "-g", "2",
+    cp = run_cli(cli, "search", "--space", "ofa-mbv3-w12", "--table", str(w12_table), "-b", "30", "-g", "2",
                       "-r", "224", "--allow-fallback", "--json")
     assert cp.returncode == 0, cp.stderr
     doc = json.loads(cp.stdout)
@@ -183,7 +184,7 @@ def test_search_refuses_before_searching(w12_table):
     assert "note: at resolution(s) 224 some blocks are not in every table" in cp.stderr
 
 
-def test_accuracy_predictor_of_another_space_is_refused(tmp_path):
+def test_accuracy_predictor_of_another_space_is_refused(tmp_path, cli):
     """An MLP latbench trained on ofa-mbv3-w12 does not score ofa-mbv3-w10 subnets."""
     pytest.importorskip("torch")
     from latbench.search.mlp import MLPAccuracy, build_mlp, save_mlp
@@ -195,7 +196,7 @@ def test_accuracy_predictor_of_another_space_is_refused(tmp_path):
     with pytest.raises(UsageError, match="trained on ofa-mbv3-w12 subnets; the space is ofa-mbv3-w10"):
         MLPAccuracy.load(mlp, w10)
     table = block_table(tmp_path / "w10.db", w10, [160])
-    cp = run_latbench("search", "--space", "ofa-mbv3-w10", "--table", str(table), "-b", "30", "-g", "2",
+    cp = run_cli(cli, "search", "--space", "ofa-mbv3-w10", "--table", str(table), "-b", "30", "-g", "2",
                       "--accuracy", f"mlp:{mlp}")
     assert cp.returncode == 2 and cp.stdout == ""
     assert cp.stderr.endswith(f"latbench: error: {mlp} was trained on ofa-mbv3-w12 subnets; the space is "

@@ -15,9 +15,7 @@ from latbench.measure import Measurement, Stats
 from latbench.predict import Predictor
 from latbench.spaces import get_space
 from latbench.store import LatencyTable
-
-from conftest import run_latbench
-
+from latbench.tablemeta import RunSettings
 
 LIGHTNAS_FILTERS = ((18, 24, 30), (24, 32, 40), (48, 64, 80), (72, 96, 120), (120, 160, 192))
 PADDLESLIM_TYPES = {"conv", "activation", "batch_norm", "eltwise", "pooling", "softmax"}
@@ -73,14 +71,14 @@ SE_LINES = [
 ]
 
 
-def test_lightnas_paddleslim_op_list_is_paddleslims_own():
+def test_lightnas_paddleslim_op_list_is_paddleslims_own(cli):
     """`enumerate lightnas` writes only PaddleSlim op types, the classifier as PaddleSlim writes it
     (1x1 conv, eltwise add, softmax -1), and every other line as PaddleSlim's get_all_ops lists it,
     but for the squeeze-excite lines (latbench's mbconv SE: a conv with bias, the broadcast flag,
     a global pool with kernel h), each of which stands for PaddleSlim's own line(s)."""
-    proc = run_latbench("enumerate", "lightnas")
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
+    code, out, err = cli("enumerate", "lightnas")
+    assert code == 0, err
+    lines = out.splitlines()
     assert len(set(lines)) == len(lines) and {line.split()[0] for line in lines} == PADDLESLIM_TYPES
     paddle = paddleslim_lightnas_lines()
     for line in ("conv 0 0 1 1280 1 1 1000 1 1 0 1 1", "eltwise 2 1 1000 1 1", "softmax -1 1 1000 1 1",
@@ -102,15 +100,15 @@ def paddleslim_form(line: str) -> list[str] | None:
     return None
 
 
-def test_a_table_profiled_from_the_lightnas_op_list_prices_every_subnet(tmp_path):
+def test_a_table_profiled_from_the_lightnas_op_list_prices_every_subnet(cli, tmp_path):
     """profile --ops of `enumerate lightnas` gives every key a lightnas subnet is priced by: no
     fallback, and each price is the sum of its ops' entries."""
-    proc = run_latbench("enumerate", "lightnas", "-o", str(tmp_path / "ops.txt"))
-    assert proc.returncode == 0, proc.stderr
+    code, _, err = cli("enumerate", "lightnas", "-o", str(tmp_path / "ops.txt"))
+    assert code == 0, err
     ops = read_ops(tmp_path / "ops.txt")
     prof = DeviceProfile(agent="cpu", runtime="torch", runtime_version="2", threads=1, device="Test CPU")
     with LatencyTable.open(tmp_path / "t.db", prof) as t:
-        t.meta_set("profile_run", {"granularity": "op", "fusion": "none", "spaces": []})
+        t.set_run_settings(RunSettings("op"))
         for i, op in enumerate(ops):
             t.add(Measurement(op.key, prof.id, op.to_dict(), Stats.from_samples([0.001 * (i + 1)] * 3)))
         est = t.estimates()

@@ -38,10 +38,15 @@ def agent(request) -> LiteRTAgent:
     return LiteRTAgent(threads=1, xnnpack=request.param, seed=0)
 
 
+_REFERENCE: dict[tuple[str, int], np.ndarray] = {}  # (op key, seed) -> the reference's output: both delegates share it
+
+
 def check_close(agent: LiteRTAgent, op: OpSpec) -> None:
     x = np.random.default_rng(7).standard_normal(op.in_shape, dtype=np.float32)
-    with torch.inference_mode():
-        ref = reference(op, agent.weights(op))(torch.from_numpy(x)).numpy()
+    ref = _REFERENCE.get((op.key, agent.seed))
+    if ref is None:
+        with torch.inference_mode():
+            ref = _REFERENCE[(op.key, agent.seed)] = reference(op, agent.weights(op))(torch.from_numpy(x)).numpy()
     out = agent.run(op, x)
     assert out.shape == ref.shape, (out.shape, ref.shape)
     scale = float(np.abs(ref).max())
@@ -204,7 +209,7 @@ def test_chain_equals_ofa_subnet() -> None:
         out = it.get_tensor(it.get_output_details()[0]["index"])
         assert out.shape == ref.shape == (1, 1000)
         np.testing.assert_allclose(out, ref, rtol=RTOL, atol=RTOL * float(np.abs(ref).max()))
-    stats = LiteRTAgent().measure_model(raw, FAST)
+    stats = LiteRTAgent().measure_model(raw, timing=FAST)
     assert stats.n >= FAST.min_samples and stats.median > 0
 
 
@@ -239,7 +244,7 @@ def test_fingerprint_and_measure_model_from_path(tmp_path) -> None:
     op = O.conv(S, 24, 3, bn=True, act="relu")
     path = tmp_path / "conv.tflite"
     path.write_bytes(on.model(op))
-    stats = off.measure_model(path, FAST)
+    stats = off.measure_model(path, timing=FAST)
     assert stats.median > 0 and stats.n >= FAST.min_samples
 
 
@@ -251,7 +256,7 @@ def test_network_context_timing_reads_inputs_without_holding_them() -> None:
 
     agent = LiteRTAgent()
     op = O.conv((1, 8, 12, 12), 16, 3)
-    p = agent.prepare(op)
+    p = agent.prepare_op(op)
     for _ in range(3):
         p.touch()
         p()

@@ -202,8 +202,8 @@ def test_timing_settings_check_their_context() -> None:
     ("warmup", -1, "timing warmup must be a whole number >= 0, got -1"),
     ("warmup_s", math.inf, "timing warmup_s must be a finite number >= 0, got inf"),
     ("block_overhead", 0.0, "timing block_overhead must be a finite number > 0 and <= 1, got 0.0"),
-    ("estimator", "p90", "timing estimator (--estimator) must be one of mean, median, round_min, got 'p90'"),
-    ("estimator", "round_min", "timing estimator round_min (the fastest round's median) needs --rounds >= 2, got 1"),
+    ("estimator", "p90", "timing estimator (`estimator`) must be one of mean, median, round_min, got 'p90'"),
+    ("estimator", "round_min", "timing estimator round_min (the fastest round's median) needs `rounds` >= 2, got 1"),
     ("interleave", 0, "timing interleave (--interleave) must be a whole number >= 1 and <= 256, got 0"),
     ("interleave", 257, "timing interleave (--interleave) must be a whole number >= 1 and <= 256, got 257"),
     ("rounds", 101, "timing rounds (--rounds) must be a whole number >= 1 and <= 100, got 101"),
@@ -444,7 +444,7 @@ def test_agent_measure_passes_its_synchronizer_and_isolates_failures(overhead: C
         def fingerprint(self) -> DeviceProfile:
             return hp(self.name, "none", "0", self.threads)
 
-        def prepare(self, op: O.OpSpec) -> Callable[[], Any]:
+        def prepare_op(self, op: O.OpSpec) -> Callable[[], Any]:
             if op.kind == "softmax":
                 raise ValueError(f"axis {op.axis} out of range")
             return spin(2e-4)
@@ -476,7 +476,7 @@ def test_agent_measure_interleaves_batches_and_keeps_order(overhead: Callable[[f
         def fingerprint(self) -> DeviceProfile:
             return hp(self.name, "none", "0", self.threads)
 
-        def prepare(self, op: O.OpSpec) -> Callable[[], Any]:
+        def prepare_op(self, op: O.OpSpec) -> Callable[[], Any]:
             prepared.append(op.key)
             if op.kind == "softmax":
                 raise ValueError("no softmax here")

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_roundtrip import build
+from test_store import OTHER, PROFILE, failed, measurement
 
 from latbench import ops as O
+from latbench.combine import COMBINED_AGENT, combine
+from latbench.merge import merge
 from latbench.predict import Predictor
 from latbench.spaces import get_space
 from latbench.store import LatencyTable, ProfileMismatchError
-from latbench.tableio import combine, merge
-from latbench.tableio.common import COMBINED_AGENT
-
-from test_roundtrip import build
-from test_store import OTHER, PROFILE, failed, measurement
+from latbench.tablemeta import CompanionEntry, RunSettings
 
 ACTS = [O.activation((1, c, 4, 4), "relu") for c in range(1, 31)]
 TAIL = "left as they were (a failed row never replaces an ok one; an identical row changes nothing)"
@@ -109,27 +109,27 @@ def test_merge_pools_per_call_costs_and_refuses_rows_timed_otherwise(tmp_path: P
                 "samples": [{"estimate_ms": m, "taken_at": 1000.0 + i + 10 * m} for i, m in enumerate(ms)]}
 
     with LatencyTable.open(filled) as t:
-        t.meta_set("profile_run", {**net, "spaces": ["ofa-mbv3-w10"]})
-        t.meta_set("invocation", inv(0.010, 0.012, 0.014))
+        t.set_run_settings(RunSettings.from_dict({**net, "spaces": ["ofa-mbv3-w10"]}))
+        t.set_invocation(CompanionEntry.from_dict(inv(0.010, 0.012, 0.014)))
     second = table_of(tmp_path / "second.db", [measurement(ACTS[3], 3.0)])
     with LatencyTable.open(second) as t:
-        t.meta_set("profile_run", {**net, "spaces": ["bignas-resnet"]})
-        t.meta_set("invocation", inv(0.030, 0.032))
+        t.set_run_settings(RunSettings.from_dict({**net, "spaces": ["bignas-resnet"]}))
+        t.set_invocation(CompanionEntry.from_dict(inv(0.030, 0.032)))
     warm = table_of(tmp_path / "warm.db", [measurement(ACTS[1], 1.0)])
     with LatencyTable.open(warm) as t:
-        t.meta_set("profile_run", {**net, "context": "warm", "context_bytes": 0, "spaces": []})
+        t.set_run_settings(RunSettings.from_dict({**net, "context": "warm", "context_bytes": 0}))
     with LatencyTable.open(filled) as d:
         merge(d, [second])
         merge(d, [second])
-        pooled = d.meta_get("invocation")
-        assert sorted(x["estimate_ms"] for x in pooled["samples"]) == [0.010, 0.012, 0.014, 0.030, 0.032]
-        assert pooled["estimate_ms"] == pytest.approx(0.014)  # median of the five, by hand
-        assert d.meta_get("profile_run")["spaces"] == ["bignas-resnet", "ofa-mbv3-w10"]
+        pooled = d.invocation
+        assert sorted(x.estimate_ms for x in pooled.samples) == [0.010, 0.012, 0.014, 0.030, 0.032]
+        assert pooled.estimate_ms == pytest.approx(0.014)  # median of the five, by hand
+        assert d.run_settings.spaces == ("bignas-resnet", "ofa-mbv3-w10")
         n = len(d)
         with pytest.raises(Exception) as e:
             merge(d, [warm])
         assert str(warm) in str(e.value) and "warm context" in str(e.value) and "network context" in str(e.value)
-        assert len(d) == n and d.meta_get("invocation") == pooled
+        assert len(d) == n and d.invocation == pooled
 
 
 def test_cli_merge_refuses_another_profile_in_one_line_and_has_no_force(cli, tmp_path: Path, filled: Path):
@@ -165,7 +165,7 @@ def test_combine_makes_a_new_table_naming_its_sources(cli, tmp_path: Path, two_d
     assert code == 0, err
     with LatencyTable.open(a, readonly=True) as ta, LatencyTable.open(b, readonly=True) as tb:
         est_a, est_b = ta.estimates(), tb.estimates()
-        inv_a = ta.meta_get("invocation")
+        inv_a = ta.invocation
         failed_in_a = ta.keys("failed")
     with LatencyTable.open(out, readonly=True) as t:
         prof = t.profile
@@ -181,7 +181,7 @@ def test_combine_makes_a_new_table_naming_its_sources(cli, tmp_path: Path, two_d
             assert (r["profile_id"], r["estimate"], r["status"]) == (src.id, est[key], "ok")
         comb = t.meta_get("combination")
         assert [(s["path"], s["rows"]) for s in comb["sources"]] == [(str(a), len(est_a)), (str(b), len(from_b))]
-        assert t.meta_get("invocation") == inv_a and t.meta_get("calibration") is None
+        assert t.invocation == inv_a and t.calibrations() == {}
     assert f"priced with the per-call cost of {a} (0.012 ms); other sources measured {b} 0.02 ms" in err
     assert f"calibrations of {a} not carried" in err
     assert err.rstrip().splitlines()[-1].startswith(
@@ -195,7 +195,7 @@ def test_a_combination_prices_like_any_table(cli, tmp_path: Path, two_devices):
     out = tmp_path / "both.db"
     with LatencyTable.open(out) as t:
         combine(t, [a, b])
-        est, inv = t.estimates(), t.meta_get("invocation")["estimate_ms"]
+        est, inv = t.estimates(), t.invocation.estimate_ms
     sp = get_space("tiny")
     configs = sp.sample(np.random.default_rng(3), 40)
     with LatencyTable.open(out, readonly=True) as t:

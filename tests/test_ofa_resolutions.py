@@ -11,18 +11,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from cli_result import run_cli
 
-from conftest import run_latbench
 from latbench.cli.table import _note, _row_view
 from latbench.coverage import BY_RESOLUTION, table_values
 from latbench.errors import FormatError, UsageError
+from latbench.formats import export_ofa_yaml, import_ofa_yaml, import_profile
 from latbench.formats.ofa import ofa_predict_efficiency, parse_ofa_key, read_ofa_yaml
 from latbench.measure import Measurement, Stats
 from latbench.predict import Predictor
 from latbench.search import run_search
 from latbench.spaces import get_space
 from latbench.store import LatencyTable
-from latbench.tableio import export_ofa_yaml, import_ofa_yaml, import_profile
+from latbench.tablemeta import CalibrationEntry, CompanionEntry, RunSettings
 
 SPACE = "ofa-mbv3-w12"  # the space of OFA's published Note10 tables
 RES = (176, 192)  # both end in 6x6 maps: the last stage's blocks are shared keys, as Conv_2 and Logits are
@@ -63,6 +64,24 @@ def imported(tmp_path: Path, paths, order) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def priced(ofa_files, tmp_path_factory):
+    """(table, its Predictor) of the files imported in `order`, made once for the module: the
+    tests that take them only read them."""
+    space, paths, _, _ = ofa_files
+    where = tmp_path_factory.mktemp("imported")
+    cache: dict[tuple, tuple[Path, Predictor]] = {}
+
+    def get(order: tuple) -> tuple[Path, Predictor]:
+        if order not in cache:
+            path = imported(where, paths, order)
+            with LatencyTable.open(path, readonly=True) as t:
+                cache[order] = path, Predictor.from_table(t, space)
+        return cache[order]
+
+    return get
+
+
 def test_shared_keys_are_conv2_logits_and_6x6_blocks(ofa_files):
     """The fixture is what the test needs: every shared key differs between the two files."""
     space, paths, luts, shared = ofa_files
@@ -73,12 +92,12 @@ def test_shared_keys_are_conv2_logits_and_6x6_blocks(ofa_files):
 
 
 @pytest.mark.parametrize("order", [RES, RES[::-1]])
-def test_every_price_is_ofas_for_the_configs_resolution(tmp_path, ofa_files, order):
+def test_every_price_is_ofas_for_the_configs_resolution(priced, ofa_files, order):
     """predict, explain and predict_batch equal OFA's LatencyTable.predict_efficiency for many
     random configs at both resolutions, whichever file was imported first."""
     space, paths, luts, shared = ofa_files
-    with LatencyTable.open(imported(tmp_path, paths, order), create=False) as t:
-        pred = Predictor.from_table(t, space)
+    path, pred = priced(order)
+    with LatencyTable.open(path, readonly=True) as t:
         per = table_values(t)
         assert set(per) == shared and all(set(v) == set(RES) for v in per.values())
     assert pred.covered_resolutions == RES and pred._risk is not None
@@ -90,32 +109,30 @@ def test_every_price_is_ofas_for_the_configs_resolution(tmp_path, ofa_files, ord
             theirs = ofa_predict_efficiency(luts, spec, space)
             assert isclose(pred.predict(spec), theirs)
             assert isclose(b, theirs)
-            assert isclose(pred.explain(c).raw_ms, theirs) and not pred.explain(c).misses
+            why = pred.explain(c)
+            assert isclose(why.raw_ms, theirs) and not why.misses
 
 
-def test_file_order_changes_nothing(tmp_path, ofa_files):
+def test_file_order_changes_nothing(priced, ofa_files):
     """Both import orders give the same rows, so the same prices to the last bit."""
     space, paths, luts, _ = ofa_files
-    a, b = imported(tmp_path, paths, RES), imported(tmp_path, paths, RES[::-1])
-    with LatencyTable.open(a, create=False) as ta, LatencyTable.open(b, create=False) as tb:
+    (a, pred_a), (b, pred_b) = priced(RES), priced(RES[::-1])
+    with LatencyTable.open(a, readonly=True) as ta, LatencyTable.open(b, readonly=True) as tb:
         rows_a = [(r["key"], r["estimate"], r["n"], r["std"], r["extra"], r["source"]) for r in ta.rows()]
         rows_b = [(r["key"], r["estimate"], r["n"], r["std"], r["extra"], r["source"]) for r in tb.rows()]
         assert rows_a == rows_b
         cfgs = np.vstack([configs_at(space, r, 50, seed=3) for r in RES])
-        np.testing.assert_array_equal(Predictor.from_table(ta, space).predict_batch(cfgs),
-                                      Predictor.from_table(tb, space).predict_batch(cfgs))
+        np.testing.assert_array_equal(pred_a.predict_batch(cfgs), pred_b.predict_batch(cfgs))
         row = ta.row(next(k for k in table_values(ta) if k.startswith("Logits")))
     assert row["estimate"] == luts[176][row["key"]]  # the lowest resolution's entry in the columns
     assert row["extra"][BY_RESOLUTION]["192"]["estimate"] == luts[192][row["key"]]
 
 
-def test_search_winner_latency_is_ofas_price(tmp_path, ofa_files):
+def test_search_winner_latency_is_ofas_price(cli, priced, ofa_files):
     """An evolution winner (library and CLI) reports the price OFA gives it, and meets the budget
     by OFA's own price."""
     space, paths, luts, _ = ofa_files
-    path = imported(tmp_path, paths, RES[::-1])
-    with LatencyTable.open(path, create=False) as t:
-        pred = Predictor.from_table(t, space)
+    path, pred = priced(RES[::-1])
     prices = pred.predict_batch(np.vstack([configs_at(space, r, 200, seed=5) for r in RES]))
     budget = float(np.median(prices))
     for seed in (1, 2):
@@ -123,7 +140,7 @@ def test_search_winner_latency_is_ofas_price(tmp_path, ofa_files):
                          choices={"r": list(RES)}, generations=15, population=40)
         theirs = ofa_predict_efficiency(luts, res.published, space)
         assert isclose(res.latency_ms["note10"], theirs) and theirs <= budget
-    cp = run_latbench("search", "--space", SPACE, "--table", str(path), "-b", f"{budget:.6f}", "-g", "10",
+    cp = run_cli(cli, "search", "--space", SPACE, "--table", str(path), "-b", f"{budget:.6f}", "-g", "10",
                       "--json")
     assert cp.returncode == 0, cp.stderr
     doc = json.loads(cp.stdout)
@@ -153,21 +170,21 @@ def test_tables_imported_before_price_each_resolution_too(tmp_path, ofa_files):
             assert isclose(pred.predict(c), ofa_predict_efficiency(luts, space.to_published(c), space))
 
 
-def test_import_records_the_space_inferred_or_given(tmp_path, ofa_files):
+def test_import_records_the_space_inferred_or_given(cli, tmp_path, ofa_files):
     """The stem Conv (24 channels) and Logits input (1536) name ofa-mbv3-w12; the summary says it
     was inferred; --space is checked against the keys; another space's files are refused."""
     space, paths, _, _ = ofa_files
-    cp = run_latbench("table", "import", str(paths[176]), str(paths[192]), "-o", str(tmp_path / "a.db"),
+    cp = run_cli(cli, "table", "import", str(paths[176]), str(paths[192]), "-o", str(tmp_path / "a.db"),
                       "--device", "note10")
     assert cp.returncode == 0, cp.stderr
     assert ("space ofa-mbv3-w12 (inferred from the stem Conv output (24 channels) and the Logits input "
             "(1536))") in cp.stderr
     with LatencyTable.open(tmp_path / "a.db", create=False) as t:
         assert t.meta_get("space")["name"] == SPACE
-    cp = run_latbench("table", "import", str(paths[176]), "-o", str(tmp_path / "b.db"), "--device", "note10",
+    cp = run_cli(cli, "table", "import", str(paths[176]), "-o", str(tmp_path / "b.db"), "--device", "note10",
                       "--space", SPACE)
     assert cp.returncode == 0 and "space ofa-mbv3-w12 (given with --space)" in cp.stderr
-    cp = run_latbench("table", "import", str(paths[176]), "-o", str(tmp_path / "c.db"), "--device", "note10",
+    cp = run_cli(cli, "table", "import", str(paths[176]), "-o", str(tmp_path / "c.db"), "--device", "note10",
                       "--space", "ofa-mbv3-w10")
     assert cp.returncode == 2 and not (tmp_path / "c.db").exists()
     assert cp.stderr == ("latbench: error: --space ofa-mbv3-w10: the files have the stem Conv output (24 channels) "
@@ -195,11 +212,11 @@ def test_two_files_of_one_resolution_must_agree(tmp_path, ofa_files):
             import_ofa_yaml([paths[176], twin], t)
 
 
-def test_table_show_prints_each_resolutions_value(tmp_path, ofa_files):
+def test_table_show_prints_each_resolutions_value(cli, priced, ofa_files):
     space, paths, luts, shared = ofa_files
-    path = imported(tmp_path, paths, RES)
+    path, _ = priced(RES)
     key = next(k for k in sorted(shared) if k.startswith("Conv_2"))
-    cp = run_latbench("table", "show", str(path), "--json")
+    cp = run_cli(cli, "table", "show", str(path), "--json")
     assert cp.returncode == 0, cp.stderr
     rows = {r["key"]: r for r in json.loads(cp.stdout)["rows"]}
     per = rows[key]["by_resolution"]
@@ -209,12 +226,12 @@ def test_table_show_prints_each_resolutions_value(tmp_path, ofa_files):
     with LatencyTable.open(path, create=False) as t:
         note = _note(_row_view(t.row(key)))
     assert note == f"per resolution: 176 {luts[176][key]:.4g}, 192 {luts[192][key]:.4g}"
-    cp = run_latbench("table", "show", str(path), "--kind", "conv", "--limit", "0")
+    cp = run_cli(cli, "table", "show", str(path), "--kind", "conv", "--limit", "0")
     assert cp.returncode == 0 and "space: ofa-mbv3-w12 (inferred from" in cp.stdout
     assert cp.stdout.count("per resolution") == sum(k.startswith(("Conv_1", "Conv_2")) for k in shared)
 
 
-def test_table_show_marks_rows_measured_hot(tmp_path):
+def test_table_show_marks_rows_measured_hot(cli, tmp_path):
     """A row whose extra says hot (the Android agent's flag) shows `hot`, and "hot": true in --json."""
     space = get_space("tiny")
     prof = import_profile("phone")
@@ -222,10 +239,10 @@ def test_table_show_marks_rows_measured_hot(tmp_path):
     with LatencyTable.open(tmp_path / "t.db", prof) as t:
         t.add(Measurement(a.key, prof.id, a.to_dict(), Stats.from_samples([0.5, 0.6, 0.55]), extra={"hot": True}))
         t.add(Measurement(b.key, prof.id, b.to_dict(), Stats.from_samples([0.5, 0.6, 0.55])))
-    cp = run_latbench("table", "show", str(tmp_path / "t.db"), "--json")
+    cp = run_cli(cli, "table", "show", str(tmp_path / "t.db"), "--json")
     rows = {r["key"]: r for r in json.loads(cp.stdout)["rows"]}
     assert rows[a.key]["hot"] is True and rows[b.key]["hot"] is False
-    cp = run_latbench("table", "show", str(tmp_path / "t.db"))
+    cp = run_cli(cli, "table", "show", str(tmp_path / "t.db"))
     assert cp.returncode == 0 and len([ln for ln in cp.stdout.splitlines() if ln.rstrip().endswith(" hot")]) == 1
     with LatencyTable.open(tmp_path / "t.db", create=False) as t:
         assert _note(_row_view(t.row(a.key))) == "hot" and _note(_row_view(t.row(b.key))) == ""
@@ -244,27 +261,32 @@ def block_table(path: Path, space, resolutions, invocation: float | None = None,
     rng = np.random.default_rng(seed)
     prof = import_profile("host", "onnxruntime", 1)
     with LatencyTable.open(path, prof) as t:
+        rows = []
         for key, b in ops.items():
             base = float(rng.uniform(0.05, 2.0))
             samples = [base, base * 1.01, base * 1.02, base * 1.6, base * 2.5]
-            t.add(Measurement(key, prof.id, b.to_dict(), Stats.from_samples(samples),
-                              extra={"resolutions": where[key]}))
-        t.meta_set("profile_run", {"granularity": "block", "fusion": "none", "spaces": [space.name]})
+            rows.append(Measurement(key, prof.id, b.to_dict(), Stats.from_samples(samples),
+                                    extra={"resolutions": where[key]}))
+        t.add_many(rows)
+        t.set_run_settings(RunSettings("block", spaces=(space.name,)))
         if invocation is not None:
-            t.meta_set("invocation", {"estimate_ms": invocation})
+            t.set_invocation(CompanionEntry(estimate_ms=invocation))
     return path
 
 
-def prices(path: Path, space, resolutions, n: int = 60) -> np.ndarray:
-    with LatencyTable.open(path, create=False) as t:
-        pred = Predictor.from_table(t, space)
+def prices(path: Path | Predictor, space, resolutions, n: int = 60) -> np.ndarray:
+    """A table's (or its predictor's) prices of n configs at each resolution."""
+    pred = path
+    if not isinstance(path, Predictor):
+        with LatencyTable.open(path, readonly=True) as t:
+            pred = Predictor.from_table(t, space)
     cfgs = np.vstack([configs_at(space, r, n, seed=r + 1) for r in resolutions])
     return pred.predict_batch(cfgs)
 
 
 def round_trip(tmp_path: Path, src: Path) -> Path:
     out = tmp_path / "yaml"
-    with LatencyTable.open(src, create=False) as t:
+    with LatencyTable.open(src, readonly=True) as t:
         res = export_ofa_yaml(t, out)
     back = tmp_path / "back.db"
     with LatencyTable.open(back, import_profile("host")) as t:
@@ -279,11 +301,11 @@ def test_export_then_import_keeps_every_prediction(tmp_path, invocation):
     space = get_space("ofa-mbv3-w10")
     src = block_table(tmp_path / "src.db", space, (160, 176), invocation)
     back = round_trip(tmp_path, src)
-    np.testing.assert_allclose(prices(back, space, (160, 176)), prices(src, space, (160, 176)), rtol=1e-12)
     luts = {r: {k: v["mean"] for k, v in read_ofa_yaml(tmp_path / "yaml" / f"{r}_lookup_table.yaml").items()}
             for r in (160, 176)}
-    with LatencyTable.open(src, create=False) as t:
+    with LatencyTable.open(src, readonly=True) as t:
         pred = Predictor.from_table(t, space)
+        np.testing.assert_allclose(prices(back, space, (160, 176)), prices(pred, space, (160, 176)), rtol=1e-12)
         for r in (160, 176):
             for c in configs_at(space, r, 20, seed=9):
                 assert isclose(ofa_predict_efficiency(luts, space.to_published(c), space), pred.predict(c))
@@ -295,25 +317,25 @@ def test_export_then_import_keeps_every_prediction(tmp_path, invocation):
     assert ("every entry but the stem Conv one" in text) == (invocation is not None)
 
 
-def test_per_resolution_values_round_trip_file_by_file(tmp_path, ofa_files):
+def test_per_resolution_values_round_trip_file_by_file(tmp_path, priced, ofa_files):
     """An imported two-resolution table exported gives each file back its own numbers, and the
     re-imported table prices as the first at both resolutions."""
     space, paths, luts, _ = ofa_files
-    src = imported(tmp_path, paths, RES)
+    src, pred = priced(RES)
     back = round_trip(tmp_path, src)
     for r in RES:
         again = read_ofa_yaml(tmp_path / "yaml" / f"{r}_lookup_table.yaml")
         assert again == read_ofa_yaml(paths[r])
-    np.testing.assert_array_equal(prices(back, space, RES), prices(src, space, RES))
+    np.testing.assert_array_equal(prices(back, space, RES), prices(pred, space, RES))
 
 
-def test_calibrated_table_is_refused_unless_dropped(tmp_path):
+def test_calibrated_table_is_refused_unless_dropped(cli, tmp_path):
     """OFA YAML has no place for a calibration: one line naming it and the formats that keep it."""
     space = get_space("ofa-mbv3-w10")
     src = block_table(tmp_path / "src.db", space, (160,))
     with LatencyTable.open(src) as t:
-        t.meta_set("calibration", {"ofa-mbv3-w10/block": {"scale": 1.1, "offset_ms": 0.2, "n": 10}})
-    cp = run_latbench("table", "export", str(src), "--format", "ofa-yaml", "-o", str(tmp_path / "y"))
+        t.set_calibration(CalibrationEntry(scale=1.1, offset_ms=0.2, n=10, space="ofa-mbv3-w10", granularity="block"))
+    cp = run_cli(cli, "table", "export", str(src), "--format", "ofa-yaml", "-o", str(tmp_path / "y"))
     assert cp.returncode == 1 and not (tmp_path / "y").exists()
     assert cp.stderr == (f"latbench: error: {src}: OFA YAML cannot hold the table's calibration "
                          f"(ofa-mbv3-w10/block); csv or jsonl keep it (--drop-calibration leaves it out)\n")
@@ -323,10 +345,9 @@ def test_calibrated_table_is_refused_unless_dropped(tmp_path):
     assert "calibration ofa-mbv3-w10/block left out" in (tmp_path / "y" / "160_lookup_table.yaml").read_text()
 
 
-def test_export_refuses_what_ofa_yaml_cannot_hold(tmp_path, ofa_files):
+def test_export_refuses_what_ofa_yaml_cannot_hold(tmp_path, priced):
     """Per-resolution values into one file, and an estimate below the per-call cost, are refused."""
-    space, paths, _, _ = ofa_files
-    with LatencyTable.open(imported(tmp_path, paths, RES), create=False) as t:
+    with LatencyTable.open(priced(RES)[0], readonly=True) as t:
         with pytest.raises(FormatError, match="has one value per resolution .* export to a directory"):
             export_ofa_yaml(t, tmp_path / "one.yaml")
     src = block_table(tmp_path / "src.db", get_space("ofa-mbv3-w10"), (160,), invocation=0.5)

@@ -18,7 +18,7 @@ from device_agents.base import AgentOptions, usable_cores
 from device_agents.litert import LiteRTAgent
 from device_agents.ort import OrtOptions
 from latbench.errors import OpError, UsageError
-from latbench.profiling import INVOCATION_META, INVOCATION_OP
+from latbench.runmeta import INVOCATION_OP
 from latbench.store import LatencyTable
 
 FAST = ["--max-time", "0.05", "--min-samples", "5"]
@@ -171,7 +171,7 @@ def test_validate_and_calibrate_refuse_flags_of_another_device_and_bad_timing(cl
         _one_line(*cli(*base, "--threads", "0"), 2,
                   f"tflite: threads must be between 1 and {CORES} (the cores this machine gives the process), got 0")
     with LatencyTable.open(table, create=False) as t:
-        assert len(t) == 1 and t.meta_get("calibration") is None
+        assert len(t) == 1 and t.calibrations() == {}
 
 
 # ---------------------------------------------------------------------- reruns over failed rows
@@ -204,10 +204,10 @@ def test_rerun_counts_failed_rows_already_stored_and_exits_3(cli, tmp_path: Path
 class NoInvocationAgent(LiteRTAgent):
     """LiteRT, except that it cannot build the per-call reference model (a runtime without it)."""
 
-    def prepare(self, op):
+    def prepare_op(self, op):
         if op.key == INVOCATION_OP.key:
             raise OpError("this runtime cannot build a 1-element relu")
-        return super().prepare(op)
+        return super().prepare_op(op)
 
 
 def test_a_failed_per_call_reference_prints_its_reason(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -220,18 +220,18 @@ def test_a_failed_per_call_reference_prints_its_reason(cli, tmp_path: Path, monk
     code, out, err = cli("profile", "-d", "noinv", "--ops", str(ops), "--out", str(table), *FAST)
     assert code == 0, err
     with LatencyTable.open(table, create=False) as t:
-        inv = t.meta_get(INVOCATION_META)
+        inv = t.invocation
         assert len(t) == 2
     line, = out.splitlines()
     # one sample before the run, one from its batch, one from the batch re-timing suspect rows if any
     batches = 2 + ("suspect rows timed again" in line)
-    assert inv["status"] == "failed" and inv["estimate_ms"] is None and len(inv["samples"]) == batches
-    assert re.fullmatch(r"OpError: this runtime cannot build a 1-element relu \(at test_options\.py:\d+\)", inv["error"])
+    assert inv.status == "failed" and inv.estimate_ms is None and len(inv.samples) == batches
+    assert re.fullmatch(r"OpError: this runtime cannot build a 1-element relu \(at test_options\.py:\d+\)", inv.error)
     assert line.startswith(f"{table}: 2 measured, 0 already stored, 0 failed, 0 remaining")
-    assert line.endswith(f"; per-call cost not measured: {inv['error']}")
+    assert line.endswith(f"; per-call cost not measured: {inv.error}")
     code, out, _ = cli("profile", "-d", "noinv", "--ops", str(ops), "--out", str(table), *FAST, "--json")
     s = json.loads(out)
-    assert code == 0 and s["invocation_ms"] is None and s["invocation_error"] == inv["error"]
+    assert code == 0 and s["invocation_ms"] is None and s["invocation_error"] == inv.error
 
 
 def test_android_per_call_reference_failure_is_reported_the_same(cli, server, pixel, tmp_path: Path) -> None:
@@ -253,9 +253,9 @@ def test_android_per_call_reference_failure_is_reported_the_same(cli, server, pi
                          "--max-time", "0.05")
     assert code == 0, err
     with LatencyTable.open(table, create=False) as t:
-        inv = t.meta_get(INVOCATION_META)
+        inv = t.invocation
         assert len(t) == 2
-    assert inv["status"] == "failed" and inv["estimate_ms"] is None
-    assert inv["error"].startswith("benchmark_model exited with 139 (SIGSEGV)"), inv["error"]
+    assert inv.status == "failed" and inv.estimate_ms is None
+    assert inv.error.startswith("benchmark_model exited with 139 (SIGSEGV)"), inv.error
     line, = out.splitlines()
-    assert line.startswith(f"{table}: 2 measured") and line.endswith(f"; per-call cost not measured: {inv['error']}")
+    assert line.startswith(f"{table}: 2 measured") and line.endswith(f"; per-call cost not measured: {inv.error}")

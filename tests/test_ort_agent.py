@@ -211,11 +211,11 @@ def test_bad_settings_and_bad_op() -> None:
 def test_sessions_do_not_pile_up() -> None:
     """Preparing the next op frees the previous op's session once its callable is dropped."""
     agent = OrtAgent()
-    fn = agent.prepare(O.conv(S, 12, 3))
+    fn = agent.prepare_op(O.conv(S, 12, 3))
     fn()
     ref = weakref.ref(fn.run.session)
     del fn
-    agent.prepare(O.conv(S, 16, 3))()
+    agent.prepare_op(O.conv(S, 16, 3))()
     gc.collect()
     assert ref() is None
     agent.close()
@@ -227,7 +227,7 @@ def test_prepared_session_reads_the_array_touch_reads() -> None:
     buffer the session reads, so writing into it changes the next run's output."""
     agent = OrtAgent()
     op = O.activation((1, 4, 5, 5), "relu")
-    p = agent.prepare(op)
+    p = agent.prepare_op(op)
     _, _, x, outs = p.keep
     p()
     assert np.array_equal(outs[0].numpy(), np.maximum(x, 0))

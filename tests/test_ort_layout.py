@@ -16,7 +16,7 @@ from device_agents.ort_layout import NCHWC, network_graph  # noqa: E402
 from device_agents.weights import op_weights  # noqa: E402
 from latbench import ops as O  # noqa: E402
 from latbench.spaces import get_space  # noqa: E402
-from latbench.validate import export_onnx  # noqa: E402
+from device_agents.networks import export_onnx  # noqa: E402
 
 PROVIDER = "CPUExecutionProvider"
 

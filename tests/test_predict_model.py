@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 onnx = pytest.importorskip("onnx")
-from conftest import run_latbench  # noqa: E402
+from cli_result import run_cli  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from latbench import ops as O  # noqa: E402
@@ -23,6 +23,7 @@ from latbench.errors import FormatError, UsageError  # noqa: E402
 from latbench.lower import Unmapped, lower_onnx  # noqa: E402
 from latbench.measure import Measurement, Stats  # noqa: E402
 from latbench.store import LatencyTable  # noqa: E402
+from latbench.tablemeta import CompanionEntry, RunSettings
 
 PROFILE = DeviceProfile(agent="ort", runtime="onnxruntime", runtime_version="1.32.0", threads=1,
                         device="Test CPU", abi="x86_64", cores=2)
@@ -45,8 +46,8 @@ def write_table(path: Path, ops: list[O.OpSpec]) -> dict[str, float]:
             t.add(Measurement(key=op.key, profile_id=PROFILE.id, op=op.to_dict(), stats=Stats.from_samples(s),
                               settings={"threads": 1}, wall_s=0.1, timed_s=0.05, taken_at=1.7e9 + i))
             medians[op.key] = statistics.median(s)
-        t.meta_set("profile_run", {"granularity": "op", "fusion": "none"})
-        t.meta_set("invocation", {"estimate_ms": INVOCATION_MS})
+        t.set_run_settings(RunSettings("op"))
+        t.set_invocation(CompanionEntry(estimate_ms=INVOCATION_MS))
     return medians
 
 
@@ -269,21 +270,21 @@ def test_lower_onnx_takes_a_path_str_bytes_and_a_proto(tmp_path: Path) -> None:
         lower_onnx(3)
 
 
-def test_not_an_onnx_file_is_one_line_naming_it(tmp_path: Path) -> None:
+def test_not_an_onnx_file_is_one_line_naming_it(tmp_path: Path, cli) -> None:
     table = tmp_path / "t.db"
     write_table(table, [O.activation((1, 4, 8, 8), "relu")])
     text = tmp_path / "notes.onnx"
     text.write_text("this is not an onnx model\n")
-    r = run_latbench("predict", "-t", str(table), "--model", str(text))
+    r = run_cli(cli, "predict", "-t", str(table), "--model", str(text))
     assert r.returncode == 1 and r.stdout == ""
     (line,) = r.stderr.splitlines()
     assert line.startswith(f"latbench: error: {text}: not an ONNX model (") and "internal error" not in line
     empty = tmp_path / "empty.onnx"
     empty.write_bytes(b"")
-    r = run_latbench("predict", "-t", str(table), "--model", str(empty))
+    r = run_cli(cli, "predict", "-t", str(table), "--model", str(empty))
     assert (r.returncode, r.stderr.splitlines()) == (
         1, [f"latbench: error: {empty}: not an ONNX model (it has no IR version or no graph nodes)"])
-    r = run_latbench("predict", "-t", str(table), "--model", str(tmp_path / "missing.onnx"))
+    r = run_cli(cli, "predict", "-t", str(table), "--model", str(tmp_path / "missing.onnx"))
     assert (r.returncode, r.stderr.splitlines()) == (
         2, [f"latbench: error: {tmp_path / 'missing.onnx'}: no such ONNX file"])
     with pytest.raises(FormatError, match="notes.onnx: not an ONNX model"):

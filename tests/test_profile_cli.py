@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CLI_ENV, ROOT, latbench_exe, run_latbench
+from cli_result import run_cli
+from conftest import CLI_ENV, ROOT, latbench_exe
 from latbench.store import LatencyTable
 
 FAST = ["--max-time", "0.05", "--min-samples", "5"]
@@ -28,11 +29,12 @@ def _stored(path: Path, first: bool = False) -> dict[str, float]:
                 for m in t.measurements()}
 
 
-def test_sigkill_mid_run_then_resume(tmp_path: Path) -> None:
+def test_sigkill_mid_run_then_resume(tmp_path: Path, cli) -> None:
     """Kill a real profile subprocess mid-run: nothing measured is lost, the rerun measures only the rest."""
     table = tmp_path / "t.sqlite"
     args = [latbench_exe(), "profile", "--device", "tflite", "--space", "tiny", "--resolution", "24",
-            "--granularity", "op", "--out", str(table), *FAST]
+            "--interleave", "4", "--rounds", "2", "--context", "warm", "--out", str(table),
+            "--max-time", "0.02", "--min-samples", "3"]  # 24 blocks, in batches of 4
     proc = subprocess.Popen(args, cwd=ROOT, env=CLI_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 90
     try:
@@ -54,7 +56,7 @@ def test_sigkill_mid_run_then_resume(tmp_path: Path) -> None:
     before = _stored(table)
     assert len(before) >= 5
 
-    r = run_latbench(*args[1:], "--json")
+    r = run_cli(cli, *args[1:], "--json")
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     after = _stored(table, first=True)
@@ -67,19 +69,19 @@ def test_sigkill_mid_run_then_resume(tmp_path: Path) -> None:
         assert len(t) == len(set(t.keys(status=None))) == summary["total"]
 
 
-def test_rerun_of_complete_table_measures_nothing(tmp_path: Path) -> None:
+def test_rerun_of_complete_table_measures_nothing(tmp_path: Path, cli) -> None:
     table = tmp_path / "t.sqlite"
     base = ["profile", "--device", "tflite", "--space", "tiny", "-r", "24", "--out", str(table), *FAST, "--json"]
-    first = json.loads(run_latbench(*base).stdout)
-    again = run_latbench(*base)
+    first = json.loads(run_cli(cli, *base).stdout)
+    again = run_cli(cli, *base)
     assert again.returncode == 0
     second = json.loads(again.stdout)
     assert second["measured"] == 0 and second["skipped"] == first["total"]
 
 
-def test_max_ops_limits_new_measurements(tmp_path: Path) -> None:
+def test_max_ops_limits_new_measurements(tmp_path: Path, cli) -> None:
     table = tmp_path / "t.sqlite"
-    r = run_latbench("profile", "--device", "tflite", "--space", "tiny", "-r", "24", "--max-ops", "3",
+    r = run_cli(cli, "profile", "--device", "tflite", "--space", "tiny", "-r", "24", "--max-ops", "3",
                      "--out", str(table), *FAST, "--json")
     s = json.loads(r.stdout)
     assert s["measured"] == 3 and s["remaining"] == s["total"] - 3
@@ -91,7 +93,8 @@ def test_ops_are_measured_in_a_seeded_shuffled_order(tmp_path: Path) -> None:
     minute does not land on one resolution's blocks), the same way in every run."""
     from device_agents import get_agent
     from latbench.measure import TimingSettings
-    from latbench.profiling import measure_order, ops_with_resolutions, profile_into
+    from latbench.profiler import ops_with_resolutions
+    from latbench.profiling import measure_order, profile_into
     from latbench.spaces import get_space
 
     ops, _ = ops_with_resolutions(get_space("tiny"), [24, 32], "block")
@@ -116,8 +119,10 @@ def test_every_interleaved_batch_samples_the_per_call_cost(tmp_path: Path) -> No
     every row the reference estimate of its own batch."""
     from device_agents import get_agent
     from latbench.measure import TimingSettings
-    from latbench.profiling import (INVOCATION_OP, REFERENCE_OP, invocation_ms, ops_with_resolutions,
-                                    profile_into)
+    from latbench.profiler import ops_with_resolutions
+    from latbench.profiling import profile_into
+    from latbench.runmeta import INVOCATION_OP, REFERENCE_OP, invocation_ms
+    from latbench.tablemeta import CompanionEntry, CompanionSample
     from latbench.spaces import get_space
 
     ops, _ = ops_with_resolutions(get_space("tiny"), [24, 32], "block")
@@ -128,28 +133,29 @@ def test_every_interleaved_batch_samples_the_per_call_cost(tmp_path: Path) -> No
     with LatencyTable.open(tmp_path / "t.sqlite", agent.profile) as t:
         run = profile_into(t, agent, ops, timing, max_ops=7, retime="none")  # batches of 2 ops + 2: 2, 2, 2, 1
         assert run.measured + run.failed == 7 and not {INVOCATION_OP.key, REFERENCE_OP.key} & t.keys(status=None)
-        assert len(t.meta_get("invocation")["samples"]) == len(t.meta_get("reference")["samples"]) == 4
+        assert len(t.invocation.samples) == len(t.reference.samples) == 4
         profile_into(t, agent, ops, timing, max_ops=2, retime="none")  # a resumed run: one batch of 2 more
-        inv, ref = t.meta_get("invocation"), t.meta_get("reference")
+        inv, ref = t.invocation, t.reference
         assert len(t.keys(status=None)) == 9 and INVOCATION_OP.key not in t.keys(status=None)
-        st = [x["stats"] for x in inv["samples"]]
-        assert len(st) == 5 and all(x["estimate_ms"] == x["stats"]["mean"] > 0 and len(x["round_medians"]) == 2
-                                    for x in inv["samples"])
+        st = [x.stats for x in inv.samples]
+        assert len(st) == 5 and all(x.estimate_ms == x.stats["mean"] > 0 and len(x.round_medians) == 2
+                                    for x in inv.samples)
         pooled = sum(x["n"] * x["mean"] for x in st) / sum(x["n"] for x in st)  # the mean of every sample
-        assert invocation_ms(t) == inv["estimate_ms"] == pytest.approx(pooled, rel=1e-12)
-        assert inv["estimator"] == "mean" and ref["key"] == REFERENCE_OP.key and len(ref["samples"]) == 5
-        batch_refs = [x["estimate_ms"] for x in ref["samples"]]
+        assert invocation_ms(t) == inv.estimate_ms == pytest.approx(pooled, rel=1e-12)
+        assert inv.estimator == "mean" and ref.key == REFERENCE_OP.key and len(ref.samples) == 5
+        batch_refs = [x.estimate_ms for x in ref.samples]
         rows = sorted(t.measurements(), key=lambda m: m.taken_at)
         assert [m.extra["reference_ms"] for m in rows] == [batch_refs[i] for i in (0, 0, 1, 1, 2, 2, 3, 4, 4)]
         run = profile_into(t, agent, ops, timing, max_ops=1, sample_invocation=False, retime="none")
-        assert run.measured + run.failed == 1 and len(t.meta_get("invocation")["samples"]) == 5
-    with LatencyTable.open(tmp_path / "old.sqlite", agent.profile) as t:  # from before samples were kept
-        t.meta_set("invocation", {"status": "ok", "estimate_ms": 1.0, "timing": timing.to_dict()})
+        assert run.measured + run.failed == 1 and len(t.invocation.samples) == 5
+    with LatencyTable.open(tmp_path / "old.sqlite", agent.profile) as t:  # a migrated entry: one flat sample
+        t.set_invocation(CompanionEntry(estimate_ms=1.0, status="ok", timing=timing,
+                                        samples=(CompanionSample(estimate_ms=1.0, status="ok"),)))
         profile_into(t, agent, ops, timing, max_ops=2, retime="none")
-        inv = t.meta_get("invocation")
-        assert [x["estimate_ms"] for x in inv["samples"]][0] == 1.0 and len(inv["samples"]) == 2
+        inv = t.invocation
+        assert [x.estimate_ms for x in inv.samples][0] == 1.0 and len(inv.samples) == 2
         # a sample without a count weighs as much as the other batch
-        assert inv["estimate_ms"] == pytest.approx((1.0 + inv["samples"][1]["estimate_ms"]) / 2, rel=1e-12)
+        assert inv.estimate_ms == pytest.approx((1.0 + inv.samples[1].estimate_ms) / 2, rel=1e-12)
 
 
 def test_each_measurement_is_its_own_transaction_committed_when_handed_over(tmp_path: Path) -> None:
@@ -163,7 +169,8 @@ def test_each_measurement_is_its_own_transaction_committed_when_handed_over(tmp_
 
     from device_agents import get_agent
     from latbench.measure import TimingSettings
-    from latbench.profiling import ops_with_resolutions, profile_into
+    from latbench.profiler import ops_with_resolutions
+    from latbench.profiling import profile_into
     from latbench.spaces import get_space
 
     ops, _ = ops_with_resolutions(get_space("tiny"), [24], "block")
@@ -195,13 +202,13 @@ def test_each_measurement_is_its_own_transaction_committed_when_handed_over(tmp_
     assert sum(rows) == 7 + run.retimed and max(rows) == 1, rows  # one row each (+ the meta's)
 
 
-def test_ops_file_from_enumerate(tmp_path: Path) -> None:
+def test_ops_file_from_enumerate(tmp_path: Path, cli) -> None:
     """`--ops` takes the PaddleSlim op list that `latbench enumerate` writes."""
     ops = tmp_path / "ops.txt"
-    assert run_latbench("enumerate", "tiny", "-r", "24", "-o", str(ops)).returncode == 0
+    assert run_cli(cli, "enumerate", "tiny", "-r", "24", "-o", str(ops)).returncode == 0
     lines = [l for l in ops.read_text().splitlines() if l.strip()]
     table = tmp_path / "t.sqlite"
-    r = run_latbench("profile", "--device", "tflite", "--ops", str(ops), "--max-ops", "4",
+    r = run_cli(cli, "profile", "--device", "tflite", "--ops", str(ops), "--max-ops", "4",
                      "--out", str(table), *FAST, "--json")
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
@@ -218,8 +225,8 @@ def _one_line_error(r: subprocess.CompletedProcess, code: int, *needles: str) ->
         assert n in err[0], err[0]
 
 
-def test_unknown_device(tmp_path: Path) -> None:
-    r = run_latbench("profile", "--device", "tpu", "--space", "tiny", "--out", str(tmp_path / "t.sqlite"))
+def test_unknown_device(tmp_path: Path, cli) -> None:
+    r = run_cli(cli, "profile", "--device", "tpu", "--space", "tiny", "--out", str(tmp_path / "t.sqlite"))
     _one_line_error(r, 2, "unknown device 'tpu'", "ort", "tflite")
 
 
@@ -236,46 +243,46 @@ def test_missing_runtime_names_the_extra(tmp_path: Path) -> None:
     assert not (tmp_path / "t.sqlite").exists()
 
 
-def test_foreign_table_file(tmp_path: Path) -> None:
+def test_foreign_table_file(tmp_path: Path, cli) -> None:
     junk = tmp_path / "junk.sqlite"
     junk.write_bytes(b"this is not a database" * 100)
-    r = run_latbench("profile", "--device", "tflite", "--space", "tiny", "--out", str(junk), *FAST)
+    r = run_cli(cli, "profile", "--device", "tflite", "--space", "tiny", "--out", str(junk), *FAST)
     _one_line_error(r, 1, "junk.sqlite", "not a latbench table")
     assert junk.read_bytes() == b"this is not a database" * 100
 
 
-def test_op_file_with_bad_line(tmp_path: Path) -> None:
+def test_op_file_with_bad_line(tmp_path: Path, cli) -> None:
     ops = tmp_path / "ops.txt"
     ops.write_text("conv 0 0 1 3 32 32 8 1 3 1 2 1\nactivation relu 1 8 16 16\nconv 0 0 1 three 32 32 8 1 3 1 2 1\n")
-    r = run_latbench("profile", "--device", "tflite", "--ops", str(ops), "--out", str(tmp_path / "t.sqlite"))
+    r = run_cli(cli, "profile", "--device", "tflite", "--ops", str(ops), "--out", str(tmp_path / "t.sqlite"))
     _one_line_error(r, 1, "ops.txt:3")
 
 
-def test_table_of_another_profile(tmp_path: Path) -> None:
+def test_table_of_another_profile(tmp_path: Path, cli) -> None:
     table = tmp_path / "t.sqlite"
-    ok = run_latbench("profile", "--device", "tflite", "--space", "tiny", "-r", "24", "--max-ops", "2",
+    ok = run_cli(cli, "profile", "--device", "tflite", "--space", "tiny", "-r", "24", "--max-ops", "2",
                       "--out", str(table), *FAST)
     assert ok.returncode == 0, ok.stderr
-    r = run_latbench("profile", "--device", "tflite", "--threads", "2", "--space", "tiny", "-r", "24",
+    r = run_cli(cli, "profile", "--device", "tflite", "--threads", "2", "--space", "tiny", "-r", "24",
                      "--out", str(table), *FAST)
     _one_line_error(r, 1, "threads")
     assert len(_stored(table)) == 2
 
 
-def test_bad_resolution_and_granularity(tmp_path: Path) -> None:
-    r = run_latbench("profile", "--device", "tflite", "--space", "tiny", "-r", "99", "--out", str(tmp_path / "t"))
+def test_bad_resolution_and_granularity(tmp_path: Path, cli) -> None:
+    r = run_cli(cli, "profile", "--device", "tflite", "--space", "tiny", "-r", "99", "--out", str(tmp_path / "t"))
     _one_line_error(r, 2, "99", "24, 32")
-    r = run_latbench("profile", "--device", "tflite", "--space", "tiny", "-g", "layer", "--out", str(tmp_path / "t"))
+    r = run_cli(cli, "profile", "--device", "tflite", "--space", "tiny", "-g", "layer", "--out", str(tmp_path / "t"))
     _one_line_error(r, 2, "granularity")
 
 
-def test_space_and_ops_are_exclusive(tmp_path: Path) -> None:
-    r = run_latbench("profile", "--device", "tflite", "--out", str(tmp_path / "t"))
+def test_space_and_ops_are_exclusive(tmp_path: Path, cli) -> None:
+    r = run_cli(cli, "profile", "--device", "tflite", "--out", str(tmp_path / "t"))
     _one_line_error(r, 2, "--space or --ops")
 
 
 # ---------------------------------------------------------------------- cache context
-def test_space_profile_times_in_network_context(tmp_path: Path) -> None:
+def test_space_profile_times_in_network_context(tmp_path: Path, cli) -> None:
     """With --space every entry is timed in network context, reading the space's median subnet
     weights (capped at twice the last-level cache) before each call, and the table holds the
     runtime's per-call cost with its statistics."""
@@ -283,7 +290,7 @@ def test_space_profile_times_in_network_context(tmp_path: Path) -> None:
     from latbench.spaces import get_space
 
     table = tmp_path / "t.sqlite"
-    r = run_latbench("profile", "-d", "ort", "-s", "tiny", "-r", "24", "--max-ops", "3", "--out", str(table), *FAST, "--json")
+    r = run_cli(cli, "profile", "-d", "ort", "-s", "tiny", "-r", "24", "--max-ops", "3", "--out", str(table), *FAST, "--json")
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     want = get_space("tiny").context_bytes()
@@ -294,7 +301,7 @@ def test_space_profile_times_in_network_context(tmp_path: Path) -> None:
     with LatencyTable.open(table, create=False) as t:
         rows = list(t.measurements())
         estimates = t.estimates()
-        meta, inv = t.meta_get("profile_run"), t.meta_get("invocation")
+        meta, inv = t.run_settings, t.invocation
     assert len(rows) == 3
     for m in rows:
         assert m.settings["timing"]["context"] == "network" and m.settings["timing"]["context_bytes"] == expected
@@ -304,43 +311,43 @@ def test_space_profile_times_in_network_context(tmp_path: Path) -> None:
         assert len(rounds) == 10 and m.stats.n >= 50 and m.settings["estimator"] == "mean"
         assert len(m.stats.samples) == m.stats.n and estimates[m.key] == pytest.approx(
             math.fsum(m.stats.samples) / m.stats.n, rel=1e-12)
-    assert (meta["context"], meta["context_bytes"], meta["estimator"]) == ("network", expected, "mean")
-    assert inv["key"] == "activation-input:1x1x1x1-type:relu" and inv["timing"]["context"] == "network"
+    assert (meta.context, meta.context_bytes, meta.estimator) == ("network", expected, "mean")
+    assert inv.key == "activation-input:1x1x1x1-type:relu" and inv.timing.context == "network"
     # one sample before the run, one from the run's batch (and one from the batch that timed its
     # suspect rows again, if any); the estimate is the mean of all their samples
-    samples = inv["samples"]
-    assert len(samples) == 2 + (summary["retimed"] > 0) and inv["estimator"] == "mean"
-    assert inv["combine"] == "mean of all samples (each batch's mean weighted by its sample count)"
+    samples = inv.samples
+    assert len(samples) == 2 + (summary["retimed"] > 0) and inv.estimator == "mean"
+    assert inv.combine == "mean of all samples (each batch's mean weighted by its sample count)"
     for x in samples:
-        assert x["stats"]["n"] >= 50 and x["estimate_ms"] == x["stats"]["mean"] > 0
-    pooled = sum(x["stats"]["n"] * x["stats"]["mean"] for x in samples) / sum(x["stats"]["n"] for x in samples)
-    assert inv["estimate_ms"] == pytest.approx(pooled, rel=1e-12)
-    assert summary["invocation_ms"] == inv["estimate_ms"] and summary["estimator"] == "mean"
+        assert x.stats["n"] >= 50 and x.estimate_ms == x.stats["mean"] > 0
+    pooled = sum(x.stats["n"] * x.stats["mean"] for x in samples) / sum(x.stats["n"] for x in samples)
+    assert inv.estimate_ms == pytest.approx(pooled, rel=1e-12)
+    assert summary["invocation_ms"] == inv.estimate_ms and summary["estimator"] == "mean"
 
 
-def test_context_flags_and_resume_checks(tmp_path: Path) -> None:
+def test_context_flags_and_resume_checks(tmp_path: Path, cli) -> None:
     """--context warm times back to back; a table is resumed only in the context it was timed in;
     an op list has no space to size the network context from unless --context-mb says."""
     warm = tmp_path / "warm.sqlite"
-    r = run_latbench("profile", "-d", "ort", "-s", "tiny", "-r", "24", "--max-ops", "2", "--context", "warm",
+    r = run_cli(cli, "profile", "-d", "ort", "-s", "tiny", "-r", "24", "--max-ops", "2", "--context", "warm",
                      "--out", str(warm), *FAST, "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["context"] == "warm"
     with LatencyTable.open(warm, create=False) as t:
         assert {m.settings["timing"]["context"] for m in t.measurements()} == {"warm"}
-    r = run_latbench("profile", "-d", "ort", "-s", "tiny", "-r", "24", "--out", str(warm), *FAST)
+    r = run_cli(cli, "profile", "-d", "ort", "-s", "tiny", "-r", "24", "--out", str(warm), *FAST)
     assert r.returncode == 2 and "timed in warm context" in r.stderr and "--context warm" in r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
     ops = tmp_path / "ops.txt"
-    assert run_latbench("enumerate", "tiny", "-r", "24", "-o", str(ops)).returncode == 0
-    r = run_latbench("profile", "-d", "ort", "--ops", str(ops), "--context", "network", "--out", str(tmp_path / "o.sqlite"))
-    assert r.returncode == 2 and "network context needs --space" in r.stderr
-    r = run_latbench("profile", "-d", "ort", "--ops", str(ops), "--context", "network", "--context-mb", "0.5",
+    assert run_cli(cli, "enumerate", "tiny", "-r", "24", "-o", str(ops)).returncode == 0
+    r = run_cli(cli, "profile", "-d", "ort", "--ops", str(ops), "--context", "network", "--out", str(tmp_path / "o.sqlite"))
+    assert r.returncode == 2 and "network context needs a space (its subnets' weight bytes) or --context-mb" in r.stderr
+    r = run_cli(cli, "profile", "-d", "ort", "--ops", str(ops), "--context", "network", "--context-mb", "0.5",
                      "--max-ops", "1", "--out", str(tmp_path / "o.sqlite"), *FAST, "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["context_bytes"] == 1 << 19
-    r = run_latbench("profile", "-d", "ort", "--ops", str(ops), "--context-mb", "1", "--out", str(tmp_path / "o.sqlite"), *FAST)
+    r = run_cli(cli, "profile", "-d", "ort", "--ops", str(ops), "--context-mb", "1", "--out", str(tmp_path / "o.sqlite"), *FAST)
     assert r.returncode == 2 and "--context network --context-mb 0.5" in r.stderr  # says how to resume
-    r = run_latbench("profile", "-d", "ort", "-s", "tiny", "--context", "hot", "--out", str(tmp_path / "h.sqlite"))
+    r = run_cli(cli, "profile", "-d", "ort", "-s", "tiny", "--context", "hot", "--out", str(tmp_path / "h.sqlite"))
     assert r.returncode == 2 and "--context must be auto, warm or network" in r.stderr

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CLI_ENV, ROOT, latbench_exe, run_latbench
+from conftest import CLI_ENV, ROOT
 from latbench import ops as O
 from latbench.errors import FormatError, TableError
 from latbench.store import LatencyTable, read_table
@@ -49,6 +49,31 @@ def read_only(directory: Path, *cmd: str) -> subprocess.CompletedProcess:
                           text=True, cwd=ROOT, env=CLI_ENV, timeout=120)
 
 
+# Runs each CLI command of argv[1] (a JSON list of argument lists) in this one process, through
+# latbench.cli.run, then `read_table` of argv[2] when given; prints [[code, stdout, stderr]...,
+# rows] as JSON. One interpreter for every command inside the read-only mount.
+CLI_RUNS = """
+import contextlib, io, json, sys
+from latbench.cli import run
+from latbench.store import read_table
+done = []
+for args in json.loads(sys.argv[1]):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = run(args)
+    done.append([code, out.getvalue(), err.getvalue()])
+print(json.dumps([done, len(read_table(sys.argv[2])) if len(sys.argv) > 2 else None]))
+"""
+
+
+def read_only_cli(directory: Path, commands: list[list[str]], table: Path | None = None) -> tuple[list, int | None]:
+    """Each CLI command's (exit code, stdout, stderr), run with `directory` mounted read-only, and
+    read_table's row count of `table` there."""
+    r = read_only(directory, sys.executable, "-c", CLI_RUNS, json.dumps(commands), *([str(table)] if table else []))
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
 def listing(directory: Path) -> list[str]:
     return sorted(os.listdir(directory))
 
@@ -64,50 +89,38 @@ def table(tmp_path: Path) -> Path:
 
 
 # ---------------------------------------------------------------------- read-only file system
-def test_read_commands_work_on_a_read_only_file_system(table: Path, tmp_path: Path):
+def test_read_commands_work_on_a_read_only_file_system(cli, table: Path, tmp_path: Path):
     """show, export, predict, merge (source) and read_table give what they give on a writable
     directory, and the read-only directory is left as it was."""
-    exe = latbench_exe()
-    show = run_latbench("table", "show", str(table), "--json")
-    predict = run_latbench("predict", "--table", str(table), "--space", "tiny", "--random", "3", "--json")
-    assert show.returncode == 0 and predict.returncode == 0, show.stderr + predict.stderr
+    show = ["table", "show", str(table), "--json"]
+    predict = ["predict", "--table", str(table), "--space", "tiny", "--random", "3", "--json"]
+    want = [cli(*show), cli(*predict)]
+    assert [code for code, _, _ in want] == [0, 0], want
     assert listing(table.parent) == ["tiny.sqlite"]
 
-    r = read_only(table.parent, exe, "table", "show", str(table), "--json")
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout) == json.loads(show.stdout)
-    r = read_only(table.parent, exe, "predict", "--table", str(table), "--space", "tiny", "--random", "3", "--json")
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout) == json.loads(predict.stdout)
-    csv_out = tmp_path / "out.csv"
-    r = read_only(table.parent, exe, "table", "export", str(table), "-f", "csv", "-o", str(csv_out))
-    assert r.returncode == 0, r.stderr
+    csv_out, merged = tmp_path / "out.csv", tmp_path / "merged.sqlite"
+    done, rows = read_only_cli(table.parent, [show, predict, ["table", "export", str(table), "-f", "csv", "-o", str(csv_out)],
+                                              ["table", "merge", str(merged), str(table)]], table)
+    assert [code for code, _, _ in done] == [0, 0, 0, 0], done
+    assert [json.loads(out) for _, out, _ in done[:2]] == [json.loads(out) for _, out, _ in want]
     with LatencyTable.open(table, readonly=True) as t:
         assert len(csv_out.read_text().splitlines()) == 1 + len(t)
-    merged = tmp_path / "merged.sqlite"
-    r = read_only(table.parent, exe, "table", "merge", str(merged), str(table))
-    assert r.returncode == 0, r.stderr
     with LatencyTable.open(merged, readonly=True) as m, LatencyTable.open(table, readonly=True) as t:
         assert m.estimates() == t.estimates()
-    code = f"from latbench.store import read_table; print(len(read_table({str(table)!r})))"
-    r = read_only(table.parent, sys.executable, "-c", code)
-    assert r.returncode == 0, r.stderr
-    assert int(r.stdout) == len(read_table(table))
+    assert rows == len(read_table(table))
     assert listing(table.parent) == ["tiny.sqlite"]
 
 
-def test_writing_a_read_only_table_is_one_line_naming_it(table: Path, tmp_path: Path):
+def test_writing_a_read_only_table_is_one_line_naming_it(cli, table: Path, tmp_path: Path):
     csv_out = tmp_path / "rows.csv"
-    assert run_latbench("table", "export", str(table), "-f", "csv", "-o", str(csv_out)).returncode == 0
-    exe = latbench_exe()
-    r = read_only(table.parent, exe, "table", "import", str(csv_out), "--out", str(table))
-    assert r.returncode == 1
-    assert one_error_line(r.stderr).startswith(
-        f"latbench: error: {table}: cannot write the table: the file cannot be written (Read-only file system)")
+    assert cli("table", "export", str(table), "-f", "csv", "-o", str(csv_out))[0] == 0
     new = table.parent / "new.sqlite"
-    r = read_only(table.parent, exe, "table", "import", str(csv_out), "--out", str(new))
-    assert r.returncode == 1
-    assert one_error_line(r.stderr).startswith(
+    (old_code, _, old_err), (new_code, _, new_err) = read_only_cli(table.parent, [
+        ["table", "import", str(csv_out), "--out", str(table)], ["table", "import", str(csv_out), "--out", str(new)]])[0]
+    assert (old_code, new_code) == (1, 1)
+    assert one_error_line(old_err).startswith(
+        f"latbench: error: {table}: cannot write the table: the file cannot be written (Read-only file system)")
+    assert one_error_line(new_err).startswith(
         f"latbench: error: {new}: cannot write the table: its directory {table.parent} is on a "
         f"read-only file system")
     assert listing(table.parent) == ["tiny.sqlite"]
@@ -150,12 +163,12 @@ def test_a_killed_writers_log_is_read_not_skipped(table: Path):
     assert (table.parent / "tiny.sqlite-wal").stat().st_size == wal_size
 
 
-def test_a_log_without_its_shm_is_refused_in_one_error_line(table: Path):
+def test_a_log_without_its_shm_is_refused_in_one_error_line(cli, table: Path):
     _killed_writer(table, 1)
     (table.parent / "tiny.sqlite-shm").unlink()
-    r = run_latbench("table", "show", str(table))
-    assert r.returncode == 1
-    line = one_error_line(r.stderr)
+    code, _, err = cli("table", "show", str(table))
+    assert code == 1
+    line = one_error_line(err)
     assert line.startswith(f"latbench: error: {table}: its write-ahead log {table}-wal holds commits "
                            f"but {table}-shm is missing")
     assert "PRAGMA wal_checkpoint(TRUNCATE)" in line
@@ -167,15 +180,15 @@ def test_a_log_without_its_shm_is_refused_in_one_error_line(table: Path):
 
 
 # ---------------------------------------------------------------------- no files left behind
-def test_reads_leave_no_wal_or_shm_behind(table: Path):
+def test_reads_leave_no_wal_or_shm_behind(cli, table: Path):
     """SQLite's own read-only mode would create both files in a writable directory and, unable
     to clean up, leave them there; latbench's reads create nothing."""
     with LatencyTable.open(table, readonly=True) as t:
         t.estimates(), t.meta(), list(t.rows()), t.to_frame(), t.integrity_check()
         assert listing(table.parent) == ["tiny.sqlite"]
     for args in (["table", "show", str(table)], ["predict", "--table", str(table), "--space", "tiny", "--random", "2"]):
-        r = run_latbench(*args)
-        assert r.returncode == 0, r.stderr
+        code, _, err = cli(*args)
+        assert code == 0, err
     assert listing(table.parent) == ["tiny.sqlite"]
 
 

@@ -14,16 +14,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_result import run_cli
+from conftest import ROOT
 
-from conftest import CLI_ENV, ROOT, run_latbench
 from latbench.device import DeviceProfile
 from latbench.errors import FormatError, UsageError
 from latbench.measure import Measurement, Stats
 from latbench.predict import Predictor
-from latbench.search import (AccuracySource, Domain, InfeasibleBudgetError, extreme, make_accuracy_source,
-                             register_accuracy_source, run_search)
+from latbench.search import (
+    AccuracySource,
+    Domain,
+    InfeasibleBudgetError,
+    extreme,
+    make_accuracy_source,
+    register_accuracy_source,
+    run_search,
+)
 from latbench.spaces import get_space
 from latbench.store import LatencyTable
+from latbench.tablemeta import RunSettings
 
 STRATEGIES = ("evolution", "anneal", "random", "nsga2")
 SMALL = {"generations": 8, "population": 30}
@@ -49,7 +58,7 @@ def count(space, config, attr: str) -> int:
 def write_table(path: Path, space, costs: dict[str, float], resolutions=None) -> Path:
     """A real latbench table file (SQLite) holding the cost map's blocks as measurements."""
     with LatencyTable.open(str(path), PROFILE) as t:
-        t.meta_set("profile_run", {"granularity": "block", "fusion": "none", "spaces": [space.name]})
+        t.set_run_settings(RunSettings("block", spaces=(space.name,)))
         for b in space.enumerate_blocks(resolutions):
             t.add(Measurement(b.key, PROFILE.id, b.to_dict(), Stats.from_samples([costs[b.key]] * 3)))
     return path
@@ -174,12 +183,12 @@ def test_impossible_budget_fails_at_once_naming_the_minimum(ofa):
     assert "\n" not in msg and "'phone'" in msg and f"{lo:.4g} ms" in msg
 
 
-def test_impossible_budget_cli_exit_1_one_line(tmp_path, tiny):
+def test_impossible_budget_cli_exit_1_one_line(tmp_path, tiny, cli):
     sp, maps, preds, X, lat = tiny
     path = write_table(tmp_path / "a.sqlite", sp, maps["a"])
     smallest = float(lat["a"].min())  # exhaustive: every config of the space
     t0 = time.perf_counter()
-    cp = run_latbench("search", "--space", "tiny", "--table", str(path), "--budget-ms", f"{smallest * 0.9:.6f}")
+    cp = run_cli(cli, "search", "--space", "tiny", "--table", str(path), "--budget-ms", f"{smallest * 0.9:.6f}")
     elapsed = time.perf_counter() - t0
     assert cp.returncode == 1, cp.stderr
     lines = cp.stderr.strip().splitlines()
@@ -340,7 +349,7 @@ def test_mlp_refuses_what_is_not_weights(tmp_path):
         make_accuracy_source(f"mlp:{tmp_path / 'x.pth'}", get_space("tiny"))
 
 
-def test_accuracy_train_cli_then_search_with_it(tmp_path, ofa, ofa_tables):
+def test_accuracy_train_cli_then_search_with_it(tmp_path, ofa, ofa_tables, cli):
     pytest.importorskip("torch")
     from latbench.search.mlp import MLPAccuracy
 
@@ -354,7 +363,7 @@ def test_accuracy_train_cli_then_search_with_it(tmp_path, ofa, ofa_tables):
         for x, a in zip(X, y):
             w.writerow([json.dumps(sp.to_published(x)), f"{a:.6f}"])
     out = tmp_path / "acc.pth"
-    cp = run_latbench("accuracy", "train", "--space", sp.name, "--data", str(tmp_path / "pairs.csv"),
+    cp = run_cli(cli, "accuracy", "train", "--space", sp.name, "--data", str(tmp_path / "pairs.csv"),
                       "--out", str(out), "--epochs", "60", "--json")
     assert cp.returncode == 0, cp.stderr
     rep = json.loads(cp.stdout)
@@ -362,20 +371,20 @@ def test_accuracy_train_cli_then_search_with_it(tmp_path, ofa, ofa_tables):
     src = MLPAccuracy.load(out, sp)
     test = sp.sample(12, 200)
     assert np.corrcoef(src(test), truth.score(test))[0, 1] > 0.6
-    cp = run_latbench("search", "--space", sp.name, "--table", str(ofa_tables["cpu"]), "--budget-ms", "4",
+    cp = run_cli(cli, "search", "--space", sp.name, "--table", str(ofa_tables["cpu"]), "--budget-ms", "4",
                       "--accuracy", f"mlp:{out}", "-g", "5", "--json")
     assert cp.returncode == 0, cp.stderr
     doc = json.loads(cp.stdout)
     assert doc["accuracy_source"] == f"mlp:{out}" and doc["accuracy_is_proxy"] is False
     # a CSV that is not pairs fails in one line naming the file and line
     (tmp_path / "bad.csv").write_text('config,accuracy\n{"ks": [3]},0.5\n')
-    cp = run_latbench("accuracy", "train", "--space", sp.name, "--data", str(tmp_path / "bad.csv"), "--out",
+    cp = run_cli(cli, "accuracy", "train", "--space", sp.name, "--data", str(tmp_path / "bad.csv"), "--out",
                       str(tmp_path / "x.pth"))
     assert cp.returncode == 1 and "bad.csv:2:" in cp.stderr
 
 
 # ---------------------------------------------------------------------- accuracy sources
-def test_callable_source_gets_published_configs(tmp_path, ofa, ofa_tables):
+def test_callable_source_gets_published_configs(tmp_path, ofa, ofa_tables, cli, monkeypatch):
     sp, maps, preds = ofa
     (tmp_path / "user_acc.py").write_text(
         "def score(configs):\n"
@@ -385,10 +394,9 @@ def test_callable_source_gets_published_configs(tmp_path, ofa, ofa_tables):
     want = [sum(sp.to_published(x)["ks"]) + sum(sp.to_published(x)["e"]) + sp.to_published(x)["r"][0] / 10 for x in X]
     np.testing.assert_allclose(src(X), want)
     table = ofa_tables["cpu"]
-    env = {**CLI_ENV, "PYTHONPATH": str(tmp_path)}
-    cp = subprocess.run([sys.executable, str(ROOT / "cli.py"), "search", "--space", sp.name, "--table", str(table),
-                         "-b", "4", "--accuracy", "callable:user_acc:score", "-g", "3", "--json"],
-                        capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    monkeypatch.syspath_prepend(str(tmp_path))  # the user's module on the path, as PYTHONPATH puts it
+    cp = run_cli(cli, "search", "--space", sp.name, "--table", str(table), "-b", "4", "--accuracy",
+                 "callable:user_acc:score", "-g", "3", "--json")
     assert cp.returncode == 0, cp.stderr
     assert json.loads(cp.stdout)["accuracy_source"] == "callable:user_acc:score"
 
@@ -419,10 +427,10 @@ def test_search_imports_no_torch():
 
 
 # ---------------------------------------------------------------------- CLI
-def test_cli_json_fields_one_and_two_tables(tmp_path, ofa, ofa_tables):
+def test_cli_json_fields_one_and_two_tables(tmp_path, ofa, ofa_tables, cli):
     sp, maps, _ = ofa
     a, b = ofa_tables["cpu"], ofa_tables["phone"]
-    cp = run_latbench("search", "--space", sp.name, "--table", str(a), "-b", "4.5", "-g", "5", "--json",
+    cp = run_cli(cli, "search", "--space", sp.name, "--table", str(a), "-b", "4.5", "-g", "5", "--json",
                       "--out", str(tmp_path / "best.json"), "--flops-max", "400M")
     assert cp.returncode == 0, cp.stderr
     doc = json.loads(cp.stdout)
@@ -432,22 +440,22 @@ def test_cli_json_fields_one_and_two_tables(tmp_path, ofa, ofa_tables):
     assert doc["flops"] <= 400e6 and doc["flops"] == count(sp, doc["config"], "flops")
     assert json.loads((tmp_path / "best.json").read_text()) == doc["config"]
     assert set(doc["config"]) == {"ks", "e", "d", "r"}
-    cp = run_latbench("search", "--space", sp.name, "--table", str(a), "--table", str(b), "-b", "4.5", "-b", "10",
+    cp = run_cli(cli, "search", "--space", sp.name, "--table", str(a), "--table", str(b), "-b", "4.5", "-b", "10",
                       "--strategy", "anneal", "-g", "5", "--json")
     assert cp.returncode == 0, cp.stderr
     doc = json.loads(cp.stdout)
     assert set(doc["latency_ms"]) == {"cpu", "phone"}
     check_feasible(sp, maps, {"cpu": 4.5, "phone": 10.0}, doc["config"])
-    cp = run_latbench("search", "--space", sp.name, "--table", str(a), "-g", "3")  # human output
+    cp = run_cli(cli, "search", "--space", sp.name, "--table", str(a), "-g", "3")  # human output
     assert cp.returncode == 0 and "latency" in cp.stdout and "proxy" in cp.stdout
 
 
-def test_cli_nsga2_writes_front_csv_and_png(tmp_path, ofa, ofa_tables):
+def test_cli_nsga2_writes_front_csv_and_png(tmp_path, ofa, ofa_tables, cli):
     pytest.importorskip("pymoo")
     pytest.importorskip("matplotlib")
     sp, maps, _ = ofa
     a = ofa_tables["cpu"]
-    cp = run_latbench("search", "--space", sp.name, "--table", str(a), "-b", "6", "--strategy", "nsga2",
+    cp = run_cli(cli, "search", "--space", sp.name, "--table", str(a), "-b", "6", "--strategy", "nsga2",
                       "-g", "10", "-p", "40", "--front", str(tmp_path / "front.csv"),
                       "--plot", str(tmp_path / "front.png"), "--json")
     assert cp.returncode == 0, cp.stderr
@@ -462,11 +470,11 @@ def test_cli_nsga2_writes_front_csv_and_png(tmp_path, ofa, ofa_tables):
     assert json.loads(cp.stdout)["accuracy"] == pytest.approx(max(acc))
 
 
-def test_cli_partial_table_searches_the_covered_resolutions(tmp_path):
+def test_cli_partial_table_searches_the_covered_resolutions(tmp_path, cli):
     sp = get_space("ofa-mbv3-w10")
     costs = cost_map(sp, 5)
     path = write_table(tmp_path / "part.sqlite", sp, costs, resolutions=[160, 192])
-    cp = run_latbench("search", "--space", sp.name, "--table", str(path), "-b", "5", "-g", "5", "--json")
+    cp = run_cli(cli, "search", "--space", sp.name, "--table", str(path), "-b", "5", "-g", "5", "--json")
     assert cp.returncode == 0, cp.stderr
     doc = json.loads(cp.stdout)
     assert doc["config"]["r"][0] in (160, 192) and doc["fallback_keys"] == {"part": 0}
@@ -481,16 +489,16 @@ def test_cli_partial_table_searches_the_covered_resolutions(tmp_path):
     (["-b", "5", "--flops-max", "lots"], 2, "--flops-max"),
     (["-b", "5", "--resolution", "100"], 2, "resolution 100"),
 ])
-def test_cli_bad_inputs_one_line(ofa, ofa_tables, args, code, text):
+def test_cli_bad_inputs_one_line(ofa, ofa_tables, args, code, text, cli):
     sp, maps, _ = ofa
     a = ofa_tables["cpu"]
-    cp = run_latbench("search", "--space", sp.name, "--table", str(a), *args)
+    cp = run_cli(cli, "search", "--space", sp.name, "--table", str(a), *args)
     assert cp.returncode == code, cp.stderr
     assert len(cp.stderr.strip().splitlines()) == 1 and text in cp.stderr
 
 
-def test_cli_missing_table_is_one_line(tmp_path):
-    cp = run_latbench("search", "--space", "tiny", "--table", str(tmp_path / "none.sqlite"), "-b", "1")
+def test_cli_missing_table_is_one_line(tmp_path, cli):
+    cp = run_cli(cli, "search", "--space", "tiny", "--table", str(tmp_path / "none.sqlite"), "-b", "1")
     assert cp.returncode != 0 and "no such latbench table" in cp.stderr
     assert not (tmp_path / "none.sqlite").exists()
 

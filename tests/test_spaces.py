@@ -24,13 +24,7 @@ TINY = str(DATA / "tiny_space.yaml")
 SPACES = list_spaces() + [MIXED]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: small convs run no faster on more, and a busy machine runs them slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: small convs, one thread
 
 
 @pytest.fixture(scope="module", params=SPACES, ids=lambda s: Path(s).stem if s.endswith(".yaml") else s)

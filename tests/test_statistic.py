@@ -13,13 +13,20 @@ import pytest
 
 from latbench import ops as O
 from latbench.errors import UsageError
+from latbench.formats import import_profile
 from latbench.measure import Measurement, Stats, TimingSettings
 from latbench.predict import Predictor, Pricer
-from latbench.profiling import (INVOCATION_OP, check_run_meta, invocation_ms, merge_run_meta, record_invocation,
-                                table_estimator)
+from latbench.runmeta import (
+    INVOCATION_OP,
+    check_run_meta,
+    invocation_ms,
+    merge_run_meta,
+    record_invocation,
+    table_estimator,
+)
 from latbench.spaces import get_space
 from latbench.store import LatencyTable
-from latbench.tableio import import_profile
+from latbench.tablemeta import CalibrationEntry, RunSettings
 
 PROFILE = import_profile("host", "onnxruntime", 1)
 SPACE = get_space("tiny")
@@ -114,8 +121,8 @@ def test_a_calibration_applies_to_the_tables_own_prices_only(table: Path, cli) -
     """A calibration was fitted to the table's own (mean) prices: applied to them, left out (and
     said so on stderr) for prices by another statistic."""
     with LatencyTable.open(table) as t:
-        t.meta_set("calibration", {"tiny/block": {"scale": 2.0, "offset_ms": 0.0, "n": 10, "space": "tiny",
-                                                  "granularity": "block", "form": "scale"}})
+        t.set_calibration(CalibrationEntry(scale=2.0, offset_ms=0.0, n=10, space="tiny", granularity="block",
+                                           form="scale"))
     cfg = json.dumps(CONFIG)
     for statistic, calibrated in ((None, True), ("mean", True), ("median", False)):
         flags = ["--statistic", statistic] if statistic else []
@@ -138,7 +145,7 @@ def test_rows_without_the_statistic_are_refused_in_one_line(tmp_path: Path, cli)
                 t.add(measured(b, samples_of(i)), estimator="mean")
             else:
                 t.add(Measurement(b.key, PROFILE.id, b.to_dict(), None), estimator="value", estimate=0.5 + i)
-        t.meta_set("profile_run", {"granularity": "block", "fusion": "none"})
+        t.set_run_settings(RunSettings("block"))
     cfg = json.dumps(CONFIG)
     n, lacking = len(BLOCKS), len(BLOCKS) - 2
     for statistic in ("median", "mean", "min"):
@@ -162,7 +169,7 @@ def test_a_per_call_cost_without_the_statistic_is_refused(tmp_path: Path) -> Non
     with LatencyTable.open(path, PROFILE) as t:
         for i, b in enumerate(BLOCKS):
             t.add(measured(b, samples_of(i)), estimator="mean")
-        t.meta_set("profile_run", {"granularity": "block", "fusion": "none"})
+        t.set_run_settings(RunSettings("block"))
         s = Stats(median=math.nan, p25=math.nan, p75=math.nan, min=0.01, max=0.03, mean=0.02, std=0.005, n=50)
         record_invocation(t, Measurement(INVOCATION_OP.key, PROFILE.id, INVOCATION_OP.to_dict(), s,
                                          settings={"estimator": "mean"}), TimingSettings())
@@ -170,7 +177,7 @@ def test_a_per_call_cost_without_the_statistic_is_refused(tmp_path: Path) -> Non
         with pytest.raises(UsageError) as e:
             Predictor.from_table(t, SPACE, statistic="median")
     assert str(e.value) == (f"{path}: its per-call cost (meta invocation) holds no median (priced by mean), so "
-                            f"--statistic median cannot price it; leave --statistic out")
+                            f"`statistic=median` cannot price it; leave `statistic` out")
 
 
 def test_a_profile_keeps_one_estimator(tmp_path: Path) -> None:
@@ -179,21 +186,21 @@ def test_a_profile_keeps_one_estimator(tmp_path: Path) -> None:
     path = tmp_path / "t.sqlite"
     with LatencyTable.open(path, PROFILE) as t:
         check_run_meta(t, "block", "none", "tiny", TimingSettings())
-        assert t.meta_get("profile_run")["estimator"] == "mean" == table_estimator(t)
+        assert t.run_settings.estimator == "mean" == table_estimator(t)
         with pytest.raises(UsageError) as e:
             check_run_meta(t, "block", "none", "tiny", TimingSettings(rounds=3, estimator="round_min"))
         assert str(e.value) == (f"{path} holds entries priced by mean (the mean of all samples); this run asks "
-                                f"for round_min: resume with --estimator mean, or use another --out")
+                                f"for round_min: resume with `estimator=mean`, or use another `out`")
     old = tmp_path / "old.sqlite"
     with LatencyTable.open(old, PROFILE) as t:  # profiled before the estimator was recorded
         t.add(measured(BLOCKS[0], samples_of(0), "round_min"), estimator="round_min")
-        t.meta_set("profile_run", {"granularity": "block", "fusion": "none", "context": "warm", "context_bytes": 0})
+        t.set_run_settings(RunSettings("block", context="warm", context_bytes=0))
         assert table_estimator(t) == "round_min"
         with pytest.raises(UsageError, match="holds entries priced by round_min .the fastest round's median.; this "
-                                             "run asks for mean: resume with --estimator round_min"):
+                                             "run asks for mean: resume with `estimator=round_min`"):
             check_run_meta(t, "block", "none", None, TimingSettings())
         check_run_meta(t, "block", "none", None, TimingSettings(rounds=10, estimator="round_min"))
-        assert t.meta_get("profile_run")["estimator"] == "round_min"
+        assert t.run_settings.estimator == "round_min"
         with pytest.raises(UsageError) as e:
             merge_run_meta(t, {"profile_run": {"granularity": "block", "estimator": "mean"}}, "src.db")
     assert str(e.value) == (f"cannot merge src.db into {old}: its entries were timed as block-granularity, in "
@@ -212,12 +219,12 @@ def test_profile_estimator_flag(tmp_path: Path, cli) -> None:
     assert json.loads(out)["estimator"] == "median"
     with LatencyTable.open(path, readonly=True) as t:
         rows = list(t.rows())
-        inv = t.meta_get("invocation")
+        inv = t.invocation
     for r in rows:
         assert r["estimator"] == "median" and r["estimate"] == r["median"] == float(np.median(r["samples"]))
         assert len(r["samples"]) == r["n"]
-    assert inv["estimator"] == "median" and inv["estimate_ms"] == statistics.median(
-        x["stats"]["median"] for x in inv["samples"])
+    assert inv.estimator == "median" and inv.estimate_ms == statistics.median(
+        x.stats["median"] for x in inv.samples)
     code, out, err = cli(*base, "--max-ops", "1")
     assert code == 0 and json.loads(out)["estimator"] == "median", err
     code, _, err = cli(*base, "--max-ops", "1", "--estimator", "mean")

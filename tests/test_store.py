@@ -26,7 +26,7 @@ from latbench.formats.ofa import parse_ofa_key
 from latbench.measure import Measurement, Stats
 from latbench.spaces import get_space
 from latbench.store import KeyNotFoundError, LatencyTable, ProfileMismatchError
-from latbench.tableio import (
+from latbench.formats import (
     export_csv, export_ofa_yaml, export_paddleslim, import_csv, import_ofa_yaml, import_paddleslim,
     import_profile,
 )
@@ -487,7 +487,7 @@ def test_import_needs_a_profile(tmp_path: Path):
     with LatencyTable.open(tmp_path / "t.db") as t:
         with pytest.raises(UsageError, match="needs a device profile"):
             import_ofa_yaml(p, t)
-    with pytest.raises(UsageError, match="--device"):
+    with pytest.raises(UsageError, match="the device it was measured on \(`device`\)"):
         import_profile("")
 
 

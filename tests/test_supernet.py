@@ -18,6 +18,8 @@ from latbench.spaces.yaml_space import yaml_space_from_text  # noqa: E402
 from latbench.supernet.layers import DynamicBatchNorm2d, DynamicConv2d, DynamicLinear  # noqa: E402
 from latbench.supernet.model import SuperNet, position_task  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: small nets, one thread
+
 SMALL_YAML = """\
 name: sn-small
 input: {channels: 2, resolutions: [12, 16]}
@@ -28,6 +30,31 @@ head:
   - {type: pool}
   - {type: linear, out: 5}
 """
+
+
+# `tiny`'s elastic dimensions (kernel, expand, depth up to 3, resolution, SE) at 8/12 pixels and a
+# quarter of its widths: the trained-checkpoint tests (CLI, export, eval, search, resume, torchrun)
+# need every dimension, not the size; its forward pass costs ~1/20 of tiny's.
+NANO_YAML = """\
+name: sn-nano
+input: {channels: 1, resolutions: [8, 12], batch: 1}
+stem: {type: conv, out: 8, kernel: 3, stride: 1, act: hswish}
+stages:
+  - {block: mbconv, depth: [1, 2], out: 8, kernel: [3, 5], expand: [2, 4], stride: 1, act: relu, elastic: block}
+  - {block: mbconv, depth: [1, 2, 3], out: 16, kernel: [3, 5], expand: [2, 4], stride: 2, act: hswish, se: true, elastic: block}
+head:
+  - {type: conv, out: 32, kernel: 1, act: hswish}
+  - {type: pool}
+  - {type: linear, out: 10}
+"""
+
+
+@pytest.fixture(scope="module")
+def nano_yaml(tmp_path_factory) -> str:
+    """NANO_YAML as a file (a checkpoint of a YAML space stores its text)."""
+    path = tmp_path_factory.mktemp("space") / "sn-nano.yaml"
+    path.write_text(NANO_YAML)
+    return str(path)
 
 
 def randomize(net: "nn.Module", seed: int = 0) -> None:
@@ -437,28 +464,28 @@ def test_sandwich_step_and_constrained_sampler():
 
 
 # ---------------------------------------------------------------------- checkpoints, resume
-def _settings(tmp_path, name, **kw):
+def _settings(tmp_path, name, space, **kw):
     from latbench.supernet.train import TrainSettings
 
-    base = dict(space="tiny", data="digits", strategy="ofa", epochs=5, batch_size=16, max_train_images=32,
+    base = dict(space=space, data="digits", strategy="ofa", epochs=5, batch_size=16, max_train_images=32,
                 eval_every=0, final_eval=False, threads=1, out=str(tmp_path / name))
     base.update(kw)
     return TrainSettings(**base)
 
 
-def test_resume_continues_at_the_right_epoch_and_phase(tmp_path):
+def test_resume_continues_at_the_right_epoch_and_phase(tmp_path, nano_yaml):
     from latbench.supernet.checkpoint import load_checkpoint
     from latbench.supernet.train import train_supernet
 
-    full = train_supernet(_settings(tmp_path, "full.pt"))
+    full = train_supernet(_settings(tmp_path, "full.pt", nano_yaml))
     assert full.done and [(h["name"], h["phase"]) for h in full.history] == [
         ("full", -1), ("kernel_size", 0), ("depth", 0), ("depth", 1), ("width", 0)]
-    part = train_supernet(_settings(tmp_path, "part.pt", stop_after=3))
+    part = train_supernet(_settings(tmp_path, "part.pt", nano_yaml, stop_after=3))
     assert not part.done and part.epochs_done == 3
     meta = load_checkpoint(tmp_path / "part.pt")["meta"]
     assert meta["epoch"] == 3 and meta["stage"] == {k: full.history[2][k] for k in ("name", "task_idx", "phase")}
     logs: list[str] = []
-    rest = train_supernet(_settings(tmp_path, "part.pt"), log=logs.append)
+    rest = train_supernet(_settings(tmp_path, "part.pt", nano_yaml), log=logs.append)
     assert rest.done and [h["epoch"] for h in rest.history] == [1, 2, 3, 4, 5]
     assert any("resuming" in m and "epoch 4/5" in m for m in logs)
     for a, b in zip(full.history, rest.history):
@@ -467,12 +494,12 @@ def test_resume_continues_at_the_right_epoch_and_phase(tmp_path):
     sb = load_checkpoint(tmp_path / "part.pt")["model"]
     assert all(torch.equal(sa[k], sb[k]) for k in sa)  # the resumed run is the uninterrupted run
     # a finished checkpoint is not trained again; a different run refuses to resume it
-    again = train_supernet(_settings(tmp_path, "part.pt"))
+    again = train_supernet(_settings(tmp_path, "part.pt", nano_yaml))
     assert again.epochs_done == 5
     from latbench.errors import UsageError
 
     with pytest.raises(UsageError, match="strategy"):
-        train_supernet(_settings(tmp_path, "part.pt", strategy="bignas"))
+        train_supernet(_settings(tmp_path, "part.pt", nano_yaml, strategy="bignas"))
 
 
 class NotAWeight:
@@ -491,12 +518,12 @@ def test_checkpoints_load_weights_only(tmp_path):
 
 # ---------------------------------------------------------------------- CLI, export, evaluator, search
 @pytest.fixture(scope="module")
-def small_ckpt(tmp_path_factory):
-    """A tiny BigNAS supernet trained one short epoch (enough to exercise every command)."""
+def small_ckpt(tmp_path_factory, nano_yaml):
+    """A BigNAS supernet of NANO_YAML trained one short epoch (enough to exercise every command)."""
     from latbench.supernet.train import TrainSettings, train_supernet
 
-    out = tmp_path_factory.mktemp("sn") / "tiny.pt"
-    train_supernet(TrainSettings(space="tiny", strategy="bignas", epochs=1, batch_size=16, max_train_images=32,
+    out = tmp_path_factory.mktemp("sn") / "nano.pt"
+    train_supernet(TrainSettings(space=nano_yaml, strategy="bignas", epochs=1, batch_size=16, max_train_images=32,
                                  eval_every=0, final_eval=False, threads=1, out=str(out)))
     return out
 
@@ -508,13 +535,13 @@ def _write_config(path, obj):
     return path
 
 
-def test_cli_export_onnx_torch_and_tflite(small_ckpt, tmp_path, cli):
+def test_cli_export_onnx_torch_and_tflite(small_ckpt, nano_yaml, tmp_path, cli):
     import json
 
     from latbench.supernet.checkpoint import supernet_from_checkpoint
     from latbench.supernet.export import load_exported, tflite_available
 
-    space = get_space("tiny")
+    space = get_space(nano_yaml)
     cfg = space.sample(np.random.default_rng(3), 1)[0]
     cfg_file = _write_config(tmp_path / "best.json", {"config": space.to_published(cfg), "accuracy": 0.9})
     code, out, err = cli("supernet", "export", "--checkpoint", str(small_ckpt), "--config", str(cfg_file),
@@ -541,7 +568,7 @@ def test_cli_export_onnx_torch_and_tflite(small_ckpt, tmp_path, cli):
     from latbench.supernet.evaluator import calib_bn
 
     net.set_active(cfg)
-    calib_bn(net, load_data("digits", 1, 32).train[0])
+    calib_bn(net, load_data("digits", 1, meta2["data_resolution"]).train[0])
     with torch.no_grad():
         assert (net(torch.from_numpy(x)) - torch.from_numpy(y_torch)).abs().max() < 1e-5
     code, out, err = cli("supernet", "export", "--checkpoint", str(small_ckpt), "--config", str(cfg_file),
@@ -560,7 +587,7 @@ def test_cli_errors_are_one_line(small_ckpt, tmp_path, cli):
     cfg = _write_config(tmp_path / "c.json", {"r": 99})
     code, out, err = cli("supernet", "export", "--checkpoint", str(small_ckpt), "--config", str(cfg),
                          "-o", str(tmp_path / "x.onnx"))
-    assert code == 2 and "tiny" in err and len(err.strip().splitlines()) == 1  # ConfigError: usage
+    assert code == 2 and "sn-nano" in err and len(err.strip().splitlines()) == 1  # ConfigError: usage
     code, out, err = cli("supernet", "export", "--checkpoint", str(small_ckpt), "--config", str(cfg),
                          "--format", "keras", "-o", str(tmp_path / "x.h5"))
     assert code != 0
@@ -570,7 +597,7 @@ def test_cli_errors_are_one_line(small_ckpt, tmp_path, cli):
     assert code == 2 and "1000 outputs" in err
 
 
-def test_cli_eval_and_accuracy_source(small_ckpt, cli):
+def test_cli_eval_and_accuracy_source(small_ckpt, nano_yaml, cli):
     import json
 
     code, out, err = cli("supernet", "eval", "--checkpoint", str(small_ckpt), "--split", "val", "--json")
@@ -579,26 +606,26 @@ def test_cli_eval_and_accuracy_source(small_ckpt, cli):
     assert [r["subnet"] for r in rows] == ["largest", "smallest"] and all(0 <= r["accuracy"] <= 1 for r in rows)
     from latbench.search.accuracy import make_accuracy_source
 
-    space = get_space("tiny")
+    space = get_space(nano_yaml)
     src = make_accuracy_source(f"supernet:{small_ckpt}", space)
     cfgs = np.stack([space.largest(), space.smallest(), space.largest()])
     acc = src(cfgs)
     assert acc.shape == (3,) and acc[0] == acc[2] and src.evaluator.evaluated == 2  # cached by config
     assert acc[0] == pytest.approx(rows[0]["accuracy"])
-    with pytest.raises(Exception, match="trained on space 'tiny'"):
+    with pytest.raises(Exception, match="trained on space 'sn-nano'"):
         make_accuracy_source(f"supernet:{small_ckpt}", get_space("bignas-resnet"))
 
 
-def test_search_supernet_under_budget(small_ckpt):
+def test_search_supernet_under_budget(small_ckpt, nano_yaml):
     from latbench.predict import Predictor
     from latbench.supernet.checkpoint import supernet_from_checkpoint
     from latbench.supernet.data import load_data
     from latbench.supernet.evaluator import SupernetEvaluator
     from latbench.supernet.search import search_supernet
 
-    space = get_space("tiny")
-    net, _ = supernet_from_checkpoint(small_ckpt)
-    ev = SupernetEvaluator(net, load_data("digits", 1, 32), "val", calib_images=64)
+    space = get_space(nano_yaml)
+    net, meta = supernet_from_checkpoint(small_ckpt)
+    ev = SupernetEvaluator(net, load_data("digits", 1, meta["data_resolution"]), "val", calib_images=64)
     fake = Predictor(space, {b.key: b.flops / 1e7 for b in space.enumerate_blocks()}, granularity="block")
     lo, hi = fake.predict(space.smallest()), fake.predict(space.largest())
     budget = lo + 0.3 * (hi - lo)
@@ -676,14 +703,14 @@ def test_process_group_ends_with_the_block_whatever_happens(tmp_path):
     assert "RuntimeError: rank 1 fails on purpose" in report and "rank 1: gloo threads inside 3, after 0" in report, report
 
 
-def test_torchrun_two_processes_and_single_process_load(tmp_path):
+def test_torchrun_two_processes_and_single_process_load(tmp_path, nano_yaml):
     import json
 
     from conftest import latbench_exe
     from latbench.supernet.checkpoint import load_checkpoint, supernet_from_checkpoint
 
     ck = tmp_path / "ddp.pt"
-    r, report = _torchrun(tmp_path, [latbench_exe(), "supernet", "train", "--space", "tiny", "--strategy", "bignas",
+    r, report = _torchrun(tmp_path, [latbench_exe(), "supernet", "train", "--space", nano_yaml, "--strategy", "bignas",
                                      "--epochs", "2", "--batch-size", "8", "--max-train-images", "48", "--threads", "1",
                                      "--out", str(ck), "--json"])
     assert r.returncode == 0, report
@@ -694,13 +721,13 @@ def test_torchrun_two_processes_and_single_process_load(tmp_path):
     net, meta = supernet_from_checkpoint(ck)  # one process, no process group
     net.set_active(net.space.largest())
     with torch.no_grad():
-        assert net(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+        assert net(torch.randn(2, 1, 12, 12)).shape == (2, 10)  # NANO_YAML's largest input
 
 
 def _predictor(table, space):
-    from latbench.supernet.search import predictor_for
+    from latbench.search.tables import load_predictor
 
-    return predictor_for(str(table), space)
+    return load_predictor(str(table), space)
 
 
 @pytest.mark.slow

@@ -19,7 +19,8 @@ from device_agents.base import Agent, Prepared
 from latbench import ops as O
 from latbench.device import DeviceProfile, host_profile
 from latbench.measure import SpellSign, TimingSettings
-from latbench.profiling import REFERENCE_OP, check_run_meta, measure_order, profile_into, retime_suspects
+from latbench.profiling import measure_order, profile_into, retime_suspects
+from latbench.runmeta import REFERENCE_OP, check_run_meta
 from latbench.store import LatencyTable
 from latbench.suspect import row_signs, suspects
 
@@ -51,7 +52,7 @@ class SpellAgent(Agent):
     def fingerprint(self) -> DeviceProfile:
         return host_profile(self.name, "busy-wait", "1", self.threads)
 
-    def prepare(self, op: O.OpSpec) -> Prepared:
+    def prepare_op(self, op: O.OpSpec) -> Prepared:
         key = op.key
 
         def run() -> None:
@@ -141,7 +142,7 @@ def test_a_batch_whose_reference_ran_slow_is_suspect_and_timed_again(spell, tmp_
         first_batch = {op.key for op in measure_order(OPS)[:2]}
         found = suspects(t)
         assert {x.key for x in found} == first_batch
-        refs = [x["estimate_ms"] for x in t.meta_get("reference")["samples"]]
+        refs = [x.estimate_ms for x in t.reference.samples]
         assert len(refs) == 3 and refs[0] > 2 * max(refs[1:])
         for x in found:
             (sign,) = x.signs

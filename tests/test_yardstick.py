@@ -9,7 +9,6 @@ import time
 import numpy as np
 import pytest
 
-from latbench import validate as V
 from latbench.errors import UsageError
 from latbench.spaces import get_space
 from latbench.yardstick import (
@@ -149,7 +148,7 @@ def test_a_failing_run_is_one_error() -> None:
     ({"warmup": -1}, "timing warmup (--warmup) must be a whole number >= 0, got -1"),
     ({"warmup_s": math.nan}, "timing warmup_s must be a finite number >= 0 and <= 3600, got nan"),
     ({"seed": -1}, "timing seed must be a whole number >= 0, got -1"),
-    ({"statistic": "p90"}, "--statistic must be one of median, mean, min, got 'p90'"),
+    ({"statistic": "p90"}, "`statistic` must be one of median, mean, min, got 'p90'"),
 ])
 def test_settings_are_refused_in_one_line_where_made(changes, msg) -> None:
     with pytest.raises(UsageError) as e:
@@ -175,13 +174,13 @@ def test_ort_yardstick_runs_session_run_with_a_numpy_input_in_a_new_session() ->
     cfg = sp.smallest()
     agent = get_agent("ort", threads=1)
     try:
-        model = V.subnet_model(agent, sp, cfg)
-        a, b = V.plain_built(agent, model), V.plain_built(agent, model)
+        model = agent.network_model(sp, cfg)
+        a, b = agent.plain_model(model), agent.plain_model(model)
         out = a()
         assert isinstance(out, list) and out[0].shape == (1, 10)
         assert a.keep is not b.keep and type(a.keep).__name__ == "InferenceSession"
         assert np.allclose(out[0], b()[0])
-        assert V.prepare_built(agent, model)() is None  # the estimator's IOBinding runner, for contrast
+        assert agent.prepare_model(model)() is None  # the estimator's IOBinding runner, for contrast
     finally:
         agent.close()
 
@@ -191,8 +190,8 @@ def test_torch_yardstick_readings_of_two_subnets() -> None:
 
     sp = get_space("tiny")
     agent = get_agent("cpu", threads=1)
-    models = [V.subnet_model(agent, sp, c) for c in (sp.smallest(), sp.largest())]
+    models = [agent.network_model(sp, c) for c in (sp.smallest(), sp.largest())]
     s = YardstickSettings(warmup=2, warmup_s=0.0, runs=5, min_s=0.0, passes=3)
-    readings = measure(2, lambda i: V.plain_built(agent, models[i]), s, agent.state, agent.synchronizer())
+    readings = measure(2, lambda i: agent.plain_model(models[i]), s, agent.state, agent.synchronizer())
     for r in readings:
         assert len(r.passes) == 3 and all(p.n == 5 and 0 < p.min <= p.median <= p.p90 for p in r.passes)

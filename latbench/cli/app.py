@@ -7,6 +7,7 @@ Only this module turns library errors into one `latbench: error: ...` line and a
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import socket
@@ -15,8 +16,10 @@ import threading
 from typing import List, Optional
 
 import typer
+import typer.main
 
 from ..errors import LatbenchError
+from .flags import cli_words
 
 try:  # typer >= 0.20 vendors click and raises its own exception types
     _CLI_ERRORS: tuple = (typer.TyperException,)
@@ -178,6 +181,13 @@ def _interrupted() -> int:
     return EXIT_INTERRUPTED
 
 
+@functools.lru_cache(maxsize=1)
+def _command():
+    """The click command typer builds from `app`: it inspects every command's signature (~40 ms),
+    so it is built once per process, not at every `run` (Python callers and tests run many)."""
+    return typer.main.get_command(app)
+
+
 def run(argv: Optional[List[str]] = None) -> int:
     """Run the app on argv (default sys.argv[1:]) and return the exit code; never raises."""
     _caught.clear()
@@ -191,7 +201,7 @@ def _run(argv: Optional[List[str]]) -> int:
                     f"{type(_MOUNT_ERROR).__name__}: {_MOUNT_ERROR}")
         return EXIT_ERROR
     try:
-        rv = app(args=argv, prog_name="latbench", standalone_mode=False)
+        rv = _command().main(args=argv, prog_name="latbench", standalone_mode=False)
         if rv == EXIT_INTERRUPTED:  # typer turns KeyboardInterrupt into Exit(130) itself
             return _interrupted()
         return rv if isinstance(rv, int) else EXIT_OK
@@ -202,7 +212,7 @@ def _run(argv: Optional[List[str]]) -> int:
         _error_line("aborted")
         return EXIT_ERROR
     except LatbenchError as e:
-        _error_line(str(e))
+        _error_line(cli_words(str(e)))  # library parameters said as the flags that set them
         return e.exit_code
     except KeyboardInterrupt:
         return _interrupted()

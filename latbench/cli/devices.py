@@ -1,42 +1,14 @@
 """`latbench devices`: the Android devices an adb server sees, with what a latency table records.
 
 Talks to the adb server itself (adbutils) and never starts one: with no server reachable it exits 4
-with a one-line hint, within seconds. One adb shell per ready device reads its properties.
+with a one-line hint, within seconds. What each device shows is the android transport's
+`describe_devices` (one adb shell per ready device); this module only prints it.
 """
 from __future__ import annotations
 
 import json
-import shlex
-from typing import Any
 
 import typer
-
-PROPS = {"manufacturer": "ro.product.manufacturer", "model": "ro.product.model", "soc": "ro.soc.model",
-         "platform": "ro.board.platform", "android": "ro.build.version.release", "sdk": "ro.build.version.sdk",
-         "abi": "ro.product.cpu.abi"}
-
-
-def describe(client, row: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
-    """A device row plus its properties (one shell round trip; ready devices only)."""
-    out = {"serial": row["serial"], "state": row["state"], "model": row.get("model", "").replace("_", " "),
-           "manufacturer": "", "soc": "", "platform": "", "android": "", "sdk": "", "abi": "",
-           "transport_id": row.get("transport_id", "")}
-    if row["state"] != "device":
-        return out
-    from device_agents.android import _adb_errors
-
-    q = shlex.quote  # every word sent to the device shell is quoted
-    cmd = "; ".join(f"printf '%s=%s\\n' {q(k)} \"$(getprop {q(p)} | head -n 1)\"" for k, p in PROPS.items())
-    try:
-        text = client.device(serial=row["serial"]).shell(cmd, timeout=timeout)
-    except _adb_errors() as e:
-        out["error"] = f"{type(e).__name__}: {e}"
-        return out
-    for line in text.splitlines():
-        k, sep, v = line.partition("=")
-        if sep and k in PROPS and v.strip():
-            out[k] = v.strip()
-    return out
 
 
 def devices_command(
@@ -46,10 +18,9 @@ def devices_command(
     from rich.console import Console
     from rich.table import Table
 
-    from device_agents.android import adb_client, list_devices
+    from device_agents.android import describe_devices
 
-    client = adb_client(timeout=10.0)
-    rows = [describe(client, r) for r in list_devices(client)]
+    (host, port), rows = describe_devices(timeout=10.0)
     if as_json:
         typer.echo(json.dumps(rows, indent=1))
         return
@@ -57,7 +28,7 @@ def devices_command(
     if not rows:
         err.print("no devices attached (USB debugging on? cable? `adb devices` shows the same list)")
         return
-    table = Table(title=f"adb server {client.host}:{client.port}", title_justify="left")
+    table = Table(title=f"adb server {host}:{port}", title_justify="left")
     for col in ("serial", "state", "model", "SoC", "Android"):
         table.add_column(col, no_wrap=True)
     for r in rows:

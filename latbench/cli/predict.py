@@ -104,7 +104,7 @@ def _note_calibration_left_out(t, sp, pred, no_calibration: bool) -> None:
     statistic than the table's own priced the entries (it was fitted to those prices)."""
     if no_calibration or pred.calibration is not None:
         return
-    if f"{sp.name}/{pred.granularity}" in (t.meta_get("calibration") or {}):
+    if t.calibration(sp, pred.granularity) is not None:
         typer.echo(f"the table's calibration of {sp.name} was fitted to its own prices: not applied to prices by "
                    f"the {pred.statistic}", err=True)
 

@@ -16,30 +16,6 @@ import typer
 from ..errors import UsageError
 
 
-def select_ops(space: Optional[str], ops_file: Optional[Path], resolution: list[int], granularity: str,
-               fusion: str):
-    """The ops to profile and, for space ops, the resolutions each key belongs to; an empty
-    selection is refused, naming where it came from."""
-    from .. import ops as O
-    from ..profiling import ops_with_resolutions
-
-    if (space is None) == (ops_file is None):
-        raise UsageError("give exactly one of --space or --ops")
-    if ops_file is not None:
-        from ..formats.oplist import read_any_ops
-
-        if resolution:
-            raise UsageError(f"--resolution applies to --space; {ops_file} lists its ops with their shapes")
-        ops, res = O.unique(read_any_ops(str(ops_file))), {}
-        where = f"{ops_file} lists no ops"
-    else:
-        from ..spaces import get_space
-
-        ops, res = ops_with_resolutions(get_space(space), resolution or None, granularity, fusion)
-        where = f"space {space} gives no {granularity}s at resolution(s) {', '.join(map(str, resolution)) or 'all'}"
-    if not ops:
-        raise UsageError(f"nothing to profile: {where}")
-    return ops, res
 
 
 def profile_command(
@@ -87,47 +63,29 @@ def profile_command(
     as_json: bool = typer.Option(False, "--json", help="print the run summary as JSON"),
 ) -> None:
     """Profile ops on a device into a latency table (resumable; every op committed as measured)."""
-    from device_agents import agent_class, agent_options, get_agent
+    from device_agents import agent_options
 
-    from ..profiling import INVOCATION_META, check_max_ops, measure_invocation, timing_for
-    from ..spaces import get_space
-    from ..store import LatencyTable
+    from ..profiler import profile
 
     if granularity not in ("op", "block"):
         raise UsageError(f"--granularity must be op or block, got {granularity!r}")
-    check_max_ops(max_ops)
     if retime_suspect:
         _check_retime_flags(out, space, ops_file, resolution, max_ops, retry_failed)
+    elif (space is None) == (ops_file is None):
+        raise UsageError("give exactly one of --space or --ops")
+    elif ops_file is not None and resolution:
+        raise UsageError(f"--resolution applies to --space; {ops_file} lists its ops with their shapes")
     flags = dict(threads=threads, opt_level=opt_level, boundary=boundary, xnnpack=xnnpack, serial=serial,
                  runner=runner, runtime=runtime, cpus=cpus, delegate=delegate, max_temp=max_temp,
                  cooldown=cooldown, batch_size=batch_size)  # None: not given
     options = agent_options(device, flags)
-    cls = agent_class(device)
-    own_loop = bool(getattr(cls, "interleaves", False))  # timed by latbench's loop, priced by timing.estimator
-    if estimator is not None and not own_loop:
-        raise UsageError(f"--estimator applies to agents timed by latbench's own loop; {device}'s runner gives its "
-                         f"own statistic (benchmark_model: the mean)")
-    # bad timing values are refused before the agent touches a device
-    timing = default_timing(cls, target_iqr=target_iqr, max_time_s=max_time, min_samples=min_samples,
-                            rounds=rounds, interleave=interleave, estimator=estimator or "mean")
-    agent = get_agent(device, **options)
-    try:
-        fusion = getattr(agent, "fusion", "none")
-        if not retime_suspect:  # a bad selection is refused before a table is made
-            ops, res = select_ops(space, ops_file, resolution, granularity, fusion)
-            timing = timing_for(agent, timing, context, get_space(space) if space else None, context_mb)
-        with LatencyTable.open(str(out), agent.profile, create=not retime_suspect) as table:
-            if retime_suspect:
-                timing = _retime_timing(table, agent, timing, context, context_mb, estimator, own_loop)
-                run = _run_with_progress(table, agent, [], timing, None, False, {}, retime="all")
-            else:
-                timing = checked_run(table, granularity, fusion, space, timing, estimator, own_loop)
-                measure_invocation(table, agent, timing, retry_failed)
-                run = _run_with_progress(table, agent, ops, timing, max_ops, retry_failed, res)
-            invocation = table.meta_get(INVOCATION_META)  # each batch added a sample
-    finally:
-        agent.close()
-    _report(run, out, agent, device, timing, invocation, as_json, own_loop, retime_suspect)
+    source = None if retime_suspect else (space if space is not None else Path(ops_file))
+    run = _run_with_progress(lambda hooks: profile(
+        source, device=device, out=out, resolutions=resolution or None, granularity=granularity,
+        max_ops=max_ops, retry_failed=retry_failed, target_iqr=target_iqr, max_time_s=max_time,
+        min_samples=min_samples, rounds=rounds, interleave=interleave, context=context, context_mb=context_mb,
+        estimator=estimator, **hooks, **options))
+    _report(run, out, as_json, retime_suspect)
     if run.interrupted:
         typer.echo(f"{out}: {run.measured + run.failed} ops stored before the interruption; rerun the same command to resume", err=True)
         raise typer.Exit(130)
@@ -145,59 +103,19 @@ def _check_retime_flags(out: Path, space, ops_file, resolution, max_ops, retry_f
         raise UsageError(f"--retime-suspect needs an existing table; {out} is not one")
 
 
-def checked_run(table, granularity: str, fusion: str, space, timing, estimator, own_loop: bool):
-    """`timing` priced by the table's own estimator where --estimator was not given (a new table:
-    the mean), after the table's run settings were checked or recorded (check_run_meta)."""
-    import dataclasses
-
-    from ..profiling import check_run_meta, table_estimator
-
-    if estimator is None and own_loop:
-        timing = dataclasses.replace(timing, estimator=table_estimator(table) or "mean")
-    check_run_meta(table, granularity, fusion, space, timing, own_loop)
-    return timing
-
-
-def _retime_timing(table, agent, timing, context: str, context_mb, estimator, own_loop: bool):
-    """The timing to time `table`'s suspect rows again with: its recorded cache context unless
-    --context/--context-mb say otherwise (then checked against it), its estimator."""
-    from ..profiling import timing_for
-
-    meta = table.meta_get("profile_run") or {}
-    if context == "auto" and context_mb is None and meta.get("context"):
-        context = meta["context"]
-        context_mb = meta["context_bytes"] / (1 << 20) if context == "network" else None
-    timing = timing_for(agent, timing, context, None, context_mb)
-    granularity = meta.get("granularity") or "block"
-    return checked_run(table, granularity, meta.get("fusion", "none"), None, timing, estimator, own_loop)
-
-
-def _report(run, out: Path, agent, device: str, timing, invocation: dict | None, as_json: bool,
-            own_loop: bool, retime_only: bool) -> None:
+def _report(run, out: Path, as_json: bool, retime_only: bool) -> None:
     """The run summary on stdout (text or JSON); the first failures on stderr. Rows are priced by
-    `timing.estimator` where `own_loop`, else by the statistic the agent's runner gives (android)."""
-    estimator = timing.estimator if own_loop else None
-    ok = invocation if invocation and invocation.get("estimate_ms") is not None else None
+    the run's estimator where latbench's loop timed them, else by the statistic the agent's
+    runner gives (android)."""
     if as_json:
-        typer.echo(json.dumps({
-            "table": str(out), "profile_id": agent.profile.id, "device": device, "total": run.total,
-            "skipped": run.skipped, "measured": run.measured, "failed": run.failed,
-            "failed_earlier": run.failed_earlier, "remaining": run.remaining, "interrupted": run.interrupted,
-            "retimed": run.retimed, "unstable": run.unstable,
-            "wall_s": round(run.wall_s, 3), "overhead": round(run.overhead, 4),
-            "estimator": estimator, "context": timing.context, "context_bytes": timing.context_bytes,
-            "rounds": timing.rounds, "interleave": timing.interleave,
-            "invocation_ms": ok["estimate_ms"] if ok else None,
-            "invocation_error": None if ok or not invocation else invocation.get("error"),
-            "failures": [{"key": k, "error": e} for k, e in run.failures],
-        }, indent=2))
+        typer.echo(json.dumps(run.to_dict(), indent=2))
         return
     earlier = (f", {run.failed_earlier} failed earlier (not retried; --retry-failed measures them again)"
                if run.failed_earlier else "")
     typer.echo(f"{out}: {run.measured} measured, {run.skipped} already stored, {run.failed} failed{earlier}, "
                f"{run.remaining} remaining ({run.wall_s:.1f} s, {100 * run.overhead:.0f}% outside timed loops); "
-               f"{_retime_words(run, out, retime_only)}{f'priced by the {estimator}; ' if estimator else ''}"
-               f"{context_line(timing, invocation)}")
+               f"{_retime_words(run, out, retime_only)}{f'priced by the {run.estimator}; ' if run.estimator else ''}"
+               f"{run.words()}")
     for k, e in run.failures[:10]:
         typer.echo(f"  failed: {k}: {e}", err=True)
 
@@ -211,59 +129,31 @@ def _retime_words(run, out: Path, retime_only: bool) -> str:
     return f"{run.retimed} suspect rows timed again{still if run.retimed else ''}; "
 
 
-ROUNDS, INTERLEAVE = 10, 24  # profile defaults where the agent can interleave
-
-
-def default_timing(agent, rounds: Optional[int] = None, interleave: Optional[int] = None, **kw):
-    """TimingSettings with latbench's profile defaults: 10 rounds over 24 ops interleaved (spread over
-    seconds, so a slow spell of a shared machine hits a round, not an op) where the agent (an
-    instance or its class) can."""
-    from ..measure import TimingSettings
-
-    can = getattr(agent, "interleaves", False)
-    return TimingSettings(rounds=rounds if rounds is not None else (ROUNDS if can else 1),
-                          interleave=interleave if interleave is not None else (INTERLEAVE if can else 1), **kw)
-
-
-def context_line(timing, invocation: dict | None) -> str:
-    """How the entries were timed, in a few words (profile and quickstart print it); `invocation`
-    is the table's per-call cost entry (meta "invocation"), a failed one with its reason."""
-    if timing.context == "network":
-        words = f"network context, {timing.context_bytes / (1 << 20):.1f} MB read before each call"
-    else:
-        words = "warm context (calls back to back)"
-    if timing.rounds > 1:
-        words += f"; {timing.rounds} rounds over {timing.interleave} ops at a time"
-    return f"{words}; per-call cost {_invocation_words(invocation)}"
-
-
-def _invocation_words(invocation: dict | None) -> str:
-    """The per-call cost as measured (the meta entry's estimate), or why it was not."""
-    if not invocation:
-        return "not measured"
-    if invocation.get("estimate_ms") is None:
-        return f"not measured: {invocation.get('error') or 'no sample'}"
-    n = sum(x.get("estimate_ms") is not None for x in invocation.get("samples", ()))
-    how = f" ({invocation.get('estimator', 'median')} over {n} batches)" if n > 1 else ""
-    return f"{invocation['estimate_ms'] * 1e3:.1f} us{how}"
-
-
-def _run_with_progress(table, agent, ops, timing, max_ops, retry_failed, res, retime: str = "first"):
-    """profile_into with a rich progress bar on stderr (done/total, ETA, current op); rows timed
-    again as suspect add to the total."""
+def _run_with_progress(body):
+    """`body(hooks)` (the library's profile with progress callbacks) under a rich progress bar on
+    stderr (done/total, ETA, current op), shown from the first op on, so an error raised before
+    (a bad value) stays one line; rows timed again as suspect add to the total."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from ..profiling import profile_into
+    bar = Progress(TextColumn("[bold]profile"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   TextColumn("{task.description}"), console=Console(stderr=True), transient=False)
+    task = bar.add_task("", total=None)
+    started = []
 
-    console = Console(stderr=True)
-    with Progress(TextColumn("[bold]profile"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  TextColumn("{task.description}"), console=console, transient=False) as bar:
-        task = bar.add_task("", total=None)
-        return profile_into(
-            table, agent, ops, timing, max_ops=max_ops, retry_failed=retry_failed, resolutions=res, retime=retime,
-            on_start=lambda n: bar.update(task, total=n),
+    def start(n: int) -> None:
+        if not started:
+            bar.start()
+            started.append(True)
+        bar.update(task, total=n)
+
+    try:
+        return body(dict(
+            on_start=start,
             on_retime=lambda n: bar.update(task, total=(bar.tasks[0].total or 0) + n),
             on_op=lambda op: bar.update(task, description=op.key[:70]),
             on_result=lambda m: bar.advance(task),
-        )
+        ))
+    finally:
+        if started:
+            bar.stop()

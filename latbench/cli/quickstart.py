@@ -33,6 +33,7 @@ class QuickstartState:
     table: Optional[Path] = None  # the latency table the profile step built
     table_space: str = "tiny"  # the space that table covers
     table_resolution: int = 24
+    validate_n: int = 8  # subnets the validate step measures end to end (0: skipped)
 
 
 def _qs_space(st: QuickstartState, con: Console) -> None:
@@ -133,32 +134,20 @@ QUICKSTART_RESOLUTIONS = (160, 192, 224)
 
 def _qs_profile(st: QuickstartState, con: Console) -> None:
     """Profile the tiny space's blocks with ONNX Runtime on this CPU (1 thread) into a table."""
-    from device_agents import get_agent
-
-    from .profile import checked_run, context_line, default_timing
-    from ..profiling import INVOCATION_META, measure_invocation, ops_with_resolutions, profile_into, timing_for
-    from ..spaces import get_space
+    from ..profiler import profile
     from ..store import LatencyTable
 
     st.workdir.mkdir(parents=True, exist_ok=True)
     st.table = st.workdir / f"{st.table_space}-ort.sqlite"
-    sp = get_space(st.table_space)
-    ops, res = ops_with_resolutions(sp, [st.table_resolution], "block")
-    agent = get_agent("ort", threads=1)
-    try:
-        timing = timing_for(agent, default_timing(agent, max_time_s=0.3), "auto", sp)
-        with LatencyTable.open(str(st.table), agent.profile) as t:
-            timing = checked_run(t, "block", "none", sp.name, timing, None, True)  # a rerun keeps the table's estimator
-            measure_invocation(t, agent, timing)
-            run = profile_into(t, agent, ops, timing, resolutions=res)
-            invocation = t.meta_get(INVOCATION_META)  # each batch added a sample; or why it failed
-            est = t.estimates()
-            rows = sorted(t.measurements(), key=lambda m: -est.get(m.key, 0.0))
-    finally:
-        agent.close()
-    con.print(f"{sp.name} at {st.table_resolution}: {len(ops)} unique blocks; {run.measured} measured now, "
-              f"{run.skipped} already in {st.table} ({run.wall_s:.1f} s); profile {agent.profile.describe()}; "
-              f"{context_line(timing, invocation)}", markup=False)
+    run = profile(st.table_space, device="ort", out=st.table, resolutions=[st.table_resolution],
+                  max_time_s=0.3, threads=1)  # a rerun resumes, keeping the table's estimator
+    with LatencyTable.open(st.table, readonly=True) as t:
+        est = t.estimates()
+        rows = sorted(t.measurements(), key=lambda m: -est.get(m.key, 0.0))
+        profile_text = t.profile.describe()
+    con.print(f"{st.table_space} at {st.table_resolution}: {run.total} unique blocks; {run.measured} measured now, "
+              f"{run.skipped} already in {st.table} ({run.wall_s:.1f} s); profile {profile_text}; "
+              f"{run.words()}", markup=False)
     tab = Table(title="slowest blocks (ms)", title_justify="left")
     for col in ("key", "median", "IQR", "n", "note"):
         tab.add_column(col, overflow="fold")
@@ -167,11 +156,12 @@ def _qs_profile(st: QuickstartState, con: Console) -> None:
         tab.add_row(m.key, f"{s_.median:.4f}", f"{s_.iqr:.4f}", str(s_.n), "unstable" if s_.unstable else "")
     con.print(tab)
     con.print(f"next: latbench table show {st.table}  |  latbench profile --device tflite --space "
-              f"{sp.name} --out tflite.sqlite", markup=False)
+              f"{st.table_space} --out tflite.sqlite", markup=False)
 
 
-def _qs_validate(st: QuickstartState, con: Console, n: int = 8, calibrate_n: int = 4) -> None:
-    """Measure a few subnets of the profile step's table end to end; print the accuracy figures."""
+def _qs_validate(st: QuickstartState, con: Console) -> None:
+    """Measure `st.validate_n` subnets of the profile step's table end to end (a calibration fitted
+    on half as many others, as many table entries timed again for drift); print the figures."""
     from ..spaces import get_space
     from ..store import LatencyTable
     from ..validate import validate
@@ -182,6 +172,11 @@ def _qs_validate(st: QuickstartState, con: Console, n: int = 8, calibrate_n: int
     if not table or not Path(table).exists():
         con.print("no latency table from an earlier step: skipped (run `latbench validate --table T --space S`)")
         return
+    if st.validate_n == 0:
+        con.print(f"skipped (--validate-n 0); run `latbench validate --table {table} --space {st.table_space}`",
+                  markup=False)
+        return
+    n = st.validate_n
     sp = get_space(getattr(st, "table_space", None) or st.space_name)
     with LatencyTable.open(str(table), readonly=True) as t:
         agent = open_agent(t, None, None, None, None)
@@ -189,8 +184,8 @@ def _qs_validate(st: QuickstartState, con: Console, n: int = 8, calibrate_n: int
             timing = validation_timing(t, 0.1, None, None)  # a demo: 0.1 s per subnet and per baseline op
             ys = YardstickSettings(min_s=0.1, seed=st.seed)  # ... and 0.1 s per yardstick pass
             with Bars() as bars:
-                report = validate(t, sp, agent, n=n, seed=st.seed, calibrate_n=calibrate_n, timing=timing,
-                                  progress=bars, retime=8, yardstick=ys)
+                report = validate(t, sp, agent, n=n, seed=st.seed, calibrate_n=max(2, n // 2), timing=timing,
+                                  progress=bars, retime=n, yardstick=ys)
         finally:
             agent.close()
     for line in report.summary_lines():
@@ -259,9 +254,11 @@ def quickstart_cmd(
     samples: int = typer.Option(200, "--samples", min=1, help="Random subnets to sample."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed."),
     workdir: Path = typer.Option(Path("latbench-quickstart"), "--workdir", help="Where tables and reports go (reused: a rerun resumes)."),
+    validate_n: int = typer.Option(8, "--validate-n", min=0, help="Subnets the validate step measures end to end "
+                                   "(a calibration fitted on half as many others; 0 skips the step)."),
 ) -> None:
     """Run latbench end to end on built-in defaults (no device needed)."""
-    st = QuickstartState(space, tuple(resolution or ()), samples, seed, workdir=workdir)
+    st = QuickstartState(space, tuple(resolution or ()), samples, seed, workdir=workdir, validate_n=validate_n)
     con = _stdout()
     t_all = time.perf_counter()
     for i, (title, step) in enumerate(QUICKSTART_STEPS, 1):

@@ -26,80 +26,24 @@ def parse_count(text: Optional[str], what: str) -> Optional[float]:
     return float(m.group(1)) * _SUFFIX[m.group(2).lower()]
 
 
-def table_names(paths: List[Path]) -> list[str]:
-    """Each table's name in outputs: its file stem, made unique."""
-    names: list[str] = []
-    for p in paths:
-        base, name, k = p.stem or str(p), p.stem or str(p), 2
-        while name in names:
-            name, k = f"{base}#{k}", k + 1
-        names.append(name)
-    return names
-
-
 def load_predictors(space, tables: List[Path], calibration: bool = True,
                     max_fallback: Optional[float] = None) -> dict:
-    """{name: Predictor} from latbench table files (opened read-only, never created). A table
-    holding every key the space can use is loaded strict: no fallback regression to fit.
-    max_fallback: the share of a subnet's keys the fallback may price (None: any)."""
-    from ..predict import Predictor, _guess_granularity
-    from ..search.constraints import table_keys
-    from ..store import LatencyTable
+    """{table stem: Predictor} of the table files (latbench.search.load_predictors)."""
+    from ..search.tables import load_predictors as load
 
-    out = {}
-    for name, path in zip(table_names(tables), tables):
-        with LatencyTable.open(str(path), create=False) as t:
-            keys = t.keys()
-            if not keys:
-                raise UsageError(f"{path}: the table holds no measurements")
-            meta = t.meta_get("profile_run") or {}
-            granularity = meta.get("granularity") or _guess_granularity(keys)
-            fusion = meta.get("fusion") or "none"
-            full = table_keys(space, None, granularity, fusion) <= keys
-            out[name] = Predictor.from_table(t, space, granularity, fusion, strict=full,
-                                             use_calibration=calibration, max_fallback=max_fallback)
-    return out
+    return load(space, list(tables), calibration, max_fallback)
 
 
 def choose_resolutions(space, predictors: dict, asked: List[int], say) -> Optional[dict]:
-    """The resolutions to search: those asked for, else those every table covers without the
-    fallback regression (all of them for a full table). Refuses (FallbackError) before saying
-    anything when a subnet there would have more keys missing than a predictor allows."""
-    from ..search import Domain
-    from ..search.constraints import refuse_fallback
+    """The resolutions to search (latbench.search.search_resolutions), its notes said in this
+    command's words; refuses (FallbackError) before saying anything when a subnet there would
+    have more keys missing than a predictor allows."""
+    from ..search.tables import search_resolutions
+    from .flags import cli_words
 
-    if space.resolution_position is None:
-        if asked:
-            raise UsageError(f"space {space.name} has no searchable resolution: drop --resolution")
-        refuse_fallback(predictors, Domain.of(space))
-        return None
-    allowed = tuple(space.resolutions)
-    covered = set(allowed)
-    for p in predictors.values():
-        covered &= set(p.covered_resolutions)
-    name = space.positions[space.resolution_position].name
-    notes: list[str] = []
-    if asked:
-        res = space.check_resolutions(asked)
-        loose = [r for r in res if r not in covered]
-        if loose:
-            notes.append(f"note: at resolution(s) {', '.join(map(str, loose))} some blocks are not in every "
-                         "table; they are priced by the fallback regression")
-        choices = {name: list(res)}
-    elif covered == set(allowed):
-        choices = None
-    elif not covered:
-        notes.append("note: no resolution is fully covered by every table: missing blocks are priced by the "
-                     "fallback regression (profile more, or pass --resolution)")
-        choices = None
-    else:
-        res = sorted(covered)
-        notes.append(f"searching the resolutions every table covers: {', '.join(map(str, res))} "
-                     f"(of {len(allowed)}; --resolution to choose)")
-        choices = {name: res}
-    refuse_fallback(predictors, Domain.of(space, choices))
+    choices, notes = search_resolutions(space, predictors, asked or None)
     for note in notes:
-        say(note)
+        say(cli_words(note))
     return choices
 
 

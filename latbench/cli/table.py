@@ -189,20 +189,20 @@ def export_cmd(
 ) -> None:
     """Write a table as CSV (with a .meta.json sidecar) or JSONL, both lossless; PaddleSlim text
     (with a .meta.json sidecar for what the text cannot hold); or OFA YAML."""
-    from .. import store, tableio
+    from .. import formats, store
 
     if drop_calibration and fmt is not TableFormat.ofa_yaml:
         raise UsageError(f"--drop-calibration is for formats that cannot hold a calibration (ofa-yaml); "
                          f"{fmt.value} keeps it")
     with store.LatencyTable.open(table, readonly=True) as t:
         if fmt is TableFormat.csv:
-            res = tableio.export_csv(t, out)
+            res = formats.export_csv(t, out)
         elif fmt is TableFormat.jsonl:
-            res = tableio.export_jsonl(t, out)
+            res = formats.export_jsonl(t, out)
         elif fmt is TableFormat.paddleslim:
-            res = tableio.export_paddleslim(t, out, skip_unsupported=skip_unsupported)
+            res = formats.export_paddleslim(t, out, skip_unsupported=skip_unsupported)
         else:
-            res = tableio.export_ofa_yaml(t, out, skip_unsupported=skip_unsupported,
+            res = formats.export_ofa_yaml(t, out, skip_unsupported=skip_unsupported,
                                           drop_calibration=drop_calibration)
     _log(f"{table} -> {', '.join(res.files) or out}: {res.describe()}")
     for note in res.notes:
@@ -221,7 +221,7 @@ def _detect_format(path: Path) -> TableFormat:
 def _needs_device(kind: TableFormat, files: List[Path]) -> bool:
     """True when the files do not say where their numbers were measured: OFA YAML, and PaddleSlim
     text without its latbench sidecar (CSV and JSONL carry their profile)."""
-    from ..tableio import paddleslim_meta_path
+    from ..formats import paddleslim_meta_path
 
     if kind is TableFormat.paddleslim:
         return not all(os.path.exists(paddleslim_meta_path(f)) for f in files)
@@ -266,7 +266,8 @@ def import_cmd(
                                         "from the stem Conv and Logits keys)"),
 ) -> None:
     """Import CSV / JSONL exports, PaddleSlim latency tables or Once-for-All lookup-table YAML into a table."""
-    from .. import tableio
+    from .. import formats
+    from ..merge import Transfer
 
     fmts = {fmt or _detect_format(f) for f in files}
     if len(fmts) != 1:
@@ -279,16 +280,16 @@ def import_cmd(
         raise UsageError(f"no such file: {', '.join(missing)}")
     profile = None
     if device is not None:
-        profile = tableio.import_profile(device, runtime, threads, source=", ".join(f.name for f in files))
+        profile = formats.import_profile(device, runtime, threads, source=", ".join(f.name for f in files))
     elif _needs_device(kind, files):
         raise UsageError(f"importing {kind.value} needs --device NAME (and ideally --runtime, --threads): "
                          f"the file does not say where its numbers were measured")
-    importers = {TableFormat.csv: tableio.import_csv, TableFormat.jsonl: tableio.import_jsonl,
-                 TableFormat.paddleslim: tableio.import_paddleslim}
-    total = tableio.Transfer()
+    importers = {TableFormat.csv: formats.import_csv, TableFormat.jsonl: formats.import_jsonl,
+                 TableFormat.paddleslim: formats.import_paddleslim}
+    total = Transfer()
     with _new_table(out) as t:
         if kind is TableFormat.ofa_yaml:
-            total = tableio.import_ofa_yaml(files, t, profile, space)
+            total = formats.import_ofa_yaml(files, t, profile, space)
         else:
             for f in files:
                 res = importers[kind](f, t, profile)
@@ -314,11 +315,11 @@ def merge_cmd(
 ) -> None:
     """Merge tables of one device profile into DST: a later source replaces a key, a failed row
     never replaces an ok one; a table of another profile is refused (see `table combine`)."""
-    from .. import tableio
+    from ..merge import merge
 
     _check_tables(srcs)
     with _new_table(dst) as t:
-        res = tableio.merge(t, srcs)
+        res = merge(t, srcs)
         counts = t.counts()
     _log(f"{', '.join(res.files)} -> {dst}: {res.describe_keys()}; the table holds "
          f"{counts['ok']} ok, {counts['failed']} failed")
@@ -332,14 +333,14 @@ def combine_cmd(
 ) -> None:
     """Combine tables of several devices into a NEW table whose profile names them; every row keeps
     the profile it was measured under. Predict and search use it like any table."""
-    from .. import tableio
+    from ..combine import combine
 
     _check_tables(srcs)
     if out.exists():
         raise UsageError(f"{out} exists: a combination goes into a new table (use `table merge` "
                          f"for tables of one device profile)")
     with _new_table(out) as t:
-        res = tableio.combine(t, srcs)
+        res = combine(t, srcs)
         prof, counts = t.profile, t.counts()
     for note in res.notes:
         _log(f"  {note}")

@@ -14,6 +14,7 @@ from typing import List, Optional
 
 import typer
 
+
 _TABLE = typer.Option(..., "--table", help="the latency table (SQLite) to check")
 _SPACE = typer.Option(..., "--space", "-s", help="a built-in space or a YAML file")
 _DEVICE = typer.Option(None, "--device", "-d", help="cpu, cuda, ort or tflite (default: the table's)")
@@ -44,12 +45,13 @@ def open_agent(table, device: Optional[str], threads: Optional[int], opt_level: 
                xnnpack: Optional[bool], runner: Optional[Path] = None, serial: Optional[str] = None):
     """The agent the table's profile names, with any explicit CLI setting overriding it; refused
     (one line naming both profiles) when it does not measure under the table's profile."""
-    from device_agents import agent_options, get_agent
+    from device_agents import agent_class, agent_options, get_agent
 
-    from ..validate import check_agent, profile_settings
+    from ..validate.table_facts import check_agent
 
-    want = profile_settings(table.require_profile())
-    dev = device or want["device"]
+    profile = table.require_profile()
+    want = agent_class(profile.agent).options_from_profile(profile)  # the settings that reproduce it
+    dev = device or profile.agent
     flags = dict(threads=threads, opt_level=opt_level, xnnpack=xnnpack, runner=str(runner) if runner else None,
                  serial=serial)  # None: the table's setting
     agent = get_agent(dev, **agent_options(dev, flags, defaults=want))
@@ -66,9 +68,8 @@ def validation_timing(table, max_time: Optional[float], min_samples: Optional[in
     import dataclasses
 
     from ..measure import TimingSettings
-    from ..validate import table_timing
 
-    base = table_timing(table) or TimingSettings()
+    base = table.timing or TimingSettings()
     changes = {k: v for k, v in (("max_time_s", max_time), ("min_samples", min_samples),
                                  ("target_iqr", target_iqr)) if v is not None}
     return dataclasses.replace(base, **changes)
@@ -122,7 +123,7 @@ def _yardstick(statistic: Optional[str], passes: int, runs: int, min_time: float
 
 def _agent_yardstick(agent, ys, statistic: Optional[str]):
     """`ys` with a statistic `agent`'s runner reports (an unasked median becomes benchmark_model's average)."""
-    from ..validate import agent_yardstick
+    from ..validate.endtoend import agent_yardstick
 
     return agent_yardstick(agent, ys, asked=statistic is not None)
 
@@ -138,7 +139,8 @@ def calibrate_command(
     """Measure n random subnets with the plain yardstick, fit measured = scale x predicted +
     offset (or one of them, whichever predicts left-out subnets best), store it in the table."""
     from ..spaces import get_space
-    from ..validate import calibrate, statistic_lines, store_calibration
+    from ..calibrate import calibrate, store_calibration
+    from ..validate.table_facts import statistic_lines
 
     ys = _yardstick(statistic, passes, runs, min_time, seed)
     sp = get_space(space)
@@ -187,8 +189,9 @@ def validate_command(
     """Measure n random subnets end to end and report how close each predictor comes to the plain
     yardstick (and to latbench's estimator), with the yardstick's noise ceiling."""
     from ..spaces import get_space
-    from ..validate import plot as plot_report
-    from ..validate import validate, write_csv
+    from ..validate import validate
+    from ..validate.report import plot as plot_report
+    from ..validate.report import write_csv
 
     ys = _yardstick(statistic, passes, runs, min_time, seed)
     sp = get_space(space)

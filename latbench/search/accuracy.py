@@ -163,7 +163,7 @@ def _mlp_factory(arg: str, space) -> AccuracySource:
     from .mlp import MLPAccuracy
 
     if not arg:
-        raise UsageError("mlp accuracy wants a path: --accuracy mlp:PATH")
+        raise UsageError("mlp accuracy wants a path: `accuracy=mlp:PATH`")
     return MLPAccuracy.load(arg, space)
 
 

@@ -137,7 +137,8 @@ class ConstraintSet:
             if budget is None:
                 continue
             if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
-                raise UsageError(f"latency budget for {table!r} must be a positive number of ms, got {budget!r}")
+                raise UsageError(f"budgets_ms: the latency budget for {table!r} must be a positive number of ms, "
+                                 f"got {budget!r}")
             cons.append(Constraint(LATENCY, float(budget), True, table))
         for metric, rng in (("flops", flops_range), ("params", params_range)):
             if rng is None:

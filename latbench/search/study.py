@@ -5,9 +5,11 @@ word, so every reported config was priced and met every constraint.
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -19,6 +21,11 @@ from .domain import Domain
 Progress = Callable[[int, int, float], None]  # (steps done, steps in all, best accuracy so far)
 
 
+def _column(i: int, doc: str) -> property:
+    """A read-only view of the TrialLog's i-th logged array."""
+    return property(lambda self: self._arrays()[i], doc=doc)
+
+
 class TrialLog:
     """Every scored config in scoring order, with its accuracy, latency per table and feasibility."""
 
@@ -28,11 +35,16 @@ class TrialLog:
         self._cat: tuple[np.ndarray, ...] | None = None
         self._n = 0
 
-    def add(self, configs: np.ndarray, accuracy: np.ndarray, pricing: Pricing, step: int) -> None:
+    def add(self, configs: np.ndarray, accuracy: np.ndarray, pricing: Pricing, step: int,
+            numbers: np.ndarray | None = None) -> None:
+        """Log a scored batch; `numbers` are the trials' numbers (default: the next ones in order)."""
         n = len(configs)
+        if numbers is None:
+            numbers = np.arange(self._n, self._n + n)
         self._parts.append((configs.astype(np.int16 if configs.max(initial=0) < 2**15 else np.int64),
                             accuracy.astype(np.float64), pricing.latency_ms.astype(np.float64),
-                            pricing.feasible.copy(), np.full(n, step, dtype=np.int32)))
+                            pricing.feasible.copy(), np.full(n, step, dtype=np.int32),
+                            np.asarray(numbers, dtype=np.int64), pricing.values.astype(np.float64)))
         self._n += n
         self._cat = None
 
@@ -43,30 +55,22 @@ class TrialLog:
         if self._cat is None:
             if not self._parts:
                 return (np.zeros((0, 0), np.int64), np.zeros(0), np.zeros((0, len(self.tables))),
-                        np.zeros(0, bool), np.zeros(0, np.int32))
+                        np.zeros(0, bool), np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros((0, 0)))
             self._cat = tuple(np.concatenate(col) for col in zip(*self._parts))
             self._parts = [self._cat]
         return self._cat
 
     @property
     def configs(self) -> np.ndarray:
+        """Each logged trial's choice indices (n, positions), as int64 (kept as int16 where they fit)."""
         return self._arrays()[0].astype(np.int64)
 
-    @property
-    def accuracy(self) -> np.ndarray:
-        return self._arrays()[1]
-
-    @property
-    def latency_ms(self) -> np.ndarray:
-        return self._arrays()[2]
-
-    @property
-    def feasible(self) -> np.ndarray:
-        return self._arrays()[3]
-
-    @property
-    def step(self) -> np.ndarray:
-        return self._arrays()[4]
+    accuracy = _column(1, "Each logged trial's accuracy or score.")
+    latency_ms = _column(2, "Predicted latency (n, tables).")
+    feasible = _column(3, "Whether each logged trial meets every constraint.")
+    step = _column(4, "The strategy step that logged each trial.")
+    numbers = _column(5, "Each logged trial's number (Study.ask numbers trials as it hands them out).")
+    values = _column(6, "Constraint values (n, constraints): <= 0 feasible.")
 
     def best(self) -> int:
         """Index of the most accurate feasible trial (the first one on ties)."""
@@ -116,6 +120,7 @@ class SearchResult:
     trials: TrialLog = field(repr=False)
     front: np.ndarray | None = None  # trial indices of the accuracy/latency Pareto front
     fallback_keys: dict[str, int] = field(default_factory=dict)  # keys of the best priced by regression
+    study: Any = field(default=None, repr=False)  # the Study it ran on: `result.study.trials` is a DataFrame
 
     def to_dict(self) -> dict[str, Any]:
         """The `--json` object: config, latency_ms (a number, or by table), flops, params, accuracy."""
@@ -130,18 +135,63 @@ class SearchResult:
         }
 
 
-class Study:
-    """One search: space and domain, constraints, accuracy objective, trial log, seeded RNG."""
+@dataclass(frozen=True, eq=False)
+class Trial:
+    """One config handed out by `Study.ask` (or read off the log): what it costs and whether it
+    meets every constraint; `value` once told."""
 
-    def __init__(self, space, constraints: ConstraintSet, accuracy: AccuracySource | None, domain: Domain,
-                 seed: int = 0, progress: Progress | None = None):
-        self.space = space
-        self.constraints = constraints
-        self.accuracy = accuracy
-        self.domain = domain
+    number: int
+    config: Any  # the space's published form (OFA {"ks","e","d","r"})
+    index: np.ndarray  # choice indices, one per position
+    latency_ms: dict[str, float]  # per table (calibrated where the table has a calibration)
+    flops: int
+    params: int
+    constraints: tuple[float, ...]  # one per Study.constraint_names: <= 0 feasible
+    feasible: bool
+    value: float | None = None  # the told accuracy or score (higher is better)
+    state: str = "running"  # "running" until told, then "complete"
+
+
+class Study:
+    """One search: space and domain, constraints, objective, trial log, seeded RNG. Strategies
+    drive it (`run`), or an outside loop does, optuna-style: `ask()` a trial (priced, with its
+    constraint values), `tell(trial, value)` its accuracy or score; `best` and `trials` read the log.
+
+    space: a SearchSpace or a registered name; tables: a table path, an open LatencyTable or a
+    Predictor, a list of them or a {name: ...} mapping; budgets_ms: one budget for every table or
+    {table name: ms}; flops_range / params_range: (min, max), None for an open end; resolutions:
+    the resolutions to search (default: those every table covers); choices: {position: allowed
+    values}, instead of resolutions; allow_fallback: search subnets with more than 10% of their
+    keys missing from a table (priced by the fallback regression)."""
+
+    def __init__(self, space, tables, budgets_ms: float | Mapping[str, float] | None = None, *,
+                 seed: int = 0, flops_range: tuple[float | None, float | None] | None = None,
+                 params_range: tuple[float | None, float | None] | None = None,
+                 resolutions: Sequence[int] | None = None, choices: Mapping[str, Any] | None = None,
+                 calibration: bool = True, allow_fallback: bool = False,
+                 accuracy: AccuracySource | str | None = None, progress: Progress | None = None):
+        from ..predict import DEFAULT_MAX_FALLBACK, resolve_space
+        from .tables import load_predictors, search_resolutions
+
+        self.space = space = resolve_space(space)
+        if space is None:
+            raise UsageError("space is needed: a SearchSpace or a registered space name")
+        predictors = load_predictors(space, tables, calibration, None if allow_fallback else DEFAULT_MAX_FALLBACK)
+        costs = CostModel(space, predictors)
+        self.constraints = ConstraintSet.build(costs, _budgets(budgets_ms, costs.tables), flops_range, params_range)
+        self.notes: list[str] = []
+        if choices is None:  # refuses a table that lacks most keys of the space, as below
+            choices, self.notes = search_resolutions(space, predictors, resolutions)
+            self.domain = Domain.of(space, choices)
+        elif resolutions:
+            raise UsageError("give resolutions or choices, not both")
+        else:
+            self.domain = Domain.of(space, choices)
+            refuse_fallback(costs.predictors, self.domain)  # a table that lacks most keys of the space: say so now
+        self.accuracy = None if accuracy is None else make_accuracy_source(accuracy, space)
         self.seed = int(seed)
         self.rng = np.random.default_rng(self.seed)
-        self.log = TrialLog(constraints.costs.tables)
+        self.log = TrialLog(costs.tables)
         self.progress = progress
         self.anchor: np.ndarray | None = None
         self.priced = 0
@@ -150,6 +200,117 @@ class Study:
         self.asked = 0  # configs sent to the accuracy source (repeats answered from memory)
         self._seen: dict[bytes, float] = {}
         self._best = -np.inf
+        self._next = 0  # the next trial number
+        self._pending: dict[int, tuple[Trial, Pricing]] = {}
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        return self.constraints.costs.tables
+
+    @property
+    def predictors(self) -> dict[str, Any]:
+        """{table name: Predictor}."""
+        return self.constraints.costs.predictors
+
+    @property
+    def constraint_names(self) -> tuple[str, ...]:
+        """What each of a trial's constraint values measures ("latency_ms[t] <= 5")."""
+        return tuple(c.name for c in self.constraints.constraints)
+
+    # ------------------------------------------------------------------ ask / tell
+    def ask(self, config: Any = None, feasible: bool = False) -> Trial:
+        """A trial to evaluate: `config` (published form or index vector) priced, or a seeded
+        uniform draw of the domain (`feasible`: one meeting every constraint)."""
+        if config is None:
+            idx = self.sample_feasible(1)[0] if feasible else self.domain.sample(self.rng, 1)
+        else:
+            idx = self.space.index(config)[None, :]
+        pricing = self.constraints.price(idx, with_counts=True)
+        self.priced += 1
+        number = self._next
+        self._next += 1
+        trial = self._trial(number, idx[0], pricing.latency_ms[0], pricing.flops[0], pricing.params[0],
+                            pricing.values[0], bool(pricing.feasible[0]))
+        self._pending[number] = (trial, pricing)
+        return trial
+
+    def tell(self, trial: Trial | int, value: float) -> Trial:
+        """Record the accuracy or score (higher is better) of an asked trial; returns it completed."""
+        number = trial if isinstance(trial, (int, np.integer)) else trial.number
+        if number not in self._pending:
+            told = number in set(self.log.numbers.tolist())
+            raise UsageError(f"trial {number} was told already" if told else f"trial {number} was never asked")
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            v = math.nan
+        if not math.isfinite(v):
+            raise UsageError(f"value of trial {number} must be a finite number, got {value!r}")
+        asked, pricing = self._pending.pop(number)
+        self.log.add(asked.index[None, :], np.array([v]), pricing, self.step, numbers=[number])
+        if asked.feasible:
+            self._best = max(self._best, v)
+        return dataclasses.replace(asked, value=v, state="complete")
+
+    @property
+    def best(self) -> Trial:
+        """The told (or scored) trial with the highest value among those meeting every constraint."""
+        i = self.log.best()
+        log = self.log
+        counts = self.constraints.price(log.configs[i][None, :], with_counts=True)
+        return self._trial(int(log.numbers[i]), log.configs[i], log.latency_ms[i], counts.flops[0],
+                           counts.params[0], log.values[i], bool(log.feasible[i]), float(log.accuracy[i]))
+
+    @property
+    def trials(self):
+        """Every trial as a pandas DataFrame, by number: config (published), latency per table
+        (`latency_ms[NAME]`), flops, params, feasible, value, state (complete, or running while
+        asked and not told)."""
+        import pandas as pd
+
+        log = self.log
+        pend = [t for t, _ in self._pending.values()]
+        logged = log.configs if len(log) else np.zeros((0, self.space.n_positions), np.int64)
+        configs = np.concatenate([logged] + [t.index[None, :] for t in pend])
+        lat = np.concatenate([log.latency_ms] + [np.array([[t.latency_ms[n] for n in self.tables]]) for t in pend])
+        n = len(configs)
+        cols: dict[str, Any] = {
+            "number": np.concatenate([log.numbers, np.array([t.number for t in pend], dtype=np.int64)]),
+            "config": [self.space.to_published(c) for c in configs],
+        }
+        for k, name in enumerate(self.tables):
+            cols[f"latency_ms[{name}]"] = lat[:, k] if n else np.zeros(0)
+        costs = self.constraints.costs
+        cols["flops"] = costs.flops(configs).round().astype(np.int64) if n else np.zeros(0, np.int64)
+        cols["params"] = costs.params(configs).round().astype(np.int64) if n else np.zeros(0, np.int64)
+        cols["feasible"] = np.concatenate([log.feasible, np.array([t.feasible for t in pend], dtype=bool)])
+        cols["value"] = np.concatenate([log.accuracy, np.full(len(pend), np.nan)])
+        cols["state"] = ["complete"] * len(log) + ["running"] * len(pend)
+        return pd.DataFrame(cols).sort_values("number", kind="stable").reset_index(drop=True)
+
+    def _trial(self, number: int, idx: np.ndarray, latency, flops, params, values, feasible: bool,
+               value: float | None = None) -> Trial:
+        idx = np.asarray(idx, dtype=np.int64)
+        return Trial(int(number), self.space.to_published(idx), idx,
+                     {t: float(latency[k]) for k, t in enumerate(self.tables)},
+                     int(round(float(flops))), int(round(float(params))), tuple(float(v) for v in values),
+                     feasible, value, "running" if value is None else "complete")
+
+    # ------------------------------------------------------------------ strategies
+    def run(self, strategy: str = "evolution", accuracy: AccuracySource | str | None = None,
+            front: bool | None = None, **strategy_options) -> "SearchResult":
+        """Let a registered strategy drive this study (scoring with `accuracy`, default: the
+        study's own, else the FLOPs proxy); returns the SearchResult read off the log."""
+        from .strategies import get_strategy
+
+        t0 = time.perf_counter()
+        strat = get_strategy(strategy)
+        opts = strat.options(strategy_options)  # bad options fail before any work
+        self.check()  # before the accuracy source loads (torch...): an impossible budget fails at once
+        if accuracy is not None or self.accuracy is None:
+            self.accuracy = make_accuracy_source(accuracy if accuracy is not None else "flops", self.space)
+        strat.run(self, opts)
+        return self.result(strat.name, time.perf_counter() - t0, front=strat.pareto if front is None else front)
 
     # ------------------------------------------------------------------ pricing and scoring
     def check(self) -> np.ndarray:
@@ -169,7 +330,8 @@ class Study:
         acc = self._cached_accuracy(configs) if self.accuracy.deterministic else self._ask(configs)
         if not np.isfinite(acc).all():
             raise LatbenchError(f"accuracy source {self.accuracy.name} returned a non-finite score")
-        self.log.add(configs, acc, pricing, self.step)
+        self.log.add(configs, acc, pricing, self.step, numbers=np.arange(self._next, self._next + len(configs)))
+        self._next += len(configs)
         feas = acc[pricing.feasible]
         if feas.size:
             self._best = max(self._best, float(feas.max()))
@@ -279,8 +441,47 @@ class Study:
             constraints=tuple(c.name for c in self.constraints.constraints),
             evaluations=len(self.log), asked=self.asked, priced=self.priced, seconds=seconds,
             history=np.array(self.history), trials=self.log,
-            front=self.log.pareto() if front else None, fallback_keys=misses,
+            front=self.log.pareto() if front else None, fallback_keys=misses, study=self,
         )
+
+
+def _budgets(budgets_ms: float | Mapping[str, float] | None, tables: Sequence[str]) -> dict[str, float]:
+    """{table: ms} from one budget for every table or a mapping naming known tables."""
+    if budgets_ms is None:
+        return {}
+    if isinstance(budgets_ms, Mapping):
+        unknown = set(budgets_ms) - set(tables)
+        if unknown:
+            raise UsageError(f"budgets_ms: budget for unknown table(s) {', '.join(sorted(unknown))}; "
+                             f"tables: {', '.join(tables)}")
+        return dict(budgets_ms)
+    return {t: budgets_ms for t in tables}
+
+
+def search(space, tables, budgets_ms: float | Mapping[str, float] | None = None, *,
+           accuracy: AccuracySource | str = "flops", strategy: str = "evolution", seed: int = 0,
+           flops_range: tuple[float | None, float | None] | None = None,
+           params_range: tuple[float | None, float | None] | None = None,
+           resolutions: Sequence[int] | None = None, choices: Mapping[str, Any] | None = None,
+           calibration: bool = True, allow_fallback: bool = False, progress: Progress | None = None,
+           front: bool | None = None, **strategy_options) -> SearchResult:
+    """The most accurate subnet of `space` meeting every budget on every table (`latbench.search`).
+
+    tables: a table path, an open LatencyTable or a Predictor, a list of them (named by file
+    stem) or {name: ...}; budgets_ms: one budget in ms for every table or {name: ms}; accuracy:
+    "flops" (a proxy), "mlp:PATH", "callable:module:function", a registered "prefix:arg" or an
+    AccuracySource; strategy: a registered strategy (list_strategies()), with its options
+    (population, generations, ...). Without `resolutions` the resolutions every table covers are
+    searched. Raises InfeasibleBudgetError at once when a bound cannot be met (naming the
+    smallest achievable value) and FallbackError when a table lacks too many of a subnet's keys.
+    Same seed, same result; returns a SearchResult (best config, latency per table, trials)."""
+    from .strategies import get_strategy
+
+    get_strategy(strategy).options(strategy_options)  # bad options fail before any work
+    study = Study(space, tables, budgets_ms, seed=seed, flops_range=flops_range, params_range=params_range,
+                  resolutions=resolutions, choices=choices, calibration=calibration,
+                  allow_fallback=allow_fallback, progress=progress)
+    return study.run(strategy, accuracy, front, **strategy_options)
 
 
 def run_search(space, predictors: Mapping[str, Any], budgets_ms: Mapping[str, float] | None = None,
@@ -289,38 +490,10 @@ def run_search(space, predictors: Mapping[str, Any], budgets_ms: Mapping[str, fl
                params_range: tuple[float | None, float | None] | None = None,
                choices: Mapping[str, Any] | None = None, progress: Progress | None = None,
                front: bool | None = None, **strategy_options) -> SearchResult:
-    """Search `space` for the most accurate subnet meeting every budget on every table.
-
-    predictors: {table name: Predictor}; budgets_ms: {table name: ms} (a subnet must fit each);
-    accuracy: an AccuracySource or a spec such as "flops", "mlp:PATH", "callable:mod:fn";
-    flops_range / params_range: (min, max), None for an open end; choices: {position: allowed
-    values} to restrict the space (e.g. {"r": [160, 192, 224]}); strategy_options go to the
-    strategy (population, generations, and its own knobs). Raises InfeasibleBudgetError at once
-    when a bound cannot be met, naming the smallest achievable value, and FallbackError when a
-    table lacks more of some subnet's keys than its predictor's max_fallback allows.
-    """
-    from .strategies import get_strategy
-
-    t0 = time.perf_counter()
-    if isinstance(space, str):
-        from ..spaces import get_space
-
-        space = get_space(space)
+    """`search` over predictors already built ({table name: Predictor}, or one), on the whole
+    space or `choices` ({position: allowed values}, e.g. {"r": [160, 192, 224]}) as given."""
     if not isinstance(predictors, Mapping):
         predictors = {"table": predictors}
-    run = get_strategy(strategy)
-    opts = run.options(strategy_options)  # bad options fail before any work
-    costs = CostModel(space, predictors)
-    unknown = set(budgets_ms or {}) - set(costs.tables)
-    if unknown:
-        raise UsageError(f"budget for unknown table(s) {', '.join(sorted(unknown))}; tables: {', '.join(costs.tables)}")
-    cons = ConstraintSet.build(costs, budgets_ms, flops_range, params_range)
-    domain = Domain.of(space, choices)
-    refuse_fallback(costs.predictors, domain)  # a table that lacks most keys of the space: say so now
-    study = Study(space, cons, None, domain, seed, progress)
-    study.check()  # before the accuracy source loads (torch...): an impossible budget fails at once
-    study.accuracy = make_accuracy_source(accuracy, space)
-    run.run(study, opts)
-    if front is None:
-        front = run.pareto
-    return study.result(run.name, time.perf_counter() - t0, front=front)
+    return search(space, dict(predictors), budgets_ms, accuracy=accuracy, strategy=strategy, seed=seed,
+                  flops_range=flops_range, params_range=params_range, choices=choices or {},
+                  progress=progress, front=front, **strategy_options)

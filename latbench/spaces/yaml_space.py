@@ -84,6 +84,8 @@ class _Fields:
 class YamlSpace(SearchSpace):
     """A search space read from a YAML definition; configs publish as {position name: value}."""
 
+    text: str = ""  # the YAML text it was read from (a checkpoint stores it to rebuild the space)
+
     def __init__(self, spec: Any, source: str = "<yaml>"):
         self.source = source
         self._positions: list[Position] = []
@@ -448,7 +450,9 @@ def yaml_space_from_text(text: str, source: str = "<yaml>") -> YamlSpace:
         raise SpaceError(f"{source}: {where}{' '.join(str(problem).split())}") from None
     if spec is None:
         raise SpaceError(f"{source}: the file is empty")
-    return YamlSpace(spec, source)
+    space = YamlSpace(spec, source)
+    space.text = text
+    return space
 
 
 def load_yaml_space(path: str | os.PathLike) -> YamlSpace:

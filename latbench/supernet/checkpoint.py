@@ -19,11 +19,10 @@ def space_meta(space) -> dict[str, Any]:
 
     meta: dict[str, Any] = {"space": space.name}
     if space.name not in list_spaces():
-        source = getattr(space, "source", "")
-        if not source or not os.path.isfile(source):
+        text = getattr(space, "text", "")  # also a space rebuilt from a checkpoint, which has no file
+        if not text:
             raise UsageError(f"space {space.name!r} is neither registered nor read from a YAML file")
-        with open(source, encoding="utf-8") as fh:
-            meta["space_yaml"] = fh.read()
+        meta["space_yaml"] = text
     return meta
 
 

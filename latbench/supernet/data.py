@@ -125,9 +125,9 @@ def stratified_split(y: np.ndarray, fractions: tuple[float, float], seed: int) -
     return tuple(np.sort(np.concatenate(p)) for p in parts)
 
 
-def load_data(spec: str, channels: int, resolution: int, seed: int = 0,
-              fractions: tuple[float, float] = (0.15, 0.15)) -> Splits:
-    """`digits`, an image folder (class per subfolder) or an .npz -> normalised stratified splits."""
+def read_images(spec: str, channels: int, resolution: int) -> tuple[np.ndarray, np.ndarray]:
+    """The images (N, C, H, W) float32 in [0, 1] and int64 labels of `digits`, an image folder
+    (class per subfolder, read at `resolution`) or an .npz, before any resizing or splitting."""
     if spec == "digits":
         x, y = _digits()
     elif os.path.isdir(spec):
@@ -138,6 +138,17 @@ def load_data(spec: str, channels: int, resolution: int, seed: int = 0,
         raise UsageError(f"--data must be 'digits', an image folder or an .npz file, got {spec!r}")
     if len(np.unique(y)) < 2:
         raise FormatError(f"{spec}: needs at least two classes")
+    return x, y
+
+
+def n_classes_of(y: np.ndarray) -> int:
+    """The class count `Splits.n_classes` will report for labels `y`."""
+    return int(y.max()) + 1
+
+
+def to_splits(spec: str, x: np.ndarray, y: np.ndarray, channels: int, resolution: int, seed: int = 0,
+              fractions: tuple[float, float] = (0.15, 0.15)) -> Splits:
+    """Images from `read_images` -> resized, normalised stratified splits."""
     x = _fit_channels(x, channels)
     t = torch.from_numpy(np.ascontiguousarray(x))
     if t.shape[-1] != resolution or t.shape[-2] != resolution:
@@ -148,8 +159,15 @@ def load_data(spec: str, channels: int, resolution: int, seed: int = 0,
     t = ((t - mean[:, None, None]) / std[:, None, None]).contiguous()
     yt = torch.from_numpy(y)
     return Splits(spec if spec == "digits" else os.path.basename(os.path.normpath(spec)),
-                  (t[tr], yt[tr]), (t[va], yt[va]), (t[te], yt[te]), int(y.max()) + 1,
+                  (t[tr], yt[tr]), (t[va], yt[va]), (t[te], yt[te]), n_classes_of(y),
                   mean.tolist(), std.tolist())
+
+
+def load_data(spec: str, channels: int, resolution: int, seed: int = 0,
+              fractions: tuple[float, float] = (0.15, 0.15)) -> Splits:
+    """`digits`, an image folder (class per subfolder) or an .npz -> normalised stratified splits."""
+    x, y = read_images(spec, channels, resolution)
+    return to_splits(spec, x, y, channels, resolution, seed, fractions)
 
 
 # ---------------------------------------------------------------------- batches
@@ -192,4 +210,4 @@ def steps_per_epoch(n: int, batch_size: int, world: int = 1, drop_last: bool = F
     return -(-n // step)
 
 
-__all__ = ["Splits", "load_data", "batches", "resize", "shift", "stratified_split", "steps_per_epoch"]
+__all__ = ["Splits", "load_data", "read_images", "to_splits", "n_classes_of", "batches", "resize", "shift", "stratified_split", "steps_per_epoch"]

@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import UsageError, require
 from . import distributed as D
 from .checkpoint import load_checkpoint, save_checkpoint, space_meta
-from .data import batches, load_data, shift, steps_per_epoch
+from .data import batches, n_classes_of, read_images, shift, steps_per_epoch, to_splits
 from .evaluator import bn_snapshot, evaluate_config
 from .model import SuperNet
 from .ofa import OFA, DistillConfig, RunConfig, teacher_copy
@@ -117,13 +117,14 @@ def _train(s: TrainSettings, info: D.DistInfo, log: Callable[[str], None] | None
     space = get_space(s.space)
     shape = space.input_shape(space.largest())
     channels, max_res = shape[1], shape[2]
-    data = load_data(s.data, channels, max_res, s.data_seed)
+    images, labels = read_images(s.data, channels, max_res)
+    head = space.blocks(space.largest())[-1]  # checked before the images are resized (GBs at 224)
+    if head.kind == "linear" and head.out != n_classes_of(labels):
+        raise UsageError(f"space {space.name!r} has {head.out} outputs and {s.data} has {n_classes_of(labels)} classes")
+    data = to_splits(s.data, images, labels, channels, max_res, s.data_seed)
     xtr, ytr = data.train
     if s.max_train_images:
         xtr, ytr = xtr[:s.max_train_images], ytr[:s.max_train_images]
-    head = space.blocks(space.largest())[-1]
-    if head.kind == "linear" and head.out != data.n_classes:
-        raise UsageError(f"space {space.name!r} has {head.out} outputs and {s.data} has {data.n_classes} classes")
 
     torch.manual_seed(s.seed)
     # channels-last runs depthwise convs ~3x faster on CPU (mkldnn); values are unchanged

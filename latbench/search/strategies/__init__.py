@@ -3,6 +3,7 @@ whole populations per call; each takes `population` and `generations` plus its o
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -45,22 +46,60 @@ class Strategy:
         self.body(study, opts)
 
 
-def _registry() -> dict[str, Strategy]:
-    from .anneal import ANNEAL
-    from .evolution import EVOLUTION
-    from .nsga2 import NSGA2
-    from .random_search import RANDOM
+@dataclass(frozen=True)
+class PlainOptions:
+    """Options of a strategy registered as a plain function: a population and a step count."""
 
-    return {s.name: s for s in (EVOLUTION, ANNEAL, RANDOM, NSGA2)}
+    population: int = 100
+    generations: int = 100
 
 
-STRATEGY_NAMES = ("evolution", "anneal", "random", "nsga2")
+STRATEGY_NAMES = ("evolution", "anneal", "random", "nsga2")  # the built-in ones
+_REGISTRY: dict[str, Strategy] = {}
+
+
+def _builtins() -> dict[str, Strategy]:
+    """The registry, with the built-in strategies registered on first use."""
+    if not _REGISTRY:
+        from .anneal import ANNEAL
+        from .evolution import EVOLUTION
+        from .nsga2 import NSGA2
+        from .random_search import RANDOM
+
+        for s in (EVOLUTION, ANNEAL, RANDOM, NSGA2):
+            _REGISTRY.setdefault(s.name, s)
+    return _REGISTRY
+
+
+def register_strategy(name: str, strategy: Strategy | Callable[[Any, Any], None], *, options_type: type = PlainOptions,
+                      description: str = "", pareto: bool = False) -> Strategy:
+    """Register a strategy under `name` (a later registration replaces an earlier one): a Strategy,
+    or a function `body(study, options)` that draws, prices and scores through the Study
+    (`study.sample_feasible`, `study.score`, `study.tick`...) with `options` an instance of
+    `options_type` (PlainOptions: population, generations)."""
+    if not isinstance(name, str) or not name:
+        raise UsageError(f"strategy name must be a non-empty string, got {name!r}")
+    if isinstance(strategy, Strategy):
+        made = dataclasses.replace(strategy, name=name)
+    elif callable(strategy):
+        made = Strategy(name, options_type, strategy, pareto=pareto,
+                        description=description or (strategy.__doc__ or "").strip().split("\n")[0])
+    else:
+        raise UsageError(f"strategy must be a Strategy or a function (study, options), got {type(strategy).__name__}")
+    _builtins()[name] = made
+    return made
+
+
+def list_strategies(pattern: str = "*") -> list[str]:
+    """Registered strategy names matching the fnmatch `pattern`, sorted."""
+    return sorted(n for n in _builtins() if fnmatch.fnmatch(n, pattern))
 
 
 def get_strategy(name: str) -> Strategy:
-    reg = _registry()
+    """The strategy registered as `name`."""
+    reg = _builtins()
     if name not in reg:
-        raise UsageError(f"unknown strategy {name!r}; known: {', '.join(STRATEGY_NAMES)}")
+        raise UsageError(f"unknown strategy {name!r}; known: {', '.join(list_strategies())}")
     return reg[name]
 
 

@@ -17,9 +17,10 @@ from ..device import DeviceProfile
 from ..errors import FormatError
 from ..measure import Measurement
 from ..ops import OpSpec
+from ..combine import row_profile_ids
+from ..merge import Transfer, take_meta
 from ..store import LatencyTable, PathLike
-from .common import (Transfer, header_profile, read_sidecar, row_profile_ids, table_header, take_meta,
-                     use_profile, write_sidecar)
+from .table_common import header_profile, read_sidecar, table_header, use_profile, write_sidecar
 
 PADDLESLIM_SIDECAR_FORMAT = "latbench-table-paddleslim"
 _KEEPS_ALL = "--format csv|jsonl keep every row"
@@ -35,7 +36,7 @@ def export_paddleslim(table: LatencyTable, path: PathLike, skip_unsupported: boo
     and the sidecar that makes a latbench round trip exact."""
     # a row PaddleSlim has no line for (blocks, OFA layers, conv+BN), or whose line would read
     # back as another op, is an error naming its key, or skipped and counted with skip_unsupported
-    from ..formats.paddleslim import write_table
+    from .paddleslim import write_table
 
     p = os.fspath(path)
     res = Transfer(not_ok=table.counts()["failed"], files=[p, paddleslim_meta_path(p)])
@@ -66,7 +67,7 @@ def export_paddleslim(table: LatencyTable, path: PathLike, skip_unsupported: boo
 
 def _no_line(op: OpSpec) -> str:
     """Why `op` cannot be a PaddleSlim line that reads back as itself ('' when it can)."""
-    from ..formats.paddleslim import line_to_op, op_to_line
+    from .paddleslim import line_to_op, op_to_line
 
     try:
         line = op_to_line(op)
@@ -82,7 +83,7 @@ def import_paddleslim(path: PathLike, table: LatencyTable, profile: DeviceProfil
     """A PaddleSlim latency table into `table` with estimator `value` and no invented statistics;
     with its latbench sidecar, under the sidecar's profile and meta and with each row's extra."""
     # a key listed twice keeps its last line
-    from ..formats.paddleslim import read_table as read_paddle
+    from .paddleslim import read_table as read_paddle
 
     p = os.fspath(path)
     side_path = paddleslim_meta_path(p)
@@ -99,12 +100,12 @@ def import_paddleslim(path: PathLike, table: LatencyTable, profile: DeviceProfil
         keep = _kept(kept.get(op.key), prof, f"{side_path}: row {op.key}")
         m = Measurement(key=op.key, profile_id=prof.id, op=op.to_dict(), stats=None, taken_at=now,
                         extra=keep.get("extra", {}))
-        row = table._measurement_row(m, source, "value", ms)
+        row = table.measurement_row(m, source, "value", ms)
         row["profile_id"] = keep.get("profile_id", prof.id)
         by_key[op.key] = row
     if side:
-        take_meta(table, side.get("meta") or {}, p)
-    table._put_rows(list(by_key.values()))
+        take_meta(table, side.get("meta") or {}, p, side["version"])
+    table.put_rows(list(by_key.values()))
     return Transfer(written=len(by_key), files=[p] + ([side_path] if side else []))
 
 

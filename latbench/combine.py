@@ -14,13 +14,25 @@ from __future__ import annotations
 from contextlib import ExitStack
 from typing import Any, Iterable
 
-from ..device import DeviceProfile
-from ..errors import UsageError
-from ..store import LatencyTable, PathLike
-from .common import COMBINED_AGENT, Transfer, copy_missing_meta, source_profiles
-from .merge import open_sources
+from .device import DeviceProfile
+from .errors import UsageError
+from .merge import Transfer, copy_missing_meta, open_sources
+from .store import LatencyTable, PathLike
+from .tablemeta import RUN_META, RunSettings
 
-RUN_CONTEXT = ("context", "context_bytes")
+COMBINED_AGENT = "combined"  # the agent of a profile that combines other profiles' rows
+
+
+def source_profiles(profile: DeviceProfile) -> list[DeviceProfile]:
+    """The device profiles whose rows a table of `profile` holds: a combination's sources, else itself."""
+    if profile.agent != COMBINED_AGENT:
+        return [profile]
+    return [DeviceProfile.from_dict(d) for d in profile.info.get("sources", [])]
+
+
+def row_profile_ids(profile: DeviceProfile) -> set[str]:
+    """The profile ids a row of a table of `profile` may carry."""
+    return {profile.id} | {p.id for p in source_profiles(profile)}
 
 
 def combined_profile(profiles: list[DeviceProfile]) -> DeviceProfile:
@@ -48,7 +60,7 @@ def combine(out: LatencyTable, srcs: Iterable[LatencyTable | PathLike]) -> Trans
                              f"profile: `latbench table merge` puts them into one table")
         run = _run_of(sources)
         out.set_profile(combined_profile(profiles))
-        out.meta_set("profile_run", run)
+        out.set_run_settings(run)
         res = Transfer(files=[s.path for s in sources])
         taken = _take_rows(out, sources, res)
         _take_meta(out, sources, taken, res)
@@ -64,28 +76,26 @@ def _leaf_profiles(sources: list[LatencyTable]) -> list[DeviceProfile]:
     return list(seen.values())
 
 
-def _run_of(sources: list[LatencyTable]) -> dict[str, Any]:
+def _run_of(sources: list[LatencyTable]) -> RunSettings:
     """The run settings of the combination: the sources' granularity and fusion (refused when they
     differ: a table prices at one), their spaces, and their cache context where they share one."""
     first, want = sources[0], _pricing(sources[0])
-    runs = [s.meta_get("profile_run") or {} for s in sources]
+    runs = [s.run_settings for s in sources]
     for s in sources[1:]:
         got = _pricing(s)
         if got != want:
             raise UsageError(f"cannot combine {s.path} with {first.path}: its entries are "
                              f"{got[0]}-granularity (fusion {got[1]}), {first.path}'s "
                              f"{want[0]}-granularity (fusion {want[1]}); a table prices at one")
-    run: dict[str, Any] = {"granularity": want[0], "fusion": want[1],
-                           "spaces": sorted({sp for r in runs for sp in r.get("spaces", [])})}
-    contexts = {tuple(r.get(k) for k in RUN_CONTEXT) for r in runs}
-    if len(contexts) == 1 and None not in next(iter(contexts)):
-        run.update(zip(RUN_CONTEXT, contexts.pop()))
-    return run
+    contexts = {(r.context, r.context_bytes) if r else (None, None) for r in runs}
+    context, context_bytes = contexts.pop() if len(contexts) == 1 else (None, None)
+    return RunSettings(want[0], want[1], tuple(sorted({sp for r in runs if r for sp in r.spaces})),
+                       context, context_bytes if context is not None else None)
 
 
 def _pricing(table: LatencyTable) -> tuple[str, str]:
     """(granularity, fusion) the table is priced at."""
-    from ..predict import Pricer
+    from .predict import Pricer
 
     p = Pricer.from_table(table)
     return p.granularity, p.fusion
@@ -104,7 +114,7 @@ def _take_rows(out: LatencyTable, sources: list[LatencyTable], res: Transfer) ->
                 later.add(r["key"])
                 continue
             rows[r["key"]], origin[r["key"]] = r, s.path
-    out._put_rows(list(rows.values()))
+    out.put_rows(list(rows.values()))
     res.added = res.written = len(rows)
     res.left = len(later)  # keys a later source offered that an earlier source gave
     taken = {s.path: 0 for s in sources}
@@ -116,24 +126,25 @@ def _take_rows(out: LatencyTable, sources: list[LatencyTable], res: Transfer) ->
 def _take_meta(out: LatencyTable, sources: list[LatencyTable], taken: dict[str, int], res: Transfer) -> None:
     """The sources' meta but their calibrations, the first per-call cost, and meta "combination"
     naming each source; what the summary must say goes into res.notes."""
-    from ..profiling import invocation_entry
-
     entries, invocations = [], {}
     for s in sources:
-        inv = invocations[s.path] = invocation_entry(s)
+        inv = invocations[s.path] = s.invocation
         entries.append({"path": s.path, "profile_id": s.profile.id, "rows": taken[s.path],  # type: ignore[union-attr]
-                        "invocation_ms": inv["estimate_ms"] if inv else None,
-                        "profile_run": s.meta_get("profile_run")})
+                        "invocation_ms": inv.estimate_ms if inv else None,
+                        "profile_run": s.meta_get(RUN_META)})
         copy_missing_meta(out, s.meta(), leave=("calibration", "combination", "invocation"))
         res.notes.append(f"{s.path}: {taken[s.path]} rows")
     priced = next((e for e in entries if e["invocation_ms"] is not None), None)
     out.meta_set("combination", {"sources": entries, "invocation_from": priced["path"] if priced else None})
     if priced:
-        out.meta_set("invocation", invocations[priced["path"]])
+        out.set_invocation(invocations[priced["path"]])  # type: ignore[arg-type]
         others = [f"{e['path']} {e['invocation_ms']:.6g} ms" for e in entries
                   if e is not priced and e["invocation_ms"] is not None and e["invocation_ms"] != priced["invocation_ms"]]
         res.notes.append(f"priced with the per-call cost of {priced['path']} ({priced['invocation_ms']:.6g} ms)"
                          + (f"; other sources measured {', '.join(others)}" if others else ""))
-    dropped = [s.path for s in sources if s.meta_get("calibration")]
+    dropped = [s.path for s in sources if s.calibrations()]
     if dropped:
         res.notes.append(f"calibrations of {', '.join(dropped)} not carried (each fits one device's table)")
+
+
+__all__ = ["COMBINED_AGENT", "combine", "combined_profile", "source_profiles", "row_profile_ids"]

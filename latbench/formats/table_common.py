@@ -1,48 +1,18 @@
-"""What every table import and export shares: the Transfer report, the profile of foreign numbers,
-the header (profile + meta) that CSV sidecars, PaddleSlim sidecars and JSONL files carry, the check
-of one imported row, and the taking in of a source's meta."""
+"""What every table import and export shares: the profile of foreign numbers, the header (profile +
+meta) that CSV sidecars, PaddleSlim sidecars and JSONL files carry, and the check of one imported
+row (the Transfer report and the taking in of a source's meta live in latbench.merge)."""
 from __future__ import annotations
 
 import json
 import math
 import os
-from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from ..combine import row_profile_ids
 from ..device import DeviceProfile
 from ..errors import FormatError, OpError, UsageError
 from ..store import (COLUMNS, ESTIMATORS, FLOAT_COLUMNS, FORMAT_VERSION, INT_COLUMNS, JSON_COLUMNS,
-                     RESERVED_META, STATUSES, LatencyTable, ProfileMismatchError, _op_for,
-                     mismatch_message)
-
-COMBINED_AGENT = "combined"  # the agent of a profile that combines other profiles' rows
-
-
-@dataclass
-class Transfer:
-    """What an export, import, merge or combine did (merge and combine count distinct keys)."""
-
-    written: int = 0  # rows written (export) or stored (import, merge, combine)
-    skipped: list[str] = field(default_factory=list)  # keys the target format cannot express
-    not_ok: int = 0  # failed rows left out (exports carry numbers only)
-    files: list[str] = field(default_factory=list)
-    added: int = 0  # merge/combine: keys the table did not hold
-    replaced: int = 0  # merge/combine: keys whose row a source's row replaced
-    left: int = 0  # merge/combine: keys a source offered whose row stayed as it was
-    notes: list[str] = field(default_factory=list)  # what a reader of the summary must know
-
-    def describe(self) -> str:
-        parts = [f"{self.written} rows"]
-        if self.skipped:
-            parts.append(f"{len(self.skipped)} unsupported skipped")
-        if self.not_ok:
-            parts.append(f"{self.not_ok} failed left out")
-        return ", ".join(parts)
-
-    def describe_keys(self) -> str:
-        """The merge/combine summary: what happened to each distinct key the sources offered."""
-        return (f"{self.added} rows added, {self.replaced} replaced, {self.left} left as they were "
-                f"(a failed row never replaces an ok one; an identical row changes nothing)")
+                     STATUSES, LatencyTable, ProfileMismatchError, mismatch_message, op_for_row)
 
 
 # ---------------------------------------------------------------------- profiles of imports
@@ -50,7 +20,7 @@ def import_profile(device: str, runtime: str = "unknown", threads: int = 0, sour
     """The profile of imported foreign numbers, so a table still says where they were measured."""
     # `source` goes into info, which is not hashed: files imported from one device share a profile
     if not device or not device.strip():
-        raise UsageError("importing a foreign table needs the device it was measured on (--device NAME)")
+        raise UsageError("importing a foreign table needs the device it was measured on (`device`)")
     if threads < 0:
         raise UsageError(f"threads must be >= 0 (0 = unknown), got {threads}")
     return DeviceProfile(agent="import", runtime=runtime or "unknown", runtime_version="",
@@ -65,18 +35,6 @@ def use_profile(table: LatencyTable, profile: DeviceProfile | None, what: str) -
         raise UsageError(f"importing {what} into {table.path} needs a device profile: the table has "
                          f"none yet (pass --device NAME, or import_profile(...))")
     return table.profile
-
-
-def source_profiles(profile: DeviceProfile) -> list[DeviceProfile]:
-    """The device profiles whose rows a table of `profile` holds: a combination's sources, else itself."""
-    if profile.agent != COMBINED_AGENT:
-        return [profile]
-    return [DeviceProfile.from_dict(d) for d in profile.info.get("sources", [])]
-
-
-def row_profile_ids(profile: DeviceProfile) -> set[str]:
-    """The profile ids a row of a table of `profile` may carry."""
-    return {profile.id} | {p.id for p in source_profiles(profile)}
 
 
 # ---------------------------------------------------------------------- headers and sidecars
@@ -163,7 +121,7 @@ def check_row(raw: Mapping[str, Any], where: str, profile: DeviceProfile, source
                                    f"the table's profile is {profile.id}")
     row["profile_id"] = row["profile_id"] or profile.id
     try:
-        op = _op_for(key, row["op"], where)
+        op = op_for_row(key, row["op"], where)
     except OpError as e:
         raise FormatError(str(e)) from None
     row["kind"] = row["kind"] or op.kind
@@ -204,23 +162,3 @@ def _type_words(c: str) -> str:
     if c in JSON_COLUMNS:
         return "a JSON list" if c == "samples" else "a JSON object"
     return "a string"
-
-
-# ---------------------------------------------------------------------- meta of a source
-def copy_missing_meta(dst: LatencyTable, meta: Mapping[str, Any], leave: tuple[str, ...] = ()) -> None:
-    """Copy the meta entries `dst` lacks (a calibration, the per-call cost, the run settings) but
-    those in `leave`; what `dst` has already is its own and stays."""
-    have = dst.meta()
-    for name, value in meta.items():
-        if name not in have and name not in RESERVED_META and name not in leave:
-            dst.meta_set(name, value)
-
-
-def take_meta(dst: LatencyTable, meta: Mapping[str, Any], src_name: str) -> None:
-    """Take in the meta of a source of `dst`'s own profile before its rows are stored: rows timed
-    in other run settings are refused, per-call costs of one context pooled, the entries `dst`
-    lacks copied, so `dst` prices the rows as their source did."""
-    from ..profiling import merge_run_meta
-
-    merge_run_meta(dst, dict(meta), src_name)
-    copy_missing_meta(dst, meta)

@@ -8,10 +8,10 @@ from typing import Any
 
 from ..device import DeviceProfile
 from ..errors import FormatError
+from ..merge import Transfer, take_meta
 from ..store import (COLUMNS, CSV_FORMAT_NAME, FLOAT_COLUMNS, INT_COLUMNS, JSON_COLUMNS,
-                     LatencyTable, PathLike, _dumps)
-from .common import (Transfer, check_row, header_profile, read_sidecar, table_header, take_meta,
-                     use_profile, write_sidecar)
+                     LatencyTable, PathLike, column_json)
+from .table_common import check_row, header_profile, read_sidecar, table_header, use_profile, write_sidecar
 
 
 def csv_meta_path(path: PathLike) -> str:
@@ -29,7 +29,7 @@ def export_csv(table: LatencyTable, path: PathLike) -> Transfer:
             w = csv.writer(f)
             w.writerow(COLUMNS)
             for r in rows:
-                w.writerow(["" if r[c] is None else (_dumps(r[c]) if c in JSON_COLUMNS else
+                w.writerow(["" if r[c] is None else (column_json(r[c]) if c in JSON_COLUMNS else
                             repr(float(r[c])) if c in FLOAT_COLUMNS else r[c]) for c in COLUMNS])
     except OSError as e:
         raise FormatError(f"{p}: cannot write: {e.strerror or e}") from None
@@ -47,8 +47,8 @@ def import_csv(path: PathLike, out_table: LatencyTable, profile: DeviceProfile |
     prof = use_profile(out_table, header_profile(side, side_path, p, profile), p)
     rows = _read_csv_rows(p, prof)
     if side:
-        take_meta(out_table, side.get("meta") or {}, p)
-    out_table._put_rows(rows)
+        take_meta(out_table, side.get("meta") or {}, p, side["version"])
+    out_table.put_rows(rows)
     return Transfer(written=len(rows), files=[p])
 
 

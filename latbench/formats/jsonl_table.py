@@ -12,9 +12,9 @@ from typing import Any
 
 from ..device import DeviceProfile
 from ..errors import FormatError
+from ..merge import Transfer, take_meta
 from ..store import COLUMNS, LatencyTable, PathLike
-from .common import (Transfer, check_header, check_row, header_profile, table_header, take_meta,
-                     typed_value, use_profile)
+from .table_common import check_header, check_row, header_profile, table_header, typed_value, use_profile
 
 JSONL_FORMAT_NAME = "latbench-table-jsonl"
 
@@ -63,8 +63,8 @@ def import_jsonl(path: PathLike, out_table: LatencyTable, profile: DeviceProfile
         raw = {c: typed_value(c, v, where) for c, v in rec.items()}
         row = check_row(raw, where, prof, source)
         rows[row["key"]] = row
-    take_meta(out_table, header.get("meta") or {}, p)
-    out_table._put_rows(list(rows.values()))
+    take_meta(out_table, header.get("meta") or {}, p, header["version"])
+    out_table.put_rows(list(rows.values()))
     return Transfer(written=len(rows), files=[p])
 
 

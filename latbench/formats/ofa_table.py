@@ -20,8 +20,9 @@ from ..device import DeviceProfile
 from ..errors import FormatError, UsageError
 from ..measure import Measurement, Stats
 from ..ops import OpSpec
-from ..store import LatencyTable, PathLike, _nan
-from .common import Transfer, use_profile
+from ..merge import Transfer
+from ..store import LatencyTable, PathLike
+from .table_common import use_profile
 
 Entry = dict[str, Any]  # {"count", "mean", "std"} as read from a file, with its "source"
 
@@ -37,8 +38,7 @@ def export_ofa_yaml(table: LatencyTable, out: PathLike, skip_unsupported: bool =
     per-call cost, every entry but the stem `Conv` one (each subnet has exactly one) holds
     estimate - cost, so OFA's sum equals latbench's price. A calibration cannot be held: refused
     unless `drop_calibration`. A `#` header in each file says all this."""
-    from ..formats.ofa import is_ofa_key, table_file_name, write_ofa_yaml
-    from ..profiling import invocation_ms
+    from .ofa import is_ofa_key, table_file_name, write_ofa_yaml
 
     res = Transfer(not_ok=table.counts()["failed"])
     _check_calibration(table, drop_calibration, res)
@@ -62,7 +62,8 @@ def export_ofa_yaml(table: LatencyTable, out: PathLike, skip_unsupported: bool =
         estimators[r["estimator"]] += 1
         for rr, entry in placed.items():
             groups.setdefault(rr, {})[key] = entry
-    inv = invocation_ms(table)
+    entry = table.invocation
+    inv = entry.estimate_ms if entry is not None and entry.estimate_ms is not None else 0.0
     files = {(os.path.join(o, table_file_name(rr)) if to_dir else o): rr for rr in sorted(groups)}
     docs = {f: _fold(groups[rr], inv, f) for f, rr in files.items()}  # every check before any write
     try:
@@ -79,7 +80,7 @@ def export_ofa_yaml(table: LatencyTable, out: PathLike, skip_unsupported: bool =
 
 def _check_calibration(table: LatencyTable, drop: bool, res: Transfer) -> None:
     """Refuse a calibrated table (OFA YAML has no place for one) unless asked to drop it."""
-    cals = table.meta_get("calibration") or {}
+    cals = table.calibrations()
     if not cals:
         return
     names = ", ".join(sorted(cals))
@@ -153,7 +154,7 @@ def import_ofa_yaml(paths: PathLike | Iterable[PathLike], table: LatencyTable,
     extra["by_resolution"] and the lowest resolution's in its columns, so the order of the files
     changes nothing. Files imported later replace the entries of their resolutions. The space
     (`space`, else inferred from the stem Conv and Logits keys) goes into meta["space"]."""
-    from ..formats.ofa import parse_ofa_key, read_ofa_yaml, resolution_of
+    from .ofa import parse_ofa_key, read_ofa_yaml, resolution_of
 
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -173,7 +174,7 @@ def import_ofa_yaml(paths: PathLike | Iterable[PathLike], table: LatencyTable,
     prof = use_profile(table, profile, ", ".join(paths))
     now = time.time()
     rows = [_row(table, prof, key, ops[key], _with_old(table, key, per), now) for key, per in found.items()]
-    table._put_rows(rows)
+    table.put_rows(rows)
     res = Transfer(written=len(rows), files=paths)
     if record:
         table.meta_set(SPACE_META, record)
@@ -232,9 +233,9 @@ def _row(table: LatencyTable, prof: DeviceProfile, key: str, op: OpSpec, per: di
                                          "count": per[r]["count"], "std": per[r]["std"],
                                          "source": f"ofa-yaml:{per[r]['source']}"} for r in ints}
     stats = Stats(median=math.nan, p25=math.nan, p75=math.nan, min=math.nan, max=math.nan,
-                  mean=main["mean"], std=_nan(main["std"]), n=main["count"] or 0, block=0)
+                  mean=main["mean"], std=math.nan if main["std"] is None else float(main["std"]), n=main["count"] or 0, block=0)
     m = Measurement(key=key, profile_id=prof.id, op=op.to_dict(), stats=stats, taken_at=now, extra=extra)
-    return table._measurement_row(m, f"ofa-yaml:{main['source']}", "mean", main["mean"])
+    return table.measurement_row(m, f"ofa-yaml:{main['source']}", "mean", main["mean"])
 
 
 # ---------------------------------------------------------------------- the space of the files
@@ -256,10 +257,10 @@ def _space_record(table: LatencyTable, ops: Iterable[OpSpec], asked: str | None)
     if asked is not None:
         sp = get_space(asked)
         if not isinstance(sp, OFAMobileNetV3):
-            raise UsageError(f"--space {asked}: OFA YAML holds Once-for-All MobileNetV3 keys; {asked} is not "
+            raise UsageError(f"`space` {asked}: OFA YAML holds Once-for-All MobileNetV3 keys; {asked} is not "
                              f"an ofa-mbv3 space")
         if not fits(sp):
-            raise UsageError(f"--space {asked}: the files have {seen}; {asked} has a stem of "
+            raise UsageError(f"`space` {asked}: the files have {seen}; {asked} has a stem of "
                              f"{sp.stem_width} channels and a Logits input of {sp.last_channel}")
         record = {"name": asked, "how": "given with --space"}
     else:

@@ -1,14 +1,44 @@
-"""Merging tables of one device profile into one (another profile is refused: `combine` makes a
-new table of several devices that names them)."""
+"""Merging tables of one device profile into one (another profile is refused: latbench.combine
+makes a new table of several devices that names them), and the Transfer report that merges,
+combinations, imports and exports return."""
 from __future__ import annotations
 
 import os
 from contextlib import ExitStack
-from typing import Any, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
 
-from ..errors import FormatError, UsageError
-from ..store import LatencyTable, PathLike, ProfileMismatchError, mismatch_message
-from .common import Transfer, take_meta
+from .errors import FormatError, UsageError
+from .store import (FORMAT_VERSION, RESERVED_META, LatencyTable, PathLike, ProfileMismatchError,
+                    mismatch_message)
+from .tablemeta import migrate_meta
+
+
+@dataclass
+class Transfer:
+    """What an export, import, merge or combine did (merge and combine count distinct keys)."""
+
+    written: int = 0  # rows written (export) or stored (import, merge, combine)
+    skipped: list[str] = field(default_factory=list)  # keys the target format cannot express
+    not_ok: int = 0  # failed rows left out (exports carry numbers only)
+    files: list[str] = field(default_factory=list)
+    added: int = 0  # merge/combine: keys the table did not hold
+    replaced: int = 0  # merge/combine: keys whose row a source's row replaced
+    left: int = 0  # merge/combine: keys a source offered whose row stayed as it was
+    notes: list[str] = field(default_factory=list)  # what a reader of the summary must know
+
+    def describe(self) -> str:
+        parts = [f"{self.written} rows"]
+        if self.skipped:
+            parts.append(f"{len(self.skipped)} unsupported skipped")
+        if self.not_ok:
+            parts.append(f"{self.not_ok} failed left out")
+        return ", ".join(parts)
+
+    def describe_keys(self) -> str:
+        """The merge/combine summary: what happened to each distinct key the sources offered."""
+        return (f"{self.added} rows added, {self.replaced} replaced, {self.left} left as they were "
+                f"(a failed row never replaces an ok one; an identical row changes nothing)")
 
 
 def open_sources(stack: ExitStack, srcs: Iterable[LatencyTable | PathLike], dst_path: str) -> list[LatencyTable]:
@@ -46,7 +76,7 @@ def merge(dst: LatencyTable, srcs: Iterable[LatencyTable | PathLike]) -> Transfe
             take_meta(dst, s.meta(), s.path)  # refuses rows timed otherwise before any is copied
             rows = list(s.rows())
             offered.update(r["key"] for r in rows)
-            dst._put_rows(_changes(dst, rows))
+            dst.put_rows(_changes(dst, rows))
         res = Transfer(files=[s.path for s in sources])
     _count(res, dst, before, offered)
     return res
@@ -73,3 +103,28 @@ def _count(res: Transfer, dst: LatencyTable, before: dict[str, dict[str, Any]], 
         else:
             res.left += 1
     res.written = res.added + res.replaced
+
+
+# ---------------------------------------------------------------------- meta of a source
+def copy_missing_meta(dst: LatencyTable, meta: Mapping[str, Any], leave: tuple[str, ...] = ()) -> None:
+    """Copy the meta entries `dst` lacks (a calibration, the per-call cost, the run settings) but
+    those in `leave`; what `dst` has already is its own and stays."""
+    have = dst.meta()
+    for name, value in meta.items():
+        if name not in have and name not in RESERVED_META and name not in leave:
+            dst.meta_set(name, value)
+
+
+def take_meta(dst: LatencyTable, meta: Mapping[str, Any], src_name: str, version: int = FORMAT_VERSION) -> None:
+    """Take in the meta of a source of `dst`'s own profile before its rows are stored: rows timed
+    in other run settings are refused, per-call costs of one context pooled, the entries `dst`
+    lacks copied, so `dst` prices the rows as their source did. `version`: the source's format
+    version (an export's header), whose meta is migrated first."""
+    from .runmeta import merge_run_meta
+
+    meta = {**meta, **migrate_meta(meta, version)}
+    merge_run_meta(dst, dict(meta), src_name)
+    copy_missing_meta(dst, meta)
+
+
+__all__ = ["Transfer", "merge", "open_sources", "take_meta", "copy_missing_meta"]

@@ -1,8 +1,8 @@
-"""Android agent: ops as single-op models, timed on a phone over adb by TFLite's benchmark_model
-(or ONNX Runtime's onnxruntime_perf_test), in batches.
+"""The Android agent: ops as single-op models, timed on a phone over adb by TFLite's
+benchmark_model (or ONNX Runtime's onnxruntime_perf_test), in batches.
 
 Per batch: one adb sync session pushes the models, one adb shell runs an on-device POSIX-sh loop
-(android_scripts/run_batch.sh) that runs each model pinned with taskset, captures its output
+(run_batch.sh, beside this module) that runs each model pinned with taskset, captures its output
 `2>&1` between delimiters with its exit code, writes one result file and prints it back: two adb
 round trips per batch, not per op. Setup (push runner and scripts, probe device facts, fixed
 performance mode) is two more round trips, cleanup one: a 200-op profile at the default batch
@@ -13,45 +13,38 @@ and stops the batch while the hottest reading is above max_temp; the agent waits
 resumes with the rest (one more shell). After max_waits waits in a row with no model run, the
 rest runs ungated and rows that started above max_temp are flagged `extra["hot"]`.
 
-Statistics: benchmark_model prints count, min, max, avg and std of its runs and no per-run times,
-so a Measurement holds mean/std/min/max/n as given and median/IQR as NaN, with
-settings["estimator"] = "mean" (the table stores and predicts with the mean). onnxruntime_perf_test
-with -s prints P50: there the estimator is the median.
-
-adb: the adb server protocol is spoken by adbutils, through a client that never starts a server
-itself (adbutils would run `adb start-server` when a connect fails): no server means
-DeviceUnavailableError (exit 4) with a hint, fast. The server and the phone are chosen as adb's
-own client chooses them (ADB_SERVER_SOCKET, ANDROID_ADB_SERVER_ADDRESS/PORT, ANDROID_SERIAL).
+Whole networks (the validation yardstick) run the same way: the runner's own loop on the phone,
+its report read back (`time_models`).
 """
 from __future__ import annotations
 
 import hashlib
-import itertools
 import logging
 import math
 import os
 import re
 import secrets
 import shlex
-import signal
 import socket
-import stat as stat_mod
-import struct
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from latbench.device import DeviceProfile, _ranges
 from latbench.errors import DeviceUnavailableError, LatbenchError, UsageError, require
-from latbench.measure import Measurement, Stats, TimingSettings
+from latbench.measure import Measurement, TimingSettings
 from latbench.ops import OpSpec
 from latbench.yardstick import PassStats, YardstickSettings
 
-from .base import Agent, AgentOptions, _one_line
+from ..base import Agent, AgentOptions, NetworkModel, _one_line
+from ..networks import export_onnx, tflite_network
+from . import transport
+from .facts import DeviceFacts, PLAUSIBLE_C, Temps, celsius_of, core_tiers, cpu_mask, governors, int_or_none, parse_probe
+from .parsers import RUNTIMES, ScriptRun, Section, failure_message, flag_value, runtime_for, split_result
+from .transport import ENV_SERIAL, adb_client, adb_errors, check_port, env_set, list_devices
 
 log = logging.getLogger("latbench.android")
 
@@ -62,458 +55,11 @@ BATCH_SIZE = 32  # models per push-and-run: a 200-op profile in 0.095 adb round 
 WHOLE_BATCH_BYTES = 256 << 20  # whole models per push at most (a phone's /data/local/tmp, a USB 2 link)
 WHOLE_MAX_S = 150.0  # benchmark_model's default --max_secs: one yardstick pass of a whole model
 MAX_PHONE_THREADS = 64  # threads bound before a phone is probed (then: its core count)
-# the variables adb's own client reads (and adbutils' ANDROID_ADB_SERVER_HOST)
-ENV_SOCKET, ENV_ADDRESS, ENV_HOST, ENV_PORT = ("ADB_SERVER_SOCKET", "ANDROID_ADB_SERVER_ADDRESS",
-                                               "ANDROID_ADB_SERVER_HOST", "ANDROID_ADB_SERVER_PORT")
-ENV_SERIAL = "ANDROID_SERIAL"  # the device adb picks when no serial is given
-CONNECT_HINT = ("start one with `adb start-server` (platform-tools), or point latbench at a running "
-                "server with ADB_SERVER_SOCKET=tcp:HOST:PORT or ANDROID_ADB_SERVER_ADDRESS / ANDROID_ADB_SERVER_PORT")
-PLAUSIBLE_C = (-30.0, 125.0)  # thermal readings outside this are broken sensors, not heat
-SYNC_CHUNK = 64 * 1024
 # session directories are named s<host>-<pid>-<random>: a later run on this host removes those
 # whose process is gone (a run cut by a disconnect cannot clean up after itself)
 SESSION_PREFIX = "s" + hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8] + "-"
 
-_NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf)"
 
-
-# ====================================================================== adb without spawning
-def _port(text: str, what: str) -> int:
-    """A port number (1-65535) from `text`, else a UsageError naming where it came from."""
-    t = text.strip()
-    if not re.fullmatch(r"[0-9]{1,5}", t) or not 1 <= int(t) <= 65535:
-        raise UsageError(f"{what} must be a port number (1-65535), got {text!r}")
-    return int(t)
-
-
-def _socket_spec(spec: str) -> tuple[str, int]:
-    """ADB_SERVER_SOCKET as adb reads it (socket_spec.cpp): tcp:PORT (this host) or tcp:HOST:PORT,
-    an IPv6 host in brackets; adb's local: forms are unix sockets, which latbench does not speak."""
-    rest = spec[4:] if spec.startswith("tcp:") else None
-    if rest is not None and re.fullmatch(r"[0-9]+", rest):
-        return "127.0.0.1", _port(rest, f"the port of {ENV_SOCKET}")
-    m = re.fullmatch(r"\[([^\]]+)\]:([0-9]+)|([^:\[\]]+):([0-9]+)", rest or "")
-    if m is None:
-        raise UsageError(f"{ENV_SOCKET} must be tcp:PORT or tcp:HOST:PORT (latbench talks TCP to the adb "
-                         f"server), got {spec!r}")
-    return m.group(1) or m.group(3), _port(m.group(2) or m.group(4), f"the port of {ENV_SOCKET}")
-
-
-def _env_set(name: str) -> bool:
-    """Whether an environment variable holds more than blanks (adb ignores an empty one)."""
-    return bool(os.environ.get(name, "").strip())
-
-
-def server_address(host: str | None = None, port: int | None = None) -> tuple[str, int]:
-    """The adb server to talk to, chosen as adb's client chooses (commandline.cpp): an explicit
-    host or port (adb -H/-P) rules its own part and turns ADB_SERVER_SOCKET off; else
-    ADB_SERVER_SOCKET (tcp:[HOST:]PORT); else ANDROID_ADB_SERVER_ADDRESS (adbutils reads
-    ANDROID_ADB_SERVER_HOST: honoured after it) and ANDROID_ADB_SERVER_PORT; else 127.0.0.1:5037.
-    A malformed variable is a UsageError naming it (ANDROID_ADB_SERVER_PORT whenever it is set:
-    importing adbutils reads it too)."""
-    env = os.environ
-    env_port = _port(env[ENV_PORT], ENV_PORT) if _env_set(ENV_PORT) else None
-    if host is None and port is None and _env_set(ENV_SOCKET):
-        return _socket_spec(env[ENV_SOCKET].strip())
-    host = host or env.get(ENV_ADDRESS, "").strip() or env.get(ENV_HOST, "").strip() or "127.0.0.1"
-    return host, port if port is not None else env_port or 5037
-
-
-def _adbutils():
-    """adbutils, imported after server_address checked the variables: its import builds a client
-    from ANDROID_ADB_SERVER_PORT and fails on any value int() rejects, even the empty one adb ignores."""
-    if "adbutils" in sys.modules or _env_set(ENV_PORT):
-        return require("adbutils", "android")
-    saved = os.environ.pop(ENV_PORT, None)
-    try:
-        return require("adbutils", "android")
-    finally:
-        if saved is not None:
-            os.environ[ENV_PORT] = saved
-
-
-def adb_client(host: str | None = None, port: int | None = None, timeout: float = 30.0):
-    """An adbutils client that never spawns `adb start-server`: DeviceUnavailableError when no
-    server answers (checked at once, within a 2 s connect timeout)."""
-    host, port = server_address(host, port)
-    adbutils = _adbutils()
-
-    class NoSpawnConnection(adbutils.AdbConnection):
-        """adbutils' connection minus its fallback of running `adb start-server` (which reads
-        ADBUTILS_ADB_PATH and may start, or hang on, a server of another adb version)."""
-
-        def _safe_connect(self):
-            return self._create_socket()
-
-    class Client(adbutils.AdbClient):
-        """AdbClient whose every connection is a NoSpawnConnection with a bounded timeout."""
-
-        def make_connection(self, timeout: float | None = None):
-            try:
-                c = NoSpawnConnection(self.host, self.port)
-            except (adbutils.AdbError, OSError) as e:
-                raise DeviceUnavailableError(
-                    f"no adb server reachable at {self.host}:{self.port} ({e}): {CONNECT_HINT}") from None
-            c.conn.settimeout(timeout or self._latbench_timeout)
-            return c
-
-    try:
-        with socket.create_connection((host, port), timeout=2.0):
-            pass
-    except OSError as e:
-        raise DeviceUnavailableError(
-            f"no adb server reachable at {host}:{port} ({e.strerror or e}): {CONNECT_HINT}") from None
-    client = Client(host=host, port=port, socket_timeout=timeout)
-    client._latbench_timeout = timeout
-    return client
-
-
-def _host_query(client, request: str) -> str:
-    """One host service answered by a length-prefixed block (host:devices...)."""
-    with client.make_connection() as c:
-        c.send_command(request)
-        c.check_okay()
-        return c.read_string_block()
-
-
-def list_devices(client) -> list[dict[str, Any]]:
-    """Attached devices as {serial, state, model, product, device, transport_id} (any state).
-
-    Serials come from `host:devices` (tab-separated, exact even with spaces); `host:devices-l`
-    adds the tags."""
-    rows: list[dict[str, Any]] = []
-    for line in _host_query(client, "host:devices").splitlines():
-        serial, sep, state = line.rpartition("\t")
-        if sep:
-            rows.append({"serial": serial, "state": state.strip()})
-    long_lines = _host_query(client, "host:devices-l").splitlines()
-    for row in rows:
-        for line in long_lines:
-            rest = line[len(row["serial"]):] if line.startswith(row["serial"]) else None
-            if rest is None or not rest[:1].isspace():
-                continue
-            for part in rest.split():
-                k, sep, v = part.partition(":")
-                if sep and k in ("model", "product", "device", "transport_id"):
-                    row[k] = v
-            break
-    return rows
-
-
-def _adb_errors() -> tuple[type[BaseException], ...]:
-    adbutils = _adbutils()
-    return (adbutils.AdbError, OSError, EOFError, socket.timeout)
-
-
-# ====================================================================== runner output parsers
-@dataclass(frozen=True)
-class RunResult:
-    """What one runner invocation reported: statistics in ms, which estimate to use, details."""
-
-    stats: Stats
-    estimator: str  # 'mean' (benchmark_model) or 'median' (onnxruntime_perf_test -s)
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-def _stat_tokens(line: str) -> dict[str, float] | None:
-    """The fields of a tensorflow::Stat line ('count=50 first=.. curr=.. min=.. max=.. avg=.. std=..',
-    'count=3 curr=7(all same)', 'count=0'), or None when the line is not one."""
-    i = line.find("count=")
-    if i < 0:
-        return None
-    head = line[:i].strip()
-    if head not in ("", "INFO:", "I", "INFO"):  # 'Timings (microseconds): count=...' of op profiling
-        return None
-    out = {k: float(v) for k, v in re.findall(rf"(\w+)=({_NUM})", line[i:])}
-    return out if "count" in out else None
-
-
-_CURRENT = re.compile(rf"Inference timings in us: Init: ({_NUM}), First inference: ({_NUM}), "
-                      rf"Warmup \(avg\): ({_NUM}), Inference \(avg\): ({_NUM})")
-_PRE2020 = re.compile(rf"Average inference timings in us: Warmup: ({_NUM}), Init: ({_NUM}), "
-                      rf"(?:Inference|no stats): ({_NUM})")
-
-
-def parse_benchmark_model(text: str) -> RunResult | None:
-    """benchmark_model's output (current, pre-2020 or scientific notation; stdout and stderr
-    merged) as statistics of its timed runs in ms; None when it holds no timings."""
-    lines = text.splitlines()
-    summary_at, summary_avg, details = len(lines), math.nan, {}
-    for idx, line in enumerate(lines):
-        m = _CURRENT.search(line)
-        if m:
-            init, first, warm, avg = (float(x) for x in m.groups())
-            details = {"init_ms": init / 1e3, "first_ms": first / 1e3, "warmup_avg_ms": warm / 1e3}
-            summary_at, summary_avg = idx, avg
-            break
-        m = _PRE2020.search(line)
-        if m:
-            warm, init, avg = (float(x) for x in m.groups())
-            details = {"init_ms": init / 1e3, "warmup_avg_ms": warm / 1e3, "format": "pre2020"}
-            summary_at, summary_avg = idx, avg
-            break
-    stat_lines = [t for t in (_stat_tokens(x) for x in lines[:summary_at]) if t is not None]
-    runs = stat_lines[-1] if stat_lines else None  # warm-up first, then the timed runs
-    if runs is not None and len(stat_lines) >= 2:
-        details["warmup_count"] = int(stat_lines[-2]["count"])
-    if runs is not None and runs["count"] > 0:
-        n = int(runs["count"])
-        if "avg" in runs:
-            mean, std = runs["avg"], runs.get("std", math.nan)
-            lo, hi = runs.get("min", math.nan), runs.get("max", math.nan)
-        else:  # 'count=N curr=X(all same)' or a single run
-            mean = lo = hi = runs.get("curr", math.nan)
-            std = 0.0
-        if math.isfinite(summary_avg) and summary_avg > 0 and abs(summary_avg - mean) > 0.01 * summary_avg:
-            details["summary_avg_ms"] = summary_avg / 1e3
-    elif math.isfinite(summary_avg) and summary_avg > 0:
-        n, mean, std, lo, hi = 0, summary_avg, math.nan, math.nan, math.nan  # builds without a stat line
-    else:
-        return None
-    if not (math.isfinite(mean) and mean >= 0) or (mean == 0 and n == 0):
-        return None
-    if mean == 0:  # every run under benchmark_model's 1 us clock: a real reading, flagged as such
-        details["below_resolution_us"] = 1.0
-    stats = Stats(median=math.nan, p25=math.nan, p75=math.nan, min=lo / 1e3, max=hi / 1e3, mean=mean / 1e3,
-                  std=std / 1e3, n=n, block=1, samples=())
-    return RunResult(stats, "mean", details)
-
-
-def _field(text: str, label: str, unit: str) -> float:
-    m = re.search(rf"{label}:\s*({_NUM})\s*{unit}", text)
-    return float(m.group(1)) if m else math.nan
-
-
-def parse_perf_test(text: str) -> RunResult | None:
-    """onnxruntime_perf_test's output ('Average inference time cost: X ms', with -s 'P50 Latency:
-    X s', 'Min/Max Latency') as statistics in ms; None when it holds no timings."""
-    avg = _field(text, "Average inference time cost", "ms")
-    if not (math.isfinite(avg) and avg > 0):
-        return None
-    p50 = _field(text, "P50 Latency", "s") * 1e3
-    lo, hi = _field(text, "Min Latency", "s") * 1e3, _field(text, "Max Latency", "s") * 1e3
-    m = re.search(r"Total inference requests:\s*(\d+)", text)
-    n = int(m.group(1)) if m else 0
-    details = {k: v for k, v in (("first_ms", _field(text, "First inference time cost", "ms")),
-                                 ("session_create_ms", _field(text, "Session creation time cost", "s") * 1e3),
-                                 *((f"p{q}_ms", _field(text, f"P{q} Latency", "s") * 1e3) for q in (90, 95, 99)))
-               if math.isfinite(v)}
-    stats = Stats(median=p50, p25=math.nan, p75=math.nan, min=lo, max=hi, mean=avg, std=math.nan, n=n, block=1)
-    return RunResult(stats, "median" if math.isfinite(p50) else "mean", details)
-
-
-def failure_message(runner: str, rc: int, output: str, limit: float = 0) -> str:
-    """One line for a failed run: exit code (and signal), then the last lines of its output."""
-    how = f"exited with {rc}"
-    if 128 < rc < 160:
-        try:
-            how += f" ({signal.Signals(rc - 128).name})"
-        except ValueError:
-            pass
-        if rc == 137 and limit:
-            how += f", killed after the {limit:g} s limit or by the system"
-    tail = [x.strip() for x in output.splitlines() if x.strip()][-3:]
-    text = " | ".join(x[:200] for x in tail) or "no output"
-    return f"{runner} {how}: {text[:600]}"
-
-
-# ====================================================================== device facts
-@dataclass
-class DeviceFacts:
-    """What the probe script reports about a phone."""
-
-    props: dict[str, str] = field(default_factory=dict)
-    cpus: dict[int, dict[str, Any]] = field(default_factory=dict)  # core -> online, max_khz, cur_khz, governor
-    zones: dict[int, tuple[str, float | None]] = field(default_factory=dict)  # index -> (type, C)
-    battery_c: float | None = None
-    fixed_perf: tuple[int, str] | None = None  # (exit code, message) when tried
-    runner_rc: int | None = None
-    runner_out: list[str] = field(default_factory=list)
-    sessions: list[str] = field(default_factory=list)  # session directories under DEVICE_ROOT
-    complete: bool = False
-
-
-def _int_or_none(text: str) -> int | None:
-    try:
-        return int(text)
-    except ValueError:
-        return None
-
-
-def parse_probe(text: str) -> DeviceFacts:
-    """probe.sh output -> DeviceFacts (unknown lines are ignored)."""
-    f = DeviceFacts()
-    for line in text.splitlines():
-        kind, _, rest = line.partition(" ")
-        if kind == "prop":
-            k, _, v = rest.partition("=")
-            f.props[k] = v.strip()
-        elif kind == "cpu":
-            parts = rest.split()
-            if len(parts) >= 5 and parts[0].isdigit():
-                f.cpus[int(parts[0])] = {"online": parts[1] != "0", "max_khz": _int_or_none(parts[2]),
-                                         "cur_khz": _int_or_none(parts[3]),
-                                         "governor": "" if parts[4] == "-" else parts[4]}
-        elif kind == "zone":
-            parts = rest.split(maxsplit=2)
-            if len(parts) >= 2 and parts[0].isdigit():
-                f.zones[int(parts[0])] = (parts[2] if len(parts) > 2 else "", _celsius(parts[1]))
-        elif kind == "battery":
-            f.battery_c = _battery_celsius(rest)
-        elif kind == "fixedperf":
-            rc, _, msg = rest.partition(" ")
-            code = _int_or_none(rc)
-            f.fixed_perf = (-1 if code is None else code, msg.strip())
-        elif kind == "session":
-            f.sessions.append(rest.strip())
-        elif kind == "runner_rc":
-            f.runner_rc = _int_or_none(rest.strip())
-        elif kind == "runner_out":
-            f.runner_out.append(rest)
-        elif line.strip() == "probe_done":
-            f.complete = True
-    return f
-
-
-def _celsius(raw: str | float) -> float | None:
-    """A thermal_zone reading in C: millidegrees (most kernels), decidegrees or degrees; None if
-    unreadable or implausible."""
-    try:
-        v = float(raw)
-    except (TypeError, ValueError):
-        return None
-    c = v / 1000.0 if abs(v) >= 1000 else (v / 10.0 if abs(v) >= 200 else v)
-    return round(c, 3) if PLAUSIBLE_C[0] < c < PLAUSIBLE_C[1] else None
-
-
-def _battery_celsius(raw: str) -> float | None:
-    """`dumpsys battery` temperature (tenths of C) in C."""
-    m = re.search(r"-?\d+", raw or "")
-    if not m:
-        return None
-    c = int(m.group()) / 10.0
-    return c if PLAUSIBLE_C[0] < c < PLAUSIBLE_C[1] else None
-
-
-def core_tiers(cpus: dict[int, dict[str, Any]]) -> list[list[int]]:
-    """Online cores grouped by cpuinfo_max_freq, slowest tier first (e.g. [[0-3], [4,5], [6,7]])."""
-    by_freq: dict[int, list[int]] = {}
-    for core, c in sorted(cpus.items()):
-        if c["online"] and c["max_khz"]:
-            by_freq.setdefault(c["max_khz"], []).append(core)
-    return [by_freq[f] for f in sorted(by_freq)]
-
-
-def cpu_mask(spec: str, cpus: dict[int, dict[str, Any]]) -> tuple[str, list[int]]:
-    """taskset mask (hex, no 0x) and cores for `spec`: big (the top max-frequency tier), little
-    (the lowest tier), all (every online core) or a hex mask of present cores."""
-    s = (spec or "big").strip().lower()
-    present = sorted(cpus)
-    if not present:
-        raise UsageError("the device reports no CPUs under /sys/devices/system/cpu: cannot pin cores")
-    if s == "all":
-        cores = [c for c in present if cpus[c]["online"]] or present
-    elif s in ("big", "little"):
-        tiers = core_tiers(cpus)
-        if not tiers:
-            raise UsageError(f"--cpus {s}: the device hides cpuinfo_max_freq, so its big and little "
-                             f"cores are unknown; pass a hex mask (cores {_ranges(present)}) or all")
-        cores = tiers[-1] if s == "big" else tiers[0]
-    else:
-        try:
-            bits = int(s[2:] if s.startswith("0x") else s, 16)
-        except ValueError:
-            raise UsageError(f"--cpus must be big, little, all or a hex mask, got {spec!r}") from None
-        cores = [c for c in range(bits.bit_length()) if bits >> c & 1]
-        extra = [c for c in cores if c not in cpus]
-        if not cores or extra:
-            raise UsageError(f"--cpus {spec}: mask names cores {_ranges(cores) or 'none'}, the device has "
-                             f"cores {_ranges(present)}")
-    return format(sum(1 << c for c in cores), "x"), cores
-
-
-def _governors(cpus: dict[int, dict[str, Any]]) -> str:
-    """Distinct governors with core counts, as latbench.device.governors() prints them."""
-    seen: dict[str, int] = {}
-    for c in cpus.values():
-        if c["governor"]:
-            seen[c["governor"]] = seen.get(c["governor"], 0) + 1
-    return ",".join(f"{g} x{n}" for g, n in sorted(seen.items()))
-
-
-@dataclass(frozen=True)
-class Temps:
-    """One reading of the thermal zones and the battery, in C."""
-
-    zones: dict[int, float]
-    battery_c: float | None
-    uptime: float | None
-
-    @property
-    def max_c(self) -> float | None:
-        vals = list(self.zones.values()) + ([self.battery_c] if self.battery_c is not None else [])
-        return max(vals) if vals else None
-
-    def to_dict(self, names: dict[int, str]) -> dict[str, Any]:
-        return {"max_c": self.max_c, "battery_c": self.battery_c,
-                "zones": {names.get(i, f"zone{i}"): v for i, v in sorted(self.zones.items())}}
-
-
-def parse_temps(line: str) -> Temps:
-    """'... up=U zones=0:36500,1:35200 battery=310' (run_batch.sh's temps lines) -> Temps."""
-    kv = dict(re.findall(r"(\w+)=(\S*)", line))
-    zones: dict[int, float] = {}
-    for part in kv.get("zones", "").split(","):
-        i, sep, v = part.partition(":")
-        c = _celsius(v) if sep and i.isdigit() else None
-        if c is not None:
-            zones[int(i)] = c
-    up = kv.get("up")
-    return Temps(zones, _battery_celsius(kv.get("battery", "")), float(up) if up and re.fullmatch(_NUM, up) else None)
-
-
-# ====================================================================== runtimes
-@dataclass(frozen=True)
-class _Runtime:
-    """What differs between benchmark_model and onnxruntime_perf_test."""
-
-    name: str  # runtime field of the profile
-    runner: str  # the usual binary name
-    ext: str
-    check_arg: str  # argument that makes the runner print its banner/usage and exit
-    graph_prefix: str  # glued before each model path
-    fusion: str
-    parse: Callable[[str], RunResult | None]
-    banner: tuple[str, ...]  # one of these (lower case) in the check output = it runs
-
-
-RUNTIMES = {
-    "tflite": _Runtime("benchmark_model", "benchmark_model", ".tflite", "--help", "--graph=", "tflite",
-                       parse_benchmark_model, ("starting!", "benchmark_model")),
-    "ort": _Runtime("onnxruntime_perf_test", "onnxruntime_perf_test", ".onnx", "-h", "", "ort",
-                    parse_perf_test, ("perf_test", "onnxruntime")),
-}
-
-
-def _runtime_for(runtime: str | None, runner: str) -> str:
-    """'tflite' or 'ort': as given, else from the runner's file name (benchmark_model by default)."""
-    if runtime:
-        r = runtime.strip().lower()
-        r = {"benchmark_model": "tflite", "litert": "tflite", "onnxruntime_perf_test": "ort",
-             "onnxruntime": "ort"}.get(r, r)
-        if r not in RUNTIMES:
-            raise UsageError(f"android runtime must be tflite (benchmark_model) or ort "
-                             f"(onnxruntime_perf_test), got {runtime!r}")
-        return r
-    name = os.path.basename(runner).lower()
-    return "ort" if "onnxruntime" in name or "perf_test" in name else "tflite"
-
-
-def _flag_value(x: float) -> str:
-    return f"{x:g}"
-
-
-# ====================================================================== the agent
 @dataclass
 class _Pending:
     """One op of a batch on its way to the device."""
@@ -550,9 +96,9 @@ class AndroidOptions(AgentOptions):
                              f"phone's cores), got {self.threads}")
         super().check(agent)
         if not self.runner:
-            raise UsageError(f"{agent} needs the benchmark runner to push: --runner PATH to TFLite's "
-                             "benchmark_model for the phone's ABI (or onnxruntime_perf_test with --runtime ort)")
-        runtime = _runtime_for(self.runtime, self.runner)
+            raise UsageError(f"{agent} needs the benchmark runner to push: `runner` PATH to TFLite's "
+                             "benchmark_model for the phone's ABI (or onnxruntime_perf_test with `runtime=ort`)")
+        runtime = runtime_for(self.runtime, self.runner)
         delegate = self.delegate.strip().lower()
         if delegate not in DELEGATES:
             raise UsageError(f"{agent}: delegate must be one of {', '.join(DELEGATES)}, got {self.delegate!r}")
@@ -570,7 +116,7 @@ class AndroidOptions(AgentOptions):
         if self.adb_timeout <= 0:
             raise UsageError(f"{agent}: adb_timeout must be > 0 s, got {self.adb_timeout:g}")
         if self.adb_port is not None:
-            _port(str(self.adb_port), f"{agent}: adb_port")
+            check_port(str(self.adb_port), f"{agent}: adb_port")
 
     def max_threads(self) -> int:
         """Threads run on the phone: a static bound here, its core count once probed (_setup)."""
@@ -582,18 +128,30 @@ class AndroidAgent(Agent):
     `batch_size` models per two adb round trips; see the module docstring and AndroidOptions."""
 
     name = "android"
+    times_on_device = True  # benchmark_model times whole networks itself, on the phone (time_networks)
     contexts = ("warm",)  # benchmark_model runs each model back to back on the phone
     interleaves = False  # ... and all of its runs in one go (batches are the adb unit, not rounds)
 
     Options = AndroidOptions
+
+    @classmethod
+    def options_from_profile(cls, profile: DeviceProfile) -> dict[str, Any]:
+        """The runner, phone and settings the profile recorded (serial: the same phone)."""
+        opts, info = dict(profile.options), profile.info or {}
+        out = dict(threads=profile.threads, delegate=profile.delegate, runtime=profile.runtime,
+                   fixed_performance=opts.get("fixed_performance_mode", "off") != "off",
+                   runner=(info.get("runner") or {}).get("path"), serial=info.get("serial"),
+                   cpus=info.get("cpus_option"), max_temp=info.get("max_temp"), cooldown=info.get("cooldown_s"),
+                   batch_size=info.get("batch_size"))
+        return {k: v for k, v in out.items() if v is not None}
 
     def __init__(self, **options: Any):
         super().__init__(**options)
         o = self.opts
         self.runner = o.runner
         if not os.path.isfile(self.runner):
-            raise UsageError(f"--runner {self.runner}: no such file")
-        self.runtime_key = _runtime_for(o.runtime, self.runner)
+            raise UsageError(f"`runner` {self.runner}: no such file")
+        self.runtime_key = runtime_for(o.runtime, self.runner)
         self.rt = RUNTIMES[self.runtime_key]
         self.fusion = self.rt.fusion
         self.delegate = o.delegate.strip().lower()
@@ -622,7 +180,7 @@ class AndroidAgent(Agent):
         else the only ready device."""
         devices = list_devices(self.client)
         listing = ", ".join(f"{d['serial']} ({d['state']})" for d in devices) or "none"
-        named = f" (from {ENV_SERIAL})" if not serial and _env_set(ENV_SERIAL) else ""
+        named = f" (from {ENV_SERIAL})" if not serial and env_set(ENV_SERIAL) else ""
         serial = serial or os.environ.get(ENV_SERIAL, "").strip()
         if serial:
             found = [d for d in devices if d["serial"] == serial]
@@ -639,7 +197,7 @@ class AndroidAgent(Agent):
             raise DeviceUnavailableError(f"no Android device ready (attached: {listing}); plug one in with "
                                          f"USB debugging on, check `latbench devices`")
         if len(ready) > 1:
-            raise UsageError(f"{len(ready)} devices attached ({', '.join(ready)}): pick one with --serial "
+            raise UsageError(f"{len(ready)} devices attached ({', '.join(ready)}): pick one with `serial` "
                              f"or {ENV_SERIAL}")
         return ready[0]
 
@@ -648,7 +206,7 @@ class AndroidAgent(Agent):
         """The error for a failed adb exchange: says whether the device left or the link broke."""
         try:
             state = next((d["state"] for d in list_devices(self.client) if d["serial"] == self.serial), None)
-        except (LatbenchError, *_adb_errors()):
+        except (LatbenchError, *adb_errors()):
             state = "unknown (adb server gone)"
         where = "disconnected" if state is None else f"{state}, adb link broken"
         detail = str(e).strip().replace("\n", " ")[:200] or type(e).__name__
@@ -660,37 +218,16 @@ class AndroidAgent(Agent):
     def _shell(self, cmd: str, what: str, timeout: float | None = None) -> tuple[int, str, str]:
         """Run one device shell command (shell v2 where offered): (exit code, stdout, stderr)."""
         try:
-            r = self.device.shell2(cmd, timeout=timeout or self.adb_timeout, v2=True)
-        except _adb_errors() as e:
+            r = transport.shell(self.device, cmd, timeout or self.adb_timeout)
+        except adb_errors() as e:
             raise self._unavailable(what, e) from None
-        out = r.stdout if r.stdout or r.stderr else r.output  # shell v1 (pre-Android 7): merged output only
-        return r.returncode, out, r.stderr
+        return r.returncode, r.stdout, r.stderr
 
     def _push(self, files: Sequence[tuple[str, bytes, int]], what: str) -> None:
-        """Push (device path, bytes, mode) files in ONE sync session (adbutils opens one per file,
-        plus a STAT each)."""
+        """Push (device path, bytes, mode) files in ONE sync session (transport.push)."""
         try:
-            c = self.device.open_transport(timeout=self.adb_timeout)
-            try:
-                c.send_command("sync:")
-                c.check_okay()
-                for path, data, mode in files:
-                    spec = f"{path},{stat_mod.S_IFREG | mode}".encode()
-                    c.conn.sendall(b"SEND" + struct.pack("<I", len(spec)) + spec)
-                    view = memoryview(data)
-                    for off in range(0, len(data), SYNC_CHUNK):
-                        chunk = view[off:off + SYNC_CHUNK]
-                        c.conn.sendall(b"DATA" + struct.pack("<I", len(chunk)) + chunk)
-                    c.conn.sendall(b"DONE" + struct.pack("<I", int(time.time())))
-                    reply = c.read_exact(8)
-                    if reply[:4] != b"OKAY":
-                        size = struct.unpack("<I", reply[4:])[0]
-                        msg = c.read_exact(min(size, 4096)).decode("utf-8", "replace") if size else ""
-                        raise LatbenchError(f"device {self.serial}: cannot write {path}: {msg or reply!r}")
-                c.conn.sendall(b"QUIT" + bytes(4))
-            finally:
-                c.close()
-        except _adb_errors() as e:
+            transport.push(self.device, files, self.adb_timeout, self.serial)
+        except adb_errors() as e:
             raise self._unavailable(what, e) from None
 
     # ------------------------------------------------------------------ setup and facts
@@ -769,7 +306,7 @@ class AndroidAgent(Agent):
             agent=self.name, runtime=self.rt.name, runtime_version=f"sha256:{self._runner_sha[:12]}",
             threads=self.threads, delegate=self.delegate, device=f"{manufacturer} {model}".strip(), soc=soc,
             abi=p.get("ro.product.cpu.abi", ""), cores=len(f.cpus), os=p.get("ro.build.fingerprint", ""),
-            governor=_governors(f.cpus), affinity=_ranges(self.cores),
+            governor=governors(f.cpus), affinity=_ranges(self.cores),
             options=tuple(sorted(options.items())), info=info)
 
     # ------------------------------------------------------------------ runner command line
@@ -787,8 +324,8 @@ class AndroidAgent(Agent):
             return ["-I", "-s", "-m", "times", "-r", str(timing.max_samples), "-x", str(self.threads),
                     "-o", "99", *self._delegate_flags()]
         return [f"--num_threads={self.threads}", f"--warmup_runs={timing.warmup}",
-                f"--warmup_min_secs={_flag_value(timing.warmup_s)}", f"--num_runs={timing.max_samples}",
-                "--min_secs=0", f"--max_secs={_flag_value(timing.max_time_s)}", *self._delegate_flags()]
+                f"--warmup_min_secs={flag_value(timing.warmup_s)}", f"--num_runs={timing.max_samples}",
+                "--min_secs=0", f"--max_secs={flag_value(timing.max_time_s)}", *self._delegate_flags()]
 
     def _run_limit(self, timing: TimingSettings) -> int:
         """Seconds after which the batch script kills one hung run (perf_test has no time cap)."""
@@ -807,10 +344,10 @@ class AndroidAgent(Agent):
     def model(self, op: OpSpec) -> bytes:
         """The model bytes pushed for `op` (canonical weights of this agent's seed)."""
         if self.runtime_key == "ort":
-            from .onnx_build import build_onnx
+            from ..onnx_build import build_onnx
 
             return build_onnx(op, self.weights(op)).SerializeToString()
-        from .tflite_build import build_tflite
+        from ..tflite_build import build_tflite
 
         return build_tflite(op, self.weights(op))
 
@@ -818,51 +355,53 @@ class AndroidAgent(Agent):
         """One inference of the exact model bytes that would be pushed, in this host's LiteRT (or
         onnxruntime): benchmark_model feeds random inputs and returns no outputs, so correctness
         is checked on the model, not on the phone's kernels."""
-        model = self.model(op)
+        if self.runtime_key == "ort":
+            from ..onnx_build import graph_in_shape
+
+            y = self._run_host(self.model(op), np.asarray(x, dtype=np.float32).reshape(graph_in_shape(op)))
+            return y.reshape(op.out_shape).copy()
+        return self._run_host(self.model(op), x)
+
+    def run_network(self, model: NetworkModel, x: np.ndarray) -> np.ndarray:
+        """One inference of the whole network's file, in this host's runtime (see run)."""
+        return self._run_host(model.file_bytes(), x)
+
+    def _run_host(self, model: bytes, x: np.ndarray) -> np.ndarray:
+        """The model file the phone's runner gets, run once on this host on the NCHW input `x`."""
         x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
         if self.runtime_key == "ort":
             ort = require("onnxruntime", "ort")
-            from .onnx_build import graph_in_shape
-
             sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
-            y = sess.run(None, {sess.get_inputs()[0].name: x.reshape(graph_in_shape(op))})[0]
-            return np.asarray(y, dtype=np.float32).reshape(op.out_shape).copy()
+            return np.asarray(sess.run(None, {sess.get_inputs()[0].name: x})[0], dtype=np.float32)
         if self._local is None:
-            from .litert import LiteRTAgent
+            from ..litert import LiteRTAgent
 
             self._local = LiteRTAgent(threads=1, xnnpack=True, seed=self.seed)
-        it = self._local.interpreter(model)
-        d = it.get_input_details()[0]
-        it.set_tensor(d["index"], np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
-        it.invoke()
-        y = it.get_tensor(it.get_output_details()[0]["index"])
-        return np.ascontiguousarray(y.transpose(0, 3, 1, 2)) if y.ndim == 4 else y.copy()
+        return self._local.run_bytes(model, x)
+
+    def prepare_op(self, op: OpSpec):
+        """Refused: ops run on the phone, a batch at a time, by the runner's own loop (measure)."""
+        raise UsageError(f"{self.name}: ops are timed on the phone in batches by {self.rt.runner} (measure); "
+                         f"there is no host runnable of one op")
 
     # ------------------------------------------------------------------ measuring
     def batch_len(self, timing: TimingSettings) -> int:
         """A batch is one push and one run of benchmark_model over `batch_size` models."""
         return self.batch_size
 
-    def measure(self, ops: Iterable[OpSpec], timing: TimingSettings = TimingSettings()) -> Iterator[Measurement]:
-        """Measure `ops` in batches of batch_size; each batch's results are yielded, in op order,
-        as soon as the batch is back from the phone. A device lost mid-batch raises
-        DeviceUnavailableError after every earlier batch was yielded."""
-        self.check_timing(timing)
-        profile = self.profile
-        args = self.runner_args(timing)
-        settings = {**self.settings(), "timing": timing.to_dict(), "runner_args": args,
-                    "cpu_mask": self.mask, "batch_size": self.batch_size, "serial": self.serial}
-        it = iter(ops)
-        while True:
-            batch = [_Pending(op) for op in itertools.islice(it, self.batch_size)]
-            if not batch:
-                return
-            for m in self._run_batch(batch, timing, args, settings, profile.id):
-                self._handed += 1
-                yield m
+    def measure_settings(self, timing: TimingSettings) -> dict[str, Any]:
+        """What every row records: the runner's arguments, the pinned cores, the batch size, the
+        phone (the estimator is per row: the one the runner's output gives)."""
+        return {**self.settings(), "timing": timing.to_dict(), "runner_args": self.runner_args(timing),
+                "cpu_mask": self.mask, "batch_size": self.batch_size, "serial": self.serial}
 
-    def _run_batch(self, batch: list[_Pending], timing: TimingSettings, args: list[str],
-                   settings: dict[str, Any], profile_id: str) -> Iterator[Measurement]:
+    def measure_batch(self, ops: list[OpSpec], timing: TimingSettings, settings: dict[str, Any],
+                      profile_id: str) -> Iterator[Measurement]:
+        """One batch pushed and run on the phone (two adb round trips), its results in op order.
+        A device lost mid-batch raises DeviceUnavailableError (after every earlier batch was
+        handed over: `measure` yields a batch's results before taking the next ops)."""
+        args = settings["runner_args"]
+        batch = [_Pending(op) for op in ops]
         t_start = time.perf_counter()
         for p in batch:
             try:
@@ -876,14 +415,16 @@ class AndroidAgent(Agent):
         built_s = time.perf_counter() - t_start
         for p in batch:
             if p.error:
-                yield Measurement(key=p.op.key, profile_id=profile_id, op=p.op.to_dict(), stats=None,
-                                  settings={**settings, "estimator": "mean"}, status="failed", error=p.error,
-                                  wall_s=built_s / len(batch))
+                m = Measurement(key=p.op.key, profile_id=profile_id, op=p.op.to_dict(), stats=None,
+                                settings={**settings, "estimator": "mean"}, status="failed", error=p.error,
+                                wall_s=built_s / len(batch))
             else:
-                yield results[id(p)]
+                m = results[id(p)]
+            self._handed += 1
+            yield m
 
     def _push_and_run(self, files: Sequence[tuple[str, bytes]], limit: float, args: list[str]
-                      ) -> tuple[int, list[_ScriptRun], dict[int, tuple[_Section, _ScriptRun]]]:
+                      ) -> tuple[int, list[ScriptRun], dict[int, tuple[Section, ScriptRun]]]:
         """Push one batch of (file name, model bytes) and run it (resumed after each cooldown):
         the batch number, its script runs, and model index -> (its section, the run it was in)."""
         k = self._batches
@@ -915,14 +456,14 @@ class AndroidAgent(Agent):
             out_map[id(p)] = self._measurement(base, p.file, sec, run, k, settings, limit, overhead)
         return out_map
 
-    def _measurement(self, base: dict[str, Any], file: str, sec: _Section, run: _ScriptRun, k: int,
+    def _measurement(self, base: dict[str, Any], file: str, sec: Section, run: ScriptRun, k: int,
                      settings: dict[str, Any], limit: float, overhead: float) -> Measurement:
         """One model's result (ok or failed with the runner's reason), with the temperature it
         started at and whether that was above max_temp (`hot`)."""
         end_up = run.after.uptime if run.after else None
         taken = run.now - (end_up - sec.t1) if end_up is not None and sec.t1 is not None else run.now
         extra = {**self._run_extra(k, run), "exit_code": sec.rc, "model_file": file,
-                 "temp_c": _celsius_of(sec.temp_milli), "temp_sensor": self._sensor_name(sec.sensor),
+                 "temp_c": celsius_of(sec.temp_milli), "temp_sensor": self._sensor_name(sec.sensor),
                  "hot": sec.temp_milli is not None and sec.temp_milli > self._max_milli}
         res = self.rt.parse(sec.text) if sec.rc == 0 else None
         if res is None:
@@ -936,7 +477,7 @@ class AndroidAgent(Agent):
                            wall_s=max(sec.wall, timed) + overhead, timed_s=timed, taken_at=min(taken, run.now),
                            extra={**extra, "runner": res.details})
 
-    def _run_extra(self, k: int, run: _ScriptRun) -> dict[str, Any]:
+    def _run_extra(self, k: int, run: ScriptRun) -> dict[str, Any]:
         """What every row of one script run keeps: its batch, the thermal gate's state, the
         temperatures before and after the run."""
         names = self._zone_names()
@@ -944,6 +485,23 @@ class AndroidAgent(Agent):
                 "temps_after": run.after.to_dict(names) if run.after else None}
 
     # ------------------------------------------------------------------ whole models (the plain yardstick)
+    def network_model(self, space, config) -> NetworkModel:
+        """The subnet as the file its runner takes: an .onnx (onnxruntime_perf_test) or a .tflite."""
+        shape = tuple(space.input_shape(config))
+        if self.runtime_key == "ort":
+            module = space.build(config)
+            return NetworkModel("onnx", export_onnx(space, config, module), shape, module)
+        return NetworkModel("tflite", tflite_network(space, config, self.seed), shape)
+
+    @property
+    def network_batch(self) -> int:
+        """Whole networks per time_networks call: one push-and-run's worth (batch_size)."""
+        return self.batch_size
+
+    def time_networks(self, models: Sequence[NetworkModel], yardstick: YardstickSettings) -> list[PassStats]:
+        """One yardstick pass over whole networks by the runner on the phone (time_models)."""
+        return self.time_models([m.file_bytes() for m in models], yardstick)
+
     @property
     def model_kind(self) -> str:
         """The whole model its runner takes: a .tflite (benchmark_model) or an .onnx (onnxruntime_perf_test)."""
@@ -970,8 +528,8 @@ class AndroidAgent(Agent):
             return ["-I", "-s", "-m", "times", "-r", str(y.runs), "-x", str(self.threads), "-o", "99",
                     *self._delegate_flags()]
         return [f"--num_threads={self.threads}", f"--warmup_runs={y.warmup}",
-                f"--warmup_min_secs={_flag_value(y.warmup_s)}", f"--num_runs={y.runs}",
-                f"--min_secs={_flag_value(y.min_s)}", f"--max_secs={_flag_value(max(WHOLE_MAX_S, y.min_s))}",
+                f"--warmup_min_secs={flag_value(y.warmup_s)}", f"--num_runs={y.runs}",
+                f"--min_secs={flag_value(y.min_s)}", f"--max_secs={flag_value(max(WHOLE_MAX_S, y.min_s))}",
                 *self._delegate_flags()]
 
     def time_models(self, models: Sequence[bytes], y: YardstickSettings) -> list[PassStats]:
@@ -1005,12 +563,12 @@ class AndroidAgent(Agent):
         """max_temp in millidegrees C, as run_batch.sh compares it."""
         return round(self.max_temp * 1000)
 
-    def _run_gated(self, k: int, bdir: str, n: int, limit: float, args: list[str]) -> list[_ScriptRun]:
+    def _run_gated(self, k: int, bdir: str, n: int, limit: float, args: list[str]) -> list[ScriptRun]:
         """Run batch k's script until every model had its turn. The script reads the temperature
         before each model and stops while the phone is above max_temp; the agent then waits
         `cooldown` and resumes with the rest. After max_waits waits in a row with no model run in
         between, the rest runs ungated: its rows are flagged hot where the reading before them was."""
-        runs: list[_ScriptRun] = []
+        runs: list[ScriptRun] = []
         start, waits, in_row, waited, gave_up = 0, 0, 0, 0.0, False
         while True:
             run = self._run_script(k, bdir, start, n, limit, args, gated=not gave_up)
@@ -1020,7 +578,7 @@ class AndroidAgent(Agent):
                 return runs
             in_row = 0 if run.hot_at > start else in_row
             start = run.hot_at
-            where = (f"{_celsius_of(run.hot_milli)} C ({self._sensor_name(run.hot_sensor)}) > {self.max_temp:g} C "
+            where = (f"{celsius_of(run.hot_milli)} C ({self._sensor_name(run.hot_sensor)}) > {self.max_temp:g} C "
                      f"before model {start + 1} of {n} in batch {k}")
             if in_row >= self.max_waits:
                 log.warning("device %s still at %s after %d wait(s) in a row: measuring the rest of the batch "
@@ -1035,7 +593,7 @@ class AndroidAgent(Agent):
             waits, in_row = waits + 1, in_row + 1
 
     def _run_script(self, k: int, bdir: str, start: int, n: int, limit: float, args: list[str],
-                    gated: bool) -> _ScriptRun:
+                    gated: bool) -> ScriptRun:
         """One adb shell running run_batch.sh over batch k's models from index `start` on, stopping
         before a model while the phone is above max_temp when `gated`."""
         token = secrets.token_hex(8)
@@ -1044,7 +602,7 @@ class AndroidAgent(Agent):
             "sh", f"{self.session}/run_batch.sh", bdir, token, self.mask, str(limit), self.rt.graph_prefix, gate,
             str(start), self.runner_path, *args])
         _, out, err = self._shell(cmd, f"batch {k} ({n - start} models)", timeout=(n - start) * limit + 60 + self.adb_timeout)
-        run = _split_result(out, token)
+        run = split_result(out, token)
         run.t_back, run.now = time.perf_counter(), time.time()
         if run.before is None:
             raise LatbenchError(f"device {self.serial}: batch script gave no result: {(err or out).strip()[-300:]}")
@@ -1052,7 +610,7 @@ class AndroidAgent(Agent):
 
     def _sensor_name(self, sensor: str) -> str:
         """A sensor as run_batch.sh names it (zone index or 'battery') by its zone type."""
-        index = _int_or_none(sensor)
+        index = int_or_none(sensor)
         if index is None:
             return "" if sensor == "-" else sensor
         return self._zone_names().get(index, f"zone{index}")
@@ -1073,76 +631,9 @@ class AndroidAgent(Agent):
         if self._fixed_perf_state() == "on":
             cmd += "; cmd power set-fixed-performance-mode-enabled false >/dev/null 2>&1"
         try:
-            self.device.shell2(cmd + "; true", timeout=15, v2=True)
-        except (LatbenchError, *_adb_errors()) as e:
+            transport.shell(self.device, cmd + "; true", timeout=15)
+        except (LatbenchError, *adb_errors()) as e:
             log.info("device %s: cleanup skipped (%s)", self.serial, e)
-
-
-@dataclass(frozen=True)
-class _Section:
-    """One model's run in run_batch.sh's output."""
-
-    text: str  # the runner's output, stdout and stderr
-    rc: int
-    t0: float | None  # /proc/uptime before and after
-    t1: float | None
-    temp_milli: int | None  # the hottest reading just before it started (millidegrees C)
-    sensor: str  # which sensor read it: a zone index or 'battery'
-
-    @property
-    def wall(self) -> float:
-        return max(0.0, self.t1 - self.t0) if self.t0 is not None and self.t1 is not None else 0.0
-
-
-@dataclass
-class _ScriptRun:
-    """One run of run_batch.sh: the models it ran, the temperatures around it, where it stopped."""
-
-    sections: dict[int, _Section] = field(default_factory=dict)  # index in the batch -> its run
-    before: Temps | None = None
-    after: Temps | None = None
-    done: int | None = None  # index after the last model it got to; None: the output ended early
-    hot_at: int | None = None  # the model it did not start because the phone was above max_temp
-    hot_milli: int | None = None
-    hot_sensor: str = ""
-    thermal: dict[str, Any] = field(default_factory=dict)  # the gate's state when it started
-    t_back: float = 0.0  # perf_counter and wall clock when its output was back
-    now: float = 0.0
-
-
-def _split_result(out: str, token: str) -> _ScriptRun:
-    """run_batch.sh output -> _ScriptRun."""
-    mark = f"@@{token} "
-    run = _ScriptRun()
-    cur: int | None = None
-    head: dict[str, str] = {}
-    buf: list[str] = []
-    for line in out.splitlines():
-        if not line.startswith(mark):
-            if cur is not None:
-                buf.append(line)
-            continue
-        words = line[len(mark):].split()
-        kind = words[0] if words else ""
-        index = _int_or_none(words[1]) if len(words) > 1 else None
-        kv = dict(w.split("=", 1) for w in words[2:] if "=" in w)
-        if kind == "temps" and len(words) > 1:
-            if words[1] == "before":
-                run.before = parse_temps(line)
-            elif words[1] == "after":
-                run.after = parse_temps(line)
-        elif kind == "begin" and index is not None:
-            cur, head, buf = index, kv, []
-        elif kind == "end" and index is not None:
-            rc = _int_or_none(kv.get("rc", ""))
-            run.sections[index] = _Section("\n".join(buf), 255 if rc is None else rc, _float(kv.get("t0")),
-                                           _float(kv.get("t1")), _int_or_none(head.get("temp", "")), head.get("at", ""))
-            cur, buf = None, []
-        elif kind == "hot" and index is not None:
-            run.hot_at, run.hot_milli, run.hot_sensor = index, _int_or_none(kv.get("temp", "")), kv.get("at", "")
-        elif kind == "done":
-            run.done = index if index is not None else 0
-    return run
 
 
 def _byte_chunks(items: Sequence[bytes], count: int, max_bytes: int) -> Iterator[Sequence[bytes]]:
@@ -1157,15 +648,11 @@ def _byte_chunks(items: Sequence[bytes], count: int, max_bytes: int) -> Iterator
         yield items[start:]
 
 
-def _celsius_of(milli: int | None) -> float | None:
-    return milli / 1000.0 if milli is not None else None
-
-
 def _dead_session(name: str) -> bool:
     """Whether a session directory was made by a process of this host that no longer runs."""
     if not name.startswith(SESSION_PREFIX):
         return False
-    pid = _int_or_none(name[len(SESSION_PREFIX):].split("-", 1)[0])
+    pid = int_or_none(name[len(SESSION_PREFIX):].split("-", 1)[0])
     if pid is None or pid == os.getpid():
         return False
     try:
@@ -1177,18 +664,7 @@ def _dead_session(name: str) -> bool:
     return False
 
 
-def _float(text: str | None) -> float | None:
-    try:
-        return float(text) if text is not None else None
-    except ValueError:
-        return None
-
-
 def _script(name: str) -> bytes:
-    """An on-device script shipped in device_agents/android_scripts/."""
-    return (resources.files("device_agents") / "android_scripts" / name).read_bytes()
+    """An on-device script shipped beside this module (device_agents/android/)."""
+    return (resources.files(__package__) / name).read_bytes()
 
-
-__all__ = ["AndroidAgent", "DeviceFacts", "RunResult", "Temps", "adb_client", "core_tiers", "cpu_mask",
-           "failure_message", "list_devices", "parse_benchmark_model", "parse_perf_test", "parse_probe",
-           "parse_temps", "server_address"]
