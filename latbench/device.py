@@ -11,6 +11,7 @@ import os
 import platform
 import sys
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 
@@ -34,9 +35,9 @@ class DeviceProfile:
     options: tuple[tuple[str, str], ...] = ()  # runtime options that change timings (opt level...)
     info: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)  # not hashed
 
-    @property
+    @cached_property
     def id(self) -> str:
-        """Stable 16-hex id of everything but `info`."""
+        """Stable 16-hex id of everything but `info` (computed once: the fields are frozen)."""
         d = self.identity()
         blob = json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]

@@ -225,7 +225,7 @@ class OpSpec:
     def to_dict(self) -> dict[str, Any]:
         """Kind, shape and every field that differs from its default."""
         d: dict[str, Any] = {"kind": self.kind, "n": self.n, "c": self.c, "h": self.h, "w": self.w}
-        for f in fields(self)[5:]:
+        for f in _ATTR_FIELDS:
             v = getattr(self, f.name)
             if v != f.default:
                 d[f.name] = v
@@ -233,7 +233,7 @@ class OpSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "OpSpec":
-        known = {f.name: f for f in fields(cls)}
+        known = _FIELDS
         unknown = set(d) - set(known)
         if unknown:
             raise OpError(f"unknown OpSpec field(s): {', '.join(sorted(unknown))}")
@@ -249,6 +249,10 @@ class OpSpec:
 
     def replace(self, **changes: Any) -> "OpSpec":
         return dataclasses.replace(self, **changes)
+
+
+_FIELDS = {f.name: f for f in fields(OpSpec)}  # read once: from_dict and to_dict run per row
+_ATTR_FIELDS = fields(OpSpec)[5:]  # the fields after kind and shape
 
 
 def _prod(shape) -> int:

@@ -200,6 +200,13 @@ def _nnls(rows) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- pricing of op lists
+@functools.lru_cache(maxsize=1 << 16)
+def _lowered(block: OpSpec, fusion: str) -> tuple[OpSpec, ...]:
+    """A block's ops, fused the runtime's way: once per process for every predictor of a space
+    (a search over two tables, a validation's predictors compile the same blocks)."""
+    return tuple(O.fuse(O.expand(block), fusion))
+
+
 class Pricer:
     """Prices ops at one granularity/fusion from a {key: ms} map, with a counted fallback;
     `by_resolution` {key: {resolution: ms}} holds the keys whose value depends on the resolution."""
@@ -227,7 +234,7 @@ class Pricer:
         """The table keys a block is priced by: itself, or its (runtime-fused) ops."""
         if self.granularity == "block":
             return [block]
-        return O.fuse(O.expand(block), self.fusion)
+        return list(_lowered(block, self.fusion))
 
     def lookup(self, op: OpSpec, resolution: int | None = None) -> float | None:
         """The table's value of `op` at `resolution`, None when it has none there."""

@@ -222,6 +222,19 @@ def test_quickstart_runs_every_step(cli, tmp_path):
     assert re.search(r"MFLOPs min \d+\.\d, median \d+\.\d, max \d+\.\d", out)
     assert "Logits-input:1x1x1280-output:1000" in out
     assert "every block of every sampled subnet is in the enumerated list" in out
+    # validate ran at --validate-n 2's share of the default's timing (0.025 s caps, one build)
+    assert re.search(r"^op-sum +2 ", out, re.M) and "or 0.025 s, 1 fresh build(s) each" in out, out
+
+
+def test_quickstart_default_validate_keeps_the_full_timing():
+    """Only a --validate-n below the default shrinks the validate step's timing and builds."""
+    import inspect
+
+    from latbench.cli.quickstart import QUICKSTART_VALIDATE_N, quickstart_cmd, quickstart_share
+
+    assert inspect.signature(quickstart_cmd).parameters["validate_n"].default.default == QUICKSTART_VALIDATE_N
+    assert quickstart_share(QUICKSTART_VALIDATE_N) == quickstart_share(100) == 1.0
+    assert quickstart_share(2) == 0.25
 
 
 # ---------------------------------------------------------------------- errors

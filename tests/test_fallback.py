@@ -51,11 +51,12 @@ def small_config(space_name: str, r: int) -> dict:
 
 def block_table(path: Path, space, resolutions) -> Path:
     prof = import_profile("host", "onnxruntime", 1)
+    pid = prof.id
     with LatencyTable.open(path, prof) as t:
         t.set_run_settings(RunSettings("block", spaces=(space.name,)))
-        for b in space.enumerate_blocks(resolutions):
-            t.add(Measurement(b.key, prof.id, b.to_dict(), Stats.from_samples([0.1 + b.flops / 1e9] * 3),
-                              extra={"resolutions": list(resolutions)}))
+        t.add_many(Measurement(b.key, pid, b.to_dict(), Stats.from_samples([0.1 + b.flops / 1e9] * 3),
+                               extra={"resolutions": list(resolutions)})
+                   for b in space.enumerate_blocks(resolutions))  # one transaction
     return path
 
 

@@ -2,6 +2,7 @@
 strict misses, lowering of torch modules and their ONNX exports, the predict CLI."""
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -33,11 +34,18 @@ def known_costs(ops) -> dict[str, float]:
     return {op.key: 0.001 * (1 + (abs(hash(op.key)) % 997)) for op in ops}
 
 
-def table_keys(space, granularity: str, fusion: str = "none"):
-    blocks = space.enumerate_blocks()
+@functools.lru_cache(maxsize=None)
+def expanded_blocks(name: str) -> tuple:
+    """(block, its unfused ops) for every block of space `name`, once per session."""
+    return tuple((b, tuple(O.expand(b))) for b in get_space(name).enumerate_blocks())
+
+
+@functools.lru_cache(maxsize=None)
+def table_keys(name: str, granularity: str, fusion: str = "none") -> tuple:
+    """Every key of a table of space `name` (once per session: cases differing in the per-call cost share it)."""
     if granularity == "block":
-        return blocks
-    return O.unique(o for b in blocks for o in O.fuse(O.expand(b), fusion))
+        return tuple(b for b, _ in expanded_blocks(name))
+    return tuple(O.unique(o for _, ops in expanded_blocks(name) for o in O.fuse(list(ops), fusion)))
 
 
 @pytest.mark.parametrize("name", SPACES)
@@ -46,7 +54,7 @@ def table_keys(space, granularity: str, fusion: str = "none"):
 def test_predict_equals_hand_sum_and_batch(name: str, granularity: str, fusion: str, inv: float) -> None:
     """The sum of the config's entries, less the per-call cost `inv` for all entries but one."""
     space = get_space(name)
-    costs = known_costs(table_keys(space, granularity, fusion))
+    costs = known_costs(table_keys(name, granularity, fusion))
     pred = Predictor(space, costs, granularity, fusion, strict=True, invocation_ms=inv)
     configs = np.vstack([space.sample(7, 12), space.smallest()[None], space.largest()[None]])
     singles = []
@@ -240,17 +248,21 @@ def test_calibration_form_is_chosen_by_leave_one_out_relative_error() -> None:
 
 # ---------------------------------------------------------------------- lowering real models
 @pytest.mark.parametrize("name", ["ofa-mbv3-w10", "lightnas", "bignas-resnet", "tiny"])
+@pytest.mark.usefixtures("one_torch_thread")
 def test_torch_module_and_onnx_export_lower_alike(name: str) -> None:
     torch = pytest.importorskip("torch")
     pytest.importorskip("onnx")
     warnings.filterwarnings("ignore")
     space = get_space(name)
     cfg = space.sample(5, 1)[0]
+    rpos = space.resolution_position
+    if rpos is not None:  # at the space's smallest resolution: the lowering is the same, the convs cheaper
+        choices = space.positions[rpos].choices
+        cfg[rpos] = list(choices).index(min(choices))
     module = space.build(cfg)
     shape = space.input_shape(cfg)
     lt = lower_torch(module, shape)
     assert not lt.unmapped
-    rpos = space.resolution_position
     blocks = space.enumerate_blocks(None if rpos is None else [space.values(cfg)[rpos]])  # the config's resolution
     ops_all = {o.key: o for b in blocks for o in O.expand(b)}
     fused = {o.key: o for b in blocks for o in O.fuse(O.expand(b), "ort")}
@@ -295,12 +307,15 @@ def test_lowering_lists_unmapped_ops_by_name() -> None:
 # ---------------------------------------------------------------------- CLI
 @pytest.fixture(scope="module")
 def tiny_table(tmp_path_factory) -> Path:
-    """The tiny space's blocks at 24 profiled on ONNX Runtime (`latbench profile`'s library entry)."""
+    """The tiny space's blocks at 24 profiled on ONNX Runtime (`latbench profile`'s library entry),
+    timed briefly: one warm-up call, no warm-up time, back to back (these tests check sums, not speed)."""
     import latbench
+    from latbench.measure import TimingSettings
 
     path = tmp_path_factory.mktemp("pred") / "t.sqlite"
-    run = latbench.profile("tiny", device="ort", out=path, resolutions=[24], max_time_s=0.05, min_samples=5,
-                           rounds=2, retime="none")
+    timing = TimingSettings(warmup=1, warmup_s=0.0, max_time_s=0.05, min_samples=5, rounds=2, interleave=24,
+                            context="warm")
+    run = latbench.profile("tiny", device="ort", out=path, resolutions=[24], timing=timing, retime="none")
     assert run.ok, run.failures
     return path
 

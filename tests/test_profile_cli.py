@@ -16,7 +16,8 @@ from cli_result import run_cli
 from conftest import CLI_ENV, ROOT, latbench_exe
 from latbench.store import LatencyTable
 
-FAST = ["--max-time", "0.05", "--min-samples", "5"]
+QUICK = ["--max-time", "0.05", "--min-samples", "5"]
+FAST = [*QUICK, "--rounds", "2"]  # 2 interleaved rounds, not 10: these tests count rows, not speed
 
 
 def _stored(path: Path, first: bool = False) -> dict[str, float]:
@@ -31,10 +32,12 @@ def _stored(path: Path, first: bool = False) -> dict[str, float]:
 
 def test_sigkill_mid_run_then_resume(tmp_path: Path, cli) -> None:
     """Kill a real profile subprocess mid-run: nothing measured is lost, the rerun measures only the rest."""
-    table = tmp_path / "t.sqlite"
-    args = [latbench_exe(), "profile", "--device", "tflite", "--space", "tiny", "--resolution", "24",
+    table, ops = tmp_path / "t.sqlite", tmp_path / "ops.txt"
+    assert run_cli(cli, "enumerate", "tiny", "-r", "24", "-g", "block", "-o", str(ops)).returncode == 0
+    ops.write_text("".join(ops.read_text().splitlines(keepends=True)[:16]))  # 16 of its 24 blocks
+    args = [latbench_exe(), "profile", "--device", "tflite", "--ops", str(ops),
             "--interleave", "4", "--rounds", "2", "--context", "warm", "--out", str(table),
-            "--max-time", "0.02", "--min-samples", "3"]  # 24 blocks, in batches of 4
+            "--max-time", "0.02", "--min-samples", "3"]  # in 4 batches of 4: killed after the second
     proc = subprocess.Popen(args, cwd=ROOT, env=CLI_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 90
     try:
@@ -60,7 +63,7 @@ def test_sigkill_mid_run_then_resume(tmp_path: Path, cli) -> None:
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     after = _stored(table, first=True)
-    assert summary["skipped"] == len(before)
+    assert summary["total"] == 16 and summary["skipped"] == len(before)
     assert summary["measured"] + summary["failed"] == summary["total"] - len(before)
     assert len(after) == summary["total"]
     for key, taken in before.items():  # kept, and not measured again (but as suspect, its take kept)
@@ -290,7 +293,8 @@ def test_space_profile_times_in_network_context(tmp_path: Path, cli) -> None:
     from latbench.spaces import get_space
 
     table = tmp_path / "t.sqlite"
-    r = run_cli(cli, "profile", "-d", "ort", "-s", "tiny", "-r", "24", "--max-ops", "3", "--out", str(table), *FAST, "--json")
+    r = run_cli(cli, "profile", "-d", "ort", "-s", "tiny", "-r", "24", "--max-ops", "3", "--out", str(table), *QUICK,
+                "--json")  # the default rounds and batch size
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     want = get_space("tiny").context_bytes()

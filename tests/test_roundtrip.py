@@ -44,13 +44,13 @@ def build(path: Path, space: str, granularity: str, fusion: str, profile=PROFILE
     timing = TimingSettings()
     with LatencyTable.open(path, profile) as t:
         check_run_meta(t, granularity, fusion, sp.name, timing)
-        rows = []
+        rows, pid = [], profile.id
         for i, op in enumerate(ops):
             if leave_out and i % leave_out == 0:
                 continue
             base = _value(i, op, scale)
             samples = [base * (1 + 0.01 * ((j * 7) % 11 - 5)) for j in range(23)]
-            rows.append(Measurement(key=op.key, profile_id=profile.id, op=op.to_dict(),
+            rows.append(Measurement(key=op.key, profile_id=pid, op=op.to_dict(),
                                     stats=Stats.from_samples(samples, block=10), settings={"threads": 1},
                                     wall_s=0.5, timed_s=0.25, taken_at=1.7e9 + i,
                                     extra={"resolutions": res.get(op.key, [])}))

@@ -57,10 +57,11 @@ def count(space, config, attr: str) -> int:
 
 def write_table(path: Path, space, costs: dict[str, float], resolutions=None) -> Path:
     """A real latbench table file (SQLite) holding the cost map's blocks as measurements."""
+    pid = PROFILE.id
     with LatencyTable.open(str(path), PROFILE) as t:
         t.set_run_settings(RunSettings("block", spaces=(space.name,)))
-        for b in space.enumerate_blocks(resolutions):
-            t.add(Measurement(b.key, PROFILE.id, b.to_dict(), Stats.from_samples([costs[b.key]] * 3)))
+        t.add_many(Measurement(b.key, pid, b.to_dict(), Stats.from_samples([costs[b.key]] * 3))
+                   for b in space.enumerate_blocks(resolutions))  # one transaction
     return path
 
 

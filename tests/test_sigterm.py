@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -48,16 +49,17 @@ def end_with(proc: subprocess.Popen, signum: int) -> tuple[int, float, str]:
 
 
 @pytest.fixture(scope="module")
-def small_table(tmp_path_factory) -> tuple[Path, dict[str, float], float]:
+def small_table(tmp_path_factory, every_command_helper) -> tuple[Path, dict[str, float], float]:
     """A table of two small ops profiled with ort (closed cleanly), its estimates, and the CPU
-    seconds that run took (start-up included)."""
+    seconds that run took (start-up included; the helper started beside it is not waited for, so
+    RUSAGE_CHILDREN leaves it out)."""
     pytest.importorskip("onnxruntime")
     d = tmp_path_factory.mktemp("sig")
     ops = d / "small.txt"
     ops.write_text("\n".join(op.key for op in SMALL) + "\n")
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     r = subprocess.run([latbench_exe(), "profile", "--device", "ort", "--ops", str(ops), "--out",
-                        str(d / "t.sqlite"), "--max-time", "0.2"], capture_output=True, text=True,
+                        str(d / "t.sqlite"), "--max-time", "0.05", "--rounds", "1"], capture_output=True, text=True,
                        cwd=ROOT, env=CLI_ENV, timeout=300)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     assert r.returncode == 0, r.stderr
@@ -82,7 +84,7 @@ def test_profile_inside_a_long_native_run_ends_within_a_second(tmp_path: Path, s
                             text=True, cwd=ROOT, env=CLI_ENV, preexec_fn=sigint_by_default)
     try:  # the two small ops are stored already: past a whole small run's CPU, it is in HUGE's runs
         deadline = time.monotonic() + 240
-        while cpu_seconds(proc.pid) < startup_cpu + 2 and time.monotonic() < deadline:
+        while cpu_seconds(proc.pid) < startup_cpu + 1 and time.monotonic() < deadline:
             assert proc.poll() is None, proc.communicate()
             time.sleep(0.1)
         code, seconds, err = end_with(proc, signum)
@@ -117,22 +119,48 @@ sys.exit(run(["enumerate", "tiny"]))
 """
 
 
-@pytest.mark.parametrize("native,signum", [(True, signal.SIGTERM), (True, signal.SIGINT), (False, signal.SIGTERM)],
-                         ids=["native-call", "native-call-ctrl-c", "python"])
-def test_any_command_obeys_sigterm_within_a_second(native: bool, signum: int):
+CASES = {"native-call": (True, signal.SIGTERM), "native-call-ctrl-c": (True, signal.SIGINT),
+         "python": (False, signal.SIGTERM)}
+
+
+@pytest.fixture(scope="module")
+def signalled() -> dict[str, tuple[int, float, str]]:
+    """SCRIPT run once per case of CASES, the processes side by side (each waits on its own busy
+    call, so their starts overlap instead of adding up), each sent its signal 0.5 s after it said
+    busy: case -> (exit code, seconds from its signal until it was seen ended, stderr)."""
+    env = {**CLI_ENV, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    procs = {case: subprocess.Popen([sys.executable, "-c", SCRIPT.format(native=native)], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
+                                    preexec_fn=sigint_by_default)
+             for case, (native, _) in CASES.items()}
+    out = {}
+    try:
+        for case, proc in procs.items():
+            line = proc.stdout.readline()
+            out[case] = (None, 0.0, f"said {line!r}, not busy") if line != "busy\n" else None
+        time.sleep(0.5)
+        sent = {}
+        for case, proc in procs.items():
+            if out[case] is None:
+                sent[case] = time.monotonic()
+                proc.send_signal(CASES[case][1])
+        for case, t0 in sent.items():
+            _, err = procs[case].communicate(timeout=60)
+            out[case] = (procs[case].returncode, time.monotonic() - t0, err)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return out
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_any_command_obeys_sigterm_within_a_second(signalled, case: str):
     """`enumerate` (not only profile): inside a BLAS call the watchdog ends it, for SIGTERM and
     Ctrl-C alike; in Python code (a sleep) the KeyboardInterrupt does, through the usual one-line error."""
-    env = {**CLI_ENV, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", SCRIPT.format(native=native)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env, preexec_fn=sigint_by_default)
-    try:
-        assert proc.stdout.readline() == "busy\n"
-        time.sleep(0.5)
-        code, seconds, err = end_with(proc, signum)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    native, signum = CASES[case]
+    code, seconds, err = signalled[case]
     assert code == 130 and seconds < 2.0, (code, seconds, err)
     expected = NATIVE_LINE.format(NAMES[signum]) if native else f"latbench: error: interrupted by {NAMES[signum]}"
     assert err.strip().splitlines() == [expected]
@@ -183,21 +211,37 @@ def test_the_interrupt_test_covers_every_command():
 
 
 @pytest.fixture(scope="module")
-def interrupted(tmp_path_factory) -> dict[str, tuple[int, list[str], str]]:
-    """Every command of COMMAND_ARGS run once in ONE helper process (tests/interrupt_each_command.py),
-    SIGTERM at its first library call: command -> (exit code, [function hit], stderr)."""
+def every_command_helper(tmp_path_factory) -> Iterator[subprocess.Popen]:
+    """tests/interrupt_each_command.py started on every command of COMMAND_ARGS (SIGTERM at each
+    one's first library call) and not waited for: `small_table` starts it first, so its imports run
+    beside that fixture's profile run instead of after it; `interrupted` reads what it said."""
     cwd = tmp_path_factory.mktemp("each")
     for name in ("empty.csv", "empty.sqlite"):
         (cwd / name).write_text("")
-    lines = "".join(json.dumps([*cmd.split(), *args]) + "\n" for cmd, args in COMMAND_ARGS.items())
+    commands = cwd / "commands.jsonl"
+    commands.write_text("".join(json.dumps([*cmd.split(), *args]) + "\n" for cmd, args in COMMAND_ARGS.items()))
     env = {**CLI_ENV, "ADBUTILS_ADB_PATH": "/bin/true", "ANDROID_ADB_SERVER_PORT": "9"}  # never a real adb
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "interrupt_each_command.py"), *PRELOAD],
-                          input=lines, capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+    with commands.open() as stdin:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "interrupt_each_command.py"), *PRELOAD],
+                                stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
+                                env=env)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+@pytest.fixture(scope="module")
+def interrupted(every_command_helper) -> dict[str, tuple[int, list[str], str]]:
+    """What the helper said: command -> (exit code, [function hit], stderr)."""
+    stdout, stderr = every_command_helper.communicate(timeout=300)
     out = {}
-    for line in proc.stdout.splitlines():
+    for line in stdout.splitlines():
         argv, code, hit, err = json.loads(line)
         out[" ".join(argv[:2] if argv[0] in ("table", "accuracy", "supernet") else argv[:1])] = (code, hit, err)
-    out["<helper>"] = (proc.returncode, [], proc.stderr[-3000:])
+    out["<helper>"] = (every_command_helper.returncode, [], stderr[-3000:])
     return out
 
 

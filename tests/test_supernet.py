@@ -502,6 +502,19 @@ def test_resume_continues_at_the_right_epoch_and_phase(tmp_path, nano_yaml):
         train_supernet(_settings(tmp_path, "part.pt", nano_yaml, strategy="bignas"))
 
 
+def test_digits_are_sklearns_digits_scaled_to_0_1():
+    """The digits source reads scikit-learn's data file itself (no sklearn import): load_digits()'s
+    1797 images, /16, in its order (figures of load_digits(), sklearn 1.x)."""
+    from latbench.supernet.data import _digits
+
+    x, y = _digits()
+    assert x.shape == (1797, 1, 8, 8) and x.dtype == np.float32 and y.dtype == np.int64
+    assert np.bincount(y).tolist() == [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
+    assert y[:10].tolist() == list(range(10)) and x.min() == 0.0 and x.max() == 1.0
+    assert x[0, 0, 2].tolist() == [0.0, 0.1875, 0.9375, 0.125, 0.0, 0.6875, 0.5, 0.0]
+    assert float(x.sum()) == 35107.375
+
+
 class NotAWeight:
     """A pickled object: a checkpoint holding one must not load (weights_only=True)."""
 
@@ -643,15 +656,40 @@ def _run(args, timeout):
     return subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env=CLI_ENV, timeout=timeout)
 
 
-def _torchrun(tmp_path, args, timeout=600):
-    """`torchrun --standalone` with 2 processes; each rank's stderr goes to its own file, so a
-    failure shows what every rank said, not only torchrun's summary. Returns (result, report)."""
-    import sys
+class Torchruns:
+    """`torchrun --standalone` jobs of 2 processes each, all started at once (a job's processes
+    mostly import torch, one core each: the jobs share the cores instead of waiting in turn), each
+    on its own free port; each rank's stderr goes to its own file, so a failure shows what every
+    rank said, not only torchrun's summary."""
 
-    logs = tmp_path / "rank-logs"
-    r = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-              "--redirects", "2", "--log-dir", str(logs)] + list(args), timeout)
-    return r, _rank_report(r, logs)
+    def __init__(self, jobs: dict, timeout: float):
+        import subprocess
+        import sys
+
+        from conftest import CLI_ENV, ROOT
+
+        self.timeout, self.logs, self.procs = timeout, {}, {}
+        for name, (tmp_path, args) in jobs.items():
+            self.logs[name] = tmp_path / "rank-logs"
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                   "--redirects", "2", "--log-dir", str(self.logs[name]), *args]
+            self.procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                                cwd=ROOT, env=CLI_ENV)
+
+    def result(self, name: str):
+        """Job `name`'s (CompletedProcess, report), once it ended."""
+        import subprocess
+
+        p = self.procs[name]
+        stdout, stderr = p.communicate(timeout=self.timeout)
+        r = subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr)
+        return r, _rank_report(r, self.logs[name])
+
+    def close(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
 
 
 def _rank_report(r, logs) -> str:
@@ -687,32 +725,49 @@ finally:
 """
 
 
+@pytest.fixture(scope="module")
+def torchruns(tmp_path_factory, nano_yaml):
+    """The module's torchrun jobs, started together: GLOO_THREADS ending normally ("ok") and with
+    rank 1 raising ("fail"), and a two-process BigNAS training of NANO_YAML ("train", its
+    checkpoint at `torchruns.checkpoint`)."""
+    from conftest import latbench_exe
+
+    d = tmp_path_factory.mktemp("torchrun")
+    script = d / "gloo_threads.py"
+    script.write_text(GLOO_THREADS)
+    ck = d / "ddp.pt"
+    train = [latbench_exe(), "supernet", "train", "--space", nano_yaml, "--strategy", "bignas", "--epochs", "2",
+             "--batch-size", "8", "--max-train-images", "48", "--threads", "1", "--out", str(ck), "--json"]
+    runs = Torchruns({"ok": (d / "ok", [str(script), "ok"]), "fail": (d / "fail", [str(script), "fail"]),
+                      "train": (d / "train", train)}, timeout=600)
+    runs.checkpoint = ck
+    try:
+        yield runs
+    finally:
+        runs.close()
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
-def test_process_group_ends_with_the_block_whatever_happens(tmp_path):
+def test_process_group_ends_with_the_block_whatever_happens(torchruns):
     """Gloo's threads stop when process_group() exits, even after an optimizer imported
     torch._dynamo inside it (threads left running at exit abort a rank now and then), and a rank
     that raises exits with its own error (exit 1), not SIGABRT."""
-    script = tmp_path / "gloo_threads.py"
-    script.write_text(GLOO_THREADS)
-    r, report = _torchrun(tmp_path / "ok", [str(script), "ok"], 120)
+    r, report = torchruns.result("ok")
     assert r.returncode == 0, report
     for rank in (0, 1):
         assert f"rank {rank}: gloo threads inside 3, after 0" in report, report
-    r, report = _torchrun(tmp_path / "fail", [str(script), "fail"], 120)
+    r, report = torchruns.result("fail")
     assert r.returncode != 0 and "SIGABRT" not in r.stderr, report
     assert "RuntimeError: rank 1 fails on purpose" in report and "rank 1: gloo threads inside 3, after 0" in report, report
 
 
-def test_torchrun_two_processes_and_single_process_load(tmp_path, nano_yaml):
+def test_torchrun_two_processes_and_single_process_load(torchruns):
     import json
 
-    from conftest import latbench_exe
     from latbench.supernet.checkpoint import load_checkpoint, supernet_from_checkpoint
 
-    ck = tmp_path / "ddp.pt"
-    r, report = _torchrun(tmp_path, [latbench_exe(), "supernet", "train", "--space", nano_yaml, "--strategy", "bignas",
-                                     "--epochs", "2", "--batch-size", "8", "--max-train-images", "48", "--threads", "1",
-                                     "--out", str(ck), "--json"])
+    ck = torchruns.checkpoint
+    r, report = torchruns.result("train")
     assert r.returncode == 0, report
     summary = json.loads(r.stdout)
     assert summary["done"] and summary["epochs_done"] == 2

@@ -56,6 +56,12 @@ def test_rank_correlations_against_hand_computed_values() -> None:
     # reversed order: perfectly anti-correlated
     r = error_metrics([4.0, 3.0, 2.0, 1.0], [1.0, 2.0, 3.0, 4.0])
     assert r.spearman == pytest.approx(-1.0) and r.kendall == pytest.approx(-1.0)
+    # a tie: predicted ranks (1, 2.5, 2.5, 4) vs measured (1, 3, 2, 4). Spearman: centred ranks
+    # (-1.5, 0, 0, 1.5) . (-1.5, .5, -.5, 1.5) = 4.5 over sqrt(4.5 * 5); Kendall tau-b: 5 concordant
+    # pairs, 0 discordant, one pair tied in predicted only: 5 / sqrt((6 - 1) * 6)
+    t = error_metrics([1.0, 2.0, 2.0, 3.0], [1.0, 3.0, 2.0, 4.0])
+    assert t.spearman == pytest.approx(4.5 / math.sqrt(22.5), rel=1e-12)
+    assert t.kendall == pytest.approx(5 / math.sqrt(30), rel=1e-12)
 
 
 def test_metrics_edge_cases() -> None:

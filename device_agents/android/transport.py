@@ -108,6 +108,9 @@ def adb_client(host: str | None = None, port: int | None = None, timeout: float 
                 raise DeviceUnavailableError(
                     f"no adb server reachable at {self.host}:{self.port} ({e}): {CONNECT_HINT}") from None
             c.conn.settimeout(timeout or self._latbench_timeout)
+            # no Nagle: a sync push writes SEND, DATA and DONE frames back to back, and each small
+            # write would otherwise wait for the server's delayed ACK (about 40 ms a file)
+            c.conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             return c
 
     try:

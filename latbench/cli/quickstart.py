@@ -3,6 +3,7 @@ describe a space, enumerate its ops and blocks, sample subnets, profile a tiny s
 Runtime, validate the table end to end and search it under a latency budget."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -159,12 +160,23 @@ def _qs_profile(st: QuickstartState, con: Console) -> None:
               f"{st.table_space} --out tflite.sqlite", markup=False)
 
 
+QUICKSTART_VALIDATE_N = 8  # --validate-n's default: the demo's full timing
+
+
+def quickstart_share(n: int) -> float:
+    """The validate step's share of its full cost at `--validate-n n`: 1 at the default and above;
+    below it, the time caps (0.1 s per subnet, per op-sum baseline op and per yardstick pass), the
+    first warm-up and the estimator row's fresh builds shrink with n (a shorter run whose few
+    subnets give rough figures anyway; the report says the timing and builds it used)."""
+    return min(1.0, n / QUICKSTART_VALIDATE_N)
+
+
 def _qs_validate(st: QuickstartState, con: Console) -> None:
     """Measure `st.validate_n` subnets of the profile step's table end to end (a calibration fitted
     on half as many others, as many table entries timed again for drift); print the figures."""
     from ..spaces import get_space
     from ..store import LatencyTable
-    from ..validate import validate
+    from ..validate import BUILDS, validate
     from ..yardstick import YardstickSettings
     from .validate import Bars, open_agent, validation_timing
 
@@ -178,14 +190,16 @@ def _qs_validate(st: QuickstartState, con: Console) -> None:
         return
     n = st.validate_n
     sp = get_space(getattr(st, "table_space", None) or st.space_name)
+    share = quickstart_share(n)
     with LatencyTable.open(str(table), readonly=True) as t:
         agent = open_agent(t, None, None, None, None)
         try:
-            timing = validation_timing(t, 0.1, None, None)  # a demo: 0.1 s per subnet and per baseline op
-            ys = YardstickSettings(min_s=0.1, seed=st.seed)  # ... and 0.1 s per yardstick pass
+            timing = validation_timing(t, 0.1 * share, None, None)  # per subnet and per baseline op
+            timing = dataclasses.replace(timing, warmup_s=timing.warmup_s * share)
+            ys = YardstickSettings(min_s=0.1 * share, seed=st.seed)  # ... and per yardstick pass
             with Bars() as bars:
                 report = validate(t, sp, agent, n=n, seed=st.seed, calibrate_n=max(2, n // 2), timing=timing,
-                                  progress=bars, retime=n, yardstick=ys)
+                                  progress=bars, retime=n, yardstick=ys, builds=max(1, round(BUILDS * share)))
         finally:
             agent.close()
     for line in report.summary_lines():
@@ -254,8 +268,9 @@ def quickstart_cmd(
     samples: int = typer.Option(200, "--samples", min=1, help="Random subnets to sample."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed."),
     workdir: Path = typer.Option(Path("latbench-quickstart"), "--workdir", help="Where tables and reports go (reused: a rerun resumes)."),
-    validate_n: int = typer.Option(8, "--validate-n", min=0, help="Subnets the validate step measures end to end "
-                                   "(a calibration fitted on half as many others; 0 skips the step)."),
+    validate_n: int = typer.Option(QUICKSTART_VALIDATE_N, "--validate-n", min=0, help="Subnets the validate step "
+                                   "measures end to end (a calibration fitted on half as many others; 0 skips the "
+                                   "step; below 8, its timing caps shrink in proportion)."),
 ) -> None:
     """Run latbench end to end on built-in defaults (no device needed)."""
     st = QuickstartState(space, tuple(resolution or ()), samples, seed, workdir=workdir, validate_n=validate_n)

@@ -22,7 +22,7 @@ from ..measure import Measurement, Stats
 from ..ops import OpSpec
 from ..merge import Transfer
 from ..store import LatencyTable, PathLike
-from .table_common import use_profile
+from .table_common import profile_ids, use_profile
 
 Entry = dict[str, Any]  # {"count", "mean", "std"} as read from a file, with its "source"
 
@@ -234,7 +234,8 @@ def _row(table: LatencyTable, prof: DeviceProfile, key: str, op: OpSpec, per: di
                                          "source": f"ofa-yaml:{per[r]['source']}"} for r in ints}
     stats = Stats(median=math.nan, p25=math.nan, p75=math.nan, min=math.nan, max=math.nan,
                   mean=main["mean"], std=math.nan if main["std"] is None else float(main["std"]), n=main["count"] or 0, block=0)
-    m = Measurement(key=key, profile_id=prof.id, op=op.to_dict(), stats=stats, taken_at=now, extra=extra)
+    m = Measurement(key=key, profile_id=profile_ids(prof)[0], op=op.to_dict(), stats=stats, taken_at=now,
+                    extra=extra)
     return table.measurement_row(m, f"ofa-yaml:{main['source']}", "mean", main["mean"])
 
 

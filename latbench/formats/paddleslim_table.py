@@ -17,10 +17,9 @@ from ..device import DeviceProfile
 from ..errors import FormatError
 from ..measure import Measurement
 from ..ops import OpSpec
-from ..combine import row_profile_ids
 from ..merge import Transfer, take_meta
 from ..store import LatencyTable, PathLike
-from .table_common import header_profile, read_sidecar, table_header, use_profile, write_sidecar
+from .table_common import header_profile, profile_ids, read_sidecar, table_header, use_profile, write_sidecar
 
 PADDLESLIM_SIDECAR_FORMAT = "latbench-table-paddleslim"
 _KEEPS_ALL = "--format csv|jsonl keep every row"
@@ -42,6 +41,7 @@ def export_paddleslim(table: LatencyTable, path: PathLike, skip_unsupported: boo
     res = Transfer(not_ok=table.counts()["failed"], files=[p, paddleslim_meta_path(p)])
     rows: list[tuple[OpSpec, float]] = []
     kept: dict[str, dict[str, Any]] = {}  # what a row holds besides its line and number
+    own = profile_ids(table.profile)[0] if table.profile is not None else None
     for r in table.rows(status="ok"):
         op = OpSpec.from_dict(r["op"])
         why = _no_line(op)
@@ -53,7 +53,7 @@ def export_paddleslim(table: LatencyTable, path: PathLike, skip_unsupported: boo
             continue
         rows.append((op, r["estimate"]))
         keep = {"extra": r["extra"]} if r["extra"] else {}
-        if table.profile is not None and r["profile_id"] != table.profile.id:
+        if own is not None and r["profile_id"] != own:
             keep["profile_id"] = r["profile_id"]
         if keep:
             kept[r["key"]] = keep
@@ -96,12 +96,13 @@ def import_paddleslim(path: PathLike, table: LatencyTable, profile: DeviceProfil
     source = f"paddleslim:{os.path.basename(p)}"
     now = time.time()
     by_key: dict[str, dict[str, Any]] = {}
+    own = profile_ids(prof)[0]
     for op, ms in rows:
         keep = _kept(kept.get(op.key), prof, f"{side_path}: row {op.key}")
-        m = Measurement(key=op.key, profile_id=prof.id, op=op.to_dict(), stats=None, taken_at=now,
+        m = Measurement(key=op.key, profile_id=own, op=op.to_dict(), stats=None, taken_at=now,
                         extra=keep.get("extra", {}))
         row = table.measurement_row(m, source, "value", ms)
-        row["profile_id"] = keep.get("profile_id", prof.id)
+        row["profile_id"] = keep.get("profile_id", own)
         by_key[op.key] = row
     if side:
         take_meta(table, side.get("meta") or {}, p, side["version"])
@@ -114,6 +115,6 @@ def _kept(keep: Any, prof: DeviceProfile, where: str) -> dict[str, Any]:
     keep = keep or {}
     if not isinstance(keep, dict) or not isinstance(keep.get("extra", {}), dict):
         raise FormatError(f"{where}: must be a JSON object whose extra is a JSON object")
-    if "profile_id" in keep and keep["profile_id"] not in row_profile_ids(prof):
+    if "profile_id" in keep and keep["profile_id"] not in profile_ids(prof)[1]:
         raise FormatError(f"{where}: profile {keep['profile_id']!r} is not a source of {prof.describe()}")
     return keep

@@ -3,6 +3,7 @@ meta) that CSV sidecars, PaddleSlim sidecars and JSONL files carry, and the chec
 row (the Transfer report and the taking in of a source's meta live in latbench.merge)."""
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -96,6 +97,13 @@ def header_profile(doc: Mapping[str, Any] | None, where: str, data: str,
 
 
 # ---------------------------------------------------------------------- one imported row
+@functools.lru_cache(maxsize=64)
+def profile_ids(profile: DeviceProfile) -> tuple[str, frozenset[str]]:
+    """(`profile`'s id, every id a row of a table of it may carry), once per profile: an id
+    hashes the whole profile, and imports and exports check it on every row."""
+    return profile.id, frozenset(row_profile_ids(profile))
+
+
 def check_row(raw: Mapping[str, Any], where: str, profile: DeviceProfile, source: str) -> dict[str, Any]:
     """A full table row from the typed values of one imported row (CSV or JSONL), or a
     FormatError naming `where` (file:line) and the column."""
@@ -116,10 +124,11 @@ def check_row(raw: Mapping[str, Any], where: str, profile: DeviceProfile, source
     if row["status"] == "ok" and (row["estimate"] is None or row["estimate"] < 0):
         raise FormatError(f"{where}: column estimate: an ok row of {key!r} needs a finite estimate "
                           f">= 0 (ms), got {row['estimate']!r}")
-    if row["profile_id"] and row["profile_id"] != profile.id and row["profile_id"] not in row_profile_ids(profile):
+    own, allowed = profile_ids(profile)
+    if row["profile_id"] and row["profile_id"] not in allowed:
         raise ProfileMismatchError(f"{where}: row {key!r} belongs to profile {row['profile_id']}, "
-                                   f"the table's profile is {profile.id}")
-    row["profile_id"] = row["profile_id"] or profile.id
+                                   f"the table's profile is {own}")
+    row["profile_id"] = row["profile_id"] or own
     try:
         op = op_for_row(key, row["op"], where)
     except OpError as e:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -47,9 +48,20 @@ class Splits:
 
 # ---------------------------------------------------------------------- sources
 def _digits() -> tuple[np.ndarray, np.ndarray]:
-    datasets = require("sklearn.datasets", "supernet")
-    d = datasets.load_digits()
-    return (d.images / 16.0).astype(np.float32)[:, None], d.target.astype(np.int64)
+    """scikit-learn's digits: its data file read as load_digits() reads it, without importing
+    sklearn (seconds, scipy.stats included, in every process that trains); load_digits() where the
+    file is not where this sklearn keeps it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")  # finds the package without running it
+    path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec and spec.origin else None
+    if path is not None and path.is_file():
+        data = np.loadtxt(path, delimiter=",")
+        images, target = data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
+    else:
+        d = require("sklearn.datasets", "supernet").load_digits()
+        images, target = d.images, d.target
+    return (images / 16.0).astype(np.float32)[:, None], target.astype(np.int64)
 
 
 def _npz(path: str) -> tuple[np.ndarray, np.ndarray]:
