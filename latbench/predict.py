@@ -77,6 +77,7 @@ class Calibration:
 
 
 BATCH_CHUNK = 4096  # rows of predict_batch at a time: their intermediates stay in cache
+WALK_ROWS = 8  # predict_batch walks batches of at most this many rows config by config
 CALIBRATION_FORMS = ("offset", "scale", "scale+offset")  # fewer parameters first: they win ties
 
 
@@ -633,9 +634,17 @@ class Predictor:
         if idx.ndim != 2 or idx.shape[1] != self.space.n_positions:
             raise UsageError(f"predict_batch wants an int array (n, {self.space.n_positions}), got {idx.shape}")
         n = idx.shape[0]
+        check = self._risk is not None and self.max_fallback is not None and not self.pricer.strict
+        if n <= WALK_ROWS:  # a few rows (an ask/tell loop): the per-config walk, no per-slot numpy calls
+            walked = [self._walk(row) for row in idx.tolist()]
+            total = np.array([w[0] for w in walked], dtype=np.float64)
+            counts = np.array([w[1] for w in walked], dtype=np.int64)
+            if check:
+                self._check_rows(idx, counts)
+            return self._finish(idx, total, (counts >> _KEY_BITS).astype(np.int32) if return_misses else None,
+                                calibrated)
         total = np.empty(n)
         misses = np.zeros(n, dtype=np.int32) if return_misses else None
-        check = self._risk is not None and self.max_fallback is not None and not self.pricer.strict
         rpos = self.space.resolution_position
         k = min(n, BATCH_CHUNK)
         flat, term, state, cnt, cacc = (np.empty(k, dtype=np.int64) for _ in range(5))
@@ -665,13 +674,17 @@ class Predictor:
                 misses[a:b] = ca >> _KEY_BITS
             if counting and check:
                 self._check_rows(idx[a:b], ca)
+        return self._finish(idx, total, misses, calibrated)
+
+    def _finish(self, idx: np.ndarray, total: np.ndarray, misses: np.ndarray | None, calibrated: bool):
+        """predict_batch's result: a strict table's missing key refused, the calibration applied."""
         if self.pricer.strict:
             bad = np.flatnonzero(np.isnan(total))
             if bad.size:
                 self._raise_missing(idx[bad[0]])
         if calibrated and self.calibration:
             total = self.calibration.apply(total)
-        return (total, misses) if return_misses else total
+        return (total, misses) if misses is not None else total
 
     def _check_rows(self, configs: np.ndarray, counts: np.ndarray) -> None:
         """FallbackError for the first row whose fallback-priced keys exceed the share."""

@@ -295,20 +295,16 @@ def test_validate_cli_end_to_end(tables, tmp_path: Path, cli) -> None:
 
 
 def test_validate_from_python(tables) -> None:
-    """`latbench.validate(table, space, agent, ...)`: the report holds what the CLI prints as JSON,
-    checked against the same references, and its text lines."""
+    """`latbench.validate(path, space name)`: the table opened read-only and its profile's agent
+    rebuilt (and closed) for it; the report holds what the CLI prints as JSON, checked against
+    the same references, and its text lines."""
     import latbench.validate
-    from device_agents import get_agent
     from latbench.yardstick import YardstickSettings
 
     ys = YardstickSettings(warmup=2, warmup_s=0.0, runs=10, min_s=0.01, seed=1)
-    agent = get_agent("tflite", threads=1)
-    try:
-        with LatencyTable.open(tables["tflite"], create=False, readonly=True) as t:
-            report = latbench.validate(t, get_space("tiny"), agent, n=1, seed=1, calibrate_n=0, op_baseline=False,
-                                       builds=1, retime=1, yardstick=ys)
-    finally:
-        agent.close()
+    report = latbench.validate(str(tables["tflite"]), "tiny", n=1, seed=1, calibrate_n=0, op_baseline=False,
+                               builds=1, retime=1, yardstick=ys)
+    assert report.profile.agent == "tflite"
     rep = json.loads(json.dumps(report.to_dict()))
     _check_report(rep, tables["tflite"], "tflite", 1, 1, 0, 10, 1, 1, {"uncalibrated"})
     assert rep["op_table"] is None and rep["noise"] is None and rep["estimator"]["builds"] == 1

@@ -178,7 +178,8 @@ def _qs_validate(st: QuickstartState, con: Console) -> None:
     from ..store import LatencyTable
     from ..validate import BUILDS, validate
     from ..yardstick import YardstickSettings
-    from .validate import Bars, open_agent, validation_timing
+    from ..validate.table_facts import agent_for_table, timing_of_table
+    from .validate import Bars
 
     table = getattr(st, "table", None) or st.notes.get("table")
     if not table or not Path(table).exists():
@@ -192,9 +193,9 @@ def _qs_validate(st: QuickstartState, con: Console) -> None:
     sp = get_space(getattr(st, "table_space", None) or st.space_name)
     share = quickstart_share(n)
     with LatencyTable.open(str(table), readonly=True) as t:
-        agent = open_agent(t, None, None, None, None)
+        agent = agent_for_table(t)
         try:
-            timing = validation_timing(t, 0.1 * share, None, None)  # per subnet and per baseline op
+            timing = timing_of_table(t, max_time_s=0.1 * share)  # per subnet and per baseline op
             timing = dataclasses.replace(timing, warmup_s=timing.warmup_s * share)
             ys = YardstickSettings(min_s=0.1 * share, seed=st.seed)  # ... and per yardstick pass
             with Bars() as bars:

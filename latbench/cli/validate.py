@@ -43,36 +43,11 @@ _MIN_TIME = typer.Option(0.5, "--min-time", help="yardstick: seconds of timed ru
 
 def open_agent(table, device: Optional[str], threads: Optional[int], opt_level: Optional[str],
                xnnpack: Optional[bool], runner: Optional[Path] = None, serial: Optional[str] = None):
-    """The agent the table's profile names, with any explicit CLI setting overriding it; refused
-    (one line naming both profiles) when it does not measure under the table's profile."""
-    from device_agents import agent_class, agent_options, get_agent
+    """The agent of the table's profile with the command's agent flags (None: the table's setting)."""
+    from ..validate.table_facts import agent_for_table
 
-    from ..validate.table_facts import check_agent
-
-    profile = table.require_profile()
-    want = agent_class(profile.agent).options_from_profile(profile)  # the settings that reproduce it
-    dev = device or profile.agent
-    flags = dict(threads=threads, opt_level=opt_level, xnnpack=xnnpack, runner=str(runner) if runner else None,
-                 serial=serial)  # None: the table's setting
-    agent = get_agent(dev, **agent_options(dev, flags, defaults=want))
-    try:
-        check_agent(agent, table)
-    except BaseException:
-        agent.close()
-        raise
-    return agent
-
-
-def validation_timing(table, max_time: Optional[float], min_samples: Optional[int], target_iqr: Optional[float]):
-    """The table's timing settings (else the defaults) with any explicit CLI value applied."""
-    import dataclasses
-
-    from ..measure import TimingSettings
-
-    base = table.timing or TimingSettings()
-    changes = {k: v for k, v in (("max_time_s", max_time), ("min_samples", min_samples),
-                                 ("target_iqr", target_iqr)) if v is not None}
-    return dataclasses.replace(base, **changes)
+    return agent_for_table(table, device, threads=threads, opt_level=opt_level, xnnpack=xnnpack,
+                           runner=str(runner) if runner else None, serial=serial)
 
 
 class Bars:
@@ -190,6 +165,7 @@ def validate_command(
     yardstick (and to latbench's estimator), with the yardstick's noise ceiling."""
     from ..spaces import get_space
     from ..validate import validate
+    from ..validate.table_facts import timing_of_table
     from ..validate.report import plot as plot_report
     from ..validate.report import write_csv
 
@@ -198,9 +174,10 @@ def validate_command(
     with _session(table, device, threads, opt_level, xnnpack, readonly=True, runner=runner,
                   serial=serial) as (t, agent, bars):
         ys = _agent_yardstick(agent, ys, statistic)
-        report = validate(t, sp, agent, n, seed, resolution or None, calibrate_n,
-                          validation_timing(t, max_time, min_samples, target_iqr), str(op_table) if op_table else None,
-                          op_baseline, noise, bars, builds, retime, ys, estimator_row)
+        timing = timing_of_table(t, max_time_s=max_time, min_samples=min_samples, target_iqr=target_iqr)
+        report = validate(t, sp, agent, n, seed, resolution or None, calibrate_n, timing,
+                          str(op_table) if op_table else None, op_baseline, noise, bars, builds, retime, ys,
+                          estimator_row)
     if csv:
         write_csv(report, csv)
     if plot:

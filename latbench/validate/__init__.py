@@ -21,13 +21,14 @@ from .opsum import op_costs, op_table_path
 from .report import ESTIMATOR_ROW, ValidationReport, plot, write_csv
 from .run import validate
 from .subnets import network_id, sample_subnets, subnet_flops, subnet_resolution
-from .table_facts import TableStatistic, check_agent, covered_resolutions, statistic_lines, table_statistic
+from .table_facts import (TableStatistic, agent_for_table, check_agent, covered_resolutions, statistic_lines,
+                          table_statistic, timing_of_table)
 
 __all__ = [
     "validate", "ValidationReport", "ESTIMATOR_ROW", "write_csv", "plot",
     "Metrics", "error_metrics", "relative_errors", "score", "ceiling_of", "fit_flops", "PREDICTORS", "PREDICTOR_HELP",
     "sample_subnets", "network_id", "subnet_flops", "subnet_resolution",
-    "covered_resolutions", "check_agent", "TableStatistic", "table_statistic",
+    "covered_resolutions", "check_agent", "agent_for_table", "timing_of_table", "TableStatistic", "table_statistic",
     "statistic_lines",
     "BUILDS", "Builds", "EstimatorResult", "NoiseFloor", "SubnetResult", "agent_yardstick", "batch_adjusted",
     "estimate", "measure_built", "measure_subnet", "measure_subnets", "noise_floor",

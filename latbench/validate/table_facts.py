@@ -3,12 +3,14 @@ resolutions it covers, whether an agent measures under its profile, and the stat
 price (with the report lines comparing that statistic to the yardstick's)."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 from ..coverage import table_resolutions
 from ..device import DeviceProfile
 from ..errors import UsageError
+from ..measure import TimingSettings
 from ..store import LatencyTable, ProfileMismatchError
 from ..yardstick import PLURAL, STATISTICS, YardstickSettings
 
@@ -23,6 +25,31 @@ def covered_resolutions(table: LatencyTable, space) -> tuple[int, ...]:
         raise UsageError(f"{table.path} records no resolution of space {space.name!r} "
                          f"(it was not profiled from that space): pass `resolutions`")
     return res
+
+
+def agent_for_table(table: LatencyTable, device: str | None = None, **options: Any):
+    """The agent that measures under `table`'s profile: the profile's agent with the settings that
+    reproduce it (`Agent.options_from_profile`), any option given (not None) overriding them;
+    refused in one line, naming both profiles, when it would not measure under that profile."""
+    from device_agents import agent_class, agent_options, get_agent
+
+    profile = table.require_profile()
+    want = agent_class(profile.agent).options_from_profile(profile)
+    dev = device or profile.agent
+    agent = get_agent(dev, **agent_options(dev, options, defaults=want))
+    try:
+        check_agent(agent, table)
+    except BaseException:
+        agent.close()
+        raise
+    return agent
+
+
+def timing_of_table(table: LatencyTable, **overrides: Any) -> TimingSettings:
+    """The timing `table` was profiled with (else the defaults), with each override given (not
+    None) applied: what the estimator row times subnets and baseline ops with."""
+    base = table.timing or TimingSettings()
+    return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def check_agent(agent, table: LatencyTable) -> DeviceProfile:
