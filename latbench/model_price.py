@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from .errors import UsageError
 from .lower import Unmapped, lower_onnx, lower_torch
-from .predict import DEFAULT_MAX_FALLBACK, FallbackError, Price, Pricer
+from .predict import DEFAULT_MAX_FALLBACK, FallbackError, Predictor, Price, Pricer
 
 
 @dataclass(frozen=True)
@@ -108,20 +108,17 @@ def price_model(source, model, input_shape: Sequence[int] | None = None, strict:
     Predictor (latbench.predict; its table copied, so a closed table is fine); `model` an ONNX file
     or bytes (`input_shape` for symbolic dims) or a torch.nn.Module (`input_shape` required).
     More than `max_fallback` of the keys missing is a FallbackError (None: any share)."""
-    if hasattr(source, "pricer"):  # a Predictor
-        pricer, where = source.pricer, source.coverage.path if source.coverage else "the cost map"
+    if isinstance(source, Predictor):
+        pricer, gran = source.pricer, source.pricer.granularity
+        where = source.coverage.path if source.coverage else "the cost map"
     else:
         run = source.run_settings
-        gran = run.granularity if run else "op"
-        if gran != "op":
-            pricer = Pricer({}, "block")  # refused below, naming the table
-        else:
-            pricer = Pricer.from_table(source, "op", strict=strict)
-        where = str(source.path)
+        where, gran = str(source.path), run.granularity if run else "op"
+        pricer = Pricer.from_table(source, "op", strict=strict) if gran == "op" else None
     name = _model_name(model)
-    if pricer.granularity != "op":
+    if gran != "op":
         raise UsageError(f"{name}: pricing a whole model needs an op-level table; {where} holds "
-                         f"{pricer.granularity}-level entries (profile with granularity op)")
+                         f"{gran}-level entries (profile with granularity op)")
     low = _lower(model, input_shape)
     p = pricer.price(low.ops)
     if max_fallback is not None and len(p.misses) > max_fallback * p.keys:

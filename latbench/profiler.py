@@ -213,10 +213,10 @@ def profile(space_or_ops=None, *, device, out, resolutions: Sequence[int] | None
         raise UsageError(f"`estimator` applies to agents timed by latbench's own loop; {getattr(cls, 'name', device)}'s "
                          f"runner gives its own statistic (benchmark_model: the mean)")
     # bad timing values are refused before the agent touches a device
-    given = timing
-    if given is not None and estimator is None and own_loop:  # used as given, its estimator included
-        estimator = given.estimator
-    if given is None:
+    fixed = timing is not None  # a TimingSettings used as given, its estimator included
+    if fixed and estimator is None and own_loop:
+        estimator = timing.estimator
+    if not fixed:
         timing = default_timing(cls, target_iqr=target_iqr, max_time_s=max_time_s, min_samples=min_samples,
                                 rounds=rounds, interleave=interleave, estimator=estimator or "mean")
     if own_agent:
@@ -229,7 +229,7 @@ def profile(space_or_ops=None, *, device, out, resolutions: Sequence[int] | None
         fusion = fusion or getattr(agent, "fusion", "none")
         if not retime_only:  # a bad selection is refused before a table is made
             ops, res, space = select_ops(space_or_ops, resolutions, granularity, fusion)
-            if given is None:
+            if not fixed:
                 timing = timing_for(agent, timing, context, space, context_mb)
         with LatencyTable.open(os.fspath(out), agent.profile, create=not retime_only) as table:
             if retime_only:

@@ -12,9 +12,8 @@ import numpy as np
 
 from ..errors import UsageError
 from ..measure import TimingSettings
-from ..predict import Calibration, Predictor, Pricer, fit_calibration
+from ..predict import Calibration, Predictor, Pricer, fit_calibration, resolve_space
 from ..store import LatencyTable
-from ..spaces import get_space
 from ..yardstick import YardstickSettings
 from .drift import RETIME, Retime, retime_entries, retime_ops
 from .endtoend import BUILDS, SubnetResult, agent_yardstick, measure_subnets, noise_floor
@@ -64,8 +63,7 @@ def validate(table: LatencyTable | str | os.PathLike, space, agent=None, n: int 
     with contextlib.ExitStack() as stack:
         if not isinstance(table, LatencyTable):
             table = stack.enter_context(LatencyTable.open(table, readonly=True))
-        if isinstance(space, str):
-            space = get_space(space)
+        space = resolve_space(space)
         if agent is None:
             agent = agent_for_table(table)
             stack.callback(agent.close)
