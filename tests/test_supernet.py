@@ -656,48 +656,57 @@ def _run(args, timeout):
     return subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env=CLI_ENV, timeout=timeout)
 
 
-class Torchruns:
-    """`torchrun --standalone` jobs of 2 processes each, all started at once (a job's processes
-    mostly import torch, one core each: the jobs share the cores instead of waiting in turn), each
-    on its own free port; each rank's stderr goes to its own file, so a failure shows what every
-    rank said, not only torchrun's summary."""
+class Jobs:
+    """Multi-process jobs, all started at once (their processes mostly import torch, one core
+    each: the jobs share the cores instead of waiting in turn). A job is a `torchrun --standalone`
+    of 2 processes, each rank's stderr in its own file under `logs`, or a list of plain processes
+    started by hand; a failure shows what every rank said, not only a launcher's summary."""
 
-    def __init__(self, jobs: dict, timeout: float):
-        import subprocess
+    def __init__(self, timeout: float):
+        self.timeout, self.logs, self.procs = timeout, {}, {}
+
+    def torchrun(self, name: str, log_dir, args) -> None:
         import sys
+
+        self.logs[name] = log_dir
+        self._start(name, [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "--redirects", "2", "--log-dir", str(log_dir), *args])
+
+    def ranks(self, name: str, world: int, args, port: int) -> None:
+        """`world` processes of `args` joined by torch.distributed's env:// rendezvous at 127.0.0.1:`port`."""
+        import sys
+
+        for rank in range(world):
+            env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(world),
+                   "RANK": str(rank), "LOCAL_RANK": str(rank)}
+            self._start(f"{name}/{rank}", [sys.executable, *args], env)
+
+    def _start(self, name: str, cmd, env=None) -> None:
+        import subprocess
 
         from conftest import CLI_ENV, ROOT
 
-        self.timeout, self.logs, self.procs = timeout, {}, {}
-        for name, (tmp_path, args) in jobs.items():
-            self.logs[name] = tmp_path / "rank-logs"
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                   "--redirects", "2", "--log-dir", str(self.logs[name]), *args]
-            self.procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                                cwd=ROOT, env=CLI_ENV)
+        self.procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                            cwd=ROOT, env={**CLI_ENV, **(env or {})})
 
     def result(self, name: str):
-        """Job `name`'s (CompletedProcess, report), once it ended."""
+        """Process `name`'s CompletedProcess once it ended, and a report of what it (and, for a
+        torchrun job, each of its ranks) wrote to stderr."""
         import subprocess
 
         p = self.procs[name]
         stdout, stderr = p.communicate(timeout=self.timeout)
         r = subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr)
-        return r, _rank_report(r, self.logs[name])
+        parts = [f"{name} exit {r.returncode}; its stderr ends:\n{r.stderr[-3000:]}"]
+        for f in sorted(self.logs[name].glob("*/attempt_*/*/stderr.log")) if name in self.logs else ():
+            parts.append(f"--- rank {f.parent.name} stderr ({f}):\n{f.read_text()[-3000:]}")
+        return r, "\n".join(parts)
 
     def close(self) -> None:
         for p in self.procs.values():
             if p.poll() is None:
                 p.kill()
                 p.communicate()
-
-
-def _rank_report(r, logs) -> str:
-    """torchrun's exit code and stderr tail, then every rank's own stderr."""
-    parts = [f"torchrun exit {r.returncode}; its stderr ends:\n{r.stderr[-1500:]}"]
-    for f in sorted(logs.glob("*/attempt_*/*/stderr.log")):
-        parts.append(f"--- rank {f.parent.name} stderr ({f}):\n{f.read_text()[-3000:]}")
-    return "\n".join(parts)
 
 
 GLOO_THREADS = """\
@@ -711,35 +720,67 @@ def gloo_threads():
     return sum(open(f"/proc/self/task/{t}/comm").read().strip().startswith(("gloo", "pt_gloo")) for t in tasks)
 
 
-try:
-    with D.process_group() as info:
-        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)  # imports torch._dynamo
-        t = torch.ones(3)
-        D.allreduce_grads([t.requires_grad_()], info.world)
-        inside = gloo_threads()
-        if sys.argv[1] == "fail" and info.rank == 1:
-            raise RuntimeError("rank 1 fails on purpose")
-        D.barrier(info.world)
-finally:
-    print(f"rank {os.environ['RANK']}: gloo threads inside {inside}, after {gloo_threads()}", file=sys.stderr)
+def block(name, port, fail):
+    os.environ["MASTER_PORT"] = port  # a fresh rendezvous for each group
+    inside = None
+    try:
+        with D.process_group() as info:
+            torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)  # imports torch._dynamo
+            t = torch.ones(3)
+            D.allreduce_grads([t.requires_grad_()], info.world)
+            inside = gloo_threads()
+            if fail and info.rank == 1:
+                raise RuntimeError("rank 1 fails on purpose")
+            if not fail:
+                D.barrier(info.world)
+    finally:
+        print(f"{name} rank {os.environ['RANK']}: gloo threads inside {inside}, after {gloo_threads()}",
+              file=sys.stderr, flush=True)
+
+
+block("ok", sys.argv[1], False)
+block("fail", sys.argv[2], True)
 """
 
 
-@pytest.fixture(scope="module")
-def torchruns(tmp_path_factory, nano_yaml):
-    """The module's torchrun jobs, started together: GLOO_THREADS ending normally ("ok") and with
-    rank 1 raising ("fail"), and a two-process BigNAS training of NANO_YAML ("train", its
+def _free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def torchruns(request, tmp_path_factory, nano_yaml):
+    """The module's multi-process jobs, started together as the module starts (they run on the
+    second core while its other tests run on one) when a selected test asks for them:
+    GLOO_THREADS in two ranks ("gloo/0", "gloo/1": a group that ends normally, then one where
+    rank 1 raises), and a torchrun two-process BigNAS training of NANO_YAML ("train", its
     checkpoint at `torchruns.checkpoint`)."""
+    import inspect
+
     from conftest import latbench_exe
 
+    if not any(item.module is request.module and "torchruns" in inspect.signature(item.function).parameters
+               for item in request.session.items):
+        yield None
+        return
     d = tmp_path_factory.mktemp("torchrun")
     script = d / "gloo_threads.py"
     script.write_text(GLOO_THREADS)
     ck = d / "ddp.pt"
     train = [latbench_exe(), "supernet", "train", "--space", nano_yaml, "--strategy", "bignas", "--epochs", "2",
              "--batch-size", "8", "--max-train-images", "48", "--threads", "1", "--out", str(ck), "--json"]
-    runs = Torchruns({"ok": (d / "ok", [str(script), "ok"]), "fail": (d / "fail", [str(script), "fail"]),
-                      "train": (d / "train", train)}, timeout=600)
+    runs = Jobs(timeout=600)
+    rendezvous, ok, fail = _free_ports(3)
+    runs.ranks("gloo", 2, [str(script), str(ok), str(fail)], rendezvous)
+    runs.torchrun("train", d / "train", train)
     runs.checkpoint = ck
     try:
         yield runs
@@ -751,14 +792,16 @@ def torchruns(tmp_path_factory, nano_yaml):
 def test_process_group_ends_with_the_block_whatever_happens(torchruns):
     """Gloo's threads stop when process_group() exits, even after an optimizer imported
     torch._dynamo inside it (threads left running at exit abort a rank now and then), and a rank
-    that raises exits with its own error (exit 1), not SIGABRT."""
-    r, report = torchruns.result("ok")
-    assert r.returncode == 0, report
+    that raises exits with its own error (exit 1), not SIGABRT; a second group in the same
+    processes starts and ends the same way."""
     for rank in (0, 1):
-        assert f"rank {rank}: gloo threads inside 3, after 0" in report, report
-    r, report = torchruns.result("fail")
-    assert r.returncode != 0 and "SIGABRT" not in r.stderr, report
-    assert "RuntimeError: rank 1 fails on purpose" in report and "rank 1: gloo threads inside 3, after 0" in report, report
+        r, report = torchruns.result(f"gloo/{rank}")
+        assert f"ok rank {rank}: gloo threads inside 3, after 0" in report, report
+        assert f"fail rank {rank}: gloo threads inside 3, after 0" in report, report
+        if rank == 0:
+            assert r.returncode == 0, report
+        else:
+            assert r.returncode == 1 and "RuntimeError: rank 1 fails on purpose" in report, report
 
 
 def test_torchrun_two_processes_and_single_process_load(torchruns):
