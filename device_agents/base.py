@@ -205,6 +205,7 @@ class Agent:
     times_on_device = False  # whether time_networks works (the runtime times whole networks itself)
     network_batch = 1  # whole networks one time_networks call is best handed (android: a push's worth)
     plain_statistics: tuple[str, ...] = STATISTICS  # what the plain call's timing can be read as
+    cooling = False  # True while the agent waits for a hot device to cool (a farm lists it as hot)
 
     Options: type[AgentOptions] = AgentOptions
 

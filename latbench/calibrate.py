@@ -62,13 +62,18 @@ def calibrate(table: LatencyTable, space, agent, n: int = 10, seed: int = 0,
                           table_statistic(table))
 
 
-def store_calibration(table: LatencyTable, run: CalibrationRun, **facts: Any) -> None:
-    """Write the fit into the table's meta "calibration" (other spaces' entries kept); `facts`
-    (seed, resolutions...) and the yardstick's settings are stored beside it for the record."""
+def calibration_entry(table: LatencyTable, run: CalibrationRun, **facts: Any) -> CalibrationEntry:
+    """The fit as the table's meta "calibration" keeps it; `facts` (seed, resolutions...) and the
+    yardstick's settings go beside it for the record."""
     entry = {**run.calibration.to_dict(), "profile_id": table.profile.id if table.profile else "",
              "taken_at": time.time(), "in_sample": run.after.to_dict(),
              "uncalibrated": run.before.to_dict(), "yardstick": run.yardstick.to_dict(), **facts}
-    table.set_calibration(CalibrationEntry.from_dict(entry, f"calibration {run.key}"))
+    return CalibrationEntry.from_dict(entry, f"calibration {run.key}")
 
 
-__all__ = ["calibration_key", "CalibrationRun", "calibrate", "store_calibration"]
+def store_calibration(table: LatencyTable, run: CalibrationRun, **facts: Any) -> None:
+    """Write the fit into the table's meta "calibration" (other spaces' entries kept)."""
+    table.set_calibration(calibration_entry(table, run, **facts))
+
+
+__all__ = ["calibration_key", "CalibrationRun", "calibrate", "calibration_entry", "store_calibration"]

@@ -28,6 +28,8 @@ against a plain loop's median: round_min -12%, pooled median -5%, pooled mean +1
 """
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import numbers
 import os
@@ -258,6 +260,21 @@ class Measurement:
     @property
     def median_ms(self) -> float:
         return self.stats.median if self.stats else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        """The measurement as plain JSON-able data (what a farm's device sends its driver)."""
+        d = dataclasses.asdict(self)
+        if self.stats is not None:
+            d["stats"] = {**d["stats"], "samples": list(self.stats.samples), "rounds": list(self.stats.rounds)}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Measurement":
+        """The measurement `to_dict` gave."""
+        st = d.get("stats")
+        stats = None if st is None else Stats(**{**st, "samples": tuple(st.get("samples", ())),
+                                                 "rounds": tuple(st.get("rounds", ()))})
+        return cls(**{**d, "stats": stats})
 
 
 def timer_overhead_s(reps: int = 2000) -> float:

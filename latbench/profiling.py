@@ -121,30 +121,12 @@ def profile_into(table, agent, ops: Iterable[OpSpec], timing: TimingSettings = T
     if retime not in RETIME:
         raise UsageError(f"`retime` must be one of {', '.join(RETIME)}, got {retime!r}")
     t0 = time.perf_counter()
-    todo_all = unique(ops)
-    stored_ok = table.keys(status="ok")
-    stored_any = table.keys(status=None)
-    skip = stored_ok if retry_failed else stored_any
-    todo = [op for op in todo_all if op.key not in skip]
-    run = ProfileRun(total=len(todo_all), skipped=len(todo_all) - len(todo),
-                     failed_earlier=sum(op.key in skip and op.key not in stored_ok for op in todo_all))
-    if max_ops is not None:
-        todo = todo[:max_ops]
-    if shuffle:
-        todo = measure_order(todo)
+    run, todo = plan_todo(table, ops, max_ops, retry_failed, shuffle)
     if on_start:
         on_start(len(todo))
     try:
         for m in timed_batches(table, agent, todo, timing, run, sample_invocation, on_op):
-            if resolutions and m.key in resolutions:
-                m = dataclasses.replace(m, extra={**m.extra, "resolutions": resolutions[m.key]})
-            # benchmark_model reports a mean and no median: the row says which estimate it holds
-            table.add(m, estimator=m.settings.get("estimator", "median"))
-            if m.ok:
-                run.measured += 1
-            else:
-                run.failed += 1
-                run.failures.append((m.key, m.error))
+            store_result(table, m, run, resolutions)
             if on_result:
                 on_result(m)
         if retime != "none":
@@ -158,17 +140,67 @@ def profile_into(table, agent, ops: Iterable[OpSpec], timing: TimingSettings = T
     return run
 
 
+def plan_todo(table, ops: Iterable[OpSpec], max_ops: int | None = None, retry_failed: bool = False,
+              shuffle: bool = True) -> tuple[ProfileRun, list[OpSpec]]:
+    """(a ProfileRun counting what `table` holds of `ops` already, the ops still to measure):
+    keys stored are skipped (those stored failed too, unless `retry_failed`); `max_ops` takes the
+    first of the rest in enumeration order; they come in `measure_order` unless not `shuffle`."""
+    todo_all = unique(ops)
+    stored_ok = table.keys(status="ok")
+    stored_any = table.keys(status=None)
+    skip = stored_ok if retry_failed else stored_any
+    todo = [op for op in todo_all if op.key not in skip]
+    run = ProfileRun(total=len(todo_all), skipped=len(todo_all) - len(todo),
+                     failed_earlier=sum(op.key in skip and op.key not in stored_ok for op in todo_all))
+    if max_ops is not None:
+        todo = todo[:max_ops]
+    return run, measure_order(todo) if shuffle else todo
+
+
+def store_result(table, m: Measurement, run: ProfileRun, resolutions: dict[str, list[int]] | None = None) -> None:
+    """Commit one op's measurement (with the resolutions using it) and count it in `run`."""
+    if resolutions and m.key in resolutions:
+        m = dataclasses.replace(m, extra={**m.extra, "resolutions": resolutions[m.key]})
+    # benchmark_model reports a mean and no median: the row says which estimate it holds
+    table.add(m, estimator=m.settings.get("estimator", "median"))
+    if m.ok:
+        run.measured += 1
+    else:
+        run.failed += 1
+        run.failures.append((m.key, m.error))
+
+
+COMPANIONS = ((INVOCATION_META, INVOCATION_OP), (REFERENCE_META, REFERENCE_OP))
+
+
+def companions(batch_len: int, on: bool = True) -> tuple[tuple[str, OpSpec], ...]:
+    """The companion ops (meta name, op) a batch of `batch_len` ops ends with: the per-call cost
+    where a batch holds two or more, the reference kernel where three or more; none unless `on`."""
+    return COMPANIONS[:max(0, min(2, batch_len - 1))] if on else ()
+
+
+def settle_batch(table, timing: TimingSettings, rows: Sequence[Measurement],
+                 comps: Sequence[tuple[str, Measurement]]) -> list[Measurement]:
+    """Record one batch's companion measurements (meta name, Measurement) into the table's meta
+    and return its rows, each with the batch's reference estimate as extra["reference_ms"]."""
+    ref: float | None = None
+    for name, m in comps:
+        if name == INVOCATION_META:
+            record_invocation(table, m, timing)
+        else:
+            ref = record_reference(table, m, timing)
+    return [r if ref is None else dataclasses.replace(r, extra={**r.extra, "reference_ms": ref}) for r in rows]
+
+
 def timed_batches(table, agent, ops: Sequence[OpSpec], timing: TimingSettings, run: ProfileRun,
-                  companions: bool = True, on_op: Callable[[OpSpec], None] | None = None) -> Iterator[Measurement]:
+                  companions_on: bool = True, on_op: Callable[[OpSpec], None] | None = None) -> Iterator[Measurement]:
     """`agent`'s measurements of `ops`, in order. Where the agent times in batches (and
     `companions`), each batch also times INVOCATION_OP and REFERENCE_OP (the latter where a batch
     holds three or more), recorded into the table's meta; the batch's rows are handed over when
     its companions are in, each with the batch's reference estimate as extra["reference_ms"].
     Every measurement's timed seconds are added to `run`."""
-    size = agent.batch_len(timing)
-    comps = ((INVOCATION_META, INVOCATION_OP), (REFERENCE_META, REFERENCE_OP))[:max(0, min(2, size - 1))] \
-        if companions else ()
-    per_batch = size - len(comps)
+    comps = companions(agent.batch_len(timing), companions_on)
+    per_batch = agent.batch_len(timing) - len(comps)
     tags: deque[str] = deque()  # per op fed, in order: "" or the companion's meta name
 
     def feed():
@@ -183,7 +215,7 @@ def timed_batches(table, agent, ops: Sequence[OpSpec], timing: TimingSettings, r
                     yield comp
 
     pending: list[Measurement] = []
-    ref: float | None = None
+    got: list[tuple[str, Measurement]] = []
     for m in agent.measure(feed(), timing):
         run.timed_s += m.timed_s
         tag = tags.popleft()
@@ -193,48 +225,72 @@ def timed_batches(table, agent, ops: Sequence[OpSpec], timing: TimingSettings, r
             else:
                 pending.append(m)
             continue
-        if tag == INVOCATION_META:
-            record_invocation(table, m, timing)
-        else:
-            ref = record_reference(table, m, timing)
+        got.append((tag, m))
         if tag == comps[-1][0]:  # the batch's last companion: its rows go out
-            for r in pending:
-                yield r if ref is None else dataclasses.replace(r, extra={**r.extra, "reference_ms": ref})
-            pending, ref = [], None
+            yield from settle_batch(table, timing, pending, got)
+            pending, got = [], []
+
+
+@dataclass
+class Retimes:
+    """A table's suspect rows picked to be timed again (`pick_retimes`): their ops in measure
+    order, and each row as stored with the signs that made it suspect."""
+
+    ops: list[OpSpec]
+    rows: dict[str, dict]
+    signs: dict[str, tuple]
+    done: list[str] = field(default_factory=list)  # keys re-timed and stored
+
+    def store(self, table, m: Measurement, run: ProfileRun) -> bool:
+        """Store the re-timing `m` of a row in place of its take, which is kept with its signs in
+        extra["earlier"]; a failed re-timing leaves the take and is listed in `run.failures`.
+        True when stored."""
+        from .suspect import EARLIER, take_of
+
+        if not m.ok:
+            run.failures.append((m.key, f"timed again, failed: {m.error} (the first take is kept)"))
+            return False
+        first = self.rows[m.key]
+        keep = {k: first["extra"][k] for k in ("resolutions",) if k in first["extra"]}
+        earlier = [*first["extra"].get(EARLIER, ()), take_of(first, self.signs[m.key])]
+        table.add(dataclasses.replace(m, extra={**m.extra, **keep, EARLIER: earlier}),
+                  estimator=m.settings.get("estimator", "median"))
+        self.done.append(m.key)
+        run.retimed += 1
+        return True
+
+    def finish(self, table, run: ProfileRun) -> ProfileRun:
+        """Count the re-timed rows still suspect (`unstable`)."""
+        from .suspect import suspects
+
+        run.unstable += len(suspects(table, self.done))
+        return run
+
+
+def pick_retimes(table, first_only: bool = False) -> Retimes:
+    """The table's suspect rows (latbench.suspect) to time again; `first_only`: those never timed
+    again, so a profile does it once per row."""
+    from .suspect import suspects
+
+    found = [x for x in suspects(table) if not (first_only and x.retimed)]
+    rows = {x.key: table.row(x.key) for x in found}
+    return Retimes(measure_order([OpSpec.from_dict(rows[x.key]["op"]) for x in found]), rows,
+                   {x.key: x.signs for x in found})
 
 
 def retime_suspects(table, agent, timing: TimingSettings, run: ProfileRun, first_only: bool = False,
                     on_start: Callable[[int], None] | None = None,
                     on_op: Callable[[OpSpec], None] | None = None,
                     on_result: Callable[[Measurement], None] | None = None) -> ProfileRun:
-    """Time the table's suspect rows again (latbench.suspect; `first_only`: those never timed
-    again, so a profile does it once per row) in batches as `profile_into` times them, committing
-    each batch's rows as they come. A re-timed row replaces its take, which is kept with its signs
-    in extra["earlier"]; a re-timing that fails leaves the take (and is listed in `run.failures`).
-    `run` counts the rows re-timed, and those still suspect (`unstable`)."""
-    from .suspect import EARLIER, suspects, take_of
-
-    found = [x for x in suspects(table) if not (first_only and x.retimed)]
+    """Time the table's suspect rows again (`pick_retimes`) in batches as `profile_into` times
+    them, committing each batch's rows as they come (Retimes.store). `run` counts the rows
+    re-timed, and those still suspect (`unstable`)."""
+    picked = pick_retimes(table, first_only)
     if on_start:
-        on_start(len(found))
-    if not found:
+        on_start(len(picked.ops))
+    if not picked.ops:
         return run
-    signs = {x.key: x.signs for x in found}
-    rows = {x.key: table.row(x.key) for x in found}
-    ops = measure_order([OpSpec.from_dict(rows[x.key]["op"]) for x in found])
-    done = []
-    for m in timed_batches(table, agent, ops, timing, run, True, on_op):
-        if not m.ok:
-            run.failures.append((m.key, f"timed again, failed: {m.error} (the first take is kept)"))
-            continue
-        first = rows[m.key]
-        keep = {k: first["extra"][k] for k in ("resolutions",) if k in first["extra"]}
-        earlier = [*first["extra"].get(EARLIER, ()), take_of(first, signs[m.key])]
-        m = dataclasses.replace(m, extra={**m.extra, **keep, EARLIER: earlier})
-        table.add(m, estimator=m.settings.get("estimator", "median"))
-        done.append(m.key)
-        run.retimed += 1
-        if on_result:
+    for m in timed_batches(table, agent, picked.ops, timing, run, True, on_op):
+        if picked.store(table, m, run) and on_result:
             on_result(m)
-    run.unstable += len(suspects(table, done))
-    return run
+    return picked.finish(table, run)

@@ -158,15 +158,21 @@ def _same_context(entry: CompanionEntry, timing: TimingSettings) -> bool:
     return _context_of(entry) == (timing.context, timing.context_bytes)
 
 
+def needs_invocation(table, timing: TimingSettings, retry_failed: bool = False) -> bool:
+    """Whether the table lacks its per-call cost in `timing`'s context (or holds a failed one and
+    `retry_failed`): then measure_invocation times it before the ops."""
+    have = table.invocation
+    return not (have and _same_context(have, timing) and ((have.status or "ok") == "ok" or not retry_failed))
+
+
 def measure_invocation(table, agent, timing: TimingSettings, retry_failed: bool = False) -> CompanionEntry | None:
     """Measure the runtime's per-call cost (INVOCATION_OP) under `timing` into the table's meta,
     unless it is there for this timing's context already (a failed attempt is kept like a failed
     row, and tried again with `retry_failed`); returns the entry when it holds an estimate.
     profile_into adds a sample from every interleaved batch (`record_invocation`)."""
-    have = table.invocation
-    if have and _same_context(have, timing):
-        if (have.status or "ok") == "ok" or not retry_failed:
-            return have if have.estimate_ms is not None else None
+    if not needs_invocation(table, timing, retry_failed):
+        have = table.invocation
+        return have if have.estimate_ms is not None else None
     m = next(iter(agent.measure([INVOCATION_OP], timing)), None)
     if m is None:
         return None

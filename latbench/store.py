@@ -753,6 +753,17 @@ class LatencyTable:
         except sqlite3.Error as e:
             raise sql_error(p, e, "write") from None
 
+    def snapshot_bytes(self) -> bytes:
+        """The table as it is now as one file's bytes (`backup` into a scratch file): what a farm
+        sends the host that validates it."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="latbench-snapshot-") as d:
+            path = os.path.join(d, "table.sqlite")
+            self.backup(path)
+            with open(path, "rb") as f:
+                return f.read()
+
     def integrity_check(self) -> str:
         """SQLite's own check: 'ok' when the file is sound."""
         return self._query("PRAGMA integrity_check")[0][0]

@@ -362,6 +362,78 @@ def test_benchmark_model_runs_standalone_on_the_host(tmp_path: Path) -> None:
     assert float(TIMINGS.search(r.stdout).group(4)) > 0
 
 
+# ---- simulate_run_time: benchmark_model sleeps a set latency instead of running LiteRT ----------------
+SAME = re.compile(r"count=(\d+) curr=(\d+)(?:\(all same\))?$", re.MULTILINE)  # a Stat of equal (or one) samples
+
+
+def test_simulated_run_time_reports_and_sleeps_it(client, pixel: FakeDevice, runner_pushed: str) -> None:
+    pixel.simulate_run_time(5.0)
+    pixel.set_heating(start=40.0, per_run=1.5, cool_per_s=0.0)
+    ran = len(pixel.models_run)
+    d = client.device(PIXEL)
+    r = d.shell2(f"{runner_pushed} --graph={LB}/conv.tflite --num_runs=20 --warmup_runs=2 {FAST}", timeout=T, v2=True)
+    assert r.returncode == 0, r.output
+    init, first, warm, avg = TIMINGS.search(r.stdout).groups()
+    assert 5000 <= float(avg) <= 7000 and int(first) >= 5000 and float(warm) >= 5000 and int(init) > 0
+    assert SAME.findall(r.stdout) == [("2", "5000"), ("20", "5000")]  # warmup, then --num_runs; min = 5000
+    # a simulated run is a model run: counted, heats the phone, sees its temperature
+    assert pixel.models_run[ran:] == ["conv.tflite"] and pixel.run_temperatures[-1] == ("conv.tflite", 40.0)
+    assert pixel.temperature == 41.5
+    # --min_secs rules the count as for real runs (0.1 s of 5 ms runs: 20, fewer only if the host stalls)
+    r = d.shell2(f"{runner_pushed} --graph={LB}/conv.tflite --num_runs=1 --min_secs=0.1 --warmup_min_secs=0",
+                 timeout=T, v2=True)
+    assert 15 <= int(SAME.findall(r.stdout)[-1][0]) <= 20, r.stdout
+    pixel.reset_knobs()
+    assert pixel.simulated_run_ms("conv.tflite") is None
+
+
+def test_simulated_run_time_per_model_and_model_checks(client, pixel: FakeDevice, runner_pushed: str) -> None:
+    d = client.device(PIXEL)
+    assert d.shell(f"cp {LB}/conv.tflite {LB}/other.tflite && echo notamodel > {LB}/junk.tflite && echo ok",
+                   timeout=T) == "ok"
+    pixel.simulate_run_time({"conv": 2.5, "*": 7.25})
+    ran = len(pixel.models_run)
+
+    def bench(graph: str, extra: str = ""):
+        return d.shell2(f"{runner_pushed} --graph={LB}/{graph} --num_runs=3 {FAST} {extra}", timeout=T, v2=True)
+
+    assert float(TIMINGS.search(bench("conv.tflite").stdout).group(4)) == 2500
+    r = bench("other.tflite", "--enable_op_profiling=true")
+    assert float(TIMINGS.search(r.stdout).group(4)) == 7250 and "CONV_2D" in r.stdout  # ops read from the file
+    for bad in ("missing.tflite", "junk.tflite"):  # the graph is still opened and checked
+        r = bench(bad)
+        assert r.returncode == 1 and f"Failed to mmap model {LB}/{bad}" in r.stderr, r.output
+    pixel.set_output_style("pre2020")
+    assert "Average inference timings in us: Warmup: 2500, Init: " in bench("conv.tflite").stderr
+    assert pixel.models_run[ran:] == ["conv.tflite", "other.tflite", "conv.tflite"]  # failed runs are not
+    with pytest.raises(ValueError):
+        pixel.simulate_run_time(-1.0)
+
+
+def test_simulated_phones_run_in_parallel(client, server: StandinServer, pixel: FakeDevice,
+                                          runner_pushed: str) -> None:
+    galaxy = server.device(GALAXY)
+    g = client.device(GALAXY)
+    g.sync.push(str(BENCHMARK_MODEL), f"{LB}/benchmark_model", 0o755)
+    g.sync.push(conv_model(), f"{LB}/conv.tflite")
+    cmd = f"{LB}/benchmark_model --graph={LB}/conv.tflite --num_runs=3 --warmup_runs=1 {FAST}"
+    one = 4 * 0.2  # one device: a warmup and 3 runs of 200 ms
+    try:
+        for dev in (pixel, galaxy):
+            dev.simulate_run_time(200.0)
+        cpu0, t0 = time.process_time(), time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+            outs = list(pool.map(lambda s: sh(client, s, cmd), (PIXEL, GALAXY)))
+        wall, cpu = time.monotonic() - t0, time.process_time() - cpu0
+    finally:
+        galaxy.reset_knobs()
+    for out in outs:
+        assert SAME.findall(out) == [("1", "200000"), ("3", "200000")], out
+        assert float(TIMINGS.search(out).group(4)) == 200000
+    assert one <= wall < 1.6 * one, wall  # serialized, the two would take 2 * one
+    assert cpu < 0.5 * one, cpu  # the sleeping costs this process (the server) no CPU
+
+
 def test_disconnect_after_drops_connection_and_hides_device(tmp_path: Path) -> None:
     srv = start_standin([FakeDevice("pixel7", serial="STANDINDROP1")])
     try:

@@ -184,6 +184,8 @@ COMMAND_ARGS = {
     "supernet search": ["--checkpoint", "s.pt", "--table", "t.sqlite", "--budget-ms", "1"],
     "supernet export": ["--checkpoint", "s.pt", "--config", "c.json", "-o", "x.onnx"],
     "supernet eval": ["--checkpoint", "s.pt"],
+    "farm node": ["--address", "127.0.0.1:1", "--device", "ort"], "farm devices": ["--address", "127.0.0.1:1"],
+    "farm profile": ["--address", "127.0.0.1:1", "--out-dir", "f", "--space", "tiny"],
 }
 # imported by the helper before it times anything: the commands import them inside themselves
 PRELOAD = ["latbench.store", "latbench.spaces", "latbench.enumerate", "latbench.profiling", "latbench.predict",
@@ -240,7 +242,7 @@ def interrupted(every_command_helper) -> dict[str, tuple[int, list[str], str]]:
     out = {}
     for line in stdout.splitlines():
         argv, code, hit, err = json.loads(line)
-        out[" ".join(argv[:2] if argv[0] in ("table", "accuracy", "supernet") else argv[:1])] = (code, hit, err)
+        out[" ".join(argv[:2] if argv[0] in ("table", "accuracy", "supernet", "farm") else argv[:1])] = (code, hit, err)
     out["<helper>"] = (every_command_helper.returncode, [], stderr[-3000:])
     return out
 

@@ -487,7 +487,7 @@ def test_import_needs_a_profile(tmp_path: Path):
     with LatencyTable.open(tmp_path / "t.db") as t:
         with pytest.raises(UsageError, match="needs a device profile"):
             import_ofa_yaml(p, t)
-    with pytest.raises(UsageError, match="the device it was measured on \(`device`\)"):
+    with pytest.raises(UsageError, match=r"the device it was measured on \(`device`\)"):
         import_profile("")
 
 

@@ -588,7 +588,11 @@ class AndroidAgent(Agent):
             log.warning("device %s at %s: cooling down %g s (%d/%d)", self.serial, where, self.cooldown, in_row + 1,
                         self.max_waits)
             t0 = time.monotonic()
-            time.sleep(self.cooldown)
+            self.cooling = True
+            try:
+                time.sleep(self.cooldown)
+            finally:
+                self.cooling = False
             waited += time.monotonic() - t0
             waits, in_row = waits + 1, in_row + 1
 

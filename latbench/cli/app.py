@@ -48,6 +48,7 @@ def _mount_stage_commands() -> None:
     of every command (see `run`), never a command that silently vanishes."""
     from .devices import devices_command
     from .enumerate import enumerate_cmd, spaces_cmd
+    from .farm import farm_app
     from .predict import predict_command
     from .profile import profile_command
     from .quickstart import quickstart_cmd
@@ -68,6 +69,7 @@ def _mount_stage_commands() -> None:
     app.command("search")(search_command)
     app.add_typer(accuracy_app, name="accuracy")
     app.add_typer(supernet_app, name="supernet")
+    app.add_typer(farm_app, name="farm")
 
 
 try:

@@ -19,8 +19,12 @@ from ..errors import UsageError
 
 
 def profile_command(
-    device: str = typer.Option(..., "--device", "-d", help="cpu, cuda, ort, tflite or android"),
-    out: Path = typer.Option(..., "--out", "-o", help="the table (SQLite); an existing one is resumed"),
+    device: Optional[str] = typer.Option(None, "--device", "-d", help="cpu, cuda, ort, tflite or android (with "
+                                         "--farm: only devices of this kind)"),
+    out: Path = typer.Option(..., "--out", "-o", help="the table (SQLite); an existing one is resumed (with "
+                             "--farm: the directory of its tables, one per device profile)"),
+    farm: Optional[str] = typer.Option(None, "--farm", help="profile on every device of the Ray farm at this "
+                                       "address (HOST:PORT; see `latbench farm`)"),
     space: Optional[str] = typer.Option(None, "--space", "-s", help="a built-in space or a YAML file"),
     ops_file: Optional[Path] = typer.Option(None, "--ops", help="an op list (PaddleSlim text, csv, jsonl, block keys)"),
     resolution: List[int] = typer.Option([], "--resolution", "-r", help="input resolution(s); default: all of the space's"),
@@ -69,15 +73,21 @@ def profile_command(
 
     if granularity not in ("op", "block"):
         raise UsageError(f"--granularity must be op or block, got {granularity!r}")
+    flags = dict(threads=threads, opt_level=opt_level, boundary=boundary, xnnpack=xnnpack, serial=serial,
+                 runner=runner, runtime=runtime, cpus=cpus, delegate=delegate, max_temp=max_temp,
+                 cooldown=cooldown, batch_size=batch_size)  # None: not given
+    if farm is not None:
+        return _farm_profile(farm, out, device, space, ops_file, resolution, granularity, max_ops, retry_failed,
+                             flags, retime_suspect, target_iqr, max_time, min_samples, rounds, interleave, context,
+                             context_mb, estimator, as_json)
+    if device is None:
+        raise UsageError("give --device (or --farm ADDRESS to profile on a device farm)")
     if retime_suspect:
         _check_retime_flags(out, space, ops_file, resolution, max_ops, retry_failed)
     elif (space is None) == (ops_file is None):
         raise UsageError("give exactly one of --space or --ops")
     elif ops_file is not None and resolution:
         raise UsageError(f"--resolution applies to --space; {ops_file} lists its ops with their shapes")
-    flags = dict(threads=threads, opt_level=opt_level, boundary=boundary, xnnpack=xnnpack, serial=serial,
-                 runner=runner, runtime=runtime, cpus=cpus, delegate=delegate, max_temp=max_temp,
-                 cooldown=cooldown, batch_size=batch_size)  # None: not given
     options = agent_options(device, flags)
     source = None if retime_suspect else (space if space is not None else Path(ops_file))
     run = _run_with_progress(lambda hooks: profile(
@@ -91,6 +101,28 @@ def profile_command(
         raise typer.Exit(130)
     if run.failed or run.failed_earlier:  # a partial table while any of its ops is stored failed
         raise typer.Exit(3)
+
+
+def _farm_profile(address, out: Path, device, space, ops_file, resolution, granularity, max_ops, retry_failed, flags,
+                  retime_suspect, target_iqr, max_time, min_samples, rounds, interleave, context, context_mb,
+                  estimator, as_json) -> None:
+    """`profile --farm`: the farm's profile (latbench.cli.farm) into the directory `out`."""
+    from .farm import run_farm_profile, timing_fields
+
+    given = [f"--{k.replace('_', '-')}" for k, v in flags.items() if v is not None]
+    if given:
+        raise UsageError(f"{', '.join(given)}: a farm's devices run with the settings their node gave them "
+                         f"(`latbench farm node`); leave {'it' if len(given) == 1 else 'them'} out with --farm")
+    if retime_suspect:
+        raise UsageError("--retime-suspect works on one table without --farm")
+    if (space is None) == (ops_file is None):
+        raise UsageError("give exactly one of --space or --ops")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: with --farm it is a directory (one table per device profile), not a file")
+    run_farm_profile(address, space if space is not None else str(ops_file), out, [device] if device else [], as_json,
+                     resolutions=resolution or None, granularity=granularity, max_ops=max_ops, retry_failed=retry_failed,
+                     timing=timing_fields(max_time, min_samples, target_iqr, rounds, interleave), context=context,
+                     context_mb=context_mb, estimator=estimator)
 
 
 def _check_retime_flags(out: Path, space, ops_file, resolution, max_ops, retry_failed) -> None:

@@ -14,6 +14,8 @@ from typing import List, Optional
 
 import typer
 
+from ..errors import UsageError
+
 
 _TABLE = typer.Option(..., "--table", help="the latency table (SQLite) to check")
 _SPACE = typer.Option(..., "--space", "-s", help="a built-in space or a YAML file")
@@ -30,6 +32,8 @@ _RUNNER = typer.Option(None, "--runner", help="android: the benchmark runner to 
                        "profile recorded)")
 _SERIAL = typer.Option(None, "--serial", help="android: the phone (default: the table's, else ANDROID_SERIAL)")
 _JSON = typer.Option(False, "--json", help="print the result as one JSON document")
+_FARM = typer.Option(None, "--farm", help="measure on a device of the table's profile in the Ray farm at this "
+                     "address (HOST:PORT; see `latbench farm`)")
 _BUILDS = typer.Option(3, "--builds", help="latbench estimator: fresh builds (sessions, interpreters) per subnet, "
                        "timed interleaved; each in another batch; each batch's speed is taken out")
 _STATISTIC = typer.Option(None, "--statistic", help="yardstick: the statistic of each pass's runs "
@@ -109,7 +113,7 @@ def calibrate_command(
     seed: int = _SEED, resolution: List[int] = _RES, threads: Optional[int] = _THREADS,
     opt_level: Optional[str] = _OPT, xnnpack: Optional[bool] = _XNN, as_json: bool = _JSON,
     statistic: Optional[str] = _STATISTIC, passes: int = _PASSES, runs: int = _RUNS, min_time: float = _MIN_TIME,
-    runner: Optional[Path] = _RUNNER, serial: Optional[str] = _SERIAL,
+    runner: Optional[Path] = _RUNNER, serial: Optional[str] = _SERIAL, farm: Optional[str] = _FARM,
 ) -> None:
     """Measure n random subnets with the plain yardstick, fit measured = scale x predicted +
     offset (or one of them, whichever predicts left-out subnets best), store it in the table."""
@@ -119,6 +123,20 @@ def calibrate_command(
 
     ys = _yardstick(statistic, passes, runs, min_time, seed)
     sp = get_space(space)
+    if farm is not None:
+        _no_agent_flags(device=device, threads=threads, opt_level=opt_level, xnnpack=xnnpack, runner=runner,
+                        serial=serial)
+        (done,) = _on_farm(farm, "calibrate", table, space, dict(n=n, seed=seed, resolutions=resolution or None,
+                                                                   yardstick=ys.to_dict(),
+                                                                   statistic_asked=statistic is not None))
+        if as_json:
+            typer.echo(json.dumps({"table": str(table), "device": done.device, **done.result["report"]}, indent=1))
+            return
+        cal, rep = done.result["calibration"], done.result["report"]
+        typer.echo(f"{table}: calibration {rep['key']} from {cal['n']} subnets measured on {done.device} (seed {seed}): "
+                   f"measured = {cal['scale']:.4f} x predicted {cal['offset_ms']:+.4f} ms (fitted: {cal['form']})")
+        typer.echo("stored: predictions from this table are now calibrated")
+        return
     with _session(table, device, threads, opt_level, xnnpack, runner=runner, serial=serial) as (t, agent, bars):
         ys = _agent_yardstick(agent, ys, statistic)
         run = calibrate(t, sp, agent, n, seed, resolution or None, ys, bars)
@@ -159,7 +177,7 @@ def validate_command(
     statistic: Optional[str] = _STATISTIC, passes: int = _PASSES, runs: int = _RUNS, min_time: float = _MIN_TIME,
     estimator_row: bool = typer.Option(True, "--estimator-row/--no-estimator-row", help="also measure the "
                                        "subnets with latbench's estimator and score against it (a second row set)"),
-    runner: Optional[Path] = _RUNNER, serial: Optional[str] = _SERIAL,
+    runner: Optional[Path] = _RUNNER, serial: Optional[str] = _SERIAL, farm: Optional[str] = _FARM,
 ) -> None:
     """Measure n random subnets end to end and report how close each predictor comes to the plain
     yardstick (and to latbench's estimator), with the yardstick's noise ceiling."""
@@ -171,6 +189,27 @@ def validate_command(
 
     ys = _yardstick(statistic, passes, runs, min_time, seed)
     sp = get_space(space)
+    if farm is not None:
+        _no_agent_flags(device=device, threads=threads, opt_level=opt_level, xnnpack=xnnpack, runner=runner,
+                        serial=serial)
+        from ..store import LatencyTable
+
+        with LatencyTable.open(str(table), create=False, readonly=True) as t:
+            timing = timing_of_table(t, max_time_s=max_time, min_samples=min_samples, target_iqr=target_iqr)
+        kw = dict(n=n, seed=seed, resolutions=resolution or None, calibrate_n=calibrate_n, timing=timing.to_dict(),
+                  op_baseline=op_baseline, noise=noise, builds=builds, retime=retime, yardstick=ys.to_dict(),
+                  statistic_asked=statistic is not None, estimator_row=estimator_row)
+        wanted = {k: str(v) for k, v in (("csv", csv), ("plot", plot)) if v}
+        (done,) = _on_farm(farm, "validate", table, space, kw, op_table, wanted)
+        if as_json:
+            typer.echo(json.dumps({**done.result["report"], "device": done.device}, indent=1))
+        else:
+            typer.echo(f"measured on {done.device} (farm {farm})")
+            for line in done.result["lines"]:
+                typer.echo(line)
+        if wanted:
+            typer.echo(f"wrote {', '.join(wanted.values())}", err=True)
+        return
     with _session(table, device, threads, opt_level, xnnpack, readonly=True, runner=runner,
                   serial=serial) as (t, agent, bars):
         ys = _agent_yardstick(agent, ys, statistic)
@@ -191,6 +230,24 @@ def validate_command(
     if written:
         typer.echo(f"wrote {', '.join(written)}", err=True)
 
+
+
+def _no_agent_flags(**flags) -> None:
+    """With --farm the device of the table's profile is the farm's: agent flags are refused by name."""
+    given = [f"--{k.replace('_', '-')}" for k, v in flags.items() if v is not None]
+    if given:
+        raise UsageError(f"{', '.join(given)}: with --farm the table is measured on a farm device of its own "
+                         f"profile; leave {'it' if len(given) == 1 else 'them'} out")
+
+
+def _on_farm(address: str, command: str, table: Path, space: str, kwargs: dict, op_table: Optional[Path] = None,
+             files: Optional[dict] = None):
+    """latbench.farm.endtoend for one table, its notes on stderr."""
+    from ..farm.endtoend import farm_end_to_end
+
+    return farm_end_to_end(address, command, [str(table)], space, kwargs,
+                           {str(table): str(op_table)} if op_table else None, {str(table): files or {}},
+                           on_line=lambda line: typer.echo(line, err=True))
 
 
 __all__ = ["calibrate_command", "validate_command", "open_agent"]

@@ -94,6 +94,7 @@ class FakeDevice:
         self.output_style = "current"
         self._crash: dict[str, str] = {}
         self._disconnect_after: int | None = None
+        self._simulate: float | dict[str, float] | None = None
         self._temp_schedule: tuple[float, float, int] | None = None
         self.temperature_reads = 0
         self._heating: tuple[float, float, float] | None = None  # (C per run, C per idle second, ambient C)
@@ -386,11 +387,13 @@ class FakeDevice:
                 f"  temperature: {b['temperature']}\n  technology: {b['technology']}\n")
 
     def reset_knobs(self) -> None:
-        """Back to a healthy device: current output style, no crashes, no planned disconnect, profile temps."""
+        """Back to a healthy device: current output style, no crashes, no planned disconnect, real
+        (not simulated) runs, profile temps."""
         with self._lock:
             self.output_style = "current"
             self._crash.clear()
             self._disconnect_after = None
+            self._simulate = None
             self.set_temperature(None)
 
     def set_output_style(self, style: str) -> None:
@@ -411,6 +414,36 @@ class FakeDevice:
         for key in (graph, name, os.path.splitext(name)[0]):
             if key in self._crash:
                 return self._crash[key]
+        return None
+
+    def simulate_run_time(self, ms_per_run: float | dict[str, float] | None) -> None:
+        """Simulate benchmark_model's run time instead of running LiteRT: every warmup and timed run
+        sleeps (no CPU, in the server thread serving that benchmark_model) and reports exactly this
+        many ms, in whole microseconds. A float holds for every model; a dict maps models (by path,
+        file name or stem, as crash_on) to ms, "*" being the default; a model it does not cover runs
+        LiteRT for real. None: real runs for all. Flags, model checks, output and knobs are unchanged."""
+        if isinstance(ms_per_run, dict):
+            table = {str(k): float(v) for k, v in ms_per_run.items()}
+            values = list(table.values())
+        elif ms_per_run is None:
+            table, values = None, []
+        else:
+            table = float(ms_per_run)
+            values = [table]
+        if any(not v >= 0 or v == float("inf") for v in values):
+            raise ValueError(f"simulated run times must be finite and >= 0 ms, not {ms_per_run!r}")
+        with self._lock:
+            self._simulate = table
+
+    def simulated_run_ms(self, graph: str) -> float | None:
+        """The simulated ms per run for a --graph path (None: run it for real), see simulate_run_time."""
+        sim = self._simulate
+        if sim is None or isinstance(sim, float):
+            return sim
+        name = os.path.basename(graph)
+        for key in (graph, name, os.path.splitext(name)[0], "*"):
+            if key in sim:
+                return sim[key]
         return None
 
     def disconnect_after(self, n_models: int) -> None:

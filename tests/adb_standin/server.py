@@ -728,7 +728,7 @@ class StandinServer:
                     if not line:
                         break
                     req = json.loads(line)
-                    reply, trigger = self._control(req)
+                    reply, trigger = self._control(req, sock)
                     f.write(json.dumps(reply).encode() + b"\n")
                     f.flush()
                     if trigger is not None:
@@ -739,8 +739,9 @@ class StandinServer:
         if pending_disconnect is not None:
             pending_disconnect.disconnect()
 
-    def _control(self, req: dict) -> tuple[dict, FakeDevice | None]:
-        """Answer one control request; the device to disconnect when a 'done' trips disconnect_after."""
+    def _control(self, req: dict, sock: socket.socket | None = None) -> tuple[dict, FakeDevice | None]:
+        """Answer one control request; the device to disconnect when a 'done' trips disconnect_after.
+        A simulated bench sleeps here, in this connection's own thread, so devices simulate in parallel."""
         try:
             dev = self.device(req.get("serial", ""))
         except KeyError:
@@ -755,11 +756,26 @@ class StandinServer:
                 host, _ = dev.resolve(req["graph"])
             except OSError as e:
                 return {"error": str(e)}, None
+            simulated_ms = dev.simulated_run_ms(req["graph"])
             dev.begin_run(req["graph"])
             try:
+                if simulated_ms is not None:
+                    return self._runner.simulate(str(host), req["params"], simulated_ms, self._idle(sock)), None
                 return self._runner.measure(str(host), req["params"]), None
             finally:
                 dev.end_run()
         if op == "done":
             return {"ok": True}, (dev if dev.note_model_run(req.get("graph", "")) else None)
         return {"error": f"unknown op {op!r}"}, None
+
+    def _idle(self, sock: socket.socket | None) -> Any:
+        """A no-CPU sleep for simulated runs: waits on the control socket, so a benchmark_model that
+        dies (killed, disconnected, server stopping) ends the simulation at once (RuntimeError)."""
+        def sleep(secs: float) -> None:
+            if sock is None:
+                time.sleep(secs)
+                return
+            ready, _, _ = select.select([sock], [], [], secs)
+            if ready or self._stop.is_set():  # benchmark_model sends nothing while it waits: EOF
+                raise RuntimeError("benchmark_model went away during a simulated run")
+        return sleep
