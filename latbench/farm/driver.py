@@ -108,18 +108,20 @@ def table_name(source, kind: str, profile_id: str) -> str:
 
 class Farm:
     """The devices of a farm as one driver uses them: handles, states, and who is busy. Listed
-    once when made (waiting up to `timeout` for every device to answer); after that the driver
+    once when made (waiting up to `timeout` for every device to answer; those that do not are
+    asked again by the first `look()`); after that the driver
     never waits on a device to look: `look()` and `probe_offline()` send their questions and
     `answers()` takes the replies that are in."""
 
-    def __init__(self, ray, device: Sequence[str] | None = None, timeout: float = 10.0):
+    def __init__(self, ray, device: Sequence[str] | None = None, timeout: float = 3.0):
         self.ray, self.kinds = ray, tuple(device or ())
         self.devices: dict[str, FarmDevice] = {}
         self.busy: dict[str, Any] = {}  # device id -> ref of its batch in flight
         self.asked: dict[Any, tuple[str, Any]] = {}  # ref of a describe/probe -> (actor name, handle)
         self.seen: set[str] = set()  # actor names described (or being asked)
         for d in list_farm(ray, timeout, probe=True):
-            self.seen.add(d.actor)
+            if d.answered:  # one that did not is asked again by look() (a device whose actor is starting)
+                self.seen.add(d.actor)
             if self._wanted(d) and d.profile_id is not None:
                 self.devices[d.device_id] = d
 
@@ -325,8 +327,8 @@ def _drive(ray, farm: Farm, jobs: list[Job], out: FarmRun, retime: str, wait_s: 
                 say(f"{job.name}: waiting: no device of profile {job.profile_id} is up ({len(job.queue)} batch(es) "
                     f"left); they run when one joins (Ctrl-C stops, nothing measured is lost)")
             elif wait_s is not None and now - job.waiting_since > wait_s:
-                say(f"{job.name}: gave up waiting after {wait_s:g} s: {sum(len(b.ops) for b in job.queue)} op(s) left "
-                    f"for a rerun")
+                left = sum(len(b.ops) for b in job.queue if b.kind == "ops")
+                say(f"{job.name}: gave up waiting after {wait_s:g} s: {left} op(s) left for a rerun")
                 job.queue.clear()
                 job.phase = "done"
         if inflight:

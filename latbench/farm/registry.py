@@ -28,6 +28,7 @@ class FarmDevice:
     host_cpu: bool = False
     actor: str = ""  # the actor's name ("" where a node advertises the device and no actor answers)
     handle: Any = field(default=None, repr=False, compare=False)
+    answered: bool = True  # False: its actor did not answer in time (it may be starting, or on a dead node)
 
     @classmethod
     def described(cls, d: dict[str, Any], actor: str, handle: Any) -> "FarmDevice":
@@ -77,7 +78,7 @@ def list_farm(ray, timeout: float = 10.0, known: dict[str, Any] | None = None, p
                                  handle=handles[name])
         else:
             dev = FarmDevice(device_of_actor(name), state="offline", error=f"its actor did not answer in {timeout:g} s",
-                             actor=name, handle=handles[name])
+                             actor=name, handle=handles[name], answered=False)
         have = out.get(dev.device_id)
         if have is None or (have.state == "offline" and dev.state != "offline"):
             out[dev.device_id] = dev  # an older actor of a node that was restarted loses to the live one

@@ -8,7 +8,6 @@ import os
 import socket
 import tempfile
 import threading
-import time
 from typing import Any, Mapping, Sequence
 
 from ..errors import DeviceUnavailableError, LatbenchError
