@@ -1,7 +1,7 @@
-"""The device farm on a real Ray cluster of several node processes on 127.0.0.1: a head, node-a
-(started through Ray's cluster_utils, its device actors by the library) and node-b (started by the
-real `latbench farm node` command, which runs `ray start`), each with its own stand-in adb server
-and phones, plus each node's ONNX Runtime. Profiles, resumes, devices that leave and come back, a
+"""The device farm on a real Ray cluster of two node processes on 127.0.0.1 (Ray's cluster_utils):
+node-a, the head, its device actors started by the library, and node-b, its device actors started
+by the real `latbench farm node --no-join` command; each node with its own stand-in adb server and
+phones, node-a with its ONNX Runtime too. Profiles, resumes, devices that leave and come back, a
 node killed with SIGKILL mid-run, validate and calibrate on the farm, and the farm's errors."""
 from __future__ import annotations
 
@@ -62,15 +62,17 @@ def farm(tmp_path_factory) -> Iterator[Farm]:
     with pytest.MonkeyPatch.context() as mp:
         for k, v in LOOPBACK.items():
             mp.setenv(k, v)
-        servers = {"a": start_standin([FakeDevice("pixel7", serial=s) for s in A_PHONES]),
-                   "b": start_standin([FakeDevice("pixel7", serial=s) for s in B_PHONES])}
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+        servers, cluster = {}, None
         try:
+            for node, serials in (("a", A_PHONES), ("b", B_PHONES)):
+                servers[node] = start_standin([FakeDevice("pixel7", serial=s) for s in serials])
             opts = {"android": {"cooldown": 0.1, "batch_size": 4}}
-            entries, notes = discover("node-a", ["ort", "android"], str(BENCHMARK_MODEL), "127.0.0.1",
-                                      servers["a"].port, opts)
+            entries, _ = discover("node-a", ["ort", "android"], str(BENCHMARK_MODEL), "127.0.0.1",
+                                  servers["a"].port, opts)
             assert sorted(e.device_id for e in entries) == sorted(["ort@node-a", *(f"android:{s}" for s in A_PHONES)])
-            cluster.add_node(num_cpus=1, resources=node_resources(entries))
+            # node-a is the head node itself
+            cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
+                                                                    "resources": node_resources(entries)})
             ray.init(address=cluster.address, namespace="latbench", log_to_driver=False, include_dashboard=False,
                      logging_level="ERROR")
             start_device_actors(entries)
@@ -88,7 +90,8 @@ def farm(tmp_path_factory) -> Iterator[Farm]:
             yield Farm(cluster, servers, tmp)
         finally:
             ray.shutdown()
-            cluster.shutdown()
+            if cluster is not None:
+                cluster.shutdown()
             for srv in servers.values():
                 srv.stop()
 
@@ -165,6 +168,23 @@ def test_a_phone_that_disconnects_gives_its_batch_back_and_rejoins(farm: Farm) -
         ray.get(devices_by_id(farm)[f"android:{A_PHONES[1]}"].handle.probe.remote())
         time.sleep(0.3)
     assert devices_by_id(farm)[f"android:{A_PHONES[1]}"].state == "idle"
+
+
+def test_a_phone_cooling_down_is_listed_hot(farm: Farm) -> None:
+    """While a phone's thermal gate waits for it to cool, its actor says `hot` (and answers while
+    it measures); the rows taken after it gave up waiting are flagged hot."""
+    phone = farm.phone(A_PHONES[0])
+    phone.reset_knobs()
+    phone.set_temperature(60.0)  # above the 45 C gate for good: 10 waits of 0.1 s, then measured anyway
+    dev = devices_by_id(farm)[f"android:{A_PHONES[0]}"]
+    ref = dev.handle.measure.remote([O.activation((1, 8, 6, 6), "relu").to_dict()], TimingSettings().to_dict())
+    seen = set()
+    while not ray.wait([ref], timeout=0)[0]:
+        seen.add(ray.get(dev.handle.describe.remote())["state"])
+        time.sleep(0.02)
+    (row,) = ray.get(ref)["results"]
+    phone.reset_knobs()
+    assert "hot" in seen and row["extra"].get("hot"), (seen, row["extra"])
 
 
 def test_validate_and_calibrate_on_a_device_of_the_tables_profile(farm: Farm, cli) -> None:
@@ -314,7 +334,7 @@ def test_a_table_whose_devices_all_left_waits_says_so_and_a_rerun_finishes_it(fa
     ops = [O.pool((1, 8, 8, 8), "max", k, 1) for k in (1, 2, 3)] + [O.activation((1, c, 6, 6), "relu") for c in (4, 8, 12)]
     lines: list[str] = []
     out = farm_profile(ray, ops, str(farm.tmp / "waiting"), device=["android"], timing={}, retime="none",
-                       rescan_s=0.3, wait_s=1.0, on_line=lines.append)
+                       rescan_s=0.3, wait_s=1.0, answer_s=0.5, on_line=lines.append)
     (r,) = out.runs
     assert not out.ok and r.remaining > 0 and r.measured + r.remaining == len(ops), (out.to_dict(), lines)
     assert sum("waiting: no device of profile" in x for x in lines) == 1, lines
@@ -322,7 +342,7 @@ def test_a_table_whose_devices_all_left_waits_says_so_and_a_rerun_finishes_it(fa
     for p in phones:
         p.reconnect()
     again = farm_profile(ray, ops, str(farm.tmp / "waiting"), device=["android"], timing={}, retime="none",
-                         rescan_s=0.3, wait_s=30)
+                         rescan_s=0.3, wait_s=30, answer_s=0.5)
     (r2,) = again.runs
     assert again.ok and r2.skipped == r.measured and r2.measured == r.remaining, (again.to_dict())
 

@@ -188,6 +188,7 @@ def farm_profile(address_or_ray, space_or_ops, out_dir: str, *, device: Sequence
                  max_ops: int | None = None, retry_failed: bool = False, timing: dict[str, Any] | None = None,
                  context: str = "auto", context_mb: float | None = None, estimator: str | None = None,
                  retime: str = "first", wait_s: float | None = None, rescan_s: float = 2.0,
+                 answer_s: float = 3.0,
                  on_line: Callable[[str], None] | None = None,
                  on_progress: Callable[[list[str]], None] | None = None,
                  on_submit: Callable[[FarmDevice, Batch], None] | None = None) -> FarmRun:
@@ -195,7 +196,10 @@ def farm_profile(address_or_ray, space_or_ops, out_dir: str, *, device: Sequence
     table per device profile in `out_dir` (`table_name`), resumed where a table exists. `timing`:
     TimingSettings fields over latbench's profile defaults; `wait_s`: how long a table with work
     left waits for a device of its profile to come (None: until interrupted). `on_line` gets the
-    one-line notes (devices lost, waiting), `on_progress` a line per table now and then."""
+    one-line notes (devices lost, waiting), `on_progress` a line per table now and then.
+    `estimator` prices the rows of devices timed by latbench's loop; a phone's runner gives its own.
+    `answer_s`: how long the first listing waits for each device to answer (one on a node that
+    just died holds it that long; those that did not answer are asked again later)."""
     from ..store import LatencyTable
     from .ray_env import connect, get
 
@@ -205,7 +209,7 @@ def farm_profile(address_or_ray, space_or_ops, out_dir: str, *, device: Sequence
     say = on_line or (lambda line: None)
     ray = connect(address_or_ray) if isinstance(address_or_ray, str) else address_or_ray
     t_start = time.monotonic()
-    farm = Farm(ray, device)
+    farm = Farm(ray, device, answer_s)
     profiles: dict[str, list[FarmDevice]] = {}
     for d in farm.devices.values():
         if d.profile_id:
@@ -236,9 +240,10 @@ def farm_profile(address_or_ray, space_or_ops, out_dir: str, *, device: Sequence
             table = LatencyTable.open(path, DeviceProfile.from_dict(first.profile), create=True)
             own = plan["own_loop"]
             t = TimingSettings.from_dict(plan["timing"])
-            if estimator is not None:
-                t = dataclasses.replace(t, estimator=estimator)
-            t = checked_run(table, granularity, fusion, space.name if space else None, t, estimator, own)
+            est = estimator if own else None  # a runner on the device gives its own statistic (benchmark_model: mean)
+            if est is not None:
+                t = dataclasses.replace(t, estimator=est)
+            t = checked_run(table, granularity, fusion, space.name if space else None, t, est, own)
             run, todo = plan_todo(table, ops, max_ops, retry_failed)
             run.table, run.device, run.profile_id, run.timing = path, plan["agent"], pid, t
             run.estimator = t.estimator if own else None
