@@ -23,7 +23,7 @@ pytest.importorskip("ai_edge_litert", reason="the stand-in benchmark_model runs 
 
 from adb_standin import BENCHMARK_MODEL, FakeDevice  # noqa: E402
 from conftest import CLI_ENV, ROOT, latbench_exe, start_standin  # noqa: E402
-from ray_nodes import kill_node  # noqa: E402
+from ray_nodes import kill_node, node_pids  # noqa: E402
 
 from latbench import ops as O  # noqa: E402
 from latbench.farm.discover import discover, node_resources  # noqa: E402
@@ -345,6 +345,23 @@ def test_a_table_whose_devices_all_left_waits_says_so_and_a_rerun_finishes_it(fa
                          rescan_s=0.3, wait_s=30, answer_s=0.5)
     (r2,) = again.runs
     assert again.ok and r2.skipped == r.measured and r2.measured == r.remaining, (again.to_dict())
+
+
+def test_a_killed_node_started_again_rejoins_with_its_phone(farm: Farm) -> None:
+    """node-b (killed above) started again: its phone's new actor takes over the device id from
+    the dead one, is listed idle, and takes batches again."""
+    found, _ = discover("node-b", ["android"], str(BENCHMARK_MODEL), "127.0.0.1", farm.servers["b"].port,
+                        {"android": {"cooldown": 0.1, "batch_size": 4}})
+    for s in A_PHONES + B_PHONES:
+        farm.phone(s).reset_knobs()
+    if not node_pids(found[0].resource):  # killed by the test above (else it is still up)
+        farm.cluster.add_node(num_cpus=1, resources=node_resources(found))
+        start_device_actors(found)
+    assert devices_by_id(farm)[f"android:{B_PHONES[0]}"].state == "idle"
+    ops = [O.activation((1, c, 5, 5), "relu6") for c in range(3, 11)]
+    out = farm_profile(ray, ops, str(farm.tmp / "rejoined"), device=["android"], timing={}, retime="none",
+                       answer_s=0.5)
+    assert out.ok and out.devices.get(f"android:{B_PHONES[0]}", 0) > 0, out.to_dict()
 
 
 def test_without_ray_the_farm_says_how_to_install_it(tmp_path) -> None:
