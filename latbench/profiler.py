@@ -86,7 +86,7 @@ def default_timing(agent, rounds: int | None = None, interleave: int | None = No
                           interleave=interleave if interleave is not None else (INTERLEAVE if can else 1), **kw)
 
 
-def _is_op_file(source) -> bool:
+def is_op_file(source) -> bool:
     """A path that is an op list rather than a space (a registered name or a YAML file)."""
     import os
 
@@ -101,6 +101,11 @@ def _is_op_file(source) -> bool:
             and os.path.isfile(source))
 
 
+def default_granularity(space_or_ops) -> str:
+    """What a row is when not said: a space's blocks, an op list's (or a network's) ops."""
+    return "op" if isinstance(space_or_ops, (list, tuple)) or is_op_file(space_or_ops) else "block"
+
+
 def select_ops(source, resolutions: Sequence[int] | None = None, granularity: str = "block",
                fusion: str = "none"):
     """(ops, {key: resolutions}, space or None) to profile from `source`: a SearchSpace, a
@@ -112,8 +117,8 @@ def select_ops(source, resolutions: Sequence[int] | None = None, granularity: st
 
     if source is None:
         raise UsageError("`space_or_ops` is needed: a space, a space name, an op-list file or a list of OpSpecs")
-    if isinstance(source, str) or hasattr(source, "positions") or _is_op_file(source):
-        if _is_op_file(source):
+    if isinstance(source, str) or hasattr(source, "positions") or is_op_file(source):
+        if is_op_file(source):
             from .formats.oplist import read_any_ops
 
             if resolutions:
@@ -186,7 +191,7 @@ def profile(space_or_ops=None, *, device, out, resolutions: Sequence[int] | None
     from .store import LatencyTable
 
     if granularity is None:  # a space's blocks; an op list's ops
-        granularity = "op" if isinstance(space_or_ops, (list, tuple)) or _is_op_file(space_or_ops) else "block"
+        granularity = default_granularity(space_or_ops)
     if granularity not in ("op", "block"):
         raise UsageError(f"`granularity` must be op or block, got {granularity!r}")
     check_max_ops(max_ops)

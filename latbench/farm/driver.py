@@ -22,7 +22,7 @@ from ..device import DeviceProfile
 from ..errors import DeviceUnavailableError, UsageError
 from ..measure import Measurement, TimingSettings
 from ..ops import OpSpec
-from ..profiler import checked_run, select_ops
+from ..profiler import checked_run, default_granularity, is_op_file, select_ops
 from ..profiling import (RETIME, ProfileRun, Retimes, check_max_ops, companions, pick_retimes, plan_todo,
                          settle_batch, store_result)
 from ..runmeta import INVOCATION_OP, needs_invocation, record_invocation
@@ -218,9 +218,10 @@ def farm_profile(address_or_ray, space_or_ops, out_dir: str, *, device: Sequence
         kinds = f" of kind {', '.join(device)}" if device else ""
         raise DeviceUnavailableError(f"no device{kinds} of the farm answers (`latbench farm devices` lists them)")
     os.makedirs(out_dir, exist_ok=True)
-    granularity = granularity or ("op" if isinstance(space_or_ops, (list, tuple)) or _is_file(space_or_ops) else "block")
+    granularity = granularity or default_granularity(space_or_ops)
     space_ops: dict[str, tuple] = {}
     jobs: list[Job] = []
+    opened: list = []  # every table opened, closed at the end whatever happens
     out = FarmRun()
     try:
         for pid, devs in sorted(profiles.items()):
@@ -228,7 +229,7 @@ def farm_profile(address_or_ray, space_or_ops, out_dir: str, *, device: Sequence
             if first is None:
                 say(f"profile {pid}: none of its devices ({', '.join(d.device_id for d in devs)}) is up; left out")
                 continue
-            space_guess = None if _is_file(space_or_ops) or isinstance(space_or_ops, (list, tuple)) else space_or_ops
+            space_guess = None if is_op_file(space_or_ops) or isinstance(space_or_ops, (list, tuple)) else space_or_ops
             want = _want_bytes(space_guess) if context != "warm" and context_mb is None else None
             plan = get(ray, first.handle.plan.remote(timing, context, context_mb, want))
             fusion = plan["fusion"]
@@ -238,6 +239,7 @@ def farm_profile(address_or_ray, space_or_ops, out_dir: str, *, device: Sequence
             path = os.path.join(out_dir, table_name(space or (space_or_ops if isinstance(space_or_ops, str) else None),
                                                     plan["agent"], pid))
             table = LatencyTable.open(path, DeviceProfile.from_dict(first.profile), create=True)
+            opened.append(table)
             own = plan["own_loop"]
             t = TimingSettings.from_dict(plan["timing"])
             est = estimator if own else None  # a runner on the device gives its own statistic (benchmark_model: mean)
@@ -270,15 +272,10 @@ def farm_profile(address_or_ray, space_or_ops, out_dir: str, *, device: Sequence
             job.run.wall_s = time.monotonic() - job.t0
             job.run.remaining = job.run.total - job.run.skipped - job.run.measured - job.run.failed
             job.run.invocation = job.table.invocation
-            job.table.close()
+        for table in opened:
+            table.close()
         out.wall_s = time.monotonic() - t_start
     return out
-
-
-def _is_file(x) -> bool:
-    from ..profiler import _is_op_file
-
-    return _is_op_file(x)
 
 
 def _want_bytes(space_or_name) -> int | None:
