@@ -187,7 +187,7 @@ def test_a_phone_cooling_down_is_listed_hot(farm: Farm) -> None:
     assert "hot" in seen and row["extra"].get("hot"), (seen, row["extra"])
 
 
-def test_validate_and_calibrate_on_a_device_of_the_tables_profile(farm: Farm, cli) -> None:
+def test_validate_and_calibrate_on_a_device_of_the_tables_profile(farm: Farm, cli, tiny_yaml) -> None:
     from latbench.tablemeta import calibration_key
 
     (table,) = sorted((farm.tmp / "tables").glob("tiny-ort-*.sqlite"))
@@ -198,13 +198,19 @@ def test_validate_and_calibrate_on_a_device_of_the_tables_profile(farm: Farm, cl
     rep = json.loads(out)
     assert rep["device"] in ("ort@node-a", "ort@node-b") and len(rep["subnets"]) == 2
     assert all(s["measured_ms"] > 0 for s in rep["subnets"]) and "validate on ort@node-" in err
-    code, out, err = cli("calibrate", "--farm", farm.address, "--table", str(table), "--space", "tiny", "-n", "2",
-                         "--passes", "3", "--runs", "3", "--min-time", "0.01", "--json")
+    # the space as a YAML file on the driver's host only (tiny's own YAML): sent to the device as its text
+    yaml_file = farm.tmp / "my-tiny.yaml"
+    yaml_file.write_text((ROOT / "latbench" / "spaces" / "data" / "tiny.yaml").read_text())
+    code, out, err = cli("calibrate", "--farm", farm.address, "--table", str(table), "--space", str(yaml_file),
+                         "-n", "2", "--passes", "3", "--runs", "3", "--min-time", "0.01", "--json")
     assert code == 0, err
     rep = json.loads(out)
     with LatencyTable.open(table, readonly=True) as t:
         cal = t.calibration("tiny", "block")
     assert cal is not None and cal.key == calibration_key("tiny", "block") == rep["key"]
+    # an error on the device's host comes back as the error it is (a usage error: exit 2), naming this table
+    code, out, err = cli("calibrate", "--farm", farm.address, "--table", str(table), "--space", str(tiny_yaml), "-n", "1")
+    assert code == 2 and f"{table} records no resolution of space 'cli-tiny'" in err, err
     assert cal.scale == pytest.approx(rep["calibration"]["scale"]) and cal.n == 2
     code, out, err = cli("validate", "--farm", farm.address, "--table", str(table), "--space", "tiny", "--threads", "1")
     assert code == 2 and "--threads" in err and "--farm" in err

@@ -108,6 +108,14 @@ def run_farm_profile(address: str, source, out_dir: Path, device: List[str], as_
         raise typer.Exit(3)
 
 
+def refuse_agent_flags(flags: dict, why: str) -> None:
+    """With --farm a device runs with the settings its node gave it: agent flags given (not None)
+    are refused by name, `why` saying where the settings come from."""
+    given = [f"--{k.replace('_', '-')}" for k, v in flags.items() if v is not None]
+    if given:
+        raise UsageError(f"{', '.join(given)}: {why}; leave {'it' if len(given) == 1 else 'them'} out with --farm")
+
+
 def timing_fields(max_time: Optional[float], min_samples: Optional[int], target_iqr: Optional[float],
                   rounds: Optional[int], interleave: Optional[int]) -> dict:
     """The TimingSettings fields given on the command line (None: latbench's profile default)."""
@@ -153,4 +161,4 @@ def farm_profile_command(
                      context=context, context_mb=context_mb, estimator=estimator, retime=retime, wait_s=wait)
 
 
-__all__ = ["farm_app", "run_farm_profile", "timing_fields"]
+__all__ = ["farm_app", "refuse_agent_flags", "run_farm_profile", "timing_fields"]

@@ -107,12 +107,9 @@ def _farm_profile(address, out: Path, device, space, ops_file, resolution, granu
                   retime_suspect, target_iqr, max_time, min_samples, rounds, interleave, context, context_mb,
                   estimator, as_json) -> None:
     """`profile --farm`: the farm's profile (latbench.cli.farm) into the directory `out`."""
-    from .farm import run_farm_profile, timing_fields
+    from .farm import refuse_agent_flags, run_farm_profile, timing_fields
 
-    given = [f"--{k.replace('_', '-')}" for k, v in flags.items() if v is not None]
-    if given:
-        raise UsageError(f"{', '.join(given)}: a farm's devices run with the settings their node gave them "
-                         f"(`latbench farm node`); leave {'it' if len(given) == 1 else 'them'} out with --farm")
+    refuse_agent_flags(flags, "a farm's devices run with the settings their node gave them (`latbench farm node`)")
     if retime_suspect:
         raise UsageError("--retime-suspect works on one table without --farm")
     if (space is None) == (ops_file is None):

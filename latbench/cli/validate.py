@@ -14,8 +14,6 @@ from typing import List, Optional
 
 import typer
 
-from ..errors import UsageError
-
 
 _TABLE = typer.Option(..., "--table", help="the latency table (SQLite) to check")
 _SPACE = typer.Option(..., "--space", "-s", help="a built-in space or a YAML file")
@@ -234,10 +232,9 @@ def validate_command(
 
 def _no_agent_flags(**flags) -> None:
     """With --farm the device of the table's profile is the farm's: agent flags are refused by name."""
-    given = [f"--{k.replace('_', '-')}" for k, v in flags.items() if v is not None]
-    if given:
-        raise UsageError(f"{', '.join(given)}: with --farm the table is measured on a farm device of its own "
-                         f"profile; leave {'it' if len(given) == 1 else 'them'} out")
+    from .farm import refuse_agent_flags
+
+    refuse_agent_flags(flags, "with --farm the table is measured on a farm device of its own profile, as its node set it up")
 
 
 def _on_farm(address: str, command: str, table: Path, space: str, kwargs: dict, op_table: Optional[Path] = None,

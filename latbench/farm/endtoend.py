@@ -54,6 +54,7 @@ def farm_end_to_end(address_or_ray, command: str, tables: Sequence[str], space: 
                     op_bytes = ot.snapshot_bytes()
             jobs[path] = {"profile": t.require_profile().id, "data": t.snapshot_bytes(), "op_path": op_path,
                           "op_bytes": op_bytes, "out": EndToEnd(path)}
+    space_arg = space_for_device(space)
     want = {path: tuple((files or {}).get(path, {})) for path in tables}
     pending = list(tables)
     inflight: dict[Any, tuple[str, FarmDevice]] = {}
@@ -74,7 +75,7 @@ def farm_end_to_end(address_or_ray, command: str, tables: Sequence[str], space: 
             d = free[0]
             used.add(d.device_id)
             pending.remove(path)
-            ref = d.handle.end_to_end.remote(command, j["data"], space, {**kwargs, "files": want[path]}, j["op_bytes"])
+            ref = d.handle.end_to_end.remote(command, j["data"], space_arg, {**kwargs, "files": want[path], "where": path}, j["op_bytes"])
             inflight[ref] = (path, d)
             say(f"{os.path.basename(path)}: {command} on {d.device_id} ({d.node})")
         if pending and not inflight:
@@ -100,7 +101,7 @@ def farm_end_to_end(address_or_ray, command: str, tables: Sequence[str], space: 
                     f"it runs again on another device of its profile")
                 continue
             if FAILED in res:
-                raise LatbenchError(f"{path}: {command} on {d.device_id} failed: {res[FAILED]}")
+                raise _device_error(res, f"{command} on {d.device_id}")
             j["out"].result, j["out"].device = res, d.device_id
             if command == "calibrate":
                 with LatencyTable.open(path, create=False) as t:
@@ -112,6 +113,28 @@ def farm_end_to_end(address_or_ray, command: str, tables: Sequence[str], space: 
                     if name in res.get("files", {}):
                         _write(dest, res["files"][name])
     return [jobs[p]["out"] for p in tables]
+
+
+def _device_error(res: Mapping[str, Any], where: str) -> LatbenchError:
+    """The error a device reported, as the latbench error it raised there (a UsageError stays
+    one: exit 2), saying where it ran."""
+    from .. import errors
+
+    cls = getattr(errors, str(res.get("error_type", "")), None)
+    if isinstance(cls, type) and issubclass(cls, LatbenchError):
+        return cls(f"{res.get('message') or res[FAILED]} ({where})")
+    return LatbenchError(f"{where} failed: {res[FAILED]}")
+
+
+def space_for_device(space: str) -> str | dict[str, str]:
+    """The space as a device's host can load it: a built-in name as it is, a YAML file as its text
+    (the file exists only on the driver's host)."""
+    from ..spaces import list_spaces
+
+    if space in list_spaces() or not os.path.isfile(space):
+        return space
+    with open(space) as f:
+        return {"yaml": f.read(), "file": os.path.basename(space)}
 
 
 def _write(path: str, data: bytes) -> None:

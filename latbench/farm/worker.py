@@ -125,7 +125,7 @@ class DeviceWorker:
             except DeviceUnavailableError as e:
                 return self._lost(e)
             except errors as e:  # the driver decides: another device, or stored failed
-                return {FAILED: _line(e)}
+                return {FAILED: _line(e), "error_type": type(e).__name__, "message": str(e)}
             finally:
                 self.busy = False
 
@@ -143,14 +143,21 @@ class DeviceWorker:
 
         return self._work(job)
 
-    def end_to_end(self, command: str, table_bytes: bytes, space: str, kwargs: Mapping[str, Any],
+    def end_to_end(self, command: str, table_bytes: bytes, space: str | Mapping[str, str], kwargs: Mapping[str, Any],
                    op_table_bytes: bytes | None = None) -> dict[str, Any]:
         """Run `validate` or `calibrate` of a copy of the table (`table_bytes`) on this device:
         {"report": plain data, "lines": the report's text (validate), "calibration": the entry to
         store (calibrate), "op_table": the op baseline table's bytes (validate)} or {"lost"|"error": why}."""
         def job(agent) -> dict[str, Any]:
+            kw = dict(kwargs)
+            where = kw.pop("where", "")  # the table's path on the driver's host, for messages
             with tempfile.TemporaryDirectory(prefix="latbench-farm-") as d:
-                return _end_to_end(agent, command, d, table_bytes, space, dict(kwargs), op_table_bytes)
+                try:
+                    return _end_to_end(agent, command, d, table_bytes, space, kw, op_table_bytes)
+                except LatbenchError as e:
+                    if where:
+                        e.args = (str(e).replace(os.path.join(d, "table.sqlite"), where),)
+                    raise
 
         return self._work(job, (LatbenchError,))
 
@@ -160,7 +167,7 @@ class DeviceWorker:
             self.agent = None
 
 
-def _end_to_end(agent, command: str, d: str, table_bytes: bytes, space: str, kwargs: dict,
+def _end_to_end(agent, command: str, d: str, table_bytes: bytes, space: str | Mapping[str, str], kwargs: dict,
                 op_table_bytes: bytes | None) -> dict[str, Any]:
     """validate/calibrate on `agent` in the scratch directory `d` (see DeviceWorker.end_to_end)."""
     from ..measure import TimingSettings
@@ -181,6 +188,11 @@ def _end_to_end(agent, command: str, d: str, table_bytes: bytes, space: str, kwa
         from ..validate.endtoend import agent_yardstick
 
         kwargs["yardstick"] = agent_yardstick(agent, kwargs["yardstick"], asked)
+    if isinstance(space, Mapping):  # a YAML space sent as its text (latbench.farm.endtoend.space_for_device)
+        space_path = os.path.join(d, os.path.basename(space["file"]) or "space.yaml")
+        with open(space_path, "w") as f:
+            f.write(space["yaml"])
+        space = space_path
     sp = get_space(space)
     if command == "calibrate":
         from ..calibrate import calibrate, calibration_entry
