@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from .errors import UsageError
-from .lower import Unmapped, lower_onnx, lower_torch
+from .lower import Unmapped, lower_onnx
 from .predict import DEFAULT_MAX_FALLBACK, FallbackError, Predictor, Price, Pricer
 
 
@@ -140,10 +140,15 @@ def _model_name(model) -> str:
 
 
 def _lower(model, input_shape: Sequence[int] | None):
-    """ONNX (path or bytes) -> lower_onnx; anything else is taken for a torch module -> lower_torch."""
-    if isinstance(model, (str, os.PathLike, bytes, bytearray)):
+    """ONNX (path or bytes) -> lower_onnx; a "module:callable" spec or a torch module is exported
+    to ONNX first (latbench.modelops.export_module: one path, so a module prices as its export)."""
+    from .modelops import export_module, is_onnx_source, load_callable
+
+    if isinstance(model, str) and not is_onnx_source(model) and ":" in model:
+        model = load_callable(model)
+    if is_onnx_source(model):
         return lower_onnx(model, input_shape)
     if input_shape is None:
         raise UsageError(f"input_shape is needed to price a torch module ({type(model).__name__}): "
                          f"e.g. (1, 3, 224, 224)")
-    return lower_torch(model, tuple(input_shape))
+    return lower_onnx(export_module(model, input_shape), tuple(input_shape))

@@ -101,9 +101,13 @@ def is_op_file(source) -> bool:
             and os.path.isfile(source))
 
 
-def default_granularity(space_or_ops) -> str:
-    """What a row is when not said: a space's blocks, an op list's (or a network's) ops."""
-    return "op" if isinstance(space_or_ops, (list, tuple)) or is_op_file(space_or_ops) else "block"
+def default_granularity(space_or_ops, ops: Sequence[OpSpec] = ()) -> str:
+    """What a row is when not said: a space's blocks, an op list's (or a network's) ops, unless
+    the list (`ops`, once read) holds blocks (Once-for-All keys, a space's block keys: an op-level
+    list never does, blocks are expanded there)."""
+    if not (isinstance(space_or_ops, (list, tuple)) or is_op_file(space_or_ops)):
+        return "block"
+    return "block" if any(op.kind in O.BLOCK_KINDS for op in ops) else "op"
 
 
 def select_ops(source, resolutions: Sequence[int] | None = None, granularity: str = "block",
@@ -190,7 +194,8 @@ def profile(space_or_ops=None, *, device, out, resolutions: Sequence[int] | None
 
     from .store import LatencyTable
 
-    if granularity is None:  # a space's blocks; an op list's ops
+    defaulted = granularity is None  # a space's blocks; an op list's ops (its blocks, when it lists blocks)
+    if defaulted:
         granularity = default_granularity(space_or_ops)
     if granularity not in ("op", "block"):
         raise UsageError(f"`granularity` must be op or block, got {granularity!r}")
@@ -234,6 +239,8 @@ def profile(space_or_ops=None, *, device, out, resolutions: Sequence[int] | None
         fusion = fusion or getattr(agent, "fusion", "none")
         if not retime_only:  # a bad selection is refused before a table is made
             ops, res, space = select_ops(space_or_ops, resolutions, granularity, fusion)
+            if defaulted:
+                granularity = default_granularity(space_or_ops, ops)
             if not fixed:
                 timing = timing_for(agent, timing, context, space, context_mb)
         with LatencyTable.open(os.fspath(out), agent.profile, create=not retime_only) as table:

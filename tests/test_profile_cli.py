@@ -281,7 +281,7 @@ def test_bad_resolution_and_granularity(tmp_path: Path, cli) -> None:
 
 def test_space_and_ops_are_exclusive(tmp_path: Path, cli) -> None:
     r = run_cli(cli, "profile", "--device", "tflite", "--out", str(tmp_path / "t"))
-    _one_line_error(r, 2, "--space or --ops")
+    _one_line_error(r, 2, "--space, --ops or --model")
 
 
 # ---------------------------------------------------------------------- cache context

@@ -172,6 +172,7 @@ def test_any_command_obeys_sigterm_within_a_second(signalled, case: str):
 COMMAND_ARGS = {
     "spaces": [], "enumerate": ["tiny"], "quickstart": ["--workdir", "qs"],
     "profile": ["--device", "ort", "--space", "tiny", "--out", "t.sqlite"], "devices": [],
+    "ops": ["--model", "m.onnx", "--device", "ort"],
     "predict": ["--table", "t.sqlite", "--random", "2"],
     "calibrate": ["--table", "t.sqlite", "--space", "tiny"], "validate": ["--table", "t.sqlite", "--space", "tiny"],
     "search": ["--space", "tiny", "--table", "t.sqlite"],

@@ -49,6 +49,7 @@ def _mount_stage_commands() -> None:
     from .devices import devices_command
     from .enumerate import enumerate_cmd, spaces_cmd
     from .farm import farm_app
+    from .ops import ops_command
     from .predict import predict_command
     from .profile import profile_command
     from .quickstart import quickstart_cmd
@@ -60,6 +61,7 @@ def _mount_stage_commands() -> None:
     app.command("spaces")(spaces_cmd)
     app.command("enumerate")(enumerate_cmd)
     app.command("quickstart")(quickstart_cmd)
+    app.command("ops")(ops_command)
     app.command("profile")(profile_command)
     app.command("devices")(devices_command)
     app.command("predict")(predict_command)

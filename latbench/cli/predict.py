@@ -35,9 +35,12 @@ def predict_command(
     random: Optional[int] = typer.Option(None, "--random", help="price N random subnets"),
     seed: int = typer.Option(0, "--seed", help="seed for --random"),
     resolution: List[int] = typer.Option([], "--resolution", "-r", help="with --random: only these resolutions"),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="price a whole ONNX model (op-level tables)"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="price a whole model (op-level tables): an ONNX "
+                                        "file, or module:callable (a function returning a torch module, exported "
+                                        "to ONNX in process; see `latbench ops`)"),
     input_shape: Optional[str] = typer.Option(None, "--input-shape",
-                                              help="N,C,H,W: with --model, the input shape of a model with symbolic dims"),
+                                              help="N,C,H,W: with --model, the input shape (a torch module, or an "
+                                              "ONNX model with symbolic dims)"),
     strict: bool = typer.Option(False, "--strict", help="a key missing from the table is an error"),
     allow_fallback: bool = typer.Option(False, "--allow-fallback",
                                         help="price a subnet with more than 10% of its keys missing from the "
@@ -130,7 +133,7 @@ def _random(sp, pred, n: int, seed: int, resolution: list[int]):
     return list(domain.sample(np.random.default_rng(seed), n))
 
 
-def _predict_model(t, model: Path, input_shape: Optional[str], strict: bool, allow_fallback: bool,
+def _predict_model(t, model: str, input_shape: Optional[str], strict: bool, allow_fallback: bool,
                    as_json: bool) -> None:
     """Price a whole ONNX model; compute the table cannot price makes the result partial: the
     price of the mapped ops and the list on stdout, one summary line on stderr, exit 3."""

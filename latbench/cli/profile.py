@@ -28,7 +28,12 @@ def profile_command(
     space: Optional[str] = typer.Option(None, "--space", "-s", help="a built-in space or a YAML file"),
     ops_file: Optional[Path] = typer.Option(None, "--ops", help="an op list (PaddleSlim text, csv, jsonl, block keys)"),
     resolution: List[int] = typer.Option([], "--resolution", "-r", help="input resolution(s); default: all of the space's"),
-    granularity: str = typer.Option("block", "--granularity", "-g", help="op or block"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="a whole model: an ONNX file or module:callable "
+                                        "(its ops as the device's runtime runs them; see `latbench ops`)"),
+    input_shape: Optional[str] = typer.Option(None, "--input-shape", help="N,C,H,W with --model (a torch module, "
+                                              "or an ONNX model with symbolic dims)"),
+    granularity: Optional[str] = typer.Option(None, "--granularity", "-g", help="op or block (default: block with "
+                                              "--space, op with --ops or --model)"),
     threads: Optional[int] = typer.Option(None, "--threads", "-t", help="runtime threads, 1 to the cores this "
                                           "process may use (default 1)"),
     max_ops: Optional[int] = typer.Option(None, "--max-ops", help="measure at most this many new ops (>= 1)"),
@@ -71,35 +76,53 @@ def profile_command(
 
     from ..profiler import profile
 
-    if granularity not in ("op", "block"):
+    if granularity not in (None, "op", "block"):
         raise UsageError(f"--granularity must be op or block, got {granularity!r}")
+    if model is not None and (space is not None or ops_file is not None):
+        raise UsageError("give one of --space, --ops or --model")
+    if input_shape is not None and model is None:
+        raise UsageError("--input-shape goes with --model")
     flags = dict(threads=threads, opt_level=opt_level, boundary=boundary, xnnpack=xnnpack, serial=serial,
                  runner=runner, runtime=runtime, cpus=cpus, delegate=delegate, max_temp=max_temp,
                  cooldown=cooldown, batch_size=batch_size)  # None: not given
     if farm is not None:
+        if model is not None:
+            raise UsageError("--model with --farm: write its ops with `latbench ops --model ... -o ops.jsonl`, then --ops")
         return _farm_profile(farm, out, device, space, ops_file, resolution, granularity, max_ops, retry_failed,
                              flags, retime_suspect, target_iqr, max_time, min_samples, rounds, interleave, context,
                              context_mb, estimator, as_json)
     if device is None:
         raise UsageError("give --device (or --farm ADDRESS to profile on a device farm)")
     if retime_suspect:
-        _check_retime_flags(out, space, ops_file, resolution, max_ops, retry_failed)
-    elif (space is None) == (ops_file is None):
-        raise UsageError("give exactly one of --space or --ops")
+        _check_retime_flags(out, space, ops_file, resolution, max_ops, retry_failed, model)
+    elif (space is None) == (ops_file is None) and model is None:
+        raise UsageError("give exactly one of --space, --ops or --model")
+    elif model is not None and resolution:
+        raise UsageError(f"--resolution applies to --space; --model {model} runs at its input shape")
     elif ops_file is not None and resolution:
         raise UsageError(f"--resolution applies to --space; {ops_file} lists its ops with their shapes")
     options = agent_options(device, flags)
-    source = None if retime_suspect else (space if space is not None else Path(ops_file))
+    mo = None
+    if model is not None and not retime_suspect:  # its ops unfused: profile() fuses them as the agent runs them
+        from ..model_price import parse_input_shape
+        from ..modelops import model_ops
+
+        mo = model_ops(model, parse_input_shape(input_shape), "none")
+        if not mo.ops:
+            raise UsageError(f"--model {model}: no op of it is mapped ({mo.summary()})")
+    source = None if retime_suspect else (mo.ops if mo is not None else space if space is not None else Path(ops_file))
     run = _run_with_progress(lambda hooks: profile(
         source, device=device, out=out, resolutions=resolution or None, granularity=granularity,
         max_ops=max_ops, retry_failed=retry_failed, target_iqr=target_iqr, max_time_s=max_time,
         min_samples=min_samples, rounds=rounds, interleave=interleave, context=context, context_mb=context_mb,
         estimator=estimator, **hooks, **options))
     _report(run, out, as_json, retime_suspect)
+    if mo is not None and mo.unmapped:
+        typer.echo(f"{mo.summary()}: the table lacks them; exit 3", err=True)
     if run.interrupted:
         typer.echo(f"{out}: {run.measured + run.failed} ops stored before the interruption; rerun the same command to resume", err=True)
         raise typer.Exit(130)
-    if run.failed or run.failed_earlier:  # a partial table while any of its ops is stored failed
+    if run.failed or run.failed_earlier or (mo is not None and mo.unmapped):  # a partial table
         raise typer.Exit(3)
 
 
@@ -122,9 +145,9 @@ def _farm_profile(address, out: Path, device, space, ops_file, resolution, granu
                      context_mb=context_mb, estimator=estimator)
 
 
-def _check_retime_flags(out: Path, space, ops_file, resolution, max_ops, retry_failed) -> None:
+def _check_retime_flags(out: Path, space, ops_file, resolution, max_ops, retry_failed, model=None) -> None:
     """--retime-suspect takes its ops from an existing table: refuse a missing one and op selections."""
-    given = [flag for flag, v in (("--space", space), ("--ops", ops_file), ("--resolution", resolution),
+    given = [flag for flag, v in (("--space", space), ("--ops", ops_file), ("--model", model), ("--resolution", resolution),
                                   ("--max-ops", max_ops), ("--retry-failed", retry_failed)) if v]
     if given:
         raise UsageError(f"--retime-suspect times the suspect rows of {out} again: leave out {', '.join(given)}")

@@ -218,7 +218,7 @@ def farm_profile(address_or_ray, space_or_ops, out_dir: str, *, device: Sequence
         kinds = f" of kind {', '.join(device)}" if device else ""
         raise DeviceUnavailableError(f"no device{kinds} of the farm answers (`latbench farm devices` lists them)")
     os.makedirs(out_dir, exist_ok=True)
-    granularity = granularity or default_granularity(space_or_ops)
+    asked, granularity = granularity, granularity or default_granularity(space_or_ops)
     space_ops: dict[str, tuple] = {}
     jobs: list[Job] = []
     opened: list = []  # every table opened, closed at the end whatever happens
@@ -236,6 +236,7 @@ def farm_profile(address_or_ray, space_or_ops, out_dir: str, *, device: Sequence
             if fusion not in space_ops:
                 space_ops[fusion] = select_ops(space_or_ops, resolutions, granularity, fusion)
             ops, res, space = space_ops[fusion]
+            gran = asked or default_granularity(space_or_ops, ops)  # an op list of blocks: block rows
             path = os.path.join(out_dir, table_name(space or (space_or_ops if isinstance(space_or_ops, str) else None),
                                                     plan["agent"], pid))
             table = LatencyTable.open(path, DeviceProfile.from_dict(first.profile), create=True)
@@ -245,7 +246,7 @@ def farm_profile(address_or_ray, space_or_ops, out_dir: str, *, device: Sequence
             est = estimator if own else None  # a runner on the device gives its own statistic (benchmark_model: mean)
             if est is not None:
                 t = dataclasses.replace(t, estimator=est)
-            t = checked_run(table, granularity, fusion, space.name if space else None, t, est, own)
+            t = checked_run(table, gran, fusion, space.name if space else None, t, est, own)
             run, todo = plan_todo(table, ops, max_ops, retry_failed)
             run.table, run.device, run.profile_id, run.timing = path, plan["agent"], pid, t
             run.estimator = t.estimator if own else None

@@ -1,0 +1,158 @@
+"""A whole model -> the op list a device's runtime runs (`latbench ops --model`, `profile --model`).
+
+One path for every model: a torch module is exported to ONNX in process (`export_module`, the
+recipe below) and lowered like an ONNX file (latbench.lower.lower_onnx), so a module and its
+export always give the same ops. The ops are then fused as the device's runtime fuses them
+(latbench.ops.fuse with the agent's fusion), the form a table stores and a Predictor prices.
+
+The export recipe (what `export_module` does; do the same to export by hand):
+    model.eval()
+    torch.onnx.export(model, (torch.zeros(input_shape),), "model.onnx", dynamo=False,
+                      opset_version=17, do_constant_folding=True)
+(torch 2.13's default exporter is the dynamo one, which needs onnxscript; dynamo=False is the
+TorchScript exporter, opset 17, which needs only onnx.)
+"""
+from __future__ import annotations
+
+import importlib
+import io
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from .errors import UsageError, require
+from .lower import Unmapped
+from .ops import OpSpec, fuse, unique
+
+OPSET = 17
+
+
+def export_module(module, input_shape: Sequence[int]) -> bytes:
+    """A torch module exported to ONNX bytes by the recipe above (eval mode, a zero input of
+    `input_shape`, one intra-op thread while tracing)."""
+    torch = require("torch", "torch")
+    require("onnx", "ort")
+    if not input_shape:
+        raise UsageError("exporting a torch module needs its input shape (`input_shape`, e.g. 1,3,224,224)")
+    module = module.eval()
+    buf = io.BytesIO()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+            torch.onnx.export(module, (torch.zeros(tuple(int(d) for d in input_shape)),), buf, dynamo=False,
+                              opset_version=OPSET, do_constant_folding=True)
+    except Exception as e:  # noqa: BLE001 - whatever tracing a user's module raises, said in one line
+        raise UsageError(f"exporting {type(module).__name__} to ONNX failed: {type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:300]}") from None
+    finally:
+        torch.set_num_threads(threads)
+    return buf.getvalue()
+
+
+def load_callable(spec: str):
+    """The torch module `module:callable` names: the module imported (the current directory first
+    on the path), the callable called with no arguments; it must return a torch.nn.Module."""
+    torch = require("torch", "torch")
+    mod_name, sep, attr = spec.partition(":")
+    if not sep or not mod_name or not attr:
+        raise UsageError(f"--model {spec!r}: give an ONNX file or module:callable (a function returning a torch module)")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise UsageError(f"--model {spec}: cannot import {mod_name!r} ({e})") from None
+    fn = getattr(mod, attr, None)
+    if not callable(fn):
+        raise UsageError(f"--model {spec}: {mod_name} has no callable {attr!r}")
+    model = fn()
+    if not isinstance(model, torch.nn.Module):
+        raise UsageError(f"--model {spec}: {attr}() returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def is_onnx_source(model) -> bool:
+    """An ONNX file, bytes or ModelProto, as opposed to a torch module or a module:callable spec."""
+    if isinstance(model, (bytes, bytearray)):
+        return True
+    if isinstance(model, (str, os.PathLike)):
+        return os.fspath(model).endswith(".onnx") or os.path.isfile(os.fspath(model))
+    return type(model).__name__ == "ModelProto"
+
+
+@dataclass
+class ModelOps:
+    """A model's op list as a runtime runs it: `ops` in graph order (fused as `fusion`), what was
+    free (views, constants), and the compute nodes no latbench op describes yet."""
+
+    name: str
+    fusion: str
+    ops: list[OpSpec]
+    free: int = 0
+    unmapped: list[Unmapped] = field(default_factory=list)
+    input_shape: tuple[int, ...] | None = None
+
+    @property
+    def unique(self) -> list[OpSpec]:
+        return unique(self.ops)
+
+    def unmapped_counts(self) -> list[tuple[str, int]]:
+        """Unmapped compute nodes by op type, most frequent first."""
+        counts: dict[str, int] = {}
+        for u in self.unmapped:
+            counts[u.op_type] = counts.get(u.op_type, 0) + 1
+        return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+
+    def summary(self) -> str:
+        """One line: ops, unique ops, free nodes, and what is unmapped by type and count."""
+        gaps = ", ".join(f"{t} x{n}" for t, n in self.unmapped_counts())
+        return (f"{self.name}: {len(self.ops)} ops ({len(self.unique)} unique) as {self.fusion!r} runs them, "
+                f"{self.free} shape-only nodes free; "
+                + (f"unmapped: {gaps} (not priced, not profiled)" if gaps else "every compute node mapped"))
+
+
+def model_ops(model, input_shape: Sequence[int] | None = None, fusion: str = "none") -> ModelOps:
+    """Lower `model` (an ONNX path/bytes/ModelProto, a torch module, or a "module:callable" spec)
+    to its ops fused as `fusion`'s runtime runs them; torch modules are exported first
+    (`export_module`), so they lower exactly as their ONNX export does."""
+    from .lower import lower_onnx
+
+    name = _name(model)
+    if isinstance(model, str) and not is_onnx_source(model) and ":" in model:
+        model = load_callable(model)
+    if not is_onnx_source(model):
+        if input_shape is None:
+            raise UsageError(f"{name}: a torch module needs its input shape (--input-shape N,C,H,W)")
+        model = export_module(model, input_shape)
+    low = lower_onnx(model, input_shape)
+    return ModelOps(name, fusion, fuse(list(low.ops), fusion), len(low.free), list(low.unmapped),
+                    tuple(input_shape) if input_shape else None)
+
+
+def device_fusion(device: str, **options: Any) -> str:
+    """The fusion device `device`'s runtime applies (with its options, e.g. opt_level)."""
+    from device_agents import agent_class, get_agent
+
+    cls = agent_class(device)
+    if "fusion" in vars(cls) and not options:
+        return cls.fusion
+    agent = get_agent(device, **options)
+    try:
+        return getattr(agent, "fusion", "none")
+    finally:
+        agent.close()
+
+
+def _name(model) -> str:
+    if isinstance(model, (bytes, bytearray)):
+        return "<ONNX bytes>"
+    if isinstance(model, (str, os.PathLike)):
+        return os.fspath(model)
+    return type(model).__name__
+
+
+__all__ = ["ModelOps", "OPSET", "device_fusion", "export_module", "load_callable", "model_ops"]
