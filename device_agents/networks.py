@@ -2,30 +2,16 @@
 ONNX, or the subnet's blocks as one .tflite (tflite_build's chain builder, canonical weights)."""
 from __future__ import annotations
 
-import io
-import warnings
 
-from latbench.errors import require
 
 
 def export_onnx(space, config, module=None) -> bytes:
-    """The torch subnet (`module`, else `space.build(config)`) exported to ONNX (opset 17,
-    TorchScript exporter), as bytes."""
-    torch = require("torch", "torch")
-    require("onnx", "ort")
-    module = (module if module is not None else space.build(config)).eval()
-    x = torch.zeros(space.input_shape(config))
-    buf = io.BytesIO()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tracing runs the convs once: one thread is faster on a busy host
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice, once per subnet
-            torch.onnx.export(module, (x,), buf, dynamo=False, opset_version=17, input_names=["x"],
-                              output_names=["y"], do_constant_folding=True)
-    finally:
-        torch.set_num_threads(threads)
-    return buf.getvalue()
+    """The torch subnet (`module`, else `space.build(config)`) exported to ONNX by latbench's one
+    recipe (latbench.modelops.export_module: opset 17, TorchScript exporter), input "x", output "y"."""
+    from latbench.modelops import export_module
+
+    module = module if module is not None else space.build(config)
+    return export_module(module, space.input_shape(config), input_names=["x"], output_names=["y"])
 
 
 def tflite_network(space, config, seed: int = 0) -> bytes:

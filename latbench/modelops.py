@@ -29,9 +29,11 @@ from .ops import OpSpec, fuse, unique
 OPSET = 17
 
 
-def export_module(module, input_shape: Sequence[int]) -> bytes:
+def export_module(module, input_shape: Sequence[int], input_names: Sequence[str] | None = None,
+                  output_names: Sequence[str] | None = None) -> bytes:
     """A torch module exported to ONNX bytes by the recipe above (eval mode, a zero input of
-    `input_shape`, one intra-op thread while tracing)."""
+    `input_shape`, one intra-op thread while tracing; `input_names`/`output_names` as the exporter
+    takes them)."""
     torch = require("torch", "torch")
     require("onnx", "ort")
     if not input_shape:
@@ -44,7 +46,9 @@ def export_module(module, input_shape: Sequence[int]) -> bytes:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
             torch.onnx.export(module, (torch.zeros(tuple(int(d) for d in input_shape)),), buf, dynamo=False,
-                              opset_version=OPSET, do_constant_folding=True)
+                              opset_version=OPSET, do_constant_folding=True,
+                              input_names=list(input_names) if input_names else None,
+                              output_names=list(output_names) if output_names else None)
     except Exception as e:  # noqa: BLE001 - whatever tracing a user's module raises, said in one line
         raise UsageError(f"exporting {type(module).__name__} to ONNX failed: {type(e).__name__}: "
                          f"{' '.join(str(e).split())[:300]}") from None

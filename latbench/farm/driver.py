@@ -69,6 +69,11 @@ class Job:
     def name(self) -> str:
         return os.path.basename(self.path)
 
+    def enqueue(self, ops: Sequence[OpSpec], kind: str = "ops") -> None:
+        """Queue `ops` in batches of the agent's batch length, less the companions each batch ends with."""
+        per = max(1, self.plan["batch_len"] - len(self.comps))
+        self.queue.extend(Batch(list(ops[i:i + per]), kind) for i in range(0, len(ops), per))
+
 
 @dataclass
 class FarmRun:
@@ -253,8 +258,7 @@ def farm_profile(address_or_ray, space_or_ops, out_dir: str, *, device: Sequence
             job = Job(pid, path, table, plan, t, res, run, comps=companions(plan["batch_len"]), todo=len(todo))
             if needs_invocation(table, t, retry_failed):
                 job.queue.append(Batch([INVOCATION_OP], "invocation"))
-            per = max(1, plan["batch_len"] - len(job.comps))
-            job.queue.extend(Batch(todo[i:i + per]) for i in range(0, len(todo), per))
+            job.enqueue(todo)
             jobs.append(job)
             out.runs.append(run)
         _drive(ray, farm, jobs, out, retime, wait_s, rescan_s, say, on_progress, on_submit)
@@ -368,9 +372,7 @@ def _advance(job: Job, retime: str) -> None:
     if job.phase == "measure":
         job.retimes = pick_retimes(job.table, first_only=retime == "first") if retime != "none" else None
         if job.retimes and job.retimes.ops:
-            per = max(1, job.plan["batch_len"] - len(job.comps))
-            ops = job.retimes.ops
-            job.queue.extend(Batch(ops[i:i + per], "retime") for i in range(0, len(ops), per))
+            job.enqueue(job.retimes.ops, "retime")
             job.phase = "retime"
             return
     if job.phase == "retime" and job.retimes is not None:

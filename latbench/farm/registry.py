@@ -52,18 +52,16 @@ def device_of_actor(name: str) -> str:
     return name[len(ACTOR_PREFIX):].rsplit("@", 1)[0]
 
 
-def list_farm(ray, timeout: float = 10.0, known: dict[str, Any] | None = None, probe: bool = False) -> list[FarmDevice]:
+def list_farm(ray, timeout: float = 10.0, probe: bool = False) -> list[FarmDevice]:
     """Every device of the farm, described by its actor within `timeout` seconds (an actor that
-    does not answer is offline; `probe`: an offline device is tried again first); `known`: handles
-    by actor name, reused. Devices a live node advertises with no actor answering are listed
-    offline too. Sorted by node and id."""
-    handles = dict(known or {})
+    does not answer is offline; `probe`: an offline device is tried again first). Devices a live
+    node advertises with no actor answering are listed offline too. Sorted by node and id."""
+    handles = {}
     for name in actor_names(ray):
-        if name not in handles:
-            try:
-                handles[name] = ray.get_actor(name, namespace=NAMESPACE)
-            except ValueError:  # gone between the listing and now
-                continue
+        try:
+            handles[name] = ray.get_actor(name, namespace=NAMESPACE)
+        except ValueError:  # gone between the listing and now
+            continue
     refs = {(h.probe if probe else h.describe).remote(): name for name, h in handles.items()}
     ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout) if refs else ([], [])
     out: dict[str, FarmDevice] = {}

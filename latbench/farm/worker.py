@@ -89,7 +89,6 @@ class DeviceWorker:
         loop times the ops) in the cache context asked for where the device can time in it, capped
         by this host's cache (`want_bytes`: the space's subnet weights); the agent's fusion and
         batch length."""
-        from ..measure import TimingSettings
         from ..profiler import default_timing, timing_for
 
         agent = self._ready()
@@ -102,8 +101,7 @@ class DeviceWorker:
             context_mb = want_bytes / (1 << 20)
         t = timing_for(agent, t, context, None, context_mb)
         return {"timing": t.to_dict(), "fusion": getattr(agent, "fusion", "none"), "batch_len": agent.batch_len(t),
-                "own_loop": bool(agent.interleaves), "agent": agent.name,
-                "estimator_default": TimingSettings().estimator}
+                "own_loop": bool(agent.interleaves), "agent": agent.name}
 
     def _ready(self):
         self._build()
