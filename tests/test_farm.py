@@ -370,6 +370,21 @@ def test_a_killed_node_started_again_rejoins_with_its_phone(farm: Farm) -> None:
     assert out.ok and out.devices.get(f"android:{B_PHONES[0]}", 0) > 0, out.to_dict()
 
 
+def test_no_cluster_at_the_address_is_one_line_at_once() -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for args, code, words in (((f"127.0.0.1:{port}",), 4, f"no Ray cluster at 127.0.0.1:{port}"),
+                              (("nowhere",), 2, "give the head's HOST:PORT")):
+        t0 = time.monotonic()
+        r = subprocess.run([latbench_exe(), "farm", "devices", "--address", *args], capture_output=True, text=True,
+                           cwd=ROOT, env={**CLI_ENV, **LOOPBACK}, timeout=120)
+        assert r.returncode == code and words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert time.monotonic() - t0 < 30
+
+
 def test_without_ray_the_farm_says_how_to_install_it(tmp_path) -> None:
     code = ("import sys; sys.modules['ray'] = None\n"
             "from latbench.cli import run\n"

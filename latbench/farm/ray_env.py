@@ -1,7 +1,7 @@
 """Ray for the farm: imported lazily with a one-line hint when absent, and joined on one address."""
 from __future__ import annotations
 
-from ..errors import DeviceUnavailableError, LatbenchError, require
+from ..errors import DeviceUnavailableError, LatbenchError, UsageError, require
 
 from . import NAMESPACE
 
@@ -17,6 +17,7 @@ def connect(address: str):
     ray = ray_module()
     if ray.is_initialized():
         return ray
+    _answers(address)
     try:
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, include_dashboard=False,
                  logging_level="ERROR", configure_logging=False)
@@ -24,6 +25,23 @@ def connect(address: str):
         raise DeviceUnavailableError(f"no Ray cluster at {address}: {str(e).strip().splitlines()[0][:200]} "
                                      f"(start one with `ray start --head`, then `latbench farm node` on each host)") from None
     return ray
+
+
+def _answers(address: str, timeout: float = 5.0) -> None:
+    """A cluster's head that does not even accept a connection is refused at once, in one line
+    (Ray's own client retries for minutes, logging as it goes)."""
+    import socket
+
+    if address == "auto":
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise UsageError(f"--address {address!r}: give the head's HOST:PORT (`ray start --head` prints it)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise DeviceUnavailableError(f"no Ray cluster at {address}: {e.strerror or e} (start one with `ray start "
+                                     f"--head`, then `latbench farm node` on each host)") from None
 
 
 def disconnect() -> None:
