@@ -729,10 +729,9 @@ def block(name, port, fail):
             t = torch.ones(3)
             D.allreduce_grads([t.requires_grad_()], info.world)
             inside = gloo_threads()
+            D.barrier(info.world)  # both ranks counted before either can leave
             if fail and info.rank == 1:
                 raise RuntimeError("rank 1 fails on purpose")
-            if not fail:
-                D.barrier(info.world)
     finally:
         print(f"{name} rank {os.environ['RANK']}: gloo threads inside {inside}, after {gloo_threads()}",
               file=sys.stderr, flush=True)
@@ -797,7 +796,9 @@ def test_process_group_ends_with_the_block_whatever_happens(torchruns):
     for rank in (0, 1):
         r, report = torchruns.result(f"gloo/{rank}")
         assert f"ok rank {rank}: gloo threads inside 3, after 0" in report, report
-        assert f"fail rank {rank}: gloo threads inside 3, after 0" in report, report
+        # a second group in the same process starts 2 or 3 gloo threads (seen here): that it starts
+        # some and none outlives the block is the point
+        assert re.search(rf"fail rank {rank}: gloo threads inside [1-9]\d*, after 0\n", report), report
         if rank == 0:
             assert r.returncode == 0, report
         else:
