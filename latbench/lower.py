@@ -374,15 +374,14 @@ def _onnx_op(onnx, node, graph: _OnnxGraph, swish: set[str]) -> OpSpec | None:
     """The OpSpec of one compute node; None for a type latbench has no op for."""
     t = node.op_type
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-        raise _Unmappable(f"auto_pad {attrs['auto_pad'].decode()}: latbench ops take explicit pads")
     if t == "Conv":
         w = graph.shape(node.input[1])
         k = _one("kernel_shape", attrs.get("kernel_shape", w[2:]))
         s = _one("strides", attrs.get("strides", (1, 1)))
         d = _one("dilations", attrs.get("dilations", (1, 1)))
-        p = _one("pads", attrs.get("pads", (0, 0, 0, 0)), 4)
-        return O.conv(graph.x4(node.input[0]), w[0], k, s, p, d, attrs.get("group", 1), len(node.input) > 2)
+        x = graph.x4(node.input[0])
+        p = _one("pads", _pads(attrs, x, k, s, d), 4)
+        return O.conv(x, w[0], k, s, p, d, attrs.get("group", 1), len(node.input) > 2)
     if t == "BatchNormalization":
         return O.batch_norm(graph.x4(node.input[0]))
     if t in _ONNX_ACTS:
@@ -431,11 +430,33 @@ def _eltwise(a: tuple[int, int, int, int], b: tuple[int, int, int, int], kind: s
     return O.eltwise(big, kind, broadcast=big != small)
 
 
+def _pads(attrs: dict, x: tuple[int, int, int, int], k: int, s: int, d: int = 1) -> list[int]:
+    """A conv's or pool's pads (top, left, bottom, right) as ONNX gives them: `pads`, or what
+    `auto_pad` means for this input (VALID: none; SAME_UPPER / SAME_LOWER: the output is
+    ceil(in / stride), the odd pixel of an odd total at the end / the start). Asymmetric pads
+    stay as they are: `_one` refuses them, naming them."""
+    auto = attrs.get("auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else str(auto)
+    if auto == "NOTSET":
+        return [int(v) for v in attrs.get("pads", (0, 0, 0, 0))]
+    if auto == "VALID":
+        return [0, 0, 0, 0]
+    if auto not in ("SAME_UPPER", "SAME_LOWER"):
+        raise _Unmappable(f"auto_pad {auto}")
+    begin, end = [], []
+    for size in x[2:]:
+        total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+        small = total // 2
+        begin.append(small if auto == "SAME_UPPER" else total - small)
+        end.append(total - begin[-1])
+    return begin + end
+
+
 def _onnx_pool(x: tuple[int, int, int, int], t: str, attrs: dict) -> OpSpec:
     """AveragePool / MaxPool (ONNX's default strides are 1)."""
     k = _one("kernel_shape", attrs["kernel_shape"])
     s = _one("strides", attrs.get("strides", (1, 1)))
-    p = _one("pads", attrs.get("pads", (0, 0, 0, 0)), 4)
+    p = _one("pads", _pads(attrs, x, k, s), 4)
     if _one("dilations", attrs.get("dilations", (1, 1))) != 1:
         raise _Unmappable("dilated pooling: latbench's pool has no dilation")
     ceil = bool(attrs.get("ceil_mode", 0))

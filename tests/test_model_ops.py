@@ -159,3 +159,40 @@ def test_an_op_list_is_profiled_at_op_granularity_unless_it_lists_blocks(tmp_pat
         assert code == 0, err
         with LatencyTable.open(table, readonly=True) as t:
             assert t.run_settings.granularity == gran and t.keys() == {op.key for op in listed}
+
+
+@pytest.mark.parametrize("op_type,auto_pad,stride,pads", [
+    ("Conv", "SAME_UPPER", 1, 1), ("Conv", "SAME_LOWER", 1, 1), ("Conv", "VALID", 1, 0), ("Conv", "VALID", 2, 0),
+    ("MaxPool", "SAME_UPPER", 1, 1), ("Conv", "SAME_UPPER", 2, None), ("Conv", "SAME_LOWER", 2, None)])
+def test_auto_pad_is_lowered_to_the_pads_it_means(op_type, auto_pad, stride, pads) -> None:
+    """ONNX auto_pad (as TF-exported and HF EfficientNet convs carry it): VALID is no padding,
+    SAME_* pads so the output is ceil(in / stride); the op's output shape is the one ONNX shape
+    inference gives. An odd total (stride 2 on an even input) pads one side more: latbench's ops
+    pad both sides alike, so that node stays unmapped, its reason naming the pads."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper, shape_inference
+
+    from latbench.lower import lower_onnx
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    kw = dict(kernel_shape=[3, 3], strides=[stride, stride], auto_pad=auto_pad)
+    if op_type == "Conv":
+        w = numpy_helper.from_array(np.ones((6, 4, 3, 3), np.float32), "w")
+        node, inits = helper.make_node("Conv", ["x", "w"], ["y"], **kw), [w]
+    else:
+        node, inits = helper.make_node("MaxPool", ["x"], ["y"], **kw), []
+    model = helper.make_model(helper.make_graph([node], "g", [x], [y], inits),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    low = lower_onnx(model.SerializeToString())
+    if pads is None:
+        (gap,) = low.unmapped
+        assert gap.op_type == "Conv" and "pads [" in gap.reason and not low.ops, gap
+        return
+    (op,) = low.ops
+    want = (O.conv((1, 4, 8, 8), 6, 3, stride, pads) if op_type == "Conv"
+            else O.pool((1, 4, 8, 8), "max", 3, stride, pads))
+    assert op.key == want.key
+    inferred = shape_inference.infer_shapes(model).graph.output[0].type.tensor_type.shape.dim
+    assert op.out_shape == tuple(d.dim_value for d in inferred)
