@@ -48,23 +48,40 @@ def join_cluster(address: str, entries: Sequence[DeviceEntry], num_cpus: int = 1
 def start_device_actors(entries: Sequence[DeviceEntry], timeout: float = 120.0) -> list[dict]:
     """One detached DeviceWorker actor per device, placed by its resource on the node that
     advertises it; each described once it is up (its state says whether the device answered).
+    An actor placed on a node that has just died (a host restarted before Ray noticed its old
+    node gone: both advertise the device for a while) is started again until `timeout`.
     Must run connected to the cluster (latbench.farm.ray_env.connect)."""
+    import time
+
     ray = ray_module()
     from .worker import DeviceWorker
 
-    token = secrets.token_hex(4)  # a restarted node's actors never take a stale actor's name
     cls = ray.remote(DeviceWorker)
-    handles = []
-    for e in entries:
-        handles.append(cls.options(name=f"{ACTOR_PREFIX}{e.device_id}@{token}", namespace=NAMESPACE,
-                                   resources={e.resource: 1}, **ACTOR_OPTIONS).remote(e.to_dict()))
-    refs = [h.describe.remote() for h in handles]
-    ready, waiting = ray.wait(refs, num_returns=len(refs), timeout=timeout)
-    if waiting:
-        missing = [e.device_id for e, r in zip(entries, refs) if r in waiting]
-        raise DeviceUnavailableError(f"device actor(s) {', '.join(missing)} did not start within {timeout:g} s "
-                                     f"(does a node advertise their resources? `ray status` lists them)")
-    return ray.get(refs)
+    deadline = time.monotonic() + timeout
+    out: dict[str, dict] = {}
+    todo = list(entries)
+    while todo:
+        token = secrets.token_hex(4)  # a restarted node's actors never take a stale actor's name
+        refs = {cls.options(name=f"{ACTOR_PREFIX}{e.device_id}@{token}", namespace=NAMESPACE,
+                            resources={e.resource: 1}, **ACTOR_OPTIONS).remote(e.to_dict()).describe.remote(): e
+                for e in todo}
+        ready, waiting = ray.wait(list(refs), num_returns=len(refs), timeout=max(1.0, deadline - time.monotonic()))
+        if waiting:
+            missing = [refs[r].device_id for r in waiting]
+            raise DeviceUnavailableError(f"device actor(s) {', '.join(missing)} did not start within {timeout:g} s "
+                                         f"(does a node advertise their resources? `ray status` lists them)")
+        todo = []
+        for ref in ready:
+            try:
+                out[refs[ref].device_id] = ray.get(ref)
+            except ray.exceptions.ActorDiedError:  # placed on a node that died: place it again
+                if time.monotonic() > deadline:
+                    raise DeviceUnavailableError(f"device actor {refs[ref].device_id} died as it started, "
+                                                 f"again until {timeout:g} s") from None
+                todo.append(refs[ref])
+        if todo:
+            time.sleep(1.0)
+    return [out[e.device_id] for e in entries]
 
 
 def start_node(address: str, entries: Sequence[DeviceEntry], num_cpus: int = 1, join: bool = True,
