@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from .errors import UsageError
-from .lower import Unmapped, lower_onnx
+from .lower import Unmapped
 from .predict import DEFAULT_MAX_FALLBACK, FallbackError, Predictor, Price, Pricer
 
 
@@ -119,7 +119,9 @@ def price_model(source, model, input_shape: Sequence[int] | None = None, strict:
     if gran != "op":
         raise UsageError(f"{name}: pricing a whole model needs an op-level table; {where} holds "
                          f"{gran}-level entries (profile with granularity op)")
-    low = _lower(model, input_shape)
+    from .modelops import lower_model
+
+    low = lower_model(model, input_shape)
     p = pricer.price(low.ops)
     if max_fallback is not None and len(p.misses) > max_fallback * p.keys:
         raise FallbackError(f"{where} prices {name} with {len(p.misses)} of {p.keys} keys missing, over "
@@ -137,18 +139,3 @@ def _model_name(model) -> str:
     if isinstance(model, (str, os.PathLike)):
         return str(model)
     return type(model).__name__
-
-
-def _lower(model, input_shape: Sequence[int] | None):
-    """ONNX (path or bytes) -> lower_onnx; a "module:callable" spec or a torch module is exported
-    to ONNX first (latbench.modelops.export_module: one path, so a module prices as its export)."""
-    from .modelops import export_module, is_onnx_source, load_callable
-
-    if isinstance(model, str) and not is_onnx_source(model) and ":" in model:
-        model = load_callable(model)
-    if is_onnx_source(model):
-        return lower_onnx(model, input_shape)
-    if input_shape is None:
-        raise UsageError(f"input_shape is needed to price a torch module ({type(model).__name__}): "
-                         f"e.g. (1, 3, 224, 224)")
-    return lower_onnx(export_module(model, input_shape), tuple(input_shape))

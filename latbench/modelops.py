@@ -119,10 +119,10 @@ class ModelOps:
                 + (f"unmapped: {gaps} (not priced, not profiled)" if gaps else "every compute node mapped"))
 
 
-def model_ops(model, input_shape: Sequence[int] | None = None, fusion: str = "none") -> ModelOps:
-    """Lower `model` (an ONNX path/bytes/ModelProto, a torch module, or a "module:callable" spec)
-    to its ops fused as `fusion`'s runtime runs them; torch modules are exported first
-    (`export_module`), so they lower exactly as their ONNX export does."""
+def lower_model(model, input_shape: Sequence[int] | None = None):
+    """`model` (an ONNX path/bytes/ModelProto, a torch module, or a "module:callable" spec) as
+    latbench.lower.lower_onnx lowers it; torch modules are exported first (`export_module`), so
+    they lower exactly as their ONNX export does. The Lowering (ops unfused, free, unmapped)."""
     from .lower import lower_onnx
 
     name = _name(model)
@@ -130,10 +130,15 @@ def model_ops(model, input_shape: Sequence[int] | None = None, fusion: str = "no
         model = load_callable(model)
     if not is_onnx_source(model):
         if input_shape is None:
-            raise UsageError(f"{name}: a torch module needs its input shape (--input-shape N,C,H,W)")
+            raise UsageError(f"{name}: a torch module needs its input shape (`input_shape`, e.g. 1,3,224,224)")
         model = export_module(model, input_shape)
-    low = lower_onnx(model, input_shape)
-    return ModelOps(name, fusion, fuse(list(low.ops), fusion), len(low.free), list(low.unmapped),
+    return lower_onnx(model, input_shape)
+
+
+def model_ops(model, input_shape: Sequence[int] | None = None, fusion: str = "none") -> ModelOps:
+    """`model` lowered (`lower_model`) to its ops fused as `fusion`'s runtime runs them."""
+    low = lower_model(model, input_shape)
+    return ModelOps(_name(model), fusion, fuse(list(low.ops), fusion), len(low.free), list(low.unmapped),
                     tuple(input_shape) if input_shape else None)
 
 
@@ -159,4 +164,4 @@ def _name(model) -> str:
     return type(model).__name__
 
 
-__all__ = ["ModelOps", "OPSET", "device_fusion", "export_module", "load_callable", "model_ops"]
+__all__ = ["ModelOps", "OPSET", "device_fusion", "export_module", "load_callable", "lower_model", "model_ops"]

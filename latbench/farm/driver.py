@@ -225,6 +225,9 @@ def farm_profile(address_or_ray, space_or_ops, out_dir: str, *, device: Sequence
     os.makedirs(out_dir, exist_ok=True)
     asked, granularity = granularity, granularity or default_granularity(space_or_ops)
     space_ops: dict[str, tuple] = {}
+    listed = is_op_file(space_or_ops) or isinstance(space_or_ops, (list, tuple))
+    # the network context a space's subnets read, computed once (each device caps it by its own cache)
+    want = _want_bytes(space_or_ops) if not listed and context != "warm" and context_mb is None else None
     jobs: list[Job] = []
     opened: list = []  # every table opened, closed at the end whatever happens
     out = FarmRun()
@@ -234,8 +237,6 @@ def farm_profile(address_or_ray, space_or_ops, out_dir: str, *, device: Sequence
             if first is None:
                 say(f"profile {pid}: none of its devices ({', '.join(d.device_id for d in devs)}) is up; left out")
                 continue
-            space_guess = None if is_op_file(space_or_ops) or isinstance(space_or_ops, (list, tuple)) else space_or_ops
-            want = _want_bytes(space_guess) if context != "warm" and context_mb is None else None
             plan = get(ray, first.handle.plan.remote(timing, context, context_mb, want))
             fusion = plan["fusion"]
             if fusion not in space_ops:
@@ -283,10 +284,8 @@ def farm_profile(address_or_ray, space_or_ops, out_dir: str, *, device: Sequence
     return out
 
 
-def _want_bytes(space_or_name) -> int | None:
-    """A space's subnet weight bytes (the network context it is timed in), or None."""
-    if space_or_name is None:
-        return None
+def _want_bytes(space_or_name) -> int:
+    """A space's subnet weight bytes (the network context it is timed in)."""
     from ..predict import resolve_space
 
     return resolve_space(space_or_name).context_bytes()
