@@ -83,12 +83,15 @@ class ZooRow:
     flops_fit_ms: float = math.nan
     extra: dict[str, Any] = field(default_factory=dict)
 
+    typed: Any = None  # latbench.modelops.ModelOps: latbench's typed ops (what torch/tflite devices price)
+
     @property
     def mapped_flops(self) -> int:
-        """Multiply-add FLOPs of the mapped ops (conv and linear parts), as FlopCounterMode counts them."""
+        """FLOPs (2 per multiply-add of convolutions and matrix products) of the mapped ops, as
+        FlopCounterMode counts them."""
         from latbench import ops as O
 
-        return sum(p.flops for o in self.mops.ops for p in O.expand(o) if p.kind in ("conv", "linear"))
+        return sum(2 * p.macs for o in self.mops.ops for p in O.expand(o))
 
     @property
     def unmapped(self) -> int:
@@ -117,26 +120,31 @@ def model_flops(module, input_shape) -> int:
     return int(fc.get_total_flops())
 
 
-def build_rows(names: list[str], fusion: str) -> list[ZooRow]:
-    """Each model built, exported once and lowered as ORT runs it; its coverage printed."""
+def build_rows(names: list[str]) -> list[ZooRow]:
+    """Each model built, exported once and lowered as ORT runs it (the nodes of its optimised
+    graph, 1 thread); its coverage printed, with the typed-op lowering's beside it."""
     from latbench.modelops import export_module, model_ops
     from latbench.zoo import kind, zoo_model
 
     rows = []
-    print(f"coverage (lowered as ONNX Runtime runs them, fusion {fusion!r}):")
+    print("coverage (lowered as ONNX Runtime 1 thread runs them: the nodes of its optimised graph; "
+          "typed: latbench's typed ops, fused as ORT's fusion list, as torch and tflite devices price models):")
     for name in names:
         t0 = time.perf_counter()
         module, shape = zoo_model(name)
         onnx_bytes = export_module(module, shape)
         export_s = time.perf_counter() - t0
-        mops = model_ops(onnx_bytes, shape, fusion)
-        row = ZooRow(name, kind(name), tuple(shape), onnx_bytes, mops, model_flops(module, shape), export_s)
+        mops = model_ops(onnx_bytes, shape, "ort", threads=1)
+        typed = model_ops(onnx_bytes, shape)
+        row = ZooRow(name, kind(name), tuple(shape), onnx_bytes, mops, model_flops(module, shape), export_s,
+                     typed=typed)
         del module
         share = row.mapped_flops / row.flops if row.flops else math.nan
         gaps = ", ".join(f"{t} x{n}" for t, n in mops.unmapped_counts())
         print(f"  {name:15} {row.kind:11} {'x'.join(map(str, shape[1:])):9} {row.flops / 1e6:7.0f} MFLOPs: "
-              f"{len(mops.ops):3} ops ({len(mops.unique):3} unique), {100 * share:5.1f}% of FLOPs in mapped ops; "
-              + (f"unmapped {row.unmapped}: {gaps}" if gaps else "every compute node mapped"))
+              f"{len(mops.ops):3} nodes ({len(mops.unique):3} unique), {100 * share:5.1f}% of FLOPs in mapped "
+              f"nodes; " + (f"unmapped {row.unmapped}: {gaps}" if gaps else "every node mapped")
+              + f"; typed: {len(typed.unmapped)} unmapped")
         sys.stdout.flush()
         rows.append(row)
     return rows
@@ -163,10 +171,13 @@ def profile_union(rows: list[ZooRow], path: Path, a) -> Any:
     if not ops:
         log("no model has a mapped op: nothing to profile")
         return None, 0
-    log(f"profile {len(ops)} unique ops into {path} (load {load()})")
+    ctx: dict[str, Any] = {"context": "warm"}
+    if a.context == "network":  # as `profile --model` times one model: its weights read between calls
+        ctx = {"context": "network", "context_mb": float(np.median([r.mops.weight_bytes for r in rows])) / (1 << 20)}
+    log(f"profile {len(ops)} unique ops into {path} ({a.context} context; load {load()})")
     return latbench.profile(ops, device="ort", out=str(path), threads=1, granularity="op",
                             max_time_s=a.max_time, min_samples=a.min_samples, target_iqr=a.target_iqr,
-                            rounds=a.rounds, on_start=on_start, on_result=on_result), len(ops)
+                            rounds=a.rounds, on_start=on_start, on_result=on_result, **ctx), len(ops)
 
 
 def price_rows(rows: list[ZooRow], path: Path) -> None:
@@ -313,6 +324,9 @@ def main() -> None:
     ap.add_argument("--min-samples", type=int, help="profile: samples a round, at least")
     ap.add_argument("--target-iqr", type=float, default=0.05, help="profile: a round stops below this IQR/median")
     ap.add_argument("--rounds", type=int, help="profile: interleaved rounds")
+    ap.add_argument("--context", choices=("network", "warm"), default="network",
+                    help="profile: cache context (network: the median model's weights read before each call, "
+                    "as `profile --model` does for one model; warm: calls back to back)")
     ap.add_argument("--passes", type=int, default=3, help="yardstick: passes, a fresh session per model each")
     ap.add_argument("--runs", type=int, help="yardstick: timed runs per pass, at least")
     ap.add_argument("--min-time", type=float, help="yardstick: seconds of timed runs per pass, at least")
@@ -326,7 +340,6 @@ def main() -> None:
             setattr(a, k, v)
 
     from latbench.errors import LatbenchError
-    from latbench.modelops import device_fusion
     from latbench.yardstick import YardstickSettings
     from latbench.zoo import list_zoo, zoo_entry
 
@@ -339,7 +352,7 @@ def main() -> None:
         raise SystemExit(f"zoo: {e}") from None
     workdir = Path(a.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    path = Path(a.table) if a.table else workdir / f"zoo-ort-op-1t{'-quick' if a.quick else ''}.sqlite"
+    path = Path(a.table) if a.table else workdir / f"zoo-ort-op-1t-{a.context}{'-quick' if a.quick else ''}.sqlite"
     if not a.table and path.exists():
         path.unlink()  # a fresh table: its entries and the yardstick are timed in the same run
 
@@ -355,8 +368,7 @@ def main() -> None:
     torch.set_num_threads(1)  # building and FLOPs counting: leave the other core to other work
     walls: dict[str, float] = {}
     t0 = time.perf_counter()
-    fusion = device_fusion("ort")
-    rows = build_rows(names, fusion)
+    rows = build_rows(names)
     walls["export+lower"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     run, n_ops = profile_union(rows, path, a)
@@ -376,6 +388,7 @@ def main() -> None:
             "models": [{"name": r.name, "kind": r.kind, "input_shape": list(r.input_shape), "flops": r.flops,
                         "mapped_flops": r.mapped_flops, "ops": len(r.mops.ops), "unique_ops": len(r.mops.unique),
                         "unmapped": dict(r.mops.unmapped_counts()),
+                        "typed_unmapped": dict(r.typed.unmapped_counts()),
                         "unmapped_nodes": [u._asdict() for u in r.mops.unmapped], "measured_ms": r.measured_ms,
                         "predicted_ms": r.predicted_ms, "flops_fit_ms": r.flops_fit_ms, "misses": r.misses,
                         "yardstick": r.reading.to_dict(ys.statistic)} for r in rows]}, indent=1))

@@ -206,6 +206,7 @@ class Agent:
     network_batch = 1  # whole networks one time_networks call is best handed (android: a push's worth)
     plain_statistics: tuple[str, ...] = STATISTICS  # what the plain call's timing can be read as
     cooling = False  # True while the agent waits for a hot device to cool (a farm lists it as hot)
+    runs_nodes = False  # times node ops (latbench.nodes): the nodes of its runtime's own graph
 
     Options: type[AgentOptions] = AgentOptions
 
@@ -386,6 +387,17 @@ class Agent:
         """Ops `measure` takes and times together under `timing` (profile_into adds one sample
         of the per-call cost to each batch when this is > 1)."""
         return timing.interleave if self.interleaves else 1
+
+    def check_ops(self, ops: Sequence[OpSpec]) -> None:
+        """Refuse an op list holding ops this agent cannot build at all (node ops, unless it
+        runs its runtime's graph nodes), before any table is made or any op is timed."""
+        if self.runs_nodes:
+            return
+        nodes = [op for op in ops if op.kind == "node"]
+        if nodes:
+            raise UsageError(f"{self.name}: {len(nodes)} op(s) are ONNX Runtime graph nodes (e.g. "
+                             f"{nodes[0].key[:80]}...), which only the ort agent times; list this device's ops "
+                             f"with `latbench ops --model ... --device {self.name}`")
 
     def check_timing(self, timing: TimingSettings) -> None:
         """Refuse settings this agent cannot time under (its rows would claim them falsely): a

@@ -11,12 +11,13 @@ import numpy as np
 
 from latbench import ops as O
 from latbench.device import DeviceProfile, host_profile
-from latbench.errors import DeviceUnavailableError, UsageError, require
+from latbench.errors import DeviceUnavailableError, OpError, UsageError, require
 from latbench.ops import OpSpec
 
 from .base import Agent, AgentOptions, NetworkModel, Prepared
 from .networks import export_onnx
 from .onnx_build import build_onnx, graph_in_shape, graph_out_shape
+from .ort_graph import graph_feeds, graph_tensors, node_model, optimised_model
 from .ort_layout import network_graph
 from .weights import Weights
 
@@ -54,6 +55,7 @@ class OrtAgent(Agent):
 
     name = "ort"
     model_kind = "onnx"
+    runs_nodes = True  # times latbench.nodes ops: the nodes of its own optimised graph (lower_model)
 
     Options = OrtOptions
 
@@ -125,6 +127,8 @@ class OrtAgent(Agent):
         no reorders at its ends: ort_layout); ops that are not between convolutions, and other
         optimisation levels, run their own graph (`note` says which)."""
         self._release()
+        if op.kind == "node":
+            return self._prepare_node(op)
         w = self.timing_weights(op)
         cut = None
         if self.boundary == "network":
@@ -139,6 +143,51 @@ class OrtAgent(Agent):
         self._live = (sess, binding)
         note = {"graph": "between convolutions" if cut is not None else "own"}
         return Prepared(runner(sess, binding), x.sum, keep=(sess, binding, x, outs), note=note)
+
+    def _prepare_node(self, op: OpSpec) -> Prepared:
+        """A node of ONNX Runtime's optimised graph (latbench.nodes) as a one-node session with
+        optimisations off (it is optimised already), its data inputs and outputs bound once."""
+        nm = node_model(op.graph_node, self.pool)
+        sess = ort.InferenceSession(nm.model, self._cut_options, providers=[self.provider])
+        binding = sess.io_binding()
+        for name, arr in nm.feeds.items():
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(arr))
+        for name, arr in nm.outputs.items():
+            binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(arr))
+        self._live = (sess, binding)
+        floats = [a for a in nm.feeds.values() if a.dtype.kind == "f"]
+
+        def touch() -> float:
+            return float(sum(a.sum() for a in floats))
+
+        return Prepared(runner(sess, binding), touch, keep=(sess, binding, nm), note={"graph": "runtime node"})
+
+    def run_node(self, op: OpSpec) -> dict[str, np.ndarray]:
+        """One run of a node op on its seeded inputs: its outputs by name (conformance)."""
+        prepared = self._prepare_node(op)
+        prepared()
+        _, _, nm = prepared.keep
+        out = {k: v.copy() for k, v in nm.outputs.items()}
+        self._release()
+        return out
+
+    def lower_model(self, model: "onnx.ModelProto | bytes | str | os.PathLike",
+                    input_shape: Sequence[int] | None = None):
+        """A whole ONNX model as this agent's ONNX Runtime runs it: its optimised graph under the
+        agent's session options (ort_graph.optimised_model), one node op per node
+        (latbench.lower.lower_graph), shapes and dtypes from one seeded run of that graph."""
+        from latbench.errors import FormatError
+        from latbench.lower import lower_graph, read_onnx
+
+        proto, name = read_onnx(model, input_shape)
+        try:
+            opt = optimised_model(proto.SerializeToString(), self._sess_options, self.provider)
+            tensors = graph_tensors(opt, graph_feeds(opt, self.pool), self._cut_options, self.provider)
+        except OpError as e:
+            raise UsageError(f"{name}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - onnxruntime's own errors, said in one line
+            raise FormatError(f"{name}: ONNX Runtime cannot run it ({' '.join(str(e).split())[:300]})") from None
+        return lower_graph(opt, tensors)
 
     def run(self, op: OpSpec, x: np.ndarray) -> np.ndarray:
         """One inference with the canonical weights; a linear's (n, c, 1, 1) input is reshaped."""

@@ -69,10 +69,11 @@ class Coverage:
     path: str
     spaces: tuple[str, ...] = ()
     resolutions: tuple[int, ...] = ()
+    profile: Any = None  # the table's DeviceProfile: the device a model is lowered for (price_model)
 
     @classmethod
     def of(cls, table) -> "Coverage":
-        return cls(str(table.path), table_spaces(table), table_resolutions(table))
+        return cls(str(table.path), table_spaces(table), table_resolutions(table), table.profile)
 
     def describe(self) -> str:
         what = ", ".join(self.spaces) or "no recorded space"

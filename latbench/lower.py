@@ -1,5 +1,7 @@
-"""Real models -> op-granularity OpSpecs: torch modules by tracing (torch.fx + shape propagation),
-ONNX files by shape inference.
+"""Real models -> op-granularity OpSpecs: ONNX files by shape inference (`lower_onnx`, latbench's
+typed ops), a runtime's own optimised graph node by node (`lower_graph`, node ops), and torch
+modules by tracing (`lower_torch`: latbench's own built subnets, whose module paths place their
+weights; a user's module goes through its ONNX export, latbench.modelops, the one path).
 
 Compute that cannot be mapped is listed in `Lowering.unmapped` (op type, node, reason), never
 dropped silently; shape-only nodes (views such as flatten/reshape/identity/dropout in eval, and
@@ -208,6 +210,14 @@ class _OnnxGraph:
         return tuple(s) + (1,) * (4 - len(s))  # type: ignore[return-value]
 
 
+def read_onnx(model, input_shape: Sequence[int] | None = None) -> tuple[Any, str]:
+    """(ModelProto with its input dims set to `input_shape`, the name errors use) of an ONNX path,
+    bytes or ModelProto; errors as lower_onnx gives them."""
+    onnx = require("onnx", "ort")
+    proto, name = _load_onnx(onnx, model)
+    return _set_input_shape(onnx, proto, name, input_shape), name
+
+
 def lower_onnx(model, input_shape: Sequence[int] | None = None) -> Lowering:
     """An ONNX model (a path, bytes or a ModelProto) -> op-granularity OpSpecs, in graph order.
 
@@ -221,8 +231,7 @@ def lower_onnx(model, input_shape: Sequence[int] | None = None) -> Lowering:
     weight as linear), or compute listed in `unmapped` with the reason where there is one.
     """
     onnx = require("onnx", "ort")
-    proto, name = _load_onnx(onnx, model)
-    proto = _set_input_shape(onnx, proto, name, input_shape)
+    proto, name = read_onnx(model, input_shape)
     graph = _read_graph(onnx, proto, name)
     swish = _swish_sigmoids(proto.graph)
     low = Lowering()
@@ -475,3 +484,93 @@ def _clip_bounds(node, attrs, consts) -> tuple[float | None, float | None]:
     if len(node.input) > 2 and node.input[2] in consts:
         hi = float(numpy_helper.to_array(consts[node.input[2]]))
     return (None if lo is None else float(lo), None if hi is None else float(hi))
+
+
+# ---------------------------------------------------------------------- runtime graphs
+# values kept in a node's key: small integer tensors (shape arithmetic: Reshape's shape, Slice's
+# starts, Pad's pads), float constant scalars (Clip's bounds, a Pow's exponent, an epsilon, the
+# attention scale) and the float inputs that say what an op does (Resize's roi and scales); never
+# weights or biases, whose values change nothing of the kernel's work
+INT_VALUES_MAX = 64
+_FLOAT_PARAMS = {("", "Resize"): (1, 2), ("", "Upsample"): (1,)}
+
+
+def lower_graph(proto, tensors: dict[str, Any]) -> Lowering:
+    """A runtime's own graph (e.g. ONNX Runtime's optimised model, contrib domains and NCHWc
+    layout included) -> one node op (latbench.nodes) per node, in graph order.
+
+    `tensors` maps every tensor the graph computes (graph input included) to its TensorSpec
+    (`tensor_spec` of its value in one run of the graph): shapes and dtypes are what the runtime
+    really produced, small integer values (shape arithmetic) too. Constant nodes are `free`; a node with a subgraph
+    (If, Loop, Scan) is unmapped - it is control flow, not one kernel."""
+    onnx = require("onnx", "ort")
+    from .nodes import EmptyList, NodeSpec, TensorSpec
+
+    g = proto.graph
+    versions = {o.domain if o.domain != "ai.onnx" else "": o.version for o in proto.opset_import}
+    consts = {t.name: t for t in g.initializer}
+    AT = onnx.AttributeProto
+
+    def spec(name: str, param: bool = False) -> TensorSpec | None:
+        if not name:
+            return None
+        if name in consts:
+            from onnx import numpy_helper
+
+            return tensor_spec(numpy_helper.to_array(consts[name]), const=True, param=param)
+        if name not in tensors:
+            raise _Unmappable(f"the run of the graph gave no value for {name!r}")
+        return tensors[name]
+
+    def attr(a) -> Any:
+        if a.type in (AT.GRAPH, AT.GRAPHS):
+            raise _Unmappable("control flow (a subgraph attribute) is not one kernel")
+        if a.type in (AT.SPARSE_TENSOR, AT.SPARSE_TENSORS, AT.TENSORS, AT.TYPE_PROTO, AT.TYPE_PROTOS):
+            raise _Unmappable(f"attribute {a.name!r} of a type latbench does not time ({a.type})")
+        v = onnx.helper.get_attribute_value(a)
+        if a.type == AT.TENSOR:
+            from onnx import numpy_helper
+
+            return tensor_spec(numpy_helper.to_array(v), const=True)
+        if a.type == AT.STRING:
+            return v.decode()
+        if a.type in (AT.INTS, AT.FLOATS, AT.STRINGS):
+            if not v:
+                return () if a.type == AT.INTS else EmptyList("f" if a.type == AT.FLOATS else "s")
+            return tuple(x.decode() if isinstance(x, bytes) else x for x in v)
+        return v
+
+    low = Lowering()
+    for node in g.node:
+        label = node.name or node.output[0]
+        if node.op_type == "Constant" and not node.domain:
+            low.free.append(f"Constant({label})")
+            continue
+        domain = node.domain if node.domain != "ai.onnx" else ""
+        params = _FLOAT_PARAMS.get((domain, node.op_type), ())
+        try:
+            spec_ = NodeSpec(node.op_type, domain, versions.get(domain, 1),
+                             tuple(spec(n, i in params) for i, n in enumerate(node.input)),
+                             tuple(spec(o) for o in node.output),
+                             tuple(sorted((a.name, attr(a)) for a in node.attribute)))
+        except (_Unmappable, OpError) as e:
+            low.unmapped.append(Unmapped(f"{node.domain + '/' if node.domain else ''}{node.op_type}", label, str(e)))
+            continue
+        low.ops.append(O.node(spec_))
+        low.sources.append(label)
+    return low
+
+
+def tensor_spec(arr, const: bool = False, param: bool = False):
+    """A tensor's spec (latbench.nodes.TensorSpec) from its value (a numpy array): values kept
+    where they decide what a node does (small integer tensors; float constants that are scalars
+    or, `param`, an op's parameter input). A dtype no node op takes raises OpError."""
+    from .nodes import DTYPES, TensorSpec
+
+    dtype = str(arr.dtype)
+    if dtype not in DTYPES:
+        raise OpError(f"a {dtype} tensor: node ops take {', '.join(DTYPES)}")
+    is_float = dtype.startswith(("float", "bfloat"))
+    keep = const and (arr.size <= 1 or param) if is_float else arr.size <= INT_VALUES_MAX
+    values = tuple(arr.reshape(-1).tolist()) if keep else None
+    return TensorSpec(tuple(int(d) for d in arr.shape), dtype, const, values)

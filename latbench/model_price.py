@@ -42,6 +42,7 @@ class ModelPrice:
     unmapped: tuple[UnmappedGroup, ...]
     flops: int  # of the mapped ops
     params: int
+    lowering: str = "ops"  # "ops": latbench's typed ops; "<agent> graph": its runtime's optimised graph
 
     @property
     def partial(self) -> bool:
@@ -56,6 +57,8 @@ class ModelPrice:
         unmapped op type."""
         p = self.price
         fallback = f"{len(p.misses)} of {p.keys} keys priced by the fallback"
+        if self.lowering != "ops":
+            fallback += f"; lowered as the {self.lowering}"
         if not self.partial:
             return [f"{p.raw_ms:.4f} ms (uncalibrated; {fallback}; {self.flops / 1e6:.1f} MFLOPs) {self.model}"]
         head = (f"{p.raw_ms:.4f} ms PARTIAL: the {self.ops} mapped ops only, {self.unmapped_nodes} compute "
@@ -73,7 +76,7 @@ class ModelPrice:
         row = {"model": self.model, "input_shape": list(self.input_shape) if self.input_shape else None,
                "partial": self.partial, "ms": p.raw_ms, "raw_ms": p.raw_ms, "invocation_ms": p.invocation_ms,
                "misses": len(p.misses), "keys": p.keys, "missing_keys": sorted(set(p.misses)), "ops": self.ops,
-               "shape_only": self.shape_only, "flops": self.flops, "params": self.params,
+               "shape_only": self.shape_only, "flops": self.flops, "params": self.params, "lowering": self.lowering,
                "unmapped": [{"op_type": g.op_type, "count": len(g.nodes),
                              "nodes": [{"name": n.name, "reason": n.reason} for n in g.nodes]}
                             for g in self.unmapped]}
@@ -107,13 +110,17 @@ def price_model(source, model, input_shape: Sequence[int] | None = None, strict:
     """Lower a model and price its ops from an op-level table: `source` a LatencyTable or a
     Predictor (latbench.predict; its table copied, so a closed table is fine); `model` an ONNX file
     or bytes (`input_shape` for symbolic dims) or a torch.nn.Module (`input_shape` required).
-    More than `max_fallback` of the keys missing is a FallbackError (None: any share)."""
+    A table that holds node ops (profiled with `--model` on ort) prices the model as its device's
+    runtime optimised it (latbench.modelops.lower_model with the table's agent); other tables
+    price latbench's typed ops. More than `max_fallback` of the keys missing is a FallbackError
+    (None: any share)."""
     if isinstance(source, Predictor):
         pricer, gran = source.pricer, source.pricer.granularity
         where = source.coverage.path if source.coverage else "the cost map"
+        profile = source.coverage.profile if source.coverage else None
     else:
         run = source.run_settings
-        where, gran = str(source.path), run.granularity if run else "op"
+        where, gran, profile = str(source.path), run.granularity if run else "op", source.profile
         pricer = Pricer.from_table(source, "op", strict=strict) if gran == "op" else None
     name = _model_name(model)
     if gran != "op":
@@ -121,7 +128,12 @@ def price_model(source, model, input_shape: Sequence[int] | None = None, strict:
                          f"{gran}-level entries (profile with granularity op)")
     from .modelops import lower_model
 
-    low = lower_model(model, input_shape)
+    agent = _graph_agent(pricer, profile)
+    try:
+        low = lower_model(model, input_shape, agent)
+    finally:
+        if agent is not None:
+            agent.close()
     p = pricer.price(low.ops)
     if max_fallback is not None and len(p.misses) > max_fallback * p.keys:
         raise FallbackError(f"{where} prices {name} with {len(p.misses)} of {p.keys} keys missing, over "
@@ -129,7 +141,19 @@ def price_model(source, model, input_shape: Sequence[int] | None = None, strict:
                             f"fallback regression")
     return ModelPrice(name, where, tuple(input_shape) if input_shape else None, p, len(low.ops),
                       len(low.free), group_unmapped(low.unmapped), sum(o.flops for o in low.ops),
-                      sum(o.params for o in low.ops))
+                      sum(o.params for o in low.ops), f"{agent.name} graph" if agent is not None else "ops")
+
+
+def _graph_agent(pricer: Pricer, profile):
+    """The agent that lowers a model for a table of runtime graph nodes (the agent its profile
+    was measured with); None for a table of typed ops, or without a profile."""
+    if profile is None or not any(k.startswith("node-") for k in pricer.costs):
+        return None
+    from device_agents import agent_class, agent_from_profile
+
+    if not getattr(agent_class(profile.agent), "runs_nodes", False):
+        return None
+    return agent_from_profile(profile)
 
 
 def _model_name(model) -> str:

@@ -1,9 +1,13 @@
 """A whole model -> the op list a device's runtime runs (`latbench ops --model`, `profile --model`).
 
 One path for every model: a torch module is exported to ONNX in process (`export_module`, the
-recipe below) and lowered like an ONNX file (latbench.lower.lower_onnx), so a module and its
-export always give the same ops. The ops are then fused as the device's runtime fuses them
-(latbench.ops.fuse with the agent's fusion), the form a table stores and a Predictor prices.
+recipe below) and lowered like an ONNX file, so a module and its export always give the same ops.
+Two lowerings, picked by the device:
+- a device whose agent reads its runtime's own graph (`runs_nodes`: ort) lowers the model as that
+  runtime optimised it: one node op (latbench.nodes) per node of the optimised graph, fusions,
+  constant folding and layout reorders exactly as the installed runtime does them;
+- other devices (torch cpu/cuda, tflite, android) take latbench's typed ops
+  (latbench.lower.lower_onnx) fused as their runtime fuses them (latbench.ops.fuse).
 
 The export recipe (what `export_module` does; do the same to export by hand):
     model.eval()
@@ -104,6 +108,13 @@ class ModelOps:
     def unique(self) -> list[OpSpec]:
         return unique(self.ops)
 
+    @property
+    def weight_bytes(self) -> int:
+        """float32 bytes of the model's weights (its ops' parameters): what a run of the model
+        streams through the caches between two runs of one of its ops (`profile --model`'s
+        network context)."""
+        return 4 * sum(op.params for op in self.ops)
+
     def unmapped_counts(self) -> list[tuple[str, int]]:
         """Unmapped compute nodes by op type, most frequent first."""
         counts: dict[str, int] = {}
@@ -119,12 +130,9 @@ class ModelOps:
                 + (f"unmapped: {gaps} (not priced, not profiled)" if gaps else "every compute node mapped"))
 
 
-def lower_model(model, input_shape: Sequence[int] | None = None):
-    """`model` (an ONNX path/bytes/ModelProto, a torch module, or a "module:callable" spec) as
-    latbench.lower.lower_onnx lowers it; torch modules are exported first (`export_module`), so
-    they lower exactly as their ONNX export does. The Lowering (ops unfused, free, unmapped)."""
-    from .lower import lower_onnx
-
+def onnx_source(model, input_shape: Sequence[int] | None = None):
+    """`model` as ONNX: an ONNX path/bytes/ModelProto as it is; a torch module or a
+    "module:callable" spec exported by the recipe above (`export_module`)."""
     name = _name(model)
     if isinstance(model, str) and not is_onnx_source(model) and ":" in model:
         model = load_callable(model)
@@ -132,14 +140,44 @@ def lower_model(model, input_shape: Sequence[int] | None = None):
         if input_shape is None:
             raise UsageError(f"{name}: a torch module needs its input shape (`input_shape`, e.g. 1,3,224,224)")
         model = export_module(model, input_shape)
-    return lower_onnx(model, input_shape)
+    return model
 
 
-def model_ops(model, input_shape: Sequence[int] | None = None, fusion: str = "none") -> ModelOps:
-    """`model` lowered (`lower_model`) to its ops fused as `fusion`'s runtime runs them."""
+def lower_model(model, input_shape: Sequence[int] | None = None, agent=None):
+    """`model` (see `onnx_source`) lowered: with an `agent` that runs nodes (ort), the nodes of
+    its runtime's optimised graph (`agent.lower_model`); otherwise latbench's typed ops, unfused
+    (latbench.lower.lower_onnx). The Lowering (ops, free, unmapped)."""
+    from .lower import lower_onnx
+
+    source = onnx_source(model, input_shape)
+    if agent is not None and getattr(agent, "runs_nodes", False):
+        return agent.lower_model(source, input_shape)
+    return lower_onnx(source, input_shape)
+
+
+def model_ops(model, input_shape: Sequence[int] | None = None, device: str | None = None,
+              **options: Any) -> ModelOps:
+    """`model`'s op list as `device` (its agent built with `options`) runs it: the nodes of its
+    runtime's graph where the agent reads it (ort), else typed ops fused as the runtime fuses them;
+    without a device, typed ops unfused."""
+    name, shape = _name(model), tuple(input_shape) if input_shape else None
+    if device is None:
+        low = lower_model(model, input_shape)
+        return ModelOps(name, "none", list(low.ops), len(low.free), list(low.unmapped), shape)
+    from device_agents import agent_class, get_agent
+
+    if getattr(agent_class(device), "runs_nodes", False):
+        agent = get_agent(device, **options)
+        try:
+            low = lower_model(model, input_shape, agent)
+            level = getattr(agent, "opt_level", None)
+            how = f"{device} graph" + (f" (opt level {level})" if level else "")
+        finally:
+            agent.close()
+        return ModelOps(name, how, list(low.ops), len(low.free), list(low.unmapped), shape)
+    fusion = device_fusion(device, **options)
     low = lower_model(model, input_shape)
-    return ModelOps(_name(model), fusion, fuse(list(low.ops), fusion), len(low.free), list(low.unmapped),
-                    tuple(input_shape) if input_shape else None)
+    return ModelOps(name, fusion, fuse(list(low.ops), fusion), len(low.free), list(low.unmapped), shape)
 
 
 def device_fusion(device: str, **options: Any) -> str:
@@ -164,4 +202,5 @@ def _name(model) -> str:
     return type(model).__name__
 
 
-__all__ = ["ModelOps", "OPSET", "device_fusion", "export_module", "load_callable", "lower_model", "model_ops"]
+__all__ = ["ModelOps", "OPSET", "device_fusion", "export_module", "load_callable", "lower_model", "model_ops",
+           "onnx_source"]

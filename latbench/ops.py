@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import OpError
 
-OP_KINDS = ("conv", "pool", "eltwise", "softmax", "activation", "batch_norm", "linear")
+OP_KINDS = ("conv", "pool", "eltwise", "softmax", "activation", "batch_norm", "linear", "node")
 BLOCK_KINDS = ("mbconv", "bottleneck", "basic")
 KINDS = OP_KINDS + BLOCK_KINDS
 ACTIVATIONS = ("relu", "relu6", "hswish", "hsigmoid", "sigmoid", "swish", "tanh", "gelu")
@@ -84,6 +84,7 @@ class OpSpec:
     residual: bool = False
     proj: bool = False  # resnet block with a 1x1 conv + BN shortcut
     role: str = ""
+    node: str = ""  # kind=node: the node's key (latbench.nodes), which describes it whole
 
     # ------------------------------------------------------------------ validation
     def __post_init__(self) -> None:
@@ -96,6 +97,9 @@ class OpSpec:
             object.__setattr__(self, "count_pad", False)  # no padding: both divisors agree
         if k not in KINDS:
             raise OpError(f"unknown op kind {k!r} (known: {', '.join(KINDS)})")
+        if k == "node" or self.node:
+            self._check_node()
+            return
         for name in ("n", "c", "h", "w"):
             if getattr(self, name) < 1:
                 raise OpError(f"{k}: {name} must be >= 1, got {getattr(self, name)}")
@@ -133,6 +137,23 @@ class OpSpec:
         if oh < 1 or ow < 1:
             raise OpError(f"{k}: output would be empty for input {self.h}x{self.w}")
 
+    def _check_node(self) -> None:
+        """A node op is its node key and the shape derived from it, nothing else."""
+        if self.kind != "node" or not self.node:
+            raise OpError(f"{self.kind}: only a node op has a node description")
+        spec = self.graph_node
+        if self.in_shape != spec.display_shape:
+            raise OpError(f"node: shape {self.in_shape} disagrees with its node's {spec.display_shape}")
+        if any(getattr(self, f.name) != f.default for f in _ATTR_FIELDS if f.name != "node"):
+            raise OpError("node: a node op has no fields but its node description")
+
+    @property
+    def graph_node(self):
+        """kind=node: the latbench.nodes.NodeSpec this op times (parsed once per key)."""
+        from .nodes import parse_node
+
+        return parse_node(self.node, "node op")
+
     # ------------------------------------------------------------------ shapes
     @property
     def in_shape(self) -> tuple[int, int, int, int]:
@@ -157,6 +178,8 @@ class OpSpec:
 
     @property
     def out_shape(self) -> tuple[int, int, int, int]:
+        if self.kind == "node":
+            return self.graph_node.display_out_shape
         oh, ow = self.out_hw
         if self.kind in ("conv", "linear") + BLOCK_KINDS:
             return (self.n, self.out, oh, ow)
@@ -166,7 +189,7 @@ class OpSpec:
     @cached_property
     def key(self) -> str:
         """Canonical, human-readable string; equal ops have equal keys."""
-        return _key(self)
+        return self.node if self.kind == "node" else _key(self)
 
     # ------------------------------------------------------------------ cost figures
     @cached_property
@@ -174,6 +197,8 @@ class OpSpec:
         """Multiply-adds of conv and linear parts (0 for other ops)."""
         if self.kind in BLOCK_KINDS:
             return sum(o.macs for o in expand(self))
+        if self.kind == "node":
+            return self.graph_node.macs
         n, oc, oh, ow = self.out_shape
         if self.kind == "conv":
             return n * oc * oh * ow * (self.c // self.groups) * self.kernel * self.kernel
@@ -189,6 +214,8 @@ class OpSpec:
             return sum(o.flops for o in expand(self))
         if self.kind in ("conv", "linear"):
             return 2 * self.macs
+        if self.kind == "node":
+            return self.graph_node.flops
         elems = _prod(self.out_shape)
         if self.kind == "batch_norm":
             return 2 * elems + (elems if self.act != "none" else 0)
@@ -203,6 +230,8 @@ class OpSpec:
     def params(self) -> int:
         """Trainable parameters (BN: scale and shift)."""
         k = self.kind
+        if k == "node":
+            return self.graph_node.params
         if k in BLOCK_KINDS or (k == "conv" and self.bn):
             return sum(o.params for o in expand(self))
         if k == "conv":
@@ -215,7 +244,9 @@ class OpSpec:
 
     @cached_property
     def bytes(self) -> int:
-        """float32 bytes moved: inputs + weights + output."""
+        """float32 bytes moved: inputs + weights + output (a node: every tensor in its dtype)."""
+        if self.kind == "node":
+            return self.graph_node.bytes
         inputs = _prod(self.in_shape)
         if self.kind == "eltwise":
             inputs += self.n * self.c if self.broadcast else inputs
@@ -280,6 +311,12 @@ def pool(shape, pool_type, kernel=1, stride=1, padding=0, global_pool=False, cei
         kernel, stride, padding, ceil_mode = h if h == w else max(h, w), 1, 0, False
     return OpSpec("pool", n, c, h, w, pool=pool_type, kernel=kernel, stride=stride, padding=padding,
                   global_pool=global_pool, ceil_mode=ceil_mode, count_pad=count_pad, role=role)
+
+
+def node(spec) -> OpSpec:
+    """The op that times one runtime graph node (a latbench.nodes.NodeSpec)."""
+    n, c, h, w = spec.display_shape
+    return OpSpec("node", n, c, h, w, node=spec.key)
 
 
 def eltwise(shape, eltwise_type, broadcast=False) -> OpSpec:
@@ -502,7 +539,7 @@ def unique(ops) -> list[OpSpec]:
 __all__ = [
     "OpSpec", "KINDS", "OP_KINDS", "BLOCK_KINDS", "ACTIVATIONS", "OFA_ROLES", "make_divisible",
     "conv", "pool", "eltwise", "activation", "batch_norm", "softmax", "linear", "mbconv",
-    "resblock", "expand", "unique", "is_ofa_mbconv", "conv_out",
+    "resblock", "node", "expand", "unique", "is_ofa_mbconv", "conv_out",
 ]
 
 

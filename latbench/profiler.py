@@ -239,6 +239,7 @@ def profile(space_or_ops=None, *, device, out, resolutions: Sequence[int] | None
         fusion = fusion or getattr(agent, "fusion", "none")
         if not retime_only:  # a bad selection is refused before a table is made
             ops, res, space = select_ops(space_or_ops, resolutions, granularity, fusion)
+            agent.check_ops(ops)
             if defaulted:
                 granularity = default_granularity(space_or_ops, ops)
             if not fixed:

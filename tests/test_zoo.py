@@ -72,12 +72,11 @@ def test_zoo_model_logits_and_deterministic(which, cnn):
 def test_one_path_rule_on_a_zoo_cnn(cnn):
     pytest.importorskip("onnx", reason="lowering needs onnx")
     pytest.importorskip("onnxruntime", reason="the ort agent's fusion needs onnxruntime")
-    from latbench.modelops import device_fusion, export_module, model_ops
+    from latbench.modelops import export_module, model_ops
 
     module, shape = cnn
-    fusion = device_fusion("ort")
-    from_module = model_ops(module, shape, fusion)
-    from_onnx = model_ops(export_module(module, shape), shape, fusion)
+    from_module = model_ops(module, shape, "ort")
+    from_onnx = model_ops(export_module(module, shape), shape, "ort")
     assert from_module.ops, "the CNN lowers to no op"
     assert [o.key for o in from_module.ops] == [o.key for o in from_onnx.ops]
     assert [o.key for o in from_module.unique] == [o.key for o in from_onnx.unique]

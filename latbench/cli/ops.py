@@ -17,14 +17,13 @@ _SHAPE = typer.Option(None, "--input-shape", help="N,C,H,W: the input shape (a t
 
 
 def model_op_list(model: str, input_shape: Optional[str], device: str, **flags):
-    """The ModelOps of `model` fused as `device` (with its agent `flags`) runs it."""
+    """The ModelOps of `model` as `device` (with its agent `flags`) runs it (latbench.modelops)."""
     from device_agents import agent_options
 
     from ..model_price import parse_input_shape
-    from ..modelops import device_fusion, model_ops
+    from ..modelops import model_ops
 
-    fusion = device_fusion(device, **agent_options(device, flags))
-    return model_ops(model, parse_input_shape(input_shape), fusion)
+    return model_ops(model, parse_input_shape(input_shape), device, **agent_options(device, flags))
 
 
 def ops_command(

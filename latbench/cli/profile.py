@@ -63,7 +63,7 @@ def profile_command(
                                 "inside a network; the default with --space), warm (calls back to back), auto"),
     context_mb: Optional[float] = typer.Option(None, "--context-mb", help="network context: MB read through "
                                                "the caches before each timed call (default: the space's "
-                                               "median subnet weights)"),
+                                               "median subnet weights; with --model, the model's weights)"),
     estimator: Optional[str] = typer.Option(None, "--estimator", help="what a row is priced by: mean (of every "
                                             "sample; a new table's default), median, or round_min (the fastest "
                                             "round's median); a resumed table keeps its own"),
@@ -103,13 +103,14 @@ def profile_command(
         raise UsageError(f"--resolution applies to --space; {ops_file} lists its ops with their shapes")
     options = agent_options(device, flags)
     mo = None
-    if model is not None and not retime_suspect:  # its ops unfused: profile() fuses them as the agent runs them
+    if model is not None and not retime_suspect:  # its ops as the device runs them (latbench.modelops)
         from ..model_price import parse_input_shape
         from ..modelops import model_ops
 
-        mo = model_ops(model, parse_input_shape(input_shape), "none")
+        mo = model_ops(model, parse_input_shape(input_shape), device, **options)
         if not mo.ops:
             raise UsageError(f"--model {model}: no op of it is mapped ({mo.summary()})")
+        context, context_mb = _model_context(out, device, mo, context, context_mb)
     source = None if retime_suspect else (mo.ops if mo is not None else space if space is not None else Path(ops_file))
     run = _run_with_progress(lambda hooks: profile(
         source, device=device, out=out, resolutions=resolution or None, granularity=granularity,
@@ -124,6 +125,24 @@ def profile_command(
         raise typer.Exit(130)
     if run.failed or run.failed_earlier or (mo is not None and mo.unmapped):  # a partial table
         raise typer.Exit(3)
+
+
+def _model_context(out: Path, device: str, mo, context: str, context_mb: Optional[float]):
+    """--model's cache context when left to auto: network with the model's weights read before
+    each timed call (what a run of the model streams between two runs of one of its ops, as a
+    space's median subnet weights do), or the table's own when `out` resumes one."""
+    from device_agents import agent_class
+
+    if context != "auto" or context_mb is not None or "network" not in agent_class(device).contexts:
+        return context, context_mb
+    if out.is_file():
+        from ..store import LatencyTable
+
+        with LatencyTable.open(out, readonly=True) as t:
+            run = t.run_settings
+        if run is not None:
+            return run.context, (run.context_bytes / (1 << 20) if run.context == "network" else None)
+    return "network", mo.weight_bytes / (1 << 20)
 
 
 def _farm_profile(address, out: Path, device, space, ops_file, resolution, granularity, max_ops, retry_failed, flags,

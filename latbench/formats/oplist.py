@@ -236,6 +236,13 @@ def parse_key(key: str, where: str = "<key>") -> OpSpec:
     key = key.strip()
     if key.startswith(OFA_PREFIXES):
         return _parse_ofa(key, where)
+    if key.startswith("node-"):
+        from ..nodes import parse_node
+
+        try:
+            return O.node(parse_node(key, where))
+        except LatbenchError as e:
+            raise FormatError(str(e)) from None
     parts = _KEY_PART.split(key)
     kind = parts[0]
     if kind not in O.KINDS or len(parts) < 2 or not parts[1].startswith("input:"):

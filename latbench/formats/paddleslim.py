@@ -70,6 +70,9 @@ def op_to_line(op: OpSpec) -> str:
     k = op.kind
     if k in O.BLOCK_KINDS:
         raise FormatError(f"a {k} block has no PaddleSlim line ({op.key}); {_HINT}")
+    if k == "node":
+        raise FormatError(f"a runtime graph node has no PaddleSlim line ({op.key[:80]}...); use --format "
+                          f"csv|jsonl, which hold any op")
     if op.role:
         raise FormatError(f"op {op.key} carries the Once-for-All role {op.role!r}, which a PaddleSlim "
                           f"line loses; {_HINT}")
