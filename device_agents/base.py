@@ -388,16 +388,21 @@ class Agent:
         of the per-call cost to each batch when this is > 1)."""
         return timing.interleave if self.interleaves else 1
 
+    def runs_node(self, spec) -> bool:
+        """Whether this agent times the node `spec` (a latbench.nodes.NodeSpec): a node of its
+        runtime's own graph (ONNX domains for ort, "tflite" for LiteRT runtimes)."""
+        return False
+
     def check_ops(self, ops: Sequence[OpSpec]) -> None:
-        """Refuse an op list holding ops this agent cannot build at all (node ops, unless it
-        runs its runtime's graph nodes), before any table is made or any op is timed."""
-        if self.runs_nodes:
-            return
-        nodes = [op for op in ops if op.kind == "node"]
-        if nodes:
-            raise UsageError(f"{self.name}: {len(nodes)} op(s) are ONNX Runtime graph nodes (e.g. "
-                             f"{nodes[0].key[:80]}...), which only the ort agent times; list this device's ops "
-                             f"with `latbench ops --model ... --device {self.name}`")
+        """Refuse an op list holding ops this agent cannot build at all (nodes of another
+        runtime's graph), before any table is made or any op is timed."""
+        foreign = [op for op in ops if op.kind == "node" and not self.runs_node(op.graph_node)]
+        if foreign:
+            spec = foreign[0].graph_node
+            whose = "a LiteRT (.tflite)" if spec.domain == "tflite" else "an ONNX Runtime"
+            raise UsageError(f"{self.name}: {len(foreign)} op(s) are nodes of {whose} graph (e.g. "
+                             f"{foreign[0].key[:80]}...), which this device does not time; list this "
+                             f"device's ops with `latbench ops --model ... --device {self.name}`")
 
     def check_timing(self, timing: TimingSettings) -> None:
         """Refuse settings this agent cannot time under (its rows would claim them falsely): a

@@ -17,7 +17,7 @@ from latbench.ops import OpSpec
 from .base import Agent, AgentOptions, NetworkModel, Prepared
 from .networks import export_onnx
 from .onnx_build import build_onnx, graph_in_shape, graph_out_shape
-from .ort_graph import graph_feeds, graph_tensors, node_model, optimised_model
+from .ort_graph import conv_fusion, graph_feeds, graph_tensors, node_model, optimised_model
 from .ort_layout import network_graph
 from .weights import Weights
 
@@ -70,9 +70,10 @@ class OrtAgent(Agent):
         # network: time ops as they run between convolutions (ort_layout), which differs from an
         # op's own graph only where ONNX Runtime converts to NCHWc (level all)
         self.boundary = boundary if opt_level == "all" else "graph"
-        # BN folding + conv/activation fusion (latbench.ops.FUSIONS["ort"]) happen from EXTENDED
-        # on; BASIC folds BN only, which no FUSIONS entry describes, so it counts as unfused
-        self.fusion = {"all": "ort", "extended": "ort", "basic": "ort-basic"}.get(opt_level, "none")
+        # BN folding + conv/activation fusion happen from EXTENDED on, with the activations the
+        # installed runtime fuses (read off its optimised graph: conv_fusion); BASIC folds BN only
+        self.fusion = conv_fusion(opt_level, provider) if opt_level in ("all", "extended") else \
+            {"basic": "ort-basic"}.get(opt_level, "none")
         self._sess_options = session_options(self.threads, opt_level)
         self._cut_options = session_options(self.threads, "disable")  # cut graphs are optimised already
         self._live: tuple | None = None  # the session (and binding) of the op being timed
@@ -143,6 +144,10 @@ class OrtAgent(Agent):
         self._live = (sess, binding)
         note = {"graph": "between convolutions" if cut is not None else "own"}
         return Prepared(runner(sess, binding), x.sum, keep=(sess, binding, x, outs), note=note)
+
+    def runs_node(self, spec) -> bool:
+        """ONNX nodes (the standard and ONNX Runtime's contrib domains), not LiteRT's."""
+        return spec.domain != "tflite"
 
     def _prepare_node(self, op: OpSpec) -> Prepared:
         """A node of ONNX Runtime's optimised graph (latbench.nodes) as a one-node session with

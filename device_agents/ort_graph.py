@@ -16,6 +16,7 @@ runtime's allocation planner lets it do inside a model (no copy).
 """
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from dataclasses import dataclass
@@ -25,6 +26,9 @@ import numpy as np
 
 from latbench.errors import OpError, require
 from latbench.nodes import EmptyList, NodeSpec, TensorSpec
+
+from .onnx_build import build_onnx_chain
+from .weights import op_weights
 
 ort = require("onnxruntime", "ort")
 onnx = require("onnx", "ort")
@@ -45,6 +49,30 @@ def optimised_model(model: bytes, sess_options, provider: str) -> "onnx.ModelPro
         finally:
             sess_options.optimized_model_filepath = ""
         return onnx.load(path)
+
+
+@functools.lru_cache(maxsize=None)
+def conv_fusion(opt_level: str, provider: str) -> str:
+    """The fusion name (latbench.ops.get_fusion) of what the installed ONNX Runtime does to
+    conv -> activation at `opt_level`: each of latbench's activations built after a conv (as
+    onnx_build builds it) and the graph optimised; fused are those that leave no node of their own.
+    Once per process and level (a few milliseconds a session)."""
+    from latbench import ops as O
+
+    from .ort import session_options
+
+    fused = []
+    for act in O.ACTIVATIONS:
+        conv = O.conv((1, 8, 8, 8), 8, 3, bias=True)
+        chain = [conv, O.activation(conv.out_shape, act), O.conv(conv.out_shape, 8, 1)]
+        model = build_onnx_chain(chain, [op_weights(op) for op in chain]).SerializeToString()
+        opt = optimised_model(model, session_options(1, opt_level), provider)
+        if all(n.op_type in _CONV_NODES for n in opt.graph.node):
+            fused.append(act)
+    return O.fusion_name("ort", fused)
+
+
+_CONV_NODES = {"Conv", "FusedConv", "ReorderInput", "ReorderOutput"}
 
 
 def graph_feeds(proto: "onnx.ModelProto", pool: np.ndarray) -> dict[str, np.ndarray]:

@@ -128,7 +128,12 @@ def price_model(source, model, input_shape: Sequence[int] | None = None, strict:
                          f"{gran}-level entries (profile with granularity op)")
     from .modelops import lower_model
 
+    from .modelops import reads_graph
+
     agent = _graph_agent(pricer, profile)
+    if agent is not None and not reads_graph(agent, model):
+        agent.close()
+        agent = None
     try:
         low = lower_model(model, input_shape, agent)
     finally:

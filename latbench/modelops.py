@@ -83,8 +83,19 @@ def load_callable(spec: str):
     return model
 
 
+def is_tflite_source(model) -> bool:
+    """A .tflite file (by its suffix) or .tflite bytes (the TFL3 file identifier)."""
+    if isinstance(model, (bytes, bytearray)):
+        return bytes(model[4:8]) == b"TFL3"
+    if isinstance(model, (str, os.PathLike)):
+        return os.fspath(model).endswith(".tflite")
+    return False
+
+
 def is_onnx_source(model) -> bool:
     """An ONNX file, bytes or ModelProto, as opposed to a torch module or a module:callable spec."""
+    if is_tflite_source(model):
+        return False
     if isinstance(model, (bytes, bytearray)):
         return True
     if isinstance(model, (str, os.PathLike)):
@@ -143,16 +154,25 @@ def onnx_source(model, input_shape: Sequence[int] | None = None):
     return model
 
 
+def reads_graph(agent, model) -> bool:
+    """Whether `agent` lowers `model` as its runtime's own graph, node by node: it runs nodes
+    and the model is in its runtime's form (.tflite for LiteRT, ONNX or torch for ort)."""
+    kind = "tflite" if is_tflite_source(model) else "onnx"
+    return agent is not None and getattr(agent, "runs_nodes", False) and agent.model_kind == kind
+
+
 def lower_model(model, input_shape: Sequence[int] | None = None, agent=None):
-    """`model` (see `onnx_source`) lowered: with an `agent` that runs nodes (ort), the nodes of
-    its runtime's optimised graph (`agent.lower_model`); otherwise latbench's typed ops, unfused
-    (latbench.lower.lower_onnx). The Lowering (ops, free, unmapped)."""
+    """`model` (see `onnx_source`; or a .tflite file or bytes) lowered: where `agent` reads its
+    runtime's graph (`reads_graph`), the nodes of that graph (`agent.lower_model`); otherwise
+    latbench's typed ops, unfused (latbench.lower.lower_onnx). The Lowering (ops, free, unmapped)."""
     from .lower import lower_onnx
 
-    source = onnx_source(model, input_shape)
-    if agent is not None and getattr(agent, "runs_nodes", False):
-        return agent.lower_model(source, input_shape)
-    return lower_onnx(source, input_shape)
+    if reads_graph(agent, model):
+        return agent.lower_model(model if is_tflite_source(model) else onnx_source(model, input_shape), input_shape)
+    if is_tflite_source(model):
+        raise UsageError(f"{_name(model)}: a .tflite model is lowered as LiteRT runs it, node by node: "
+                         f"give a LiteRT device (--device tflite)")
+    return lower_onnx(onnx_source(model, input_shape), input_shape)
 
 
 def model_ops(model, input_shape: Sequence[int] | None = None, device: str | None = None,
@@ -169,13 +189,16 @@ def model_ops(model, input_shape: Sequence[int] | None = None, device: str | Non
     if getattr(agent_class(device), "runs_nodes", False):
         agent = get_agent(device, **options)
         try:
-            low = lower_model(model, input_shape, agent)
-            level = getattr(agent, "opt_level", None)
-            how = f"{device} graph" + (f" (opt level {level})" if level else "")
+            if reads_graph(agent, model):
+                low = lower_model(model, input_shape, agent)
+                level = getattr(agent, "opt_level", None)
+                how = f"{device} graph" + (f" (opt level {level})" if level else "")
+                return ModelOps(name, how, list(low.ops), len(low.free), list(low.unmapped), shape)
+            fusion = agent.fusion
         finally:
             agent.close()
-        return ModelOps(name, how, list(low.ops), len(low.free), list(low.unmapped), shape)
-    fusion = device_fusion(device, **options)
+    else:
+        fusion = device_fusion(device, **options)
     low = lower_model(model, input_shape)
     return ModelOps(name, fusion, fuse(list(low.ops), fusion), len(low.free), list(low.unmapped), shape)
 
@@ -202,5 +225,5 @@ def _name(model) -> str:
     return type(model).__name__
 
 
-__all__ = ["ModelOps", "OPSET", "device_fusion", "export_module", "load_callable", "lower_model", "model_ops",
-           "onnx_source"]
+__all__ = ["ModelOps", "OPSET", "device_fusion", "export_module", "is_tflite_source", "load_callable",
+           "lower_model", "model_ops", "onnx_source", "reads_graph"]

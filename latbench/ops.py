@@ -563,10 +563,30 @@ FUSIONS = {
 }
 
 
+def get_fusion(name: str) -> Fusion:
+    """A fusion by name: a FUSIONS entry, or BASE:ACT,ACT,... - BASE's batch-norm folding with the
+    activations listed fused into the conv (what the ort agent read off the installed runtime's
+    optimised graph when it differs from BASE's list, e.g. 'ort:hsigmoid,hswish,relu,relu6,sigmoid,tanh')."""
+    if name in FUSIONS:
+        return FUSIONS[name]
+    base, sep, listed = name.partition(":")
+    acts = frozenset(a for a in listed.split(",") if a)
+    if not sep or base not in FUSIONS or not acts <= set(ACTIVATIONS):
+        raise OpError(f"unknown fusion {name!r} (known: {', '.join(FUSIONS)}, or BASE:ACT,ACT,... with "
+                      f"activations among {', '.join(ACTIVATIONS)})")
+    return Fusion(name, FUSIONS[base].bn, acts)
+
+
+def fusion_name(base: str, acts) -> str:
+    """The name of BASE's fusion with `acts` fused: BASE itself when they are BASE's own list."""
+    acts = frozenset(acts)
+    return base if acts == FUSIONS[base].acts else f"{base}:{','.join(sorted(acts))}"
+
+
 def fuse(op_list: list[OpSpec], fusion: Fusion | str = "none") -> list[OpSpec]:
     """Merge conv -> batch_norm -> activation runs the way `fusion`'s runtime executes them: the BN
     folded into the conv's bias, the activation fused into the conv."""
-    f = FUSIONS[fusion] if isinstance(fusion, str) else fusion
+    f = get_fusion(fusion) if isinstance(fusion, str) else fusion
     if not f.bn and not f.acts:
         return list(op_list)
     out: list[OpSpec] = []

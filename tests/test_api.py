@@ -165,7 +165,9 @@ def test_profile_an_op_list_on_ort_then_price_it(tmp_path) -> None:
     assert run.timing.context == "warm" and "per-call cost" in run.words()
     with latbench.open_table(out) as t:
         est, inv = t.estimates(), t.invocation.estimate_ms
-        assert (t.run_settings.granularity, t.run_settings.fusion) == ("op", "ort")
+        # the activations the installed ONNX Runtime fuses into a conv at level all (relu among them)
+        assert t.run_settings.granularity == "op" and t.run_settings.fusion.startswith("ort")
+        assert "relu" in latbench.ops.get_fusion(t.run_settings.fusion).acts
     pred = latbench.Predictor.from_table(out)
     hand = inv + math.fsum(v - inv for v in est.values())
     assert pred.price(ops).ms == pytest.approx(hand, rel=1e-12)

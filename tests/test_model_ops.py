@@ -136,7 +136,9 @@ def test_profile_model_times_its_ops_as_predict_prices_them(tmp_path, cli) -> No
     assert code == 0, err
     with LatencyTable.open(table, readonly=True) as t:
         assert t.keys(status="ok") == {op.key for op in model_ops(str(path), None, "ort").ops}
-        assert t.run_settings.granularity == "op" and t.run_settings.fusion == "ort"
+        from device_agents.ort import OrtAgent
+
+        assert t.run_settings.granularity == "op" and t.run_settings.fusion == OrtAgent().fusion
     code, out, err = cli("predict", "--table", str(table), "--model", str(path), "--json")
     assert code == 0, err
     (row,) = json.loads(out)["predictions"]

@@ -18,6 +18,7 @@ from device_agents.onnx_build import build_onnx, build_onnx_chain  # noqa: E402
 from device_agents.ort import OrtAgent, timing_weights  # noqa: E402
 from device_agents.weights import op_weights  # noqa: E402
 from latbench import ops as O  # noqa: E402
+from latbench.errors import OpError  # noqa: E402
 from latbench.measure import TimingSettings  # noqa: E402
 from latbench.ops import OpSpec  # noqa: E402
 
@@ -191,7 +192,40 @@ def test_opt_levels_are_distinct_profiles() -> None:
     assert dict(own.options) == {"opt_level": "all"} and own.id != p.id
     assert dict(ids["extended"].options) == {"opt_level": "extended"}  # no NCHWc: own graphs run
     assert OrtAgent(threads=2).profile.id != p.id
-    assert OrtAgent(opt_level="all").fusion == "ort" and OrtAgent(opt_level="disable").fusion == "none"
+    assert OrtAgent(opt_level="basic").fusion == "ort-basic" and OrtAgent(opt_level="disable").fusion == "none"
+
+
+@pytest.mark.parametrize("level", ["all", "extended"])
+def test_the_conv_fusion_list_is_the_installed_runtimes(level) -> None:
+    """The activations the agent's fusion fuses into a conv are exactly those ONNX Runtime's own
+    optimised graph (lowered node by node) holds no node for after a conv."""
+    from latbench.modelops import model_ops
+
+    from device_agents.onnx_build import build_onnx_chain
+    from device_agents.weights import op_weights
+
+    agent = OrtAgent(opt_level=level)
+    fusion = O.get_fusion(agent.fusion)
+    assert fusion.bn and {"relu", "relu6"} <= fusion.acts
+    for act in O.ACTIVATIONS:
+        conv = O.conv((1, 8, 8, 8), 8, 3, bias=True)
+        chain = [conv, O.activation(conv.out_shape, act), O.conv(conv.out_shape, 8, 1)]
+        model = build_onnx_chain(chain, [op_weights(op) for op in chain]).SerializeToString()
+        nodes = {op.graph_node.op_type for op in model_ops(model, None, "ort", opt_level=level).ops}
+        runtime_fused = nodes <= {"Conv", "FusedConv", "ReorderInput", "ReorderOutput"}
+        assert (act in fusion.acts) == runtime_fused, (act, nodes)
+        assert len(O.fuse(chain, fusion)) == (2 if runtime_fused else 3)
+
+
+def test_fusion_names() -> None:
+    assert O.get_fusion("ort") is O.FUSIONS["ort"]
+    f = O.get_fusion("ort:hswish,relu")
+    assert f.bn and f.acts == {"hswish", "relu"} and f.name == "ort:hswish,relu"
+    assert O.fusion_name("ort", O.FUSIONS["ort"].acts) == "ort"
+    assert O.fusion_name("ort", {"relu", "hswish"}) == "ort:hswish,relu"
+    for bad in ("onnx", "ort:warp", "nope:relu"):
+        with pytest.raises(OpError, match="unknown fusion"):
+            O.get_fusion(bad)
 
 
 def test_bad_settings_and_bad_op() -> None:
