@@ -1,39 +1,39 @@
-"""Zoo benchmark: real models priced from one op-level ONNX Runtime table, against the plain yardstick.
+"""Zoo benchmark: real models priced as ONNX Runtime runs them, against the plain yardstick.
 
 For each latbench.zoo model (transformers architectures built from their configs, seeded weights,
 no download): export once (latbench.modelops.export_module), lower it as ONNX Runtime runs it
-(model_ops with the ort agent's fusion) and print its coverage: ops, unique ops, the compute nodes
-no latbench op maps (by type, with counts), and the share of the model's FLOPs (convolutions and
-matrix products as torch's FlopCounterMode counts them, attention included) that the mapped ops
-carry. The union of every model's unique mapped ops is profiled into ONE op-level table (ort, 1
-thread, `latbench.profile`, op granularity, the cache context `latbench profile --model` uses),
-and each model is priced from it (latbench.model_price.price_model: the sum of its ops' entries)
-and measured end to end with the plain yardstick as latbench.validate measures subnets
+(`latbench ops --model --device ort`: the nodes of ONNX Runtime's own optimised graph, 1 thread,
+level all) and print its coverage: nodes, unique nodes, nodes latbench cannot time, the share of
+the model's FLOPs (convolutions and matrix products as torch's FlopCounterMode counts them,
+attention included) in the nodes, and beside it how many nodes latbench's typed ops leave
+unmapped (the lowering torch and tflite devices use for an ONNX model). Each model's unique nodes
+are profiled into a table of its own exactly as `latbench profile --model` does (ort, 1 thread,
+op granularity, network context with the model's weights read through the caches before each
+timed call), the model is priced from it as `latbench predict --model` does
+(latbench.model_price.price_model: the sum of its nodes' entries less the per-call cost, plus it
+once) and measured end to end with the plain yardstick as latbench.validate measures subnets
 (latbench.yardstick: ORT session.run on the exported model, 1 intra-op thread, a fresh session
 per pass, passes interleaved across the models, the median of the pass medians). Per model:
 predicted and measured ms, the error, the yardstick's noise ceiling for that model (each pass
 against the median of its other passes: log sd and the worst pass), and the baseline measured in
 the same run: a leave-one-out FLOPs fit (ms = a * MFLOPs + b fitted on the other models'
-measured values, whole-model FLOPs). Models with unmapped nodes are priced anyway (their mapped
-ops only) and flagged PARTIAL.
+measured values, whole-model FLOPs). Models with unmapped nodes would be priced on their mapped
+nodes and flagged PARTIAL.
 
 Goals:
   unmapped compute nodes over the zoo: 0;
-  |error| of the table's price: median <= 5% and worst <= 10%, over the fully mapped models and
-  over all models;
+  |error| of the table's price: median <= 5% and worst <= 10%;
   the table beats the FLOPs fit on median |error|.
-Today several are missed (transformer blocks lower to MatMul/LayerNormalization/Transpose nodes no
-latbench op describes yet): this benchmark shows that baseline and the coverage worklist.
+`--context warm` profiles calls back to back instead (the comparison row for the cache context).
 
-Timing (default: about 3 minutes for the whole zoo, 187 unique ops, on this 2-core host; the
-budget is 15): profile 10 rounds over 24 interleaved ops, >= 10 samples a round, a round stops at
-IQR/median < 5% or its share of 1 s per op; yardstick 3 passes of >= 50 runs and >= 0.5 s.
---quick: 3 rounds, >= 5 samples, 0.2 s per op; 3 passes of >= 10 runs and >= 0.1 s (about 1
-minute; figures noisier).
+Timing on this 2-core host (825 unique nodes over the zoo): default about 12 minutes (profile 10
+rounds over 24 interleaved ops, >= 10 samples a round, a round stops at IQR/median < 5% or its
+share of 1 s per op; yardstick 3 passes of >= 50 runs and >= 0.5 s); --quick about 4 minutes
+(3 rounds, >= 5 samples, 0.2 s per op; 3 passes of >= 10 runs and >= 0.1 s; figures noisier).
 
     python benchmarks/zoo.py                       # every zoo model
     python benchmarks/zoo.py --quick
-    python benchmarks/zoo.py --models resnet18,vit_tiny --json /tmp/zoo.json
+    python benchmarks/zoo.py --models resnet18,vit_tiny --context warm --json /tmp/zoo.json
 """
 from __future__ import annotations
 
@@ -84,6 +84,7 @@ class ZooRow:
     extra: dict[str, Any] = field(default_factory=dict)
 
     typed: Any = None  # latbench.modelops.ModelOps: latbench's typed ops (what torch/tflite devices price)
+    table: Path | None = None  # the model's own table
 
     @property
     def mapped_flops(self) -> int:
@@ -150,51 +151,41 @@ def build_rows(names: list[str]) -> list[ZooRow]:
     return rows
 
 
-def profile_union(rows: list[ZooRow], path: Path, a) -> Any:
-    """The union of every model's unique mapped ops profiled into one op-level ort table."""
+def profile_each(rows: list[ZooRow], workdir: Path, a) -> list[Any]:
+    """Each model's unique ops profiled into a table of its own, as `latbench profile --model`
+    does: ort, 1 thread, op granularity, in network context with the model's own weights read
+    through the caches before each timed call (--context warm: calls back to back)."""
     import latbench
-    from latbench.ops import unique
 
-    ops = unique([o for r in rows for o in r.mops.ops])
-    done = {"n": 0, "total": len(ops)}
+    runs = []
     t0 = time.perf_counter()
-
-    def on_start(total: int) -> None:
-        done["total"] = total
-
-    def on_result(m) -> None:
-        done["n"] += 1
-        step = max(1, done["total"] // 10)
-        if done["n"] % step == 0 or done["n"] == done["total"]:
-            log(f"  profile: {done['n']}/{done['total']} ops ({time.perf_counter() - t0:.0f} s, load {load()})")
-
-    if not ops:
-        log("no model has a mapped op: nothing to profile")
-        return None, 0
-    ctx: dict[str, Any] = {"context": "warm"}
-    if a.context == "network":  # as `profile --model` times one model: its weights read between calls
-        ctx = {"context": "network", "context_mb": float(np.median([r.mops.weight_bytes for r in rows])) / (1 << 20)}
-    log(f"profile {len(ops)} unique ops into {path} ({a.context} context; load {load()})")
-    return latbench.profile(ops, device="ort", out=str(path), threads=1, granularity="op",
-                            max_time_s=a.max_time, min_samples=a.min_samples, target_iqr=a.target_iqr,
-                            rounds=a.rounds, on_start=on_start, on_result=on_result, **ctx), len(ops)
+    for i, r in enumerate(rows):
+        path = workdir / f"{r.name}-ort-1t-{a.context}{'-quick' if a.quick else ''}.sqlite"
+        if path.exists() and not a.keep_tables:
+            path.unlink()  # a fresh table: its entries and the yardstick are timed in the same run
+        ctx: dict[str, Any] = {"context": "warm"}
+        if a.context == "network":
+            ctx = {"context": "network", "context_mb": r.mops.weight_bytes / (1 << 20)}
+        run = latbench.profile(r.mops.unique, device="ort", out=str(path), threads=1, granularity="op",
+                               max_time_s=a.max_time, min_samples=a.min_samples, target_iqr=a.target_iqr,
+                               rounds=a.rounds, **ctx)
+        r.table = path
+        runs.append(run)
+        log(f"  profile {i + 1}/{len(rows)} {r.name}: {len(r.mops.unique)} ops ({time.perf_counter() - t0:.0f} s, "
+            f"load {load()})")
+    return runs
 
 
-def price_rows(rows: list[ZooRow], path: Path) -> None:
-    """Each model's price from the table (its mapped ops; a key the table lacks by the fallback)."""
+def price_rows(rows: list[ZooRow]) -> None:
+    """Each model's price from its own table (`latbench predict --model`: the sum of its nodes'
+    entries less the per-call cost, plus it once; a key the table lacks by the fallback)."""
     from latbench.model_price import price_model
     from latbench.store import LatencyTable
 
     for r in rows:
-        if not r.mops.ops:
-            r.predicted_ms = 0.0  # nothing of it is mapped: the table prices nothing
-    if not path.exists():
-        return
-    with LatencyTable.open(str(path), create=False) as table:
-        for r in rows:
-            if r.mops.ops:
-                mp = price_model(table, r.onnx, r.input_shape, max_fallback=None)
-                r.predicted_ms, r.misses = mp.price.raw_ms, len(mp.price.misses)
+        with LatencyTable.open(str(r.table), readonly=True) as table:
+            mp = price_model(table, r.onnx, r.input_shape, max_fallback=None)
+        r.predicted_ms, r.misses = mp.price.raw_ms, len(mp.price.misses)
 
 
 def measure_rows(rows: list[ZooRow], yardstick) -> Any:
@@ -268,7 +259,7 @@ def error_lines(label: str, rows: list[ZooRow]) -> list[str]:
     return out
 
 
-def report(rows: list[ZooRow], ys, run, n_ops: int, walls: dict[str, float]) -> list[str]:
+def report(rows: list[ZooRow], ys, runs: list[Any], walls: dict[str, float]) -> list[str]:
     from latbench.yardstick import noise_ceiling, pass_ratios
 
     out = [f"per model (ort, 1 thread; measured: yardstick, {ys.describe()}; predicted: table sum of mapped ops):",
@@ -305,9 +296,12 @@ def report(rows: list[ZooRow], ys, run, n_ops: int, walls: dict[str, float]) -> 
     if math.isfinite(ceiling.log_sd) and ceiling.log_sd > GOAL_MEDIAN:
         out.append(f"  the yardstick's own pass-to-pass log sd ({100 * ceiling.log_sd:.1f}%) is above the "
                    f"{100 * GOAL_MEDIAN:.0f}% goal: this machine's noise alone can miss it")
-    if run is not None:
-        out.append(f"  table: {n_ops} unique ops, {run.measured} measured, {run.skipped} already stored, "
-                   f"{run.failed + run.failed_earlier} failed; {run.table}")
+    typed = sum(len(r.typed.unmapped) for r in rows)
+    out.append(f"  typed ops (how torch and tflite devices price an ONNX model): {typed} nodes unmapped in "
+               f"{sum(1 for r in rows if r.typed.unmapped)} of {len(rows)} models")
+    out.append(f"  tables: one per model, {sum(len(r.mops.unique) for r in rows)} unique ops in all, "
+               f"{sum(r.measured for r in runs)} measured, {sum(r.skipped for r in runs)} already stored, "
+               f"{sum(r.failed + r.failed_earlier for r in runs)} failed; in {rows[0].table.parent if rows else '-'}")
     out.append("  wall: " + ", ".join(f"{k} {v:.0f} s" for k, v in walls.items()) + f"; load average now {load()}")
     return out
 
@@ -318,8 +312,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="much shorter timing (minutes; noisier figures)")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "latbench-zoo"),
                     help="where the table goes")
-    ap.add_argument("--table", help="an op-level ort table to reuse (missing keys are profiled into it); "
-                    "default: a fresh table in --workdir, timed in this run")
+    ap.add_argument("--keep-tables", action="store_true", help="resume the models' tables in --workdir "
+                    "(missing keys are profiled into them); default: fresh tables, timed in this run")
     ap.add_argument("--max-time", type=float, help="profile: time cap per op (s)")
     ap.add_argument("--min-samples", type=int, help="profile: samples a round, at least")
     ap.add_argument("--target-iqr", type=float, default=0.05, help="profile: a round stops below this IQR/median")
@@ -352,9 +346,6 @@ def main() -> None:
         raise SystemExit(f"zoo: {e}") from None
     workdir = Path(a.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    path = Path(a.table) if a.table else workdir / f"zoo-ort-op-1t-{a.context}{'-quick' if a.quick else ''}.sqlite"
-    if not a.table and path.exists():
-        path.unlink()  # a fresh table: its entries and the yardstick are timed in the same run
 
     import onnxruntime
     import torch
@@ -371,26 +362,26 @@ def main() -> None:
     rows = build_rows(names)
     walls["export+lower"] = time.perf_counter() - t0
     t1 = time.perf_counter()
-    run, n_ops = profile_union(rows, path, a)
+    runs = profile_each(rows, workdir, a)
     walls["profile"] = time.perf_counter() - t1
-    price_rows(rows, path)
+    price_rows(rows)
     t1 = time.perf_counter()
     ys = measure_rows(rows, yardstick)
     walls["yardstick"] = time.perf_counter() - t1
     flops_fit(rows)
     walls["total"] = time.perf_counter() - t0
-    for line in report(rows, ys, run, n_ops, walls):
+    for line in report(rows, ys, runs, walls):
         print(line)
     sys.stdout.flush()
     if a.json:
         Path(a.json).write_text(json.dumps({
-            "settings": {k: v for k, v in vars(a).items()}, "yardstick": ys.to_dict(), "table": str(path),
+            "settings": {k: v for k, v in vars(a).items()}, "yardstick": ys.to_dict(),
             "models": [{"name": r.name, "kind": r.kind, "input_shape": list(r.input_shape), "flops": r.flops,
                         "mapped_flops": r.mapped_flops, "ops": len(r.mops.ops), "unique_ops": len(r.mops.unique),
                         "unmapped": dict(r.mops.unmapped_counts()),
                         "typed_unmapped": dict(r.typed.unmapped_counts()),
                         "unmapped_nodes": [u._asdict() for u in r.mops.unmapped], "measured_ms": r.measured_ms,
-                        "predicted_ms": r.predicted_ms, "flops_fit_ms": r.flops_fit_ms, "misses": r.misses,
+                        "predicted_ms": r.predicted_ms, "table": str(r.table), "flops_fit_ms": r.flops_fit_ms, "misses": r.misses,
                         "yardstick": r.reading.to_dict(ys.statistic)} for r in rows]}, indent=1))
 
 

@@ -399,7 +399,7 @@ class Agent:
         foreign = [op for op in ops if op.kind == "node" and not self.runs_node(op.graph_node)]
         if foreign:
             spec = foreign[0].graph_node
-            whose = "a LiteRT (.tflite)" if spec.domain == "tflite" else "an ONNX Runtime"
+            whose = {"tflite": "a LiteRT (.tflite)", "aten": "a torch eager (ATen)"}.get(spec.domain, "an ONNX Runtime")
             raise UsageError(f"{self.name}: {len(foreign)} op(s) are nodes of {whose} graph (e.g. "
                              f"{foreign[0].key[:80]}...), which this device does not time; list this "
                              f"device's ops with `latbench ops --model ... --device {self.name}`")

@@ -4,6 +4,7 @@ kernels. The same model bytes are what an Android agent pushes to benchmark_mode
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Sequence
@@ -17,6 +18,9 @@ from latbench.ops import OpSpec
 from .base import Agent, AgentOptions, NetworkModel, Prepared
 from .networks import tflite_network
 from .tflite_build import build_tflite
+from .tflite_graph import lower_tflite, read_model, tflite_node_model
+
+POOL_SIZE = 1 << 20
 
 
 def _runtime() -> tuple[Any, Any, str, str]:
@@ -48,6 +52,7 @@ class LiteRTAgent(Agent):
     name = "tflite"
     model_kind = "tflite"
     fusion = "tflite"  # converters fold BN into the conv and fuse RELU/RELU6 (tflite_build does too)
+    runs_nodes = True  # times node ops of domain "tflite": the operators of a .tflite model (lower_model)
 
     Options = LiteRTOptions
 
@@ -55,6 +60,7 @@ class LiteRTAgent(Agent):
         super().__init__(**options)
         self.xnnpack = self.opts.xnnpack
         self._Interpreter, self._Resolver, self._runtime_name, self._version = _runtime()
+        self._pool: np.ndarray | None = None
 
     @classmethod
     def options_from_profile(cls, profile: DeviceProfile) -> dict[str, Any]:
@@ -66,13 +72,28 @@ class LiteRTAgent(Agent):
                             delegate="xnnpack" if self.xnnpack else "builtin")
 
     # ---------------------------------------------------------------- interpreter
-    def interpreter(self, model: bytes | str | os.PathLike):
-        """An allocated interpreter for model bytes or a .tflite path, with this agent's settings."""
+    def interpreter(self, model: bytes | str | os.PathLike, preserve_all_tensors: bool = False,
+                    input_shape: Sequence[int] | None = None):
+        """An allocated interpreter for model bytes or a .tflite path, with this agent's settings;
+        `preserve_all_tensors` keeps every intermediate tensor readable after invoke (LiteRT then
+        runs its builtin kernels, no delegate); `input_shape` resizes the one input first."""
         resolver = self._Resolver.AUTO if self.xnnpack else self._Resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         src = {"model_content": bytes(model)} if isinstance(model, (bytes, bytearray)) else {"model_path": os.fspath(model)}
-        it = self._Interpreter(**src, num_threads=self.threads, experimental_op_resolver_type=resolver)
+        extra = {"experimental_preserve_all_tensors": True} if preserve_all_tensors else {}
+        with warnings.catch_warnings():  # preserving tensors is what lowering asks for, not a mistake
+            warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors")
+            it = self._Interpreter(**src, num_threads=self.threads, experimental_op_resolver_type=resolver, **extra)
+        if input_shape is not None:
+            it.resize_tensor_input(it.get_input_details()[0]["index"], [int(d) for d in input_shape])
         it.allocate_tensors()
         return it
+
+    @property
+    def pool(self) -> np.ndarray:
+        """Seeded standard normals (float32) that node inputs and weights are cut from."""
+        if self._pool is None:
+            self._pool = np.random.default_rng(self.seed).standard_normal(POOL_SIZE, dtype=np.float32)
+        return self._pool
 
     def _feed_random(self, it) -> None:
         """Fill every input once with seeded random data; floats uniform in [-1, 1), drawn in
@@ -95,7 +116,61 @@ class LiteRTAgent(Agent):
         return build_tflite(op, self.weights(op))
 
     def prepare_op(self, op: OpSpec) -> Prepared:
+        """An interpreter for `op`'s model on seeded inputs (a node op: its one-operator model,
+        tflite_graph.tflite_node_model); calling it invokes once, `touch` re-reads the inputs."""
+        if op.kind == "node":
+            return self._prepare_node(op)
         return self.prepare_model(self.model(op))
+
+    # ---------------------------------------------------------------- nodes
+    def runs_node(self, spec) -> bool:
+        """LiteRT operators (domain "tflite"), not ONNX Runtime's nodes."""
+        return spec.domain == "tflite"
+
+    def _prepare_node(self, op: OpSpec) -> Prepared:
+        nm = tflite_node_model(op.graph_node, self.pool)
+        it = self.interpreter(nm.model)
+        for idx, arr in nm.feeds.items():
+            it.set_tensor(idx, arr)
+        views = [it.tensor(idx) for idx in nm.feeds]
+
+        def touch() -> None:
+            for v in views:
+                v().sum()
+
+        return Prepared(it.invoke, touch, keep=(it, nm), note={"graph": "runtime node"})
+
+    def run_node(self, op: OpSpec) -> list[np.ndarray]:
+        """One invoke of a node op on its seeded inputs: its outputs (spec order, None skipped)."""
+        prepared = self._prepare_node(op)
+        prepared()
+        it, nm = prepared.keep
+        return [it.get_tensor(i).copy() for i in nm.outputs]
+
+    def lower_model(self, model: bytes | str | os.PathLike, input_shape: Sequence[int] | None = None):
+        """A .tflite model as LiteRT runs it: one node op per operator of its main subgraph
+        (tflite_graph.lower_tflite), shapes, dtypes and small integer values from one seeded run
+        in this agent's interpreter. An input shape must be the model's (or fill its dynamic dims)."""
+        from latbench.errors import FormatError, UsageError
+
+        if isinstance(model, (bytes, bytearray)):
+            data, name = bytes(model), "<tflite bytes>"
+        else:
+            name = os.fspath(model)
+            try:
+                with open(name, "rb") as f:
+                    data = f.read()
+            except OSError as e:
+                raise UsageError(f"{name}: cannot read it ({e.strerror or e})") from None
+        m = read_model(data, name)
+        shape = _check_input_shape(m, name, input_shape)
+        try:
+            return lower_tflite(data, lambda b: self.interpreter(b, preserve_all_tensors=True, input_shape=shape),
+                                self.pool, name)
+        except (FormatError, UsageError):
+            raise
+        except Exception as e:  # noqa: BLE001 - the interpreter's own errors, said in one line
+            raise FormatError(f"{name}: LiteRT cannot run it ({' '.join(str(e).split())[:300]})") from None
 
     def network_model(self, space, config) -> NetworkModel:
         """The subnet as one .tflite (networks.tflite_network, canonical weights of this seed)."""
@@ -131,6 +206,27 @@ class LiteRTAgent(Agent):
         it.invoke()
         y = it.get_tensor(it.get_output_details()[0]["index"])
         return np.ascontiguousarray(y.transpose(0, 3, 1, 2)) if y.ndim == 4 else y.copy()
+
+
+def _check_input_shape(m, name: str, input_shape: Sequence[int] | None) -> tuple[int, ...] | None:
+    """None (run the model as it is), or the shape to resize its one input to; an input shape
+    that disagrees with a fixed dim of the model's input is a UsageError."""
+    from latbench.errors import UsageError
+
+    if input_shape is None:
+        return None
+    shape = tuple(int(d) for d in input_shape)
+    sg = m.subgraphs[0]
+    if len(sg.inputs) != 1:
+        raise UsageError(f"{name}: an input shape sets the shape of a model with one input; this one has "
+                         f"{len(sg.inputs)}")
+    t = sg.tensors[sg.inputs[0]]
+    fixed = [int(d) for d in t.shape]
+    sig = [int(d) for d in t.shapeSignature] if t.shapeSignature is not None and len(t.shapeSignature) else fixed
+    given, have = ",".join(map(str, shape)), "x".join(str(d) if d >= 0 else "?" for d in sig)
+    if len(shape) != len(sig) or any(d < 1 for d in shape) or any(s >= 0 and s != d for s, d in zip(sig, shape)):
+        raise UsageError(f"{name}: its input is fixed at {have}; the input shape {given} disagrees")
+    return None if list(shape) == fixed else shape
 
 
 __all__ = ["LiteRTAgent"]

@@ -146,8 +146,8 @@ class OrtAgent(Agent):
         return Prepared(runner(sess, binding), x.sum, keep=(sess, binding, x, outs), note=note)
 
     def runs_node(self, spec) -> bool:
-        """ONNX nodes (the standard and ONNX Runtime's contrib domains), not LiteRT's."""
-        return spec.domain != "tflite"
+        """ONNX nodes (the standard and ONNX Runtime's contrib domains), not LiteRT's or ATen's."""
+        return spec.domain not in ("tflite", "aten")
 
     def _prepare_node(self, op: OpSpec) -> Prepared:
         """A node of ONNX Runtime's optimised graph (latbench.nodes) as a one-node session with

@@ -123,10 +123,61 @@ class TorchCPUAgent(Agent):
     name = "cpu"
     device_type = "cpu"
     model_kind = "torch"
+    runs_nodes = True  # times ATen calls (latbench.nodes, domain aten): a module as eager runs it
 
     def __init__(self, **options: Any):
         super().__init__(**options)
         self.device = torch.device(self.device_type)
+        self._pool: np.ndarray | None = None
+
+    @property
+    def pool(self) -> np.ndarray:
+        """Seeded standard normals (float32) that a node's tensors are cut from."""
+        if self._pool is None:
+            self._pool = np.random.default_rng(self.seed).standard_normal(1 << 20, dtype=np.float32)
+        return self._pool
+
+    def runs_node(self, spec) -> bool:
+        """ATen calls, as torch.export records a module (device_agents.torch_graph)."""
+        return spec.domain == "aten"
+
+    def lower_model(self, model, input_shape: Sequence[int] | None = None):
+        """A torch module as eager runs it: the ATen calls torch.export records, one node op each
+        (device_agents.torch_graph.lower_module); `input_shape` is required."""
+        from .torch_graph import lower_module
+
+        if input_shape is None:
+            raise UsageError(f"{self.name}: a torch module needs its input shape (e.g. 1,3,224,224)")
+        with torch.random.fork_rng(devices=[]):
+            return lower_module(model, input_shape)
+
+    def _prepare_node(self, op: OpSpec) -> Prepared:
+        """One ATen call of a node op on fresh tensors of its shapes (torch_graph.node_call); the
+        first call surfaces errors and warms up; `touch` re-reads its data inputs."""
+        from .torch_graph import node_call
+
+        spec = op.graph_node
+        with self._state():
+            call, made = node_call(spec, self.device, self.pool)
+            call()
+            self._sync_now()
+        present = [t for t in spec.inputs if t is not None]
+        data = [v for t, v in zip(present, made) if not t.const and t.is_float]
+
+        def touch() -> Any:
+            return [v.sum() for v in data]
+
+        return Prepared(call, touch, keep=made, note={"graph": "runtime node"})
+
+    def run_node(self, op: OpSpec) -> list[np.ndarray]:
+        """One call of a node op on its seeded tensors: its tensor outputs as arrays (conformance)."""
+        from .torch_graph import node_call
+
+        with self._state():
+            call, _ = node_call(op.graph_node, self.device, self.pool)
+            y = call()
+        ys = y if isinstance(y, (list, tuple)) else (y,)
+        return [t.detach().cpu().numpy() for t in ys if isinstance(t, torch.Tensor)]
 
     # ------------------------------------------------------------ identity
     def fingerprint(self) -> DeviceProfile:
@@ -164,6 +215,8 @@ class TorchCPUAgent(Agent):
     def prepare_op(self, op: OpSpec) -> Prepared:
         """The reference module on a fixed input, run once; the closure is meant to be called
         inside `measure` (which holds the thread count and inference mode around it)."""
+        if op.kind == "node":
+            return self._prepare_node(op)
         with self._state():
             module = self._module(op)
             x = torch.from_numpy(self.input(op)).to(self.device)

@@ -156,9 +156,22 @@ def onnx_source(model, input_shape: Sequence[int] | None = None):
 
 def reads_graph(agent, model) -> bool:
     """Whether `agent` lowers `model` as its runtime's own graph, node by node: it runs nodes
-    and the model is in its runtime's form (.tflite for LiteRT, ONNX or torch for ort)."""
-    kind = "tflite" if is_tflite_source(model) else "onnx"
-    return agent is not None and getattr(agent, "runs_nodes", False) and agent.model_kind == kind
+    and the model is in a form its runtime takes (.tflite for LiteRT; ONNX, or a torch module
+    exported to it, for ort; a torch module for torch eager)."""
+    if agent is None or not getattr(agent, "runs_nodes", False):
+        return False
+    if is_tflite_source(model):
+        return agent.model_kind == "tflite"
+    if is_onnx_source(model):
+        return agent.model_kind == "onnx"
+    return agent.model_kind in ("onnx", "torch")
+
+
+def torch_source(model):
+    """A torch module, or the one a "module:callable" spec returns."""
+    if isinstance(model, str) and ":" in model:
+        return load_callable(model)
+    return model
 
 
 def lower_model(model, input_shape: Sequence[int] | None = None, agent=None):
@@ -168,6 +181,8 @@ def lower_model(model, input_shape: Sequence[int] | None = None, agent=None):
     from .lower import lower_onnx
 
     if reads_graph(agent, model):
+        if agent.model_kind == "torch":
+            return agent.lower_model(torch_source(model), input_shape)
         return agent.lower_model(model if is_tflite_source(model) else onnx_source(model, input_shape), input_shape)
     if is_tflite_source(model):
         raise UsageError(f"{_name(model)}: a .tflite model is lowered as LiteRT runs it, node by node: "

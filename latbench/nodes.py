@@ -34,11 +34,24 @@ _DTYPE_OF = {v: k for k, v in DTYPES.items() if v}
 ITEMSIZE = {"float32": 4, "float16": 2, "float64": 8, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2,
             "int8": 1, "uint8": 1, "uint16": 2, "uint32": 4, "uint64": 8, "bool": 1}
 # ops whose cost is a matrix product (flops = 2 x output elements x reduction length)
-_CONVS = {("", "Conv"), ("com.microsoft", "FusedConv"), ("com.microsoft.nchwc", "Conv")}
-_MATMULS = {("", "MatMul"), ("com.microsoft", "FusedMatMul"), ("", "Gemm"), ("com.microsoft", "FusedGemm")}
+# (LiteRT's, domain "tflite": CONV_2D weights OHWI, out channels first like ONNX's OIHW)
+_CONVS = {("", "Conv"), ("com.microsoft", "FusedConv"), ("com.microsoft.nchwc", "Conv"), ("tflite", "CONV_2D")}
+_MATMULS = {("", "MatMul"), ("com.microsoft", "FusedMatMul"), ("", "Gemm"), ("com.microsoft", "FusedGemm"),
+            ("tflite", "BATCH_MATMUL")}
 # ops that give their input a new shape without moving data: a runtime aliases output to input
-VIEWS = {("", "Reshape"), ("", "Flatten"), ("", "Squeeze"), ("", "Unsqueeze"), ("", "Identity"), ("", "Dropout")}
+# (LiteRT too, builtin kernels and XNNPACK alike: an ADD -> RESHAPE/SQUEEZE/EXPAND_DIMS -> ADD chain
+# of 16 MB tensors runs as fast as ADD -> ADD, where one more ADD costs ~1 ms)
+VIEWS = {("", "Reshape"), ("", "Flatten"), ("", "Squeeze"), ("", "Unsqueeze"), ("", "Identity"), ("", "Dropout"),
+         ("tflite", "RESHAPE"), ("tflite", "SQUEEZE"), ("tflite", "EXPAND_DIMS")}
+# ATen calls that only make a new view of their input's storage (torch eager: no data moves)
+VIEWS |= {("aten", f"{name}.{overload}") for name, overload in (
+    ("view", "default"), ("reshape", "default"), ("flatten", "using_ints"), ("unsqueeze", "default"),
+    ("squeeze", "dim"), ("squeeze", "dims"), ("squeeze", "default"), ("transpose", "int"), ("permute", "default"),
+    ("expand", "default"), ("t", "default"), ("slice", "Tensor"), ("select", "int"), ("alias", "default"),
+    ("detach", "default"), ("dropout", "default"), ("unflatten", "int"), ("split", "Tensor"), ("chunk", "default"),
+    ("unbind", "int"))}
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_OP_TYPE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")  # aten: name.overload
 _SAFE = re.compile(r"[^A-Za-z0-9_.]")
 
 
@@ -86,7 +99,7 @@ class NodeSpec:
     attrs: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
-        if not _NAME.match(self.op_type) or (self.domain and not re.match(r"^[A-Za-z0-9_.]+$", self.domain)):
+        if not _OP_TYPE.match(self.op_type) or (self.domain and not re.match(r"^[A-Za-z0-9_.]+$", self.domain)):
             raise OpError(f"node: bad op type or domain {self.domain!r}/{self.op_type!r}")
         if not any(o is not None for o in self.outputs):
             raise OpError(f"node {self.op_type}: it has no output")
@@ -129,12 +142,18 @@ class NodeSpec:
         if out is None or len(self.inputs) < 2 or self.inputs[0] is None or self.inputs[1] is None:
             return 0
         a, b = self.inputs[0], self.inputs[1]
+        if self.domain == "tflite" and self.op_type in _TFLITE_MACS:
+            return _TFLITE_MACS[self.op_type](self, a, b, out)
+        if self.domain == "aten":
+            return _aten_macs(self, a, b, out)
         if (self.domain, self.op_type) in _CONVS and b.shape:
             # weight (out, in/groups, kh, kw[, blocks]) in any layout: each output reads numel/out
             return out.numel * (b.numel // max(b.shape[0], 1))
         if (self.domain, self.op_type) in _MATMULS and a.shape:
             if self.op_type in ("Gemm", "FusedGemm"):
                 k = a.shape[0] if self.attr("transA", 0) else a.shape[-1]
+            elif self.op_type == "BATCH_MATMUL":  # LiteRT: adj_x reads x as (..., K, M)
+                k = a.shape[-2] if self.attr("adj_x", 0) and len(a.shape) > 1 else a.shape[-1]
             else:
                 k = a.shape[-2] if self.attr("transA", 0) and len(a.shape) > 1 else a.shape[-1]
             return out.numel * k
@@ -171,6 +190,49 @@ class NodeSpec:
     @property
     def display_out_shape(self) -> tuple[int, int, int, int]:
         return shape4(next(o for o in self.outputs if o is not None).shape)
+
+
+def _tflite_depthwise(spec: NodeSpec, a: TensorSpec, w: TensorSpec, out: TensorSpec) -> int:
+    """DEPTHWISE_CONV_2D: weights (1, kh, kw, C*mult), one output channel each: kh*kw per output."""
+    return out.numel * (w.numel // max(w.shape[-1], 1)) if w.shape else 0
+
+
+def _tflite_fc(spec: NodeSpec, a: TensorSpec, w: TensorSpec, out: TensorSpec) -> int:
+    """FULLY_CONNECTED: weights (out, in); every output (keep_num_dims or flattened) reads `in`."""
+    return out.numel * w.shape[-1] if w.shape else 0
+
+
+def _tflite_transpose_conv(spec: NodeSpec, a: TensorSpec, w: TensorSpec, out: TensorSpec) -> int:
+    """TRANSPOSE_CONV (output_shape, weights OHWI, input NHWC[, bias]): each input element meets
+    the O*kh*kw weights of its channel."""
+    x = spec.inputs[2] if len(spec.inputs) > 2 else None
+    return x.numel * (w.numel // max(w.shape[-1], 1)) if x is not None and w.shape else 0
+
+
+_TFLITE_MACS = {"DEPTHWISE_CONV_2D": _tflite_depthwise, "FULLY_CONNECTED": _tflite_fc,
+                "TRANSPOSE_CONV": _tflite_transpose_conv}
+
+# ATen calls by their weight (conv: (out, in/groups, kh, kw); linear: (out, in)): numel/out per output
+_ATEN_BY_WEIGHT = {"conv1d", "conv2d", "conv3d", "convolution", "linear"}
+_ATEN_MATMULS = {"matmul", "mm", "bmm"}
+
+
+def _aten_macs(spec: NodeSpec, a: TensorSpec, b: TensorSpec, out: TensorSpec) -> int:
+    """Multiply-adds of an ATen call: convolutions and linear by their weight, matrix products
+    by the reduction length, addmm/baddbmm by their second operand, and scaled dot-product
+    attention as its two products (q (..., L, E) by k (..., S, E), then by v (..., S, Ev))."""
+    name = spec.op_type.split(".", 1)[0]
+    if name in _ATEN_BY_WEIGHT and b.shape:
+        return out.numel * (b.numel // max(b.shape[0], 1))
+    if name in _ATEN_MATMULS and a.shape:
+        return out.numel * a.shape[-1]
+    if name in ("addmm", "baddbmm") and len(spec.inputs) > 1 and b.shape:
+        return out.numel * b.shape[-1]
+    if name == "scaled_dot_product_attention" and len(spec.inputs) > 2 and spec.inputs[2] is not None:
+        q, k, v = a, b, spec.inputs[2]
+        rows = q.numel // max(q.shape[-1], 1)
+        return rows * k.shape[-2] * (q.shape[-1] + v.shape[-1])
+    return 0
 
 
 def shape4(shape: Sequence[int]) -> tuple[int, int, int, int]:
