@@ -72,8 +72,8 @@ class ZooRow:
     name: str
     kind: str
     input_shape: tuple[int, ...]
-    onnx: bytes
-    mops: Any  # latbench.modelops.ModelOps, fused as ORT runs it
+    source: Any  # what the runtime takes: ONNX bytes (ort), the torch module (cpu), .tflite bytes (tflite)
+    mops: Any  # latbench.modelops.ModelOps: the nodes of the runtime's own graph
     flops: int  # whole model (torch FlopCounterMode, eager attention)
     export_s: float
     predicted_ms: float = math.nan
@@ -121,31 +121,60 @@ def model_flops(module, input_shape) -> int:
     return int(fc.get_total_flops())
 
 
-def build_rows(names: list[str]) -> list[ZooRow]:
-    """Each model built, exported once and lowered as ORT runs it (the nodes of its optimised
-    graph, 1 thread); its coverage printed, with the typed-op lowering's beside it."""
-    from latbench.modelops import export_module, model_ops
+DEVICES = {"ort": "ort", "tflite": "tflite", "cpu": "cpu"}
+RUNTIME_WORDS = {"ort": "ONNX Runtime (its optimised graph, level all)", "tflite": "LiteRT (the .tflite's "
+                 "operators, XNNPACK)", "cpu": "torch eager (the ATen calls torch.export records)"}
+
+
+def runtime_source(name: str, module, shape, runtime: str, a) -> tuple[Any, Any]:
+    """(the model in the runtime's form, its ONNX export for the typed-op coverage line or None)."""
+    from latbench.modelops import export_module
+
+    if runtime == "ort":
+        onnx_bytes = export_module(module, shape)
+        return onnx_bytes, onnx_bytes
+    if runtime == "cpu":
+        return module, None
+    path = Path(a.tflite_dir) / f"{name}.tflite" if a.tflite_dir else None
+    if path is not None and path.is_file():
+        return path.read_bytes(), None
+    try:
+        import litert_torch
+    except ImportError:
+        raise SystemExit(f"zoo: --runtime tflite needs {name}.tflite in --tflite-dir, or litert-torch "
+                         f"(pip install litert-torch) to convert the model here") from None
+    import torch
+
+    return bytes(litert_torch.convert(module, (torch.zeros(shape),)).tflite_model()), None
+
+
+def build_rows(names: list[str], a) -> list[ZooRow]:
+    """Each model built, in the runtime's form, lowered as the runtime runs it (the nodes of its
+    own graph, 1 thread); its coverage printed (on ort with the typed-op lowering's beside it)."""
+    from latbench.modelops import model_ops
     from latbench.zoo import kind, zoo_model
 
     rows = []
-    print("coverage (lowered as ONNX Runtime 1 thread runs them: the nodes of its optimised graph; "
-          "typed: latbench's typed ops, fused as ORT's fusion list, as torch and tflite devices price models):")
+    print(f"coverage (lowered as {RUNTIME_WORDS[a.runtime]} runs them, 1 thread"
+          + ("; typed: latbench's typed ops, as torch and tflite devices price an ONNX model" if a.runtime == "ort"
+             else "") + "):")
     for name in names:
         t0 = time.perf_counter()
         module, shape = zoo_model(name)
-        onnx_bytes = export_module(module, shape)
+        source, onnx_bytes = runtime_source(name, module, shape, a.runtime, a)
         export_s = time.perf_counter() - t0
-        mops = model_ops(onnx_bytes, shape, "ort", threads=1)
-        typed = model_ops(onnx_bytes, shape)
-        row = ZooRow(name, kind(name), tuple(shape), onnx_bytes, mops, model_flops(module, shape), export_s,
+        mops = model_ops(source, shape if a.runtime != "tflite" else None, DEVICES[a.runtime], threads=1)
+        typed = model_ops(onnx_bytes, shape) if onnx_bytes is not None else None
+        row = ZooRow(name, kind(name), tuple(shape), source, mops, model_flops(module, shape), export_s,
                      typed=typed)
-        del module
+        if a.runtime != "cpu":
+            del module
         share = row.mapped_flops / row.flops if row.flops else math.nan
         gaps = ", ".join(f"{t} x{n}" for t, n in mops.unmapped_counts())
         print(f"  {name:15} {row.kind:11} {'x'.join(map(str, shape[1:])):9} {row.flops / 1e6:7.0f} MFLOPs: "
-              f"{len(mops.ops):3} nodes ({len(mops.unique):3} unique), {100 * share:5.1f}% of FLOPs in mapped "
-              f"nodes; " + (f"unmapped {row.unmapped}: {gaps}" if gaps else "every node mapped")
-              + f"; typed: {len(typed.unmapped)} unmapped")
+              f"{len(mops.ops):3} nodes ({len(mops.unique):3} unique, {mops.free} free), {100 * share:5.1f}% of "
+              f"FLOPs in mapped nodes; " + (f"unmapped {row.unmapped}: {gaps}" if gaps else "every node mapped")
+              + (f"; typed: {len(typed.unmapped)} unmapped" if typed is not None else ""))
         sys.stdout.flush()
         rows.append(row)
     return rows
@@ -153,20 +182,20 @@ def build_rows(names: list[str]) -> list[ZooRow]:
 
 def profile_each(rows: list[ZooRow], workdir: Path, a) -> list[Any]:
     """Each model's unique ops profiled into a table of its own, as `latbench profile --model`
-    does: ort, 1 thread, op granularity, in network context with the model's own weights read
-    through the caches before each timed call (--context warm: calls back to back)."""
+    does: the runtime's device, 1 thread, op granularity, in network context with the model's own
+    weights read through the caches before each timed call (--context warm: calls back to back)."""
     import latbench
 
     runs = []
     t0 = time.perf_counter()
     for i, r in enumerate(rows):
-        path = workdir / f"{r.name}-ort-1t-{a.context}{'-quick' if a.quick else ''}.sqlite"
+        path = workdir / f"{r.name}-{a.runtime}-1t-{a.context}{'-quick' if a.quick else ''}.sqlite"
         if path.exists() and not a.keep_tables:
             path.unlink()  # a fresh table: its entries and the yardstick are timed in the same run
         ctx: dict[str, Any] = {"context": "warm"}
         if a.context == "network":
             ctx = {"context": "network", "context_mb": r.mops.weight_bytes / (1 << 20)}
-        run = latbench.profile(r.mops.unique, device="ort", out=str(path), threads=1, granularity="op",
+        run = latbench.profile(r.mops.unique, device=DEVICES[a.runtime], out=str(path), threads=1, granularity="op",
                                max_time_s=a.max_time, min_samples=a.min_samples, target_iqr=a.target_iqr,
                                rounds=a.rounds, **ctx)
         r.table = path
@@ -184,17 +213,18 @@ def price_rows(rows: list[ZooRow]) -> None:
 
     for r in rows:
         with LatencyTable.open(str(r.table), readonly=True) as table:
-            mp = price_model(table, r.onnx, r.input_shape, max_fallback=None)
+            mp = price_model(table, r.source, r.input_shape, max_fallback=None)
         r.predicted_ms, r.misses = mp.price.raw_ms, len(mp.price.misses)
 
 
-def measure_rows(rows: list[ZooRow], yardstick) -> Any:
-    """The plain yardstick over every model (ORT session.run, 1 thread), as validate measures."""
+def measure_rows(rows: list[ZooRow], yardstick, runtime: str) -> Any:
+    """The plain yardstick over every model (ORT session.run, module(x) or interpreter.invoke(),
+    1 thread), as validate measures."""
     from device_agents import get_agent
     from latbench.validate.endtoend import agent_yardstick
     from latbench.yardstick import measure
 
-    agent = get_agent("ort", threads=1)
+    agent = get_agent(DEVICES[runtime], threads=1)
     try:
         ys = agent_yardstick(agent, yardstick)
         t0 = time.perf_counter()
@@ -203,7 +233,7 @@ def measure_rows(rows: list[ZooRow], yardstick) -> Any:
             if visits % max(1, total // 10) == 0 or visits == total:
                 log(f"  yardstick: {visits}/{total} passes ({time.perf_counter() - t0:.0f} s, load {load()})")
 
-        readings = measure(len(rows), lambda i: agent.plain_model(rows[i].onnx, rows[i].input_shape), ys,
+        readings = measure(len(rows), lambda i: agent.plain_model(rows[i].source, rows[i].input_shape), ys,
                            agent.state, agent.synchronizer(), done)
     finally:
         agent.close()
@@ -259,10 +289,11 @@ def error_lines(label: str, rows: list[ZooRow]) -> list[str]:
     return out
 
 
-def report(rows: list[ZooRow], ys, runs: list[Any], walls: dict[str, float]) -> list[str]:
+def report(rows: list[ZooRow], ys, runs: list[Any], walls: dict[str, float], runtime: str) -> list[str]:
     from latbench.yardstick import noise_ceiling, pass_ratios
 
-    out = [f"per model (ort, 1 thread; measured: yardstick, {ys.describe()}; predicted: table sum of mapped ops):",
+    out = [f"per model ({DEVICES[runtime]}, 1 thread; measured: yardstick, {ys.describe()}; predicted: the "
+           f"model's table, its nodes' entries summed as `predict --model` does):",
            (f"  {'model':15} {'kind':11} {'MFLOPs':>7} {'unmapped':>8} {'measured':>9} {'noise':>13} "
             f"{'predicted':>9} {'error':>7} {'FLOPs fit':>9} {'error':>7}")]
     for r in rows:
@@ -296,9 +327,10 @@ def report(rows: list[ZooRow], ys, runs: list[Any], walls: dict[str, float]) -> 
     if math.isfinite(ceiling.log_sd) and ceiling.log_sd > GOAL_MEDIAN:
         out.append(f"  the yardstick's own pass-to-pass log sd ({100 * ceiling.log_sd:.1f}%) is above the "
                    f"{100 * GOAL_MEDIAN:.0f}% goal: this machine's noise alone can miss it")
-    typed = sum(len(r.typed.unmapped) for r in rows)
-    out.append(f"  typed ops (how torch and tflite devices price an ONNX model): {typed} nodes unmapped in "
-               f"{sum(1 for r in rows if r.typed.unmapped)} of {len(rows)} models")
+    if all(r.typed is not None for r in rows):
+        typed = sum(len(r.typed.unmapped) for r in rows)
+        out.append(f"  typed ops (how torch and tflite devices price an ONNX model): {typed} nodes unmapped in "
+                   f"{sum(1 for r in rows if r.typed.unmapped)} of {len(rows)} models")
     out.append(f"  tables: one per model, {sum(len(r.mops.unique) for r in rows)} unique ops in all, "
                f"{sum(r.measured for r in runs)} measured, {sum(r.skipped for r in runs)} already stored, "
                f"{sum(r.failed + r.failed_earlier for r in runs)} failed; in {rows[0].table.parent if rows else '-'}")
@@ -318,6 +350,10 @@ def main() -> None:
     ap.add_argument("--min-samples", type=int, help="profile: samples a round, at least")
     ap.add_argument("--target-iqr", type=float, default=0.05, help="profile: a round stops below this IQR/median")
     ap.add_argument("--rounds", type=int, help="profile: interleaved rounds")
+    ap.add_argument("--runtime", choices=tuple(DEVICES), default="ort",
+                    help="ort (ONNX export), cpu (torch eager) or tflite (.tflite from --tflite-dir, or converted "
+                    "here by litert-torch when it is installed)")
+    ap.add_argument("--tflite-dir", help="tflite: where NAME.tflite files of the zoo are")
     ap.add_argument("--context", choices=("network", "warm"), default="network",
                     help="profile: cache context (network: the median model's weights read before each call, "
                     "as `profile --model` does for one model; warm: calls back to back)")
@@ -351,26 +387,30 @@ def main() -> None:
     import torch
     import transformers
 
-    print(f"zoo: {len(names)} models ({', '.join(names)}); ort {onnxruntime.__version__}, torch {torch.__version__}, "
-          f"transformers {transformers.__version__}; 1 thread; profile: {a.rounds} rounds, >= {a.min_samples} samples, "
+    from importlib import metadata
+
+    litert = next((f"{d} {metadata.version(d)}" for d in ("ai-edge-litert", "tflite-runtime")
+                   if _installed(metadata, d)), "no LiteRT")
+    print(f"zoo: {len(names)} models ({', '.join(names)}) on {a.runtime}; ort {onnxruntime.__version__}, torch "
+          f"{torch.__version__}, {litert}, transformers {transformers.__version__}; 1 thread; profile: {a.rounds} rounds, >= {a.min_samples} samples, "
           f"IQR/median < {a.target_iqr:g} or {a.max_time:g} s per op; yardstick: {a.passes} passes of >= {a.runs} runs "
           f"and >= {a.min_time:g} s; {os.cpu_count()} cores, load average {load()}")
     sys.stdout.flush()
     torch.set_num_threads(1)  # building and FLOPs counting: leave the other core to other work
     walls: dict[str, float] = {}
     t0 = time.perf_counter()
-    rows = build_rows(names)
+    rows = build_rows(names, a)
     walls["export+lower"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     runs = profile_each(rows, workdir, a)
     walls["profile"] = time.perf_counter() - t1
     price_rows(rows)
     t1 = time.perf_counter()
-    ys = measure_rows(rows, yardstick)
+    ys = measure_rows(rows, yardstick, a.runtime)
     walls["yardstick"] = time.perf_counter() - t1
     flops_fit(rows)
     walls["total"] = time.perf_counter() - t0
-    for line in report(rows, ys, runs, walls):
+    for line in report(rows, ys, runs, walls, a.runtime):
         print(line)
     sys.stdout.flush()
     if a.json:
@@ -379,10 +419,18 @@ def main() -> None:
             "models": [{"name": r.name, "kind": r.kind, "input_shape": list(r.input_shape), "flops": r.flops,
                         "mapped_flops": r.mapped_flops, "ops": len(r.mops.ops), "unique_ops": len(r.mops.unique),
                         "unmapped": dict(r.mops.unmapped_counts()),
-                        "typed_unmapped": dict(r.typed.unmapped_counts()),
+                        "typed_unmapped": dict(r.typed.unmapped_counts()) if r.typed is not None else None,
                         "unmapped_nodes": [u._asdict() for u in r.mops.unmapped], "measured_ms": r.measured_ms,
                         "predicted_ms": r.predicted_ms, "table": str(r.table), "flops_fit_ms": r.flops_fit_ms, "misses": r.misses,
                         "yardstick": r.reading.to_dict(ys.statistic)} for r in rows]}, indent=1))
+
+
+def _installed(metadata, dist: str) -> bool:
+    try:
+        metadata.version(dist)
+        return True
+    except metadata.PackageNotFoundError:
+        return False
 
 
 if __name__ == "__main__":

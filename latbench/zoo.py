@@ -121,8 +121,19 @@ def zoo_model(name: str, seed: int = SEED):
         torch.manual_seed(seed)
         model = model_cls(config)
     module = _logits_class(torch)(model, name).eval()
+    _global_pool(torch, module)
     _calibrate_batch_norms(torch, module, entry.input_shape, seed)
     return module, entry.input_shape
+
+
+def _global_pool(torch, module) -> None:
+    """EfficientNet's pooler as the global average it is: transformers builds it as
+    AvgPool2d(kernel_size=hidden_dim, ceil_mode=True), a 1280x1280 window on a 7x7 map (the same
+    averages: torch's output moves by 4e-7), which litert-torch lowers literally into a PAD to
+    1280x1280x1280 (8 GB) and a 1280x1280 AVERAGE_POOL_2D (850 ms a run)."""
+    eff = getattr(module.model, "efficientnet", None)
+    if eff is not None and isinstance(getattr(eff, "pooler", None), torch.nn.AvgPool2d):
+        eff.pooler = torch.nn.AdaptiveAvgPool2d(1)
 
 
 def _calibrate_batch_norms(torch, module, input_shape, seed: int) -> None:
