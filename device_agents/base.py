@@ -46,7 +46,7 @@ from latbench.measure import Measurement, Stats, TimingSettings, time_batch, tim
 from latbench.ops import OpSpec
 from latbench.yardstick import STATISTICS, PassStats, YardstickSettings
 
-from .weights import op_weights
+from .weights import op_weights, seeded_pool
 
 
 def _nothing() -> None:
@@ -387,6 +387,15 @@ class Agent:
         """Ops `measure` takes and times together under `timing` (profile_into adds one sample
         of the per-call cost to each batch when this is > 1)."""
         return timing.interleave if self.interleaves else 1
+
+    @property
+    def pool(self) -> np.ndarray:
+        """Seeded standard normals (weights.seeded_pool of the agent's seed), drawn once, that
+        node ops' tensors and timing weights are cut from."""
+        pool = self.__dict__.get("_pool")
+        if pool is None:
+            pool = self.__dict__["_pool"] = seeded_pool(self.seed)
+        return pool
 
     def runs_node(self, spec) -> bool:
         """Whether this agent times the node `spec` (a latbench.nodes.NodeSpec): a node of its

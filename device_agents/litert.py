@@ -20,8 +20,6 @@ from .networks import tflite_network
 from .tflite_build import build_tflite
 from .tflite_graph import lower_tflite, read_model, tflite_node_model
 
-POOL_SIZE = 1 << 20
-
 
 def _runtime() -> tuple[Any, Any, str, str]:
     """(Interpreter, OpResolverType, runtime name, version): ai-edge-litert, else tflite_runtime."""
@@ -60,7 +58,6 @@ class LiteRTAgent(Agent):
         super().__init__(**options)
         self.xnnpack = self.opts.xnnpack
         self._Interpreter, self._Resolver, self._runtime_name, self._version = _runtime()
-        self._pool: np.ndarray | None = None
 
     @classmethod
     def options_from_profile(cls, profile: DeviceProfile) -> dict[str, Any]:
@@ -87,13 +84,6 @@ class LiteRTAgent(Agent):
             it.resize_tensor_input(it.get_input_details()[0]["index"], [int(d) for d in input_shape])
         it.allocate_tensors()
         return it
-
-    @property
-    def pool(self) -> np.ndarray:
-        """Seeded standard normals (float32) that node inputs and weights are cut from."""
-        if self._pool is None:
-            self._pool = np.random.default_rng(self.seed).standard_normal(POOL_SIZE, dtype=np.float32)
-        return self._pool
 
     def _feed_random(self, it) -> None:
         """Fill every input once with seeded random data; floats uniform in [-1, 1), drawn in

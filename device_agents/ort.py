@@ -77,7 +77,6 @@ class OrtAgent(Agent):
         self._sess_options = session_options(self.threads, opt_level)
         self._cut_options = session_options(self.threads, "disable")  # cut graphs are optimised already
         self._live: tuple | None = None  # the session (and binding) of the op being timed
-        self._pool: np.ndarray | None = None  # random values that timing weights are cut from
 
     @classmethod
     def options_from_profile(cls, profile: DeviceProfile) -> dict[str, Any]:
@@ -113,13 +112,6 @@ class OrtAgent(Agent):
         """Weights for timing: op_weights' shapes and scales, cut from one seeded pool (see
         `timing_weights`), since drawing millions of normals would cost more than timing the op."""
         return timing_weights(op, self.pool)
-
-    @property
-    def pool(self) -> np.ndarray:
-        """Seeded standard normals (float32) that timing inputs and weights are cut from."""
-        if self._pool is None:
-            self._pool = np.random.default_rng(self.seed).standard_normal(POOL_SIZE, dtype=np.float32)
-        return self._pool
 
     def prepare_op(self, op: OpSpec) -> Prepared:
         """A session for `op` with input and output bound once; calling it runs it once, `touch`
@@ -252,8 +244,6 @@ class OrtAgent(Agent):
 
 
 # ---------------------------------------------------------------------- helpers
-POOL_SIZE = 1 << 20
-
 
 def timing_weights(op: OpSpec, pool: np.ndarray) -> Weights:
     """Weights with op_weights' keys, shapes and scales, cut from `pool` (standard normals):

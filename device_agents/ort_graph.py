@@ -28,7 +28,7 @@ from latbench.errors import OpError, require
 from latbench.nodes import EmptyList, NodeSpec, TensorSpec
 
 from .onnx_build import build_onnx_chain
-from .weights import op_weights
+from .weights import op_weights, spec_values
 
 ort = require("onnxruntime", "ort")
 onnx = require("onnx", "ort")
@@ -87,7 +87,7 @@ def graph_feeds(proto: "onnx.ModelProto", pool: np.ndarray) -> dict[str, np.ndar
         if any(d < 1 for d in dims):
             raise OpError(f"input {vi.name!r} has unknown dims {dims}: give its input shape")
         dtype = helper.tensor_dtype_to_np_dtype(tt.elem_type)
-        feeds[vi.name] = _values(TensorSpec(tuple(dims), str(np.dtype(dtype))), pool)
+        feeds[vi.name] = spec_values(TensorSpec(tuple(dims), str(np.dtype(dtype))), pool)
     return feeds
 
 
@@ -141,7 +141,7 @@ def node_model(spec: NodeSpec, pool: np.ndarray) -> NodeModel:
             continue
         name = f"in{i}"
         ins.append(name)
-        arr = _values(t, pool, at)
+        arr = spec_values(t, pool, at)
         at += t.numel
         if t.const:
             g.initializer.append(numpy_helper.from_array(arr, name))
@@ -173,23 +173,10 @@ def _elem(t: TensorSpec) -> int:
     return helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype))
 
 
-def _values(t: TensorSpec, pool: np.ndarray, at: int = 0) -> np.ndarray:
-    """An owned array for `t`: its recorded values, else standard normals from `pool` (floats)
-    or zeros (integers: valid indices; booleans: False)."""
-    if t.values is not None:
-        return np.array(t.values, dtype=t.dtype).reshape(t.shape)
-    if not t.is_float:
-        return np.zeros(t.shape, dtype=t.dtype)
-    n = t.numel
-    at %= max(pool.size, 1)
-    flat = pool[at:at + n] if at + n <= pool.size else np.resize(np.roll(pool, -at), n)
-    return np.array(flat, dtype=t.dtype).reshape(t.shape)
-
-
 def _attribute(name: str, value: Any, pool: np.ndarray):
     A = onnx.AttributeProto
     if isinstance(value, TensorSpec):
-        return helper.make_attribute(name, numpy_helper.from_array(_values(value, pool)))
+        return helper.make_attribute(name, numpy_helper.from_array(spec_values(value, pool)))
     if isinstance(value, EmptyList):
         return helper.make_attribute(name, [], attr_type=A.FLOATS if value.kind == "f" else A.STRINGS)
     if isinstance(value, tuple) and not value:

@@ -30,6 +30,7 @@ from latbench.lower import Lowering, Unmapped, tensor_spec
 from latbench.nodes import EmptyList, NodeSpec, TensorSpec
 
 from .tflite_build import SCHEMA_VERSION, S, _AlignedBuffer
+from .weights import spec_values
 
 DOMAIN = "tflite"
 BO = S.BuiltinOperator
@@ -149,7 +150,7 @@ def _feeds(it, pool: np.ndarray) -> None:
     for d in it.get_input_details():
         shape, dtype = tuple(int(s) for s in d["shape"]), np.dtype(d["dtype"])
         t = TensorSpec(shape, str(dtype)) if str(dtype) in TYPE_OF_DTYPE else None
-        arr = _values(t, pool, at) if t is not None else np.zeros(shape, dtype)
+        arr = spec_values(t, pool, at) if t is not None else np.zeros(shape, dtype)
         at += arr.size
         it.set_tensor(d["index"], arr)
 
@@ -249,7 +250,7 @@ def tflite_node_model(spec: NodeSpec, pool: np.ndarray, consts: dict[int, np.nda
         if t is None:
             op_in.append(-1)
             continue
-        arr = np.asarray(consts[i], dtype=t.dtype).reshape(t.shape) if i in consts else _values(t, pool, at)
+        arr = np.asarray(consts[i], dtype=t.dtype).reshape(t.shape) if i in consts else spec_values(t, pool, at)
         at += t.numel
         idx = len(tensors)
         buf = 0
@@ -326,19 +327,6 @@ def _options(otype: int, spec: NodeSpec):
             value = float(value)
         setattr(obj, field, value)
     return obj
-
-
-def _values(t: TensorSpec, pool: np.ndarray, at: int = 0) -> np.ndarray:
-    """An owned array for `t`: its recorded values, else standard normals from `pool` (floats)
-    or zeros (integers; booleans False)."""
-    if t.values is not None:
-        return np.array(t.values, dtype=t.dtype).reshape(t.shape)
-    if not t.is_float:
-        return np.zeros(t.shape, dtype=t.dtype)
-    n = t.numel
-    at %= max(pool.size, 1)
-    flat = pool[at:at + n] if at + n <= pool.size else np.resize(np.roll(pool, -at), n)
-    return np.array(flat, dtype=t.dtype).reshape(t.shape)
 
 
 __all__ = ["DOMAIN", "TfliteNodeModel", "lower_tflite", "op_attrs", "options_type", "read_model",

@@ -24,6 +24,8 @@ from latbench.errors import OpError, UsageError, require
 from latbench.lower import Lowering, Unmapped
 from latbench.nodes import DTYPES, EmptyList, NodeSpec, TensorSpec
 
+from .weights import spec_values
+
 torch = require("torch", "torch")
 
 ATEN = "aten"
@@ -234,19 +236,10 @@ def _arg(value: Any, kind) -> Any:
 
 
 def _make(t: TensorSpec, pool: np.ndarray, at: int, device):
-    if t.values is not None:
-        arr = np.array(t.values, dtype=t.dtype).reshape(t.shape)
-    elif t.is_float:
-        n = t.numel
-        at %= max(pool.size, 1)
-        flat = pool[at:at + n] if at + n <= pool.size else np.resize(np.roll(pool, -at), n)
-        arr = np.array(flat, dtype=np.float32).reshape(t.shape)
-    else:
-        arr = np.zeros(t.shape, dtype=t.dtype)
-    out = torch.from_numpy(np.ascontiguousarray(arr))
-    if t.dtype != "float32" and t.is_float:
-        out = out.to(getattr(torch, t.dtype))
-    return out.to(device)
+    """A tensor for `t` on `device` (weights.spec_values; bfloat16, which numpy lacks, via float32)."""
+    spec = t if t.dtype != "bfloat16" else TensorSpec(t.shape, "float32", t.const, t.values)
+    out = torch.from_numpy(np.ascontiguousarray(spec_values(spec, pool, at)))
+    return out.to(getattr(torch, t.dtype)).to(device) if t.dtype == "bfloat16" else out.to(device)
 
 
 __all__ = ["ATEN", "aten_operator", "lower_module", "node_call"]

@@ -128,14 +128,6 @@ class TorchCPUAgent(Agent):
     def __init__(self, **options: Any):
         super().__init__(**options)
         self.device = torch.device(self.device_type)
-        self._pool: np.ndarray | None = None
-
-    @property
-    def pool(self) -> np.ndarray:
-        """Seeded standard normals (float32) that a node's tensors are cut from."""
-        if self._pool is None:
-            self._pool = np.random.default_rng(self.seed).standard_normal(1 << 20, dtype=np.float32)
-        return self._pool
 
     def runs_node(self, spec) -> bool:
         """ATen calls, as torch.export records a module (device_agents.torch_graph)."""

@@ -57,3 +57,26 @@ def _normal(rng: np.random.Generator, shape) -> np.ndarray:
 
 def _f32(a) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
+
+
+POOL_SIZE = 1 << 20
+
+
+def seeded_pool(seed: int) -> np.ndarray:
+    """Seeded standard normals (float32) that timing inputs and weights are cut from: float
+    kernels take as long whatever the values, and slicing costs a copy where drawing millions of
+    normals per op would cost more than timing it."""
+    return np.random.default_rng(seed).standard_normal(POOL_SIZE, dtype=np.float32)
+
+
+def spec_values(t, pool: np.ndarray, at: int = 0) -> np.ndarray:
+    """An owned array for a node's tensor (latbench.nodes.TensorSpec): its recorded values, else
+    values cut from `pool` at `at` (floats) or zeros (integers: valid indices; booleans False)."""
+    if t.values is not None:
+        return np.array(t.values, dtype=t.dtype).reshape(t.shape)
+    if not t.is_float:
+        return np.zeros(t.shape, dtype=t.dtype)
+    n = t.numel
+    at %= max(pool.size, 1)
+    flat = pool[at:at + n] if at + n <= pool.size else np.resize(np.roll(pool, -at), n)
+    return np.array(flat, dtype=t.dtype).reshape(t.shape)
