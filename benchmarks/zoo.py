@@ -25,6 +25,9 @@ Goals:
   |error| of the table's price: median <= 5% and worst <= 10%;
   the table beats the FLOPs fit on median |error|.
 `--context warm` profiles calls back to back instead (the comparison row for the cache context).
+`--runtime cpu` does the same for torch eager (the module's ATen calls, timed by the cpu agent,
+against module(x)); `--runtime tflite` for LiteRT (each model's .tflite from --tflite-dir, or
+converted here when litert-torch is installed; its operators, against interpreter.invoke()).
 
 Timing on this 2-core host (825 unique nodes over the zoo): default about 12 minutes (profile 10
 rounds over 24 interleaved ops, >= 10 samples a round, a round stops at IQR/median < 5% or its
@@ -34,6 +37,7 @@ share of 1 s per op; yardstick 3 passes of >= 50 runs and >= 0.5 s); --quick abo
     python benchmarks/zoo.py                       # every zoo model
     python benchmarks/zoo.py --quick
     python benchmarks/zoo.py --models resnet18,vit_tiny --context warm --json /tmp/zoo.json
+    python benchmarks/zoo.py --runtime tflite --tflite-dir /tmp/ltzoo   # NAME.tflite per model
 """
 from __future__ import annotations
 
