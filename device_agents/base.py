@@ -397,6 +397,12 @@ class Agent:
             pool = self.__dict__["_pool"] = seeded_pool(self.seed)
         return pool
 
+    @classmethod
+    def lowering_agent(cls, profile: DeviceProfile) -> "Agent":
+        """The agent that lowers a model for a table of this agent's node ops (`profile`'s): the
+        agent the profile names, rebuilt here (android: the host's LiteRT, no phone needed)."""
+        return cls.from_profile(profile)
+
     def runs_node(self, spec) -> bool:
         """Whether this agent times the node `spec` (a latbench.nodes.NodeSpec): a node of its
         runtime's own graph (ONNX domains for ort, "tflite" for LiteRT runtimes)."""

@@ -154,11 +154,12 @@ def _graph_agent(pricer: Pricer, profile):
     was measured with); None for a table of typed ops, or without a profile."""
     if profile is None or not any(k.startswith("node-") for k in pricer.costs):
         return None
-    from device_agents import agent_class, agent_from_profile
+    from device_agents import agent_class
 
-    if not getattr(agent_class(profile.agent), "runs_nodes", False):
+    cls = agent_class(profile.agent)
+    if not getattr(cls, "runs_nodes", False):
         return None
-    return agent_from_profile(profile)
+    return cls.lowering_agent(profile)
 
 
 def _model_name(model) -> str:

@@ -681,3 +681,37 @@ def test_devices_without_server_is_fast_with_a_hint(cli, tmp_path: Path, monkeyp
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "adb start-server" in lines[0] and "ANDROID_ADB_SERVER_PORT" in lines[0]
     assert not marker.exists(), "adbutils tried to start an adb server"
+
+
+def test_a_tflite_models_operators_are_timed_on_the_phone(cli, server: StandinServer, pixel: FakeDevice,
+                                                          tmp_path: Path) -> None:
+    """`profile --device android --model x.tflite`: the file's operators (read on this host: the
+    file is the graph the phone runs), each pushed as a one-operator model and timed by
+    benchmark_model on the phone; `predict --model` prices the file from that table with no phone
+    attached (the host's LiteRT lowers it), as the sum of its rows less the per-call cost, plus it
+    once. With onnxruntime_perf_test as the runner there is no graph this host can read."""
+    from device_agents.litert import LiteRTAgent
+    from latbench.runmeta import invocation_ms
+    from latbench.spaces import get_space
+
+    space = get_space("tiny")
+    model = tmp_path / "subnet.tflite"
+    model.write_bytes(LiteRTAgent().network_model(space, space.sample(0, 1)[0]).model)
+    lowered = LiteRTAgent(threads=1).lower_model(model)
+    out = tmp_path / "phone.sqlite"
+    code, stdout, err = cli("profile", "--device", "android", "--serial", PIXEL, "--runner", str(BENCHMARK_MODEL),
+                            "--model", str(model), "--out", str(out), "--max-time", "0.01")
+    assert code == 0, err
+    with LatencyTable.open(out, readonly=True) as t:
+        assert t.keys(status="ok") == {op.key for op in lowered.ops} and t.profile.agent == "android"
+        est, inv = t.estimates(), invocation_ms(t)
+    code, stdout, err = cli("predict", "--table", str(out), "--model", str(model), "--json")
+    assert code == 0, err
+    (row,) = json.loads(stdout)["predictions"]
+    assert row["misses"] == 0 and row["keys"] == len(lowered.ops), row
+    assert row["ms"] == pytest.approx(inv + sum(est[op.key] - inv for op in lowered.ops), rel=1e-9)
+    perf_test = tmp_path / "onnxruntime_perf_test"
+    perf_test.write_bytes(b"#!/bin/sh\n")
+    code, stdout, err = cli("profile", "--device", "android", "--serial", PIXEL, "--runner", str(perf_test),
+                            "--model", str(model), "--out", str(tmp_path / "ort.sqlite"))
+    assert code == 2 and "lowered as LiteRT runs it" in err and "Traceback" not in err, err

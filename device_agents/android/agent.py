@@ -18,6 +18,7 @@ its report read back (`time_models`).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -341,8 +342,49 @@ class AndroidAgent(Agent):
         """The file name `op`'s model gets on the device (stable: a hash of its key)."""
         return hashlib.sha1(op.key.encode()).hexdigest()[:16] + self.rt.ext
 
+    # ------------------------------------------------------------------ node ops
+    runs_nodes = True  # with benchmark_model: the operators of a .tflite model (lower_model)
+
+    def runs_node(self, spec) -> bool:
+        """LiteRT operators (domain "tflite") where the runner is benchmark_model."""
+        return spec.domain == "tflite" and self.runtime_key != "ort"
+
+    @classmethod
+    def lowering_agent(cls, profile: DeviceProfile) -> Agent:
+        """A .tflite's operators are the same on the phone and here: a table of them is priced by
+        lowering the model in this host's LiteRT, with no phone attached."""
+        if runtime_for(profile.runtime, "") == "ort":
+            raise UsageError("android: an onnxruntime_perf_test table holds no node ops a host can lower")
+        from ..litert import LiteRTAgent
+
+        return LiteRTAgent(threads=1)
+
+    def lower_model(self, model, input_shape: Sequence[int] | None = None):
+        """A .tflite model as the phone's LiteRT runs it: its operators, read on this host
+        (litert.LiteRTAgent.lower_model; the file is the graph the phone runs)."""
+        if self.runtime_key == "ort":
+            raise UsageError(f"{self.name}: onnxruntime_perf_test runs its own optimised graph on the phone, which "
+                             f"this host cannot read; price ONNX models with --device ort")
+        return self._host_litert().lower_model(model, input_shape)
+
+    def _host_litert(self):
+        if self._local is None:
+            from ..litert import LiteRTAgent
+
+            self._local = LiteRTAgent(threads=1, xnnpack=True, seed=self.seed)
+        return self._local
+
     def model(self, op: OpSpec) -> bytes:
-        """The model bytes pushed for `op` (canonical weights of this agent's seed)."""
+        """The model bytes pushed for `op` (canonical weights of this agent's seed; a node op:
+        its one-operator .tflite, with the inputs whose values it records as constants, since
+        benchmark_model fills every input with random data)."""
+        if op.kind == "node":
+            from ..tflite_graph import tflite_node_model
+
+            spec = op.graph_node
+            fixed = tuple(t if t is None or t.const or t.values is None else dataclasses.replace(t, const=True)
+                          for t in spec.inputs)
+            return tflite_node_model(dataclasses.replace(spec, inputs=fixed), self.pool).model
         if self.runtime_key == "ort":
             from ..onnx_build import build_onnx
 
@@ -373,11 +415,7 @@ class AndroidAgent(Agent):
             ort = require("onnxruntime", "ort")
             sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
             return np.asarray(sess.run(None, {sess.get_inputs()[0].name: x})[0], dtype=np.float32)
-        if self._local is None:
-            from ..litert import LiteRTAgent
-
-            self._local = LiteRTAgent(threads=1, xnnpack=True, seed=self.seed)
-        return self._local.run_bytes(model, x)
+        return self._host_litert().run_bytes(model, x)
 
     def prepare_op(self, op: OpSpec):
         """Refused: ops run on the phone, a batch at a time, by the runner's own loop (measure)."""
