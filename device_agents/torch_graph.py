@@ -192,20 +192,25 @@ def node_call(spec: NodeSpec, device, pool: np.ndarray) -> tuple[Callable[[], An
 
     args = []
     for i in range(int(attrs.get("nargs", 0))):
-        kind = schema.arguments[i].type if i < len(schema.arguments) else None
+        kind = _real_type(schema.arguments[i]) if i < len(schema.arguments) else None
         if f"a{i}" in attrs:
             args.append(_arg(attrs[f"a{i}"], kind))
         elif f"t{i}" in attrs:
             args.append([next_tensor() for _ in range(int(attrs[f"t{i}"]))])
         else:
             args.append(next_tensor())
-    kw_types = {a.name: a.type for a in schema.arguments}
+    kw_types = {a.name: _real_type(a) for a in schema.arguments}
     kwargs = {k[2:]: _arg(v, kw_types.get(k[2:])) for k, v in attrs.items() if k.startswith("k_")}
 
     def call() -> Any:
         return op(*args, **kwargs)
 
     return call, made
+
+
+def _real_type(argument):
+    """An argument's declared type (ScalarType, Layout... where the schema's `type` says int)."""
+    return getattr(argument, "real_type", argument.type)
 
 
 def _arg(value: Any, kind) -> Any:

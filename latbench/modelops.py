@@ -1,13 +1,14 @@
 """A whole model -> the op list a device's runtime runs (`latbench ops --model`, `profile --model`).
 
-One path for every model: a torch module is exported to ONNX in process (`export_module`, the
-recipe below) and lowered like an ONNX file, so a module and its export always give the same ops.
-Two lowerings, picked by the device:
-- a device whose agent reads its runtime's own graph (`runs_nodes`: ort) lowers the model as that
-  runtime optimised it: one node op (latbench.nodes) per node of the optimised graph, fusions,
-  constant folding and layout reorders exactly as the installed runtime does them;
-- other devices (torch cpu/cuda, tflite, android) take latbench's typed ops
-  (latbench.lower.lower_onnx) fused as their runtime fuses them (latbench.ops.fuse).
+Two lowerings, picked by the device and the model's form (`reads_graph`):
+- the runtime's own graph, one node op (latbench.nodes) per node, where the device's agent reads
+  it: ort lowers an ONNX model (a torch module exported by the recipe below, so a module and its
+  export give the same nodes) as the installed ONNX Runtime optimised it; tflite and android
+  (benchmark_model) lower a .tflite file operator by operator; cpu/cuda lower a torch module as
+  the ATen calls eager makes (torch.export). Fusions, folding and layout reorders are then exactly
+  the runtime's, never a hand-kept list;
+- otherwise (an ONNX file on a torch or tflite device) latbench's typed ops
+  (latbench.lower.lower_onnx), fused as the runtime fuses them (latbench.ops.fuse).
 
 The export recipe (what `export_module` does; do the same to export by hand):
     model.eval()
@@ -193,8 +194,8 @@ def lower_model(model, input_shape: Sequence[int] | None = None, agent=None):
 def model_ops(model, input_shape: Sequence[int] | None = None, device: str | None = None,
               **options: Any) -> ModelOps:
     """`model`'s op list as `device` (its agent built with `options`) runs it: the nodes of its
-    runtime's graph where the agent reads it (ort), else typed ops fused as the runtime fuses them;
-    without a device, typed ops unfused."""
+    runtime's graph where the agent reads it (`reads_graph`), else typed ops fused as the runtime
+    fuses them; without a device, typed ops unfused."""
     name, shape = _name(model), tuple(input_shape) if input_shape else None
     if device is None:
         low = lower_model(model, input_shape)

@@ -77,6 +77,12 @@ def test_single_calls_match_numpy(agent) -> None:
         assert got.shape == spec.outputs[0].shape and np.allclose(got, want, atol=1e-5), spec.op_type
         op = O.node(spec)
         assert [y.shape for y in agent.run_node(op)] == [spec.outputs[0].shape]
+    # a dtype argument: the schema says int, its declared type ScalarType takes the name
+    cast = NodeSpec("to.dtype", "aten", 0, (TensorSpec((2, 3), "int64", values=(1, 2, 3, 4, 5, 6)),),
+                    (TensorSpec((2, 3)),), (("a1", "float32"), ("nargs", 2)))
+    call, _ = node_call(cast, torch.device("cpu"), agent.pool)
+    y = call()
+    assert y.dtype == torch.float32 and y.tolist() == [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
     bad = NodeSpec("no_such_op.default", "aten", 0, (TensorSpec((2,)),), (TensorSpec((2,)),), (("nargs", 1),))
     with pytest.raises(Exception, match="no such operator"):
         node_call(bad, torch.device("cpu"), agent.pool)
