@@ -207,6 +207,9 @@ class Agent:
     plain_statistics: tuple[str, ...] = STATISTICS  # what the plain call's timing can be read as
     cooling = False  # True while the agent waits for a hot device to cool (a farm lists it as hot)
     runs_nodes = False  # times node ops (latbench.nodes): the nodes of its runtime's own graph
+    # the cache context `profile --model` times a model's ops in unless told (network: the model's
+    # weights read through the caches before each call; measured per runtime by benchmarks/zoo.py)
+    model_context = "network"
 
     Options: type[AgentOptions] = AgentOptions
 

@@ -51,6 +51,10 @@ class LiteRTAgent(Agent):
     model_kind = "tflite"
     fusion = "tflite"  # converters fold BN into the conv and fuse RELU/RELU6 (tflite_build does too)
     runs_nodes = True  # times node ops of domain "tflite": the operators of a .tflite model (lower_model)
+    # XNNPACK prices a whole model closer from operators timed back to back: benchmarks/zoo.py
+    # --runtime tflite read median 3.1% / worst 8.2% warm against 3.8-6.0% / 13-14% in network
+    # context (LeViT-128S +13% twice there, -3% warm) on the 2-core EPYC host, 2026-12-05
+    model_context = "warm"
 
     Options = LiteRTOptions
 

@@ -286,6 +286,11 @@ def test_ops_profile_and_predict_a_model_as_ort_runs_it(tmp_path, cli, net_onnx)
     with LatencyTable.open(table, readonly=True) as t:
         assert t.keys(status="ok") == {op.key for op in listed}
         est, inv = t.estimates(), invocation_ms(t)
+        # network context by default: the model's weight bytes read before each timed call
+        from latbench.profiler import network_context_bytes
+
+        want = network_context_bytes(None, 4 * sum(op.params for op in lowered) / (1 << 20))[0]
+        assert t.run_settings.context == "network" and t.run_settings.context_bytes == want > 0
     code, out, err = cli("predict", "--table", str(table), "--model", str(path), "--json")
     assert code == 0, err
     (row,) = json.loads(out)["predictions"]

@@ -293,6 +293,7 @@ def test_ops_profile_and_predict_a_tflite_model(tmp_path, cli, subnet) -> None:
     assert code == 0, err
     lowered = model_ops(str(path), None, "tflite", threads=1).ops
     with LatencyTable.open(table, readonly=True) as t:
+        assert t.run_settings.context == "warm"  # LiteRT's model_context: back to back
         assert t.keys(status="ok") == set(listed["ops"])
         est, inv = t.estimates(), invocation_ms(t)
     code, out, err = cli("predict", "--table", str(table), "--model", str(path), "--json")

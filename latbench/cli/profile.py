@@ -128,12 +128,14 @@ def profile_command(
 
 
 def _model_context(out: Path, device: str, mo, context: str, context_mb: Optional[float]):
-    """--model's cache context when left to auto: network with the model's weights read before
-    each timed call (what a run of the model streams between two runs of one of its ops, as a
-    space's median subnet weights do), or the table's own when `out` resumes one."""
+    """--model's cache context when left to auto: the table's own when `out` resumes one, else the
+    agent's `model_context`: network with the model's weights read before each timed call (what
+    a run of the model streams between two runs of one of its ops, as a space's median subnet
+    weights do) on ort and torch, warm (back to back) on LiteRT."""
     from device_agents import agent_class
 
-    if context != "auto" or context_mb is not None or "network" not in agent_class(device).contexts:
+    cls = agent_class(device)
+    if context != "auto" or context_mb is not None or "network" not in cls.contexts:
         return context, context_mb
     if out.is_file():
         from ..store import LatencyTable
@@ -142,6 +144,8 @@ def _model_context(out: Path, device: str, mo, context: str, context_mb: Optiona
             run = t.run_settings
         if run is not None:
             return run.context, (run.context_bytes / (1 << 20) if run.context == "network" else None)
+    if getattr(cls, "model_context", "network") == "warm":
+        return "warm", None
     return "network", mo.weight_bytes / (1 << 20)
 
 
