@@ -92,14 +92,15 @@ def graph_feeds(proto: "onnx.ModelProto", pool: np.ndarray) -> dict[str, np.ndar
 
 
 def graph_tensors(proto: "onnx.ModelProto", feeds: dict[str, np.ndarray], cut_options,
-                  provider: str) -> dict[str, TensorSpec]:
-    """Every tensor the graph computes, as a TensorSpec of its value in one run on `feeds`
-    (graph inputs included). Runs the graph once per EXPOSE_PER_RUN tensors read back, so the
-    memory held at once stays that of a few dozen activations."""
+                  provider: str, names: "list[str] | None" = None) -> dict[str, TensorSpec]:
+    """Every tensor the graph computes (or the `names` given), as a TensorSpec of its value in one
+    run on `feeds` (graph inputs included). Runs the graph once per EXPOSE_PER_RUN tensors read
+    back, so the memory held at once stays that of a few dozen activations."""
     from latbench.lower import tensor_spec
 
     out = {name: tensor_spec(v) for name, v in feeds.items()}
-    names = [o for n in proto.graph.node for o in n.output if o]
+    if names is None:
+        names = [o for n in proto.graph.node for o in n.output if o]
     for start in range(0, len(names), EXPOSE_PER_RUN):
         chunk = names[start:start + EXPOSE_PER_RUN]
         probe = onnx.ModelProto()

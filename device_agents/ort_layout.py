@@ -27,6 +27,7 @@ from latbench.errors import require
 from latbench.ops import OpSpec
 
 from .onnx_build import build_onnx_chain, graph_in_shape, graph_out_shape
+from .ort_graph import graph_tensors
 from .weights import Weights
 
 ort = require("onnxruntime", "ort")
@@ -147,12 +148,7 @@ def _plain_conv(n) -> bool:
 def _tensor_shapes(opt, t_in: str, t_out: str, cut_options, provider: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The shapes ONNX Runtime gives the NCHWc tensors `t_in` and `t_out` (channels padded to its
     block size): read off one run of the optimised graph with both exposed as outputs."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(opt)
-    for name in (t_in, t_out):
-        probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    sess = ort.InferenceSession(probe.SerializeToString(), cut_options, providers=[provider])
-    i = sess.get_inputs()[0]
-    x = np.zeros([int(d) for d in i.shape], dtype=np.float32)
-    a, b = sess.run([t_in, t_out], {i.name: x})
-    return tuple(a.shape), tuple(b.shape)
+    i = opt.graph.input[0]
+    x = np.zeros([d.dim_value for d in i.type.tensor_type.shape.dim], dtype=np.float32)
+    got = graph_tensors(opt, {i.name: x}, cut_options, provider, names=[t_in, t_out])
+    return got[t_in].shape, got[t_out].shape

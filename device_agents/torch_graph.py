@@ -21,7 +21,7 @@ import numpy as np
 
 from latbench import ops as O
 from latbench.errors import OpError, UsageError, require
-from latbench.lower import Lowering, Unmapped
+from latbench.lower import Lowering, Unmapped, tensor_spec
 from latbench.nodes import DTYPES, EmptyList, NodeSpec, TensorSpec
 
 from .weights import spec_values
@@ -29,7 +29,6 @@ from .weights import spec_values
 torch = require("torch", "torch")
 
 ATEN = "aten"
-INT_VALUES_MAX = 64  # as latbench.lower.INT_VALUES_MAX: small integer constants keep their values
 _ENUMS = ("ScalarType", "Layout", "Device", "MemoryFormat")
 _EXPORT_ONLY = ("_assert", "sym_")  # calls torch.export adds to check its own assumptions
 
@@ -43,16 +42,12 @@ def _dtype_name(dtype) -> str:
 
 def _fake_spec(val, const: bool = False, real=None) -> TensorSpec:
     """A TensorSpec from an exported graph's value (a FakeTensor); `real` the parameter's data,
-    whose values are kept where they decide the work (float scalars, small integer tensors)."""
+    whose values are kept where latbench.lower.tensor_spec keeps them (float scalars, small
+    integer tensors; numpy has no bfloat16, so such a constant keeps none)."""
     dtype = _dtype_name(val.dtype)
-    shape = tuple(int(d) for d in val.shape)
-    values = None
-    if real is not None:
-        n = real.numel()
-        is_float = real.is_floating_point()
-        if (is_float and n <= 1) or (not is_float and n <= INT_VALUES_MAX):
-            values = tuple(real.detach().reshape(-1).cpu().tolist())
-    return TensorSpec(shape, dtype, const, values)
+    if real is not None and dtype != "bfloat16":
+        return tensor_spec(real.detach().cpu().numpy(), const=True)
+    return TensorSpec(tuple(int(d) for d in val.shape), dtype, const, None)
 
 
 def _plain(value, where: str) -> Any:

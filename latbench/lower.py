@@ -504,6 +504,8 @@ def lower_graph(proto, tensors: dict[str, Any]) -> Lowering:
     really produced, small integer values (shape arithmetic) too. Constant nodes are `free`; a node with a subgraph
     (If, Loop, Scan) is unmapped - it is control flow, not one kernel."""
     onnx = require("onnx", "ort")
+    from onnx import numpy_helper
+
     from .nodes import EmptyList, NodeSpec, TensorSpec
 
     g = proto.graph
@@ -515,8 +517,6 @@ def lower_graph(proto, tensors: dict[str, Any]) -> Lowering:
         if not name:
             return None
         if name in consts:
-            from onnx import numpy_helper
-
             return tensor_spec(numpy_helper.to_array(consts[name]), const=True, param=param)
         if name not in tensors:
             raise _Unmappable(f"the run of the graph gave no value for {name!r}")
@@ -529,8 +529,6 @@ def lower_graph(proto, tensors: dict[str, Any]) -> Lowering:
             raise _Unmappable(f"attribute {a.name!r} of a type latbench does not time ({a.type})")
         v = onnx.helper.get_attribute_value(a)
         if a.type == AT.TENSOR:
-            from onnx import numpy_helper
-
             return tensor_spec(numpy_helper.to_array(v), const=True)
         if a.type == AT.STRING:
             return v.decode()
