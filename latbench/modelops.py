@@ -145,14 +145,18 @@ class ModelOps:
 def onnx_source(model, input_shape: Sequence[int] | None = None):
     """`model` as ONNX: an ONNX path/bytes/ModelProto as it is; a torch module or a
     "module:callable" spec exported by the recipe above (`export_module`)."""
+    if is_onnx_source(model):
+        return model
     name = _name(model)
-    if isinstance(model, str) and not is_onnx_source(model) and ":" in model:
-        model = load_callable(model)
-    if not is_onnx_source(model):
-        if input_shape is None:
-            raise UsageError(f"{name}: a torch module needs its input shape (`input_shape`, e.g. 1,3,224,224)")
-        model = export_module(model, input_shape)
-    return model
+    module = torch_source(model)
+    _need_shape(name, input_shape)
+    return export_module(module, input_shape)
+
+
+def _need_shape(name: str, input_shape: Sequence[int] | None) -> None:
+    """A torch module is run (exported or recorded) on an input of its shape: refuse none."""
+    if input_shape is None:
+        raise UsageError(f"{name}: a torch module needs its input shape (`input_shape`, e.g. 1,3,224,224)")
 
 
 def reads_graph(agent, model) -> bool:
@@ -183,7 +187,9 @@ def lower_model(model, input_shape: Sequence[int] | None = None, agent=None):
 
     if reads_graph(agent, model):
         if agent.model_kind == "torch":
-            return agent.lower_model(torch_source(model), input_shape)
+            module = torch_source(model)
+            _need_shape(_name(model), input_shape)
+            return agent.lower_model(module, input_shape)
         return agent.lower_model(model if is_tflite_source(model) else onnx_source(model, input_shape), input_shape)
     if is_tflite_source(model):
         raise UsageError(f"{_name(model)}: a .tflite model is lowered as LiteRT runs it, node by node: "

@@ -100,6 +100,8 @@ def test_ops_profile_and_predict_a_module_as_eager_runs_it(tmp_path, cli, monkey
     spec = ["--model", "hybrid_net:net", "--input-shape", ",".join(map(str, SHAPE))]
     code, out, err = cli("ops", *spec, "--device", "cpu", "-o", str(tmp_path / "ops.jsonl"))
     assert code == 0 and "every compute node mapped" in err, err
+    code, out, err = cli("ops", "--model", "hybrid_net:net", "--device", "cpu")  # no input shape: named by its flag
+    assert code == 2 and "--input-shape" in err and "Traceback" not in err, err
     listed = read_any_ops(str(tmp_path / "ops.jsonl"))
     assert listed and all(op.graph_node.domain == "aten" for op in listed)
     table = tmp_path / "cpu.sqlite"
