@@ -148,6 +148,15 @@ def _conv(g: _Graph, x: str, parts: _Parts) -> str:
     return y
 
 
+def _shuffle(g: _Graph, x: str, p: OpSpec) -> str:
+    """Channel shuffle as torch exports it (torch_build's symbolic): Reshape to (n, g, c/g, h, w),
+    Transpose (0, 2, 1, 3, 4), Reshape back to (n, c, h, w)."""
+    n, c, h, w = p.in_shape
+    y = g.node("Reshape", [x, g.ints([n, p.groups, c // p.groups, h, w])])
+    y = g.node("Transpose", [y], perm=[0, 2, 1, 3, 4])
+    return g.node("Reshape", [y, g.ints([n, c, h, w])])
+
+
 def _pool(g: _Graph, x: str, p: OpSpec) -> str:
     """Max/avg pool with torch's ceil_mode and count_include_pad semantics."""
     if p.global_pool:
@@ -225,6 +234,8 @@ def _emit(g: _Graph, op: OpSpec, weights: Weights, x: str) -> str:
             y = _act(g, y, parts.take("activation")[0].act)
         elif p.act != "none":
             y = _act(g, y, p.act)
+    elif k == "shuffle":
+        y = _shuffle(g, x, parts.take("shuffle")[0])
     elif k == "softmax":
         if not -4 <= op.axis < 4:
             raise OpError(f"{op.key}: softmax axis {op.axis} is out of range for a 4-D input")
@@ -237,9 +248,11 @@ def _emit(g: _Graph, op: OpSpec, weights: Weights, x: str) -> str:
 
 
 def _mbconv(g: _Graph, op: OpSpec, x: str, parts: _Parts) -> str:
-    """torch_build.MBConv: [expand] -> depthwise -> [SE] -> project -> [+x]; se_pos='out':
-    relu(out + se(project output))."""
+    """torch_build.MBConv: [expand] -> [shuffle] -> depthwise -> [SE] -> project -> [+x];
+    se_pos='out': relu(out + se(project output))."""
     y = _conv(g, x, parts) if op.expand_conv else x
+    if parts.peek() == "shuffle":
+        y = _shuffle(g, y, parts.take("shuffle")[0])
     y = _conv(g, y, parts)
     if op.se and op.se_pos == "dw":
         y = _se(g, y, parts)

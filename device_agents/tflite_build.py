@@ -346,6 +346,24 @@ class _Net:
             y = self.binary(y, self.g.const(scale, self._name("avg_divisor_fix")), "mul")
         return y
 
+    def reshape(self, x: _V, shape: tuple[int, ...]) -> _V:
+        """RESHAPE to a static shape (given as the shape input and in the options, as converters do)."""
+        new = self.g.const(np.array(shape, dtype=np.int32), self._name("shape"))
+        o = S.ReshapeOptionsT()
+        o.newShape = list(shape)
+        return self.g.op(BO.RESHAPE, [x.idx, new.idx], shape, self._name("reshape"), OPT.ReshapeOptions, o)
+
+    def shuffle(self, x: _V, p: OpSpec) -> _V:
+        """Channel shuffle on NHWC: RESHAPE (n, h*w, g, c/g), TRANSPOSE (0, 1, 3, 2), RESHAPE back;
+        a 4-D transpose (op version 1) that every LiteRT and benchmark_model build runs."""
+        n, h, w, c = x.shape
+        g = p.groups
+        y = self.reshape(x, (n, h * w, g, c // g))
+        perm = self.g.const(np.array([0, 1, 3, 2], dtype=np.int32), self._name("perm"))
+        y = self.g.op(BO.TRANSPOSE, [y.idx, perm.idx], (n, h * w, c // g, g), self._name("transpose"),
+                      OPT.TransposeOptions, S.TransposeOptionsT())
+        return self.reshape(y, (n, h, w, c))
+
     def softmax(self, x: _V, p: OpSpec) -> _V:
         if p.axis not in (1, -3):
             raise OpError(f"{p.key}: TFLite SOFTMAX works on the last axis only; with NHWC activations that is "
@@ -396,8 +414,11 @@ class _Net:
         return self.binary(x, s, "mul")
 
     def mbconv(self, x: _V, op: OpSpec, cur: _Cursor) -> _V:
-        """torch_build.MBConv: [expand] -> depthwise -> [SE] -> project -> [+x] (-> SE at out)."""
+        """torch_build.MBConv: [expand] -> [shuffle] -> depthwise -> [SE] -> project -> [+x] (-> SE at out)."""
         y = self.conv_group(x, cur) if op.expand_conv else x
+        nxt = cur.peek()
+        if nxt is not None and nxt.kind == "shuffle":
+            y = self.shuffle(y, cur.take("shuffle")[0])
         y = self.conv_group(y, cur)
         if op.se and op.se_pos == "dw":
             y = self.se(y, cur)
@@ -450,6 +471,8 @@ class _Net:
                 y = self.batch_norm(x, p, w)
             elif k == "softmax":
                 y = self.softmax(x, p)
+            elif k == "shuffle":
+                y = self.shuffle(x, p)
             elif k == "eltwise":
                 y = self.eltwise(x, p, w)
             else:

@@ -112,6 +112,8 @@ def lower_torch(module, input_shape: tuple[int, ...]) -> Lowering:
                 op = O.linear(x[0], m.in_features, m.out_features, m.bias is not None)
             elif isinstance(m, nn.Softmax):
                 op = O.softmax(x, m.dim if m.dim is not None else 1)
+            elif isinstance(m, nn.ChannelShuffle):  # one call: torch.fx keeps torch.nn layers whole
+                op = O.shuffle(x, m.groups)
             elif isinstance(m, free_modules):
                 low.free.append(_node_label(node, modules))
                 continue
@@ -228,7 +230,8 @@ def lower_onnx(model, input_shape: Sequence[int] | None = None) -> Lowering:
     is known without the input's data - Constant, Shape, Size, and Gather/Concat/Cast/... of such
     values or initializers, which runtimes fold away), compute mapped to an OpSpec (x * Sigmoid(x)
     as swish, Clip(0, 6) as relu6, HardSigmoid(1/6, 1/2) as hsigmoid, Gemm / MatMul by a 2-d
-    weight as linear), or compute listed in `unmapped` with the reason where there is one.
+    weight as linear, a 5-D Transpose (0, 2, 1, 3, 4) between Reshapes as a channel shuffle), or
+    compute listed in `unmapped` with the reason where there is one.
     """
     onnx = require("onnx", "ort")
     proto, name = read_onnx(model, input_shape)
@@ -427,7 +430,23 @@ def _onnx_op(onnx, node, graph: _OnnxGraph, swish: set[str]) -> OpSpec | None:
     if t == "Softmax":
         axis, rank = attrs.get("axis", -1), len(graph.shape(node.input[0]))
         return O.softmax(graph.x4(node.input[0]), axis % rank)
+    if t == "Transpose":
+        return _onnx_shuffle(graph.shape(node.input[0]), attrs.get("perm"))
     return None
+
+
+_SHUFFLE_PERM = [0, 2, 1, 3, 4]
+
+
+def _onnx_shuffle(x: tuple[int, ...], perm) -> OpSpec:
+    """Transpose (n, g, c/g, h, w) -> (n, c/g, g, h, w): a channel shuffle's data movement (the
+    Reshapes around it, as torch_build's export and onnx_build write it, are views)."""
+    if len(x) != 5 or perm is None or list(perm) != _SHUFFLE_PERM or x[1] < 2:
+        shown = "reversed axes" if perm is None else f"perm {list(perm)}"
+        raise _Unmappable(f"{shown} of a {'x'.join(map(str, x))} tensor: latbench times a transpose only as "
+                          f"a channel shuffle's (n, g, c/g, h, w) with perm {_SHUFFLE_PERM}")
+    n, g, cg, h, w = x
+    return O.shuffle((n, g * cg, h, w), g)
 
 
 def _eltwise(a: tuple[int, int, int, int], b: tuple[int, int, int, int], kind: str) -> OpSpec:

@@ -43,6 +43,9 @@ def export_module(module, input_shape: Sequence[int], input_names: Sequence[str]
     require("onnx", "ort")
     if not input_shape:
         raise UsageError("exporting a torch module needs its input shape (`input_shape`, e.g. 1,3,224,224)")
+    from .spaces.torch_build import register_onnx_symbolics
+
+    register_onnx_symbolics()  # nn.ChannelShuffle (FBNet's g2 blocks) exports as Reshape-Transpose-Reshape
     module = module.eval()
     buf = io.BytesIO()
     threads = torch.get_num_threads()

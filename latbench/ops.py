@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import OpError
 
-OP_KINDS = ("conv", "pool", "eltwise", "softmax", "activation", "batch_norm", "linear", "node")
+OP_KINDS = ("conv", "pool", "eltwise", "softmax", "activation", "batch_norm", "linear", "shuffle", "node")
 BLOCK_KINDS = ("mbconv", "bottleneck", "basic")
 KINDS = OP_KINDS + BLOCK_KINDS
 ACTIVATIONS = ("relu", "relu6", "hswish", "hsigmoid", "sigmoid", "swish", "tanh", "gelu")
@@ -65,7 +65,7 @@ class OpSpec:
     stride: int = 1
     padding: int = 0
     dilation: int = 1
-    groups: int = 1
+    groups: int = 1  # conv groups; shuffle groups; mbconv: groups of its two 1x1 convs (shuffled between)
     bias: bool = False
     bn: bool = False  # conv followed by batch norm (folded, as runtimes run it)
     act: str = "none"  # fused activation; for kind=activation the activation itself
@@ -110,6 +110,8 @@ class OpSpec:
         if k == "conv":
             if self.groups < 1 or self.c % self.groups or self.out % self.groups:
                 raise OpError(f"conv: groups={self.groups} must divide in={self.c} and out={self.out}")
+        if k == "shuffle" and (self.groups < 2 or self.c % self.groups):
+            raise OpError(f"shuffle: groups={self.groups} must be >= 2 and divide the {self.c} channels")
         if self.act not in ("none",) + ACTIVATIONS:
             raise OpError(f"{k}: unknown activation {self.act!r} (known: {', '.join(ACTIVATIONS)})")
         if k == "activation" and self.act == "none":
@@ -125,6 +127,11 @@ class OpSpec:
                 raise OpError("mbconv: without an expansion conv mid must equal in channels")
             if self.se_pos not in ("dw", "out") or self.se_act not in ACTIVATIONS:
                 raise OpError("mbconv: se_pos must be dw|out and se_act an activation")
+            g = self.groups
+            if g < 1 or self.c % g or self.mid % g or self.out % g:
+                raise OpError(f"mbconv: groups={g} must divide in={self.c}, mid={self.mid} and out={self.out}")
+            if g > 1 and not self.expand_conv:
+                raise OpError("mbconv: groups > 1 needs the expansion conv (the channel shuffle follows it)")
         if k in ("bottleneck",) and self.mid < 1:
             raise OpError("bottleneck: mid channels must be >= 1")
         if k in BLOCK_KINDS and self.residual and not self.proj:
@@ -216,6 +223,8 @@ class OpSpec:
             return 2 * self.macs
         if self.kind == "node":
             return self.graph_node.flops
+        if self.kind == "shuffle":
+            return 0  # a permutation of channels: data movement only
         elems = _prod(self.out_shape)
         if self.kind == "batch_norm":
             return 2 * elems + (elems if self.act != "none" else 0)
@@ -344,11 +353,19 @@ def linear(n, in_features, out_features, bias=True, act="none", role="") -> OpSp
 
 
 def mbconv(shape, out, mid, kernel, stride, act, se=0, se_act="hsigmoid", se_pos="dw",
-           residual=False, expand_conv=True) -> OpSpec:
+           residual=False, expand_conv=True, groups=1) -> OpSpec:
+    """An inverted residual block; `groups` > 1 groups its two 1x1 convs and shuffles the
+    channels after the expansion (FBNet's g2 blocks)."""
     n, c, h, w = shape
     return OpSpec("mbconv", n, c, h, w, out=out, mid=mid, kernel=kernel, stride=stride,
                   padding=(kernel - 1) // 2, act=act, se=se, se_act=se_act, se_pos=se_pos,
-                  residual=residual, expand_conv=expand_conv)
+                  residual=residual, expand_conv=expand_conv, groups=groups)
+
+
+def shuffle(shape, groups) -> OpSpec:
+    """ShuffleNet's channel shuffle: (n, g, c/g, h, w) -> (n, c/g, g, h, w), viewed as (n, c, h, w)."""
+    n, c, h, w = shape
+    return OpSpec("shuffle", n, c, h, w, groups=groups)
 
 
 def resblock(kind, shape, out, kernel, stride, mid=0, act="relu") -> OpSpec:
@@ -421,14 +438,16 @@ def _expand_mbconv(op: OpSpec) -> list[OpSpec]:
     ops: list[OpSpec] = []
     x = op.in_shape
     if op.expand_conv:
-        ops += expand(conv(x, op.mid, 1, bn=True, act=op.act))
+        ops += expand(conv(x, op.mid, 1, groups=op.groups, bn=True, act=op.act))
         x = (op.n, op.mid, op.h, op.w)
+        if op.groups > 1:
+            ops.append(shuffle(x, op.groups))
     dw = conv(x, op.mid, op.kernel, op.stride, groups=op.mid, bn=True, act=op.act)
     ops += expand(dw)
     x = dw.out_shape
     if op.se and op.se_pos == "dw":
         ops += _se_ops(x, op.se, op.se_act)
-    proj = conv(x, op.out, 1, bn=True)
+    proj = conv(x, op.out, 1, groups=op.groups, bn=True)
     ops += expand(proj)
     y = proj.out_shape
     if op.residual:
@@ -483,7 +502,7 @@ def is_ofa_mbconv(op: OpSpec) -> bool:
     return (
         op.kind == "mbconv" and op.n == 1 and op.act in ("relu", "hswish")
         and op.expand_conv == (op.mid != op.c) and op.se_pos == "dw" and op.se_act == "hsigmoid"
-        and op.se in (0, make_divisible(op.mid // 4, 8))
+        and op.se in (0, make_divisible(op.mid // 4, 8)) and op.groups == 1
     )
 
 
@@ -516,9 +535,13 @@ def _key(op: OpSpec) -> str:
         parts += [f"act:{op.act}"]
     elif k == "softmax":
         parts += [f"axis:{op.axis}"]
+    elif k == "shuffle":
+        parts += [f"g:{op.groups}"]
     elif k == "mbconv":
-        parts += [f"out:{op.out}", f"mid:{op.mid}", f"k:{op.kernel}", f"s:{op.stride}",
-                  f"act:{op.act}", f"expconv:{_b(op.expand_conv)}", f"se:{op.se}"]
+        parts += [f"out:{op.out}", f"mid:{op.mid}", f"k:{op.kernel}", f"s:{op.stride}"]
+        if op.groups > 1:  # only then: every key of an ungrouped block stays as it was
+            parts += [f"g:{op.groups}"]
+        parts += [f"act:{op.act}", f"expconv:{_b(op.expand_conv)}", f"se:{op.se}"]
         if op.se:
             parts += [f"seact:{op.se_act}", f"sepos:{op.se_pos}"]
         parts += [f"res:{_b(op.residual)}"]
@@ -538,7 +561,7 @@ def unique(ops) -> list[OpSpec]:
 
 __all__ = [
     "OpSpec", "KINDS", "OP_KINDS", "BLOCK_KINDS", "ACTIVATIONS", "OFA_ROLES", "make_divisible",
-    "conv", "pool", "eltwise", "activation", "batch_norm", "softmax", "linear", "mbconv",
+    "conv", "pool", "eltwise", "activation", "batch_norm", "softmax", "linear", "mbconv", "shuffle",
     "resblock", "node", "expand", "unique", "is_ofa_mbconv", "conv_out",
 ]
 

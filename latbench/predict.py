@@ -283,11 +283,13 @@ class Pricer:
         return cls(costs, granularity, fusion or (run.fusion if run else None) or "none", None, strict,
                    lambda: table.ops(), inv, by_resolution, label)
 
-    def price(self, ops: Iterable[OpSpec], resolution: int | None = None) -> Price:
-        """The price of an op list run as one network at `resolution`."""
+    def price(self, ops: Iterable[OpSpec], resolution: int | None = None, per_block: bool = False) -> Price:
+        """The price of an op list run as one network at `resolution`; `per_block`: a space's
+        blocks, each fused on its own as `Predictor` compiles them (consecutive blocks of a cell's
+        DAG need not feed each other), else the list fused as one chain (a lowered model's ops)."""
         inv = self.invocation_ms
         total, misses = inv, []
-        lowered = self.lower_all(ops)
+        lowered = [o for b in ops for o in self.lower(b)] if per_block else self.lower_all(ops)
         for op in lowered:
             ms, missed = self.price_op(op, resolution)
             total += ms - inv
@@ -617,7 +619,7 @@ class Predictor:
     def explain(self, config: Any) -> Price:
         """The full price of one config: raw sum, calibrated value, keys priced by the fallback."""
         blocks = self._need_space("explain").blocks(config)  # strict: Pricer.price raises on the first missing key
-        p = self.pricer.price(blocks, self.resolution_of(config))
+        p = self.pricer.price(blocks, self.resolution_of(config), per_block=True)
         self._check_fallback(config, len(p.misses), p.keys)
         ms = self.calibration.apply(p.raw_ms) if self.calibration else p.raw_ms
         return Price(ms, p.raw_ms, p.misses, self.calibration is not None, p.invocation_ms, p.keys)

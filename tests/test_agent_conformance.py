@@ -172,6 +172,8 @@ OP_LEVEL: list[OpSpec] = [
     O.softmax(S, axis=1),
     O.linear(2, 64, 10),
     O.linear(1, 32, 16, bias=False),
+    O.shuffle(S, 2),  # channel shuffle (FBNet's g2 blocks)
+    O.shuffle(S_ODD, 4),
 ]
 
 BLOCK_LEVEL: list[OpSpec] = [
@@ -182,6 +184,8 @@ BLOCK_LEVEL: list[OpSpec] = [
     O.mbconv(S, 16, 16, 3, 1, "relu", residual=True, expand_conv=False),  # without
     O.mbconv(S, 16, 64, 5, 1, "hswish", se=16, residual=True),  # SE after the depthwise conv
     O.mbconv(S, 24, 48, 3, 1, "relu", se=8, se_pos="out"),  # SE on the block output (LightNAS)
+    O.mbconv(S, 16, 16, 3, 1, "relu", residual=True, groups=2),  # grouped 1x1s + shuffle (FBNet g2)
+    O.mbconv(S, 24, 16, 5, 2, "relu", groups=2),
     O.resblock("bottleneck", S, 32, 3, 2, mid=8),  # with projection
     O.resblock("basic", S, 24, 3, 2),  # with projection
     O.resblock("basic", S, 16, 3, 1),  # identity shortcut
@@ -321,6 +325,20 @@ def test_measure_yields_one_result_per_op_as_each_finishes(agent: Agent) -> None
             assert m.taken_at >= last_received, "a result was finished before the previous was consumed"
         last_received = received
         got.append(m)
+    assert [m.key for m in got] == [op.key for op in ops]
+    for m, op in zip(got, ops):
+        _check_measurement(m, op, agent)
+
+
+def test_every_op_kind_is_timed(agent: Agent) -> None:
+    """One op of each kind in latbench.ops.OP_KINDS (node ops aside: they are a runtime's own graph
+    nodes) is built and timed by every agent; a new kind needs an OP_LEVEL entry to pass."""
+    one = {}
+    for op in OP_LEVEL:
+        one.setdefault(op.kind, op)
+    assert set(one) == set(O.OP_KINDS) - {"node"}, "OP_LEVEL lacks an op of some kind"
+    ops = list(one.values())
+    got = list(agent.measure(ops, FAST))
     assert [m.key for m in got] == [op.key for op in ops]
     for m, op in zip(got, ops):
         _check_measurement(m, op, agent)

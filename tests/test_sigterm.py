@@ -176,6 +176,7 @@ COMMAND_ARGS = {
     "predict": ["--table", "t.sqlite", "--random", "2"],
     "calibrate": ["--table", "t.sqlite", "--space", "tiny"], "validate": ["--table", "t.sqlite", "--space", "tiny"],
     "search": ["--space", "tiny", "--table", "t.sqlite"],
+    "fit": ["--space", "tiny", "--measured", "empty.csv", "-o", "f.sqlite"],
     "table show": ["t.sqlite"], "table check": ["t.sqlite"],
     "table export": ["t.sqlite", "--format", "csv", "--out", "x.csv"],
     "table import": ["empty.csv", "--out", "t2.sqlite"], "table merge": ["t.sqlite", "empty.sqlite"],

@@ -11,7 +11,9 @@ from ..errors import ConfigError, UsageError
 
 
 def _load_config(text: str):
-    """A config from a JSON string or a JSON file (published form, or a list of choice indices)."""
+    """A config from a JSON string or a JSON file (published form, or a list of choice indices), or
+    the text itself where a space's published form is a string (NAS-Bench-201's arch string,
+    FBNet's block indices) and no file has that name."""
     stripped = text.lstrip()
     p = Path(text)
     if stripped[:1] in ("{", "["):  # inline JSON
@@ -19,6 +21,10 @@ def _load_config(text: str):
     else:
         try:
             src = p.read_text()
+        except FileNotFoundError:
+            if not text.endswith(".json"):
+                return text
+            raise ConfigError(f"--config {text}: no such file") from None
         except OSError as e:
             raise ConfigError(f"--config {text}: neither JSON nor a readable file ({e.strerror})") from None
     try:

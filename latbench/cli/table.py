@@ -72,6 +72,7 @@ def _row_view(r: dict[str, Any], ref_median: float | None = None) -> dict[str, A
         "resolutions": (r["extra"] or {}).get("resolutions"),
         "by_resolution": {str(k): per[k] for k in sorted(per)} or None,
         "hot": bool((r["extra"] or {}).get("hot")),
+        "fit": (r["extra"] or {}).get("fit"),
     }
 
 
@@ -81,6 +82,14 @@ def _note(r: dict[str, Any]) -> str:
         return f"failed: {r['error']}"
     words = [w for w in ("unstable" if r["unstable"] else "suspect" if r["suspect"] else "",
                          "hot" if r["hot"] else "") if w]
+    fit = r.get("fit")
+    if fit:
+        if fit.get("prior_only"):
+            words.append("prior only (no measured network holds it)")
+        elif fit.get("sd_ms") is None:
+            words.append(f"fitted, in {fit.get('networks')} networks (the prior's cost: no spread)")
+        else:
+            words.append(f"fitted +-{_fmt_ms(fit.get('sd_ms'))} ms, in {fit.get('networks')} networks")
     if r["by_resolution"]:
         words.append("per resolution: " + ", ".join(f"{k} {_fmt_ms(e['estimate'])}"
                                                     for k, e in r["by_resolution"].items()))
@@ -120,6 +129,12 @@ def show_cmd(
 
     con = Console(highlight=False, soft_wrap=True)
     con.print(f"profile: {prof.describe() if prof else 'none (empty table)'}", markup=False)
+    run = meta.get("profile_run") or {}  # RunSettings keeps `other`'s entries at its top level
+    fit = run.get("fit")
+    if fit:
+        how = dict(prof.options).get("fit") if prof else None
+        how = how or f"refined from {fit['networks']} networks ({run.get('source')})"
+        con.print(f"{how}; per-network cost {_fmt_ms(fit.get('intercept_ms'))} ms", markup=False)
     if meta.get("space"):
         con.print(f"space: {meta['space']['name']} ({meta['space']['how']})", markup=False)
     con.print(f"rows: {counts['ok']} ok, {counts['failed']} failed"

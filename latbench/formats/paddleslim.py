@@ -9,6 +9,7 @@ Op lines (a table line is the same with the latency in ms last):
     pooling flag_global_pooling n c h w kernel padding stride ceil_mode pool_type
                                                 (1 max, 2 avg incl. padding, 3 avg excl. padding)
     softmax axis n c h w
+    shuffle_channel group n c h w               (Paddle's shuffle_channel op, its `group` attribute)
 
 PaddleSlim pads a flat (n, c) tensor to `n c 1 1` and writes the softmax of flat logits with axis
 -1 (`softmax -1 1 1000 1 1` in LightNAS's own op list); latbench's softmax over the channels of an
@@ -56,6 +57,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
                 "ceil_mode", "pool_type"),
     "softmax": ("axis", "n", "c", "h", "w"),
     "linear": ("flag_bias", "n_in", "c_in", "c_out"),
+    "shuffle_channel": ("group", "n", "c", "h", "w"),
 }
 _HINT = "use --granularity op, or --format csv|jsonl which hold any op"
 
@@ -99,6 +101,8 @@ def op_to_line(op: OpSpec) -> str:
                 f"{int(op.ceil_mode)} {pool_type}")
     if k == "softmax":
         return f"softmax {-1 if _flat_softmax(op.axis, op.h, op.w) else op.axis} {shape}"
+    if k == "shuffle":
+        return f"shuffle_channel {op.groups} {shape}"
     if k == "linear":
         if op.act != "none" or op.h != 1 or op.w != 1:
             raise FormatError(f"linear with act={op.act} on a {op.h}x{op.w} input has no line in "
@@ -274,6 +278,9 @@ def _build(typ: str, args: list[str], names: tuple[str, ...]) -> OpSpec:
     if typ == "softmax":
         axis, n, c, h, w = (_int(args, names, i) for i in range(5))
         return OpSpec("softmax", n, c, h, w, axis=1 if _flat_softmax(axis, h, w) else axis)
+    if typ == "shuffle_channel":
+        group, n, c, h, w = (_int(args, names, i) for i in range(5))
+        return O.shuffle((n, c, h, w), group)
     # linear (latbench extension)
     bias = _flag(args, names, 0)
     n, c, out = (_int(args, names, i) for i in range(1, 4))

@@ -38,12 +38,16 @@ def get_space(name_or_path: str) -> SearchSpace:
 def _register_builtins() -> None:
     """The built-in spaces; a module of them that fails to import fails loudly (no space vanishes)."""
     from .bignas_resnet import bignas_resnet, packaged_space
+    from .fbnet import FBNet
     from .lightnas import LightNASSpace
+    from .nb201 import NASBench201
     from .ofa_mbv3 import OFAMobileNetV3
 
     register_space("ofa-mbv3-w10", lambda: OFAMobileNetV3(1.0))
     register_space("ofa-mbv3-w12", lambda: OFAMobileNetV3(1.2))
     register_space("lightnas", LightNASSpace)
+    register_space("fbnet", FBNet)
+    register_space("nb201", NASBench201)
     register_space("bignas-resnet", bignas_resnet)
     register_space("tiny", lambda: packaged_space("tiny.yaml"))
 

@@ -5,6 +5,8 @@ Each block becomes one module built from standard torch layers, so tracing the m
 """
 from __future__ import annotations
 
+import functools
+
 from ..errors import OpError, require
 from ..ops import OpSpec
 
@@ -65,21 +67,26 @@ class SqueezeExcite(nn.Module):
 
 
 class MBConv(nn.Module):
-    """Inverted residual: [1x1 expand] -> kxk depthwise -> [SE] -> 1x1 project -> [+x]; with
-    se_pos='out' (PaddleSlim LightNAS) the SE runs on the block output: relu(out + se(linear_out))."""
+    """Inverted residual: [1x1 expand] -> [shuffle] -> kxk depthwise -> [SE] -> 1x1 project -> [+x];
+    groups > 1 groups both 1x1 convs and shuffles after the expansion (FBNet / HW-NAS-Bench
+    ConvBlock); with se_pos='out' (PaddleSlim LightNAS) the SE runs on the block output:
+    relu(out + se(linear_out))."""
 
     def __init__(self, op: OpSpec):
         super().__init__()
-        self.expand = ConvBNAct(op.c, op.mid, 1, act=op.act) if op.expand_conv else None
+        self.expand = ConvBNAct(op.c, op.mid, 1, groups=op.groups, act=op.act) if op.expand_conv else None
+        self.shuffle = channel_shuffle(op.groups) if op.groups > 1 else None
         self.depthwise = ConvBNAct(op.mid, op.mid, op.kernel, op.stride, groups=op.mid, act=op.act)
         self.se = SqueezeExcite(op.mid if op.se_pos == "dw" else op.out, op.se, op.se_act) if op.se else None
         self.se_pos = op.se_pos
-        self.project = ConvBNAct(op.mid, op.out, 1)
+        self.project = ConvBNAct(op.mid, op.out, 1, groups=op.groups)
         self.residual = op.residual
         self.out_relu = nn.ReLU() if op.se and op.se_pos == "out" else None
 
     def forward(self, x):
         y = self.expand(x) if self.expand is not None else x
+        if self.shuffle is not None:
+            y = self.shuffle(y)
         y = self.depthwise(y)
         if self.se is not None and self.se_pos == "dw":
             y = self.se(y)
@@ -146,6 +153,33 @@ class Eltwise(nn.Module):
         return torch.maximum(x, y)
 
 
+def channel_shuffle(groups: int) -> nn.Module:
+    """torch.nn.ChannelShuffle (a torch.nn leaf, so torch.fx keeps it one call), made exportable
+    to ONNX first: the TorchScript exporter has no symbolic for aten::channel_shuffle."""
+    register_onnx_symbolics()
+    return nn.ChannelShuffle(groups)
+
+
+@functools.cache
+def register_onnx_symbolics() -> None:
+    """Export aten::channel_shuffle as Reshape (n, g, c/g, h, w) -> Transpose -> Reshape (n, c, h, w),
+    the graph device_agents.onnx_build times and latbench.lower maps back to a shuffle op (once)."""
+    from torch.onnx import register_custom_op_symbolic, symbolic_helper as sh
+
+    @sh.parse_args("v", "i")
+    def symbolic(g, x, groups):
+        sizes = sh._get_tensor_sizes(x)
+        if sizes is None or len(sizes) != 4 or None in sizes:
+            return sh._unimplemented("channel_shuffle", "a 4-D input of known shape", x)
+        n, c, h, w = sizes
+        five = g.op("Constant", value_t=torch.tensor([n, groups, c // groups, h, w], dtype=torch.int64))
+        four = g.op("Constant", value_t=torch.tensor([n, c, h, w], dtype=torch.int64))
+        t = g.op("Transpose", g.op("Reshape", x, five), perm_i=[0, 2, 1, 3, 4])
+        return g.op("Reshape", t, four)
+
+    register_custom_op_symbolic("aten::channel_shuffle", symbolic, 9)  # opset 9 and every later one
+
+
 def module_for(op: OpSpec) -> nn.Module:
     """One torch module computing `op` (op or block granularity)."""
     k = op.kind
@@ -174,6 +208,8 @@ def module_for(op: OpSpec) -> nn.Module:
         return nn.Softmax(dim=op.axis)
     if k == "eltwise":
         return Eltwise(op.eltwise, (op.n, op.c, 1, 1) if op.broadcast else op.in_shape)
+    if k == "shuffle":
+        return channel_shuffle(op.groups)
     raise OpError(f"no torch module for op kind {k!r}")
 
 
