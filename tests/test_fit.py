@@ -266,6 +266,12 @@ def test_cli_refines_a_measured_table_from_validate_csv(space, tmp_path, cli):
     twice = run_cli(cli, "fit", "-s", SPACE, "--measured", str(csv), "--prior", str(own), "--prior", str(out),
                     "--refine", "-o", str(tmp_path / "x.db"))
     assert twice.returncode == 2 and "exactly one prior table" in twice.stderr
+    # `latbench transfer TABLES ...` is `fit` with TABLES as its priors: the same table, row for row
+    same = run_cli(cli, "transfer", str(own), "-s", SPACE, "--measured", str(csv), "--refine", "-o",
+                   str(tmp_path / "t.db"))
+    assert same.returncode == 0, same.stderr
+    with LatencyTable.open(out, readonly=True) as a, LatencyTable.open(tmp_path / "t.db", readonly=True) as b:
+        assert a.estimates() == b.estimates()
     before = Predictor.from_table(str(own), space).predict_batch(cfgs[10:])
     after = Predictor.from_table(str(out), space).predict_batch(cfgs[10:])
     err = lambda p: np.mean(np.abs(p / y[10:] - 1))  # noqa: E731

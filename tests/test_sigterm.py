@@ -177,6 +177,7 @@ COMMAND_ARGS = {
     "calibrate": ["--table", "t.sqlite", "--space", "tiny"], "validate": ["--table", "t.sqlite", "--space", "tiny"],
     "search": ["--space", "tiny", "--table", "t.sqlite"],
     "fit": ["--space", "tiny", "--measured", "empty.csv", "-o", "f.sqlite"],
+    "transfer": ["t.sqlite", "--space", "tiny", "--measured", "empty.csv", "-o", "f.sqlite"],
     "table show": ["t.sqlite"], "table check": ["t.sqlite"],
     "table export": ["t.sqlite", "--format", "csv", "--out", "x.csv"],
     "table import": ["empty.csv", "--out", "t2.sqlite"], "table merge": ["t.sqlite", "empty.sqlite"],

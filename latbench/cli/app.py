@@ -49,7 +49,7 @@ def _mount_stage_commands() -> None:
     from .devices import devices_command
     from .enumerate import enumerate_cmd, spaces_cmd
     from .farm import farm_app
-    from .fit import fit_command
+    from .fit import fit_command, transfer_command
     from .ops import ops_command
     from .predict import predict_command
     from .profile import profile_command
@@ -69,6 +69,7 @@ def _mount_stage_commands() -> None:
     app.command("calibrate")(calibrate_command)
     app.command("validate")(validate_command)
     app.command("fit")(fit_command)
+    app.command("transfer")(transfer_command)
     app.add_typer(table_app, name="table")
     app.command("search")(search_command)
     app.add_typer(accuracy_app, name="accuracy")
