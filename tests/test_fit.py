@@ -278,6 +278,30 @@ def test_cli_refines_a_measured_table_from_validate_csv(space, tmp_path, cli):
     assert err(after) < err(before)
 
 
+def test_transfer_at_op_granularity_counts_keys_as_predictor_prices_them(space, tmp_path):
+    """A prior table of op keys with ort's fusion: the transfer counts the same fused keys, and a
+    device exactly 2x the prior is priced 2x by the transferred table (Predictor, fresh configs)."""
+    from latbench.fit_table import MeasuredNetworks, space_ops
+
+    ops = space_ops(space, "op", "ort")
+    assert any(o.kind == "conv" and o.act != "none" for o in ops)  # fused conv+act keys
+    cost = {o.key: (o, 0.001 + 1e-8 * o.flops) for o in ops}
+    prof = DeviceProfile("ort", "onnxruntime", "1", 1, device="host")
+    other = tmp_path / "other.db"
+    with LatencyTable.open(other, prof) as t:
+        for key, (op, c) in cost.items():
+            t.add(Measurement(key, prof.id, op.to_dict(), None), estimator="value", estimate=c)
+        t.set_run_settings(RunSettings("op", "ort", (space.name,)))
+    before = Predictor.from_table(str(other), space)
+    cfgs = space.sample(5, 12)
+    nets = MeasuredNetworks(space.name, cfgs, 2 * before.predict_batch(cfgs), "synthetic", "dev2x")
+    r = fit_table(str(tmp_path / "dev2x.db"), space, nets, [str(other)])
+    assert (r.granularity, r.fusion) == ("op", "ort") and r.prior.name == "other.db scaled"
+    fresh = space.sample(6, 20)
+    after = Predictor.from_table(str(tmp_path / "dev2x.db"), space)
+    np.testing.assert_allclose(after.predict_batch(fresh), 2 * before.predict_batch(fresh), rtol=1e-6)
+
+
 @pytest.mark.parametrize("content,args,message", [
     ("config,ms\n[0],1\n", [], "dev.csv:2: tiny: a config has"),
     ("arch,lat\n", [], "no latency column"),

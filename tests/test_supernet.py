@@ -57,15 +57,19 @@ def nano_yaml(tmp_path_factory) -> str:
     return str(path)
 
 
-def randomize(net: "nn.Module", seed: int = 0) -> None:
-    """Random values in every parameter and BN buffer (transform matrices, BN stats included)."""
+def randomize(net: "nn.Module", seed: int = 0, fan_in_gain: float | None = None) -> None:
+    """Random values in every parameter and BN buffer (transform matrices, BN stats included):
+    weights N(0, 0.3), or with `fan_in_gain` N(0, gain / sqrt(fan-in)), which keeps activations
+    O(1) through a deep net (ofa-mbv3-w10's logits reach 1e17 otherwise)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in net.named_parameters():
             if "transform" in name:
                 p.copy_(torch.eye(p.shape[0]) + 0.2 * torch.randn(p.shape, generator=g))
+            elif p.dim() > 1:
+                p.copy_(torch.randn(p.shape, generator=g) * (fan_in_gain / p[0].numel() ** 0.5 if fan_in_gain else 0.3))
             else:
-                p.copy_(torch.randn(p.shape, generator=g) * (0.3 if p.dim() > 1 else 0.1) + (1.0 if name.endswith("bn.weight") else 0.0))
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1 + (1.0 if name.endswith("bn.weight") else 0.0))
         for name, b in net.named_buffers():
             if name.endswith("running_mean"):
                 b.copy_(0.1 * torch.randn(b.shape, generator=g))

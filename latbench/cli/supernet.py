@@ -127,6 +127,8 @@ def export_cmd(
     output: Path = typer.Option(..., "-o", "--output", help="file to write"),
     calib: bool = typer.Option(True, "--calib/--no-calib", help="re-estimate BN statistics on the training data first"),
     data: Optional[str] = typer.Option(None, "--data", help="calibration data (default: the training data)"),
+    converter: str = typer.Option("latbench", "--converter", help="tflite only: latbench (its own flatbuffer builder, "
+                                  "checked in LiteRT) or litert-torch"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
 ) -> None:
     """Export one subnet (the space's module with the supernet's weights) to torch, ONNX or .tflite."""
@@ -140,10 +142,11 @@ def export_cmd(
     if calib:
         calib_x = load_data(data or meta["data"], meta["channels"], meta["data_resolution"],
                             meta.get("data_seed", 0)).train[0]
-    report = export_subnet(net, cfg, output, fmt, calib_x=calib_x)
+    report = export_subnet(net, cfg, output, fmt, calib_x=calib_x, converter=converter)
     lines = [f"wrote {output} ({fmt}): input {'x'.join(map(str, report['input_shape']))}, "
              f"max abs diff vs supernet {report['max_abs_diff']:.2e}"
-             + (f", ONNX Runtime {report['onnx_max_abs_diff']:.2e}" if report.get("onnx_max_abs_diff") is not None else "")]
+             + (f", ONNX Runtime {report['onnx_max_abs_diff']:.2e}" if report.get("onnx_max_abs_diff") is not None else "")
+             + (f", LiteRT {report['tflite_max_abs_diff']:.2e}" if report.get("tflite_max_abs_diff") is not None else "")]
     _emit(report, as_json, lines)
 
 

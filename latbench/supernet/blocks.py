@@ -3,6 +3,11 @@
 Each block is built from every OpSpec its position takes over the space (its *variants*) and holds
 weights at their largest size. `forward(x, op)` computes exactly what torch_build's module for `op`
 computes; `export_state(op)` returns that module's state dict cut from the shared weights.
+
+Blocks with an inner width that no residual ties (MBConv's expanded channels, a bottleneck's mid
+channels, a basic block's first conv outputs) have `sort_channels(expand_ratio_stage)`: Once-for-All's
+re_organize_middle_weights, which re-sorts those channels by importance so that "the first k" a
+smaller width keeps are the most important ones; the full-width function is unchanged.
 """
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from typing import Sequence
 
 from ..errors import SpaceError, require
 from ..ops import OpSpec
-from .layers import DynamicBatchNorm2d, DynamicConv2d, DynamicLinear, DynamicSE, act, bn_state
+from .layers import DynamicBatchNorm2d, DynamicConv2d, DynamicLinear, DynamicSE, act, bn_state, importance_order
 
 torch = require("torch", "torch")
 nn = torch.nn
@@ -47,6 +52,12 @@ class DynConvBNAct(nn.Module):
         if use_bn and self.bn is not None:
             x = self.bn(x)
         return act(act_name, x)
+
+    def permute_out_(self, idx: Tensor, optimizer_state: dict | None = None) -> None:
+        """Reorder the output channels in place: the conv's (and its bias) and the BN's."""
+        self.conv.permute_out_(idx, optimizer_state)
+        if self.bn is not None:
+            self.bn.permute_channels_(idx, optimizer_state)
 
     def export_state(self, cin: int, cout: int, k: int, prefix: str, use_bn: bool = True,
                      use_bias: bool = True) -> dict[str, Tensor]:
@@ -103,6 +114,35 @@ class MBConvBlock(nn.Module):
         max_se = max(v.se for v in variants)
         self.se = DynamicSE(max_mid if self.se_pos == "dw" else max_out, max_se) if max_se else None
         self.project = DynConvBNAct(max_mid, max_out)
+        # the expanded widths, largest first; a variant without expansion conv reads its input
+        # channels as the "expanded" ones, which the previous block owns: those are never re-sorted
+        self.mid_widths = sorted({v.mid for v in variants}, reverse=True)
+        self.sortable = self.expand is not None and all(v.expand_conv for v in variants)
+
+    def sort_channels(self, expand_ratio_stage: int = 0, optimizer_state: dict | None = None) -> Tensor | None:
+        """Once-for-All's re_organize_middle_weights: sort the expanded (middle) channels by
+        importance, the L1 norm of the projection conv's weights reading each, descending, and
+        apply that permutation to the expansion conv's outputs and BN, the depthwise conv and its
+        BN, the SE's gated channels (when the SE sits on the depthwise output) and the projection
+        conv's inputs; then sort the SE's hidden channels by their own importance, as OFA does.
+
+        `expand_ratio_stage` s > 0 keeps the channels inside the buckets the s + 1 largest expanded
+        widths cut (see `importance_order`). With an optimizer's `state`, its per-parameter buffers
+        are permuted alike. Returns the middle permutation (new j = old idx[j]), or None where the
+        block has no expansion conv (its middle channels are its input's, tied to the previous
+        block, which OFA leaves alone too).
+        """
+        if not self.sortable:
+            return None
+        idx = importance_order(self.project.conv.in_importance(), self.mid_widths, expand_ratio_stage)
+        self.expand.permute_out_(idx, optimizer_state)
+        self.depthwise.permute_out_(idx, optimizer_state)
+        if self.se is not None and self.se_pos == "dw":
+            self.se.permute_channels_(idx, optimizer_state)
+        self.project.conv.permute_in_(idx, optimizer_state)
+        if self.se is not None:
+            self.se.sort_hidden_(optimizer_state)
+        return idx
 
     def forward(self, x: Tensor, op: OpSpec) -> Tensor:
         y = self.expand(x, op.mid, act_name=op.act) if op.expand_conv else x
@@ -143,6 +183,28 @@ class ResBlockDyn(nn.Module):
             self.body = nn.ModuleList([DynConvBNAct(max_c, max_out, ks, transform=transform),
                                        DynConvBNAct(max_out, max_out, ks, transform=transform)])
         self.shortcut = DynConvBNAct(max_c, max_out) if any(v.proj for v in variants) else None
+        self.inner_widths = sorted({v.mid if self.kind == "bottleneck" else v.out for v in variants}, reverse=True)
+
+    def sort_channels(self, expand_ratio_stage: int = 0, optimizer_state: dict | None = None) -> list[Tensor]:
+        """Once-for-All's re-sorting of the inner widths by importance (its ResNet bottleneck's
+        re_organize_middle_weights), from the last inner width back: a bottleneck's second mid
+        width by the L1 of the last conv's weights reading each channel, then its first mid width
+        by the L1 of the kxk conv's weights reading each; a basic block's first conv outputs by the
+        L1 of the second conv's weights reading each. Each permutation goes to the producing conv's
+        outputs and BN and to the consuming conv's inputs, so the full-width function is unchanged.
+
+        The block's output width (and so a basic block's second conv outputs) meets the shortcut in
+        the residual add: sorting it would need the same permutation on every block of the stage
+        (and on whatever reads the stage's output), so it is left as it is. Returns the
+        permutations applied (new j = old idx[j]), last inner width first.
+        """
+        out = []
+        for prod, cons in reversed(list(zip(self.body[:-1], self.body[1:]))):
+            idx = importance_order(cons.conv.in_importance(), self.inner_widths, expand_ratio_stage)
+            prod.permute_out_(idx, optimizer_state)
+            cons.conv.permute_in_(idx, optimizer_state)
+            out.append(idx)
+        return out
 
     def forward(self, x: Tensor, op: OpSpec) -> Tensor:
         if self.kind == "bottleneck":

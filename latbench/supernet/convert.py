@@ -9,15 +9,27 @@ its active `kernel_size` / `expand_ratio` (set by OFA) and its input width from 
 
 Unlike PaddleSlim, the original weights are kept: they fill the slice of the original widths (and
 the centre of the larger kernel, zero around it), so the subnet at expand ratio 1 computes the
-original model's function until training changes it. Widths are elastic per layer: a model whose
-layers meet in residual additions must be given equal ratios there (no shortcut analysis is done).
+original model's function until training changes it.
+
+Width ties (PaddleSlim's shortcut analysis): before converting, the model is traced with torch.fx;
+every add (and sub/mul/div) of two tensors ties the layers that set its operands' widths, following
+shape-preserving ops (BatchNorm, activations, pooling, dropout, identity, depthwise convs) back to
+the conv/linear that sets each width. Tied layers share one expand ratio: the first of a group (in
+module order) keeps the `expand_ratio` candidates, the others read its active ratio, so whatever
+samples the leader's ratio (OFA) samples the whole group. A group that meets a non-elastic width
+(the network input, the last layer's output, a parameter, an op the analysis does not know) runs
+at its original width. `Convert.ties` / `model.width_ties` list the groups and
+`Convert.fixed_width` / `model.fixed_width` the layers made non-elastic. A model torch.fx cannot
+trace gets no ties, with a warning.
 """
 from __future__ import annotations
 
 import copy
+import operator
+import warnings
 from typing import Any, Sequence
 
-from ..errors import UsageError, require
+from ..errors import ConfigError, UsageError, require
 from .layers import DynamicBatchNorm2d, DynamicConv2d, DynamicLinear, centre
 
 torch = require("torch", "torch")
@@ -31,17 +43,41 @@ class SuperLayer:
     candidate_config: dict[str, list]
     active: dict[str, Any]
     last_in: int = 0
+    tie: "TieGroup | None" = None
 
     def _ratio(self) -> float:
+        tie = self.tie
+        if tie is not None and tie.leader is not self:
+            r = tie.leader._ratio()
+            own = self.active.get("expand_ratio")
+            if own is not None and own != r:
+                raise ConfigError(f"layers {tie.names[0]!r} and {tie.name_of(self)!r} are tied (their outputs "
+                                  f"meet in an add) but have expand ratios {r} and {own}")
+            return r
         cands = self.candidate_config.get("expand_ratio")
         return self.active.get("expand_ratio", max(cands)) if cands else 1.0
+
+
+class TieGroup:
+    """Layers whose output widths meet in an add: they share the leader's (first's) expand ratio."""
+
+    def __init__(self, names: Sequence[str], leader: "nn.Module"):
+        self.names = list(names)
+        self.leader = leader  # a plain attribute (not a submodule): followers read its active ratio
+
+    @staticmethod
+    def name_of(m: Any) -> str:
+        return getattr(m, "tie_name", "?")
+
+    def __repr__(self) -> str:
+        return f"TieGroup({self.names})"
 
 
 class SuperConv2d(nn.Module, SuperLayer):
     """A converted Conv2d: elastic kernel and width."""
 
     def __init__(self, conv: "nn.Conv2d", kernel_size: Sequence[int] | None, expand: Sequence[float] | None,
-                 first: bool, last: bool):
+                 first: bool, last: bool, fixed: bool = False):
         super().__init__()
         k0 = conv.kernel_size[0]
         if conv.kernel_size[0] != conv.kernel_size[1] or k0 % 2 == 0:
@@ -56,7 +92,8 @@ class SuperConv2d(nn.Module, SuperLayer):
             self.candidate_config["kernel_size"] = ks
         e = max(expand) if expand else 1
         self.base_in, self.base_out = conv.in_channels, conv.out_channels
-        self.first, self.last = first, last
+        self.first, self.last = first, last or fixed  # fixed: tied to a non-elastic width, original out
+        last = self.last
         self.scale_in = 1 if first else e
         self.scale_out = 1 if last else e
         if expand and not last and not self.depthwise:
@@ -136,9 +173,11 @@ class SuperBatchNorm2d(DynamicBatchNorm2d, SuperLayer):
 class SuperLinear(nn.Module, SuperLayer):
     """A converted Linear: elastic in (from the input) and out (by expand ratio) features."""
 
-    def __init__(self, fc: "nn.Linear", expand: Sequence[float] | None, first: bool, last: bool):
+    def __init__(self, fc: "nn.Linear", expand: Sequence[float] | None, first: bool, last: bool,
+                 fixed: bool = False):
         super().__init__()
         e = max(expand) if expand else 1
+        last = last or fixed
         self.base_out, self.last = fc.out_features, last
         self.candidate_config = {"expand_ratio": sorted(expand)} if expand and not last else {}
         self.fc = DynamicLinear(int(round(fc.in_features * (1 if first else e))),
@@ -195,11 +234,164 @@ def _set(root: "nn.Module", name: str, module: "nn.Module") -> None:
     setattr(root.get_submodule(parent) if parent else root, attr, module)
 
 
+_INPUT = "<input>"
+_TIE_OPS = {operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul,
+            operator.truediv, operator.itruediv}
+_TIE_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"}
+_SAME_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "clamp_min",
+                 "clamp_max", "clone", "contiguous", "float", "half", "to", "type_as", "detach", "neg",
+                 "abs", "exp", "sqrt", "pow", "hardtanh", "hardtanh_"}
+_REDUCE_METHODS = {"mean", "sum", "amax", "amin"}
+_UNION = object()  # marks an op that ties its tensor operands
+
+
+def _same_functions() -> set:
+    """Functions whose output has their (first) input's channel width."""
+    names = ["relu", "relu_", "relu6", "gelu", "silu", "sigmoid", "hardsigmoid", "hardswish", "tanh", "leaky_relu",
+             "elu", "selu", "celu", "mish", "softplus", "hardtanh", "dropout", "dropout2d", "avg_pool2d",
+             "max_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d", "interpolate", "softmax", "log_softmax"]
+    out = {operator.neg, operator.pos}
+    for mod in (F, torch):
+        for n in names:
+            if hasattr(mod, n):
+                out.add(getattr(mod, n))
+    return out
+
+
+def _tie_functions() -> set:
+    return _TIE_OPS | {torch.add, torch.sub, torch.mul, torch.div}
+
+
+def _reduce_keeps_channels(node) -> bool:
+    """`x.mean((2, 3))`-like: reduced dims given and none of them is dim 1."""
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    if dims is None:
+        return False
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    return all(isinstance(d, int) and d >= 2 for d in dims)
+
+
+class _UnionFind:
+    def __init__(self):
+        self.parent: dict = {}
+
+    def find(self, a):
+        self.parent.setdefault(a, a)
+        while self.parent[a] != a:
+            self.parent[a] = self.parent[self.parent[a]]
+            a = self.parent[a]
+        return a
+
+    def union(self, a, b) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[rb] = ra
+
+
+def find_width_ties(network: "nn.Module", elastic: set, fixed_out: set) -> tuple[list[tuple], list[str], list[str]]:
+    """(groups of >= 2 elastic layers tied by adds, layers tied to a non-elastic width, warnings).
+    `elastic`: names of the layers whose output width is elastic; `fixed_out`: weight layers whose
+    output width is not (the last one). Raises whatever torch.fx raises on an untraceable model."""
+    import torch.fx as fx
+
+    gm = fx.symbolic_trace(network)
+    modules = dict(network.named_modules())
+    same_fns, tie_fns = _same_functions(), _tie_functions()
+    passthrough = (nn.BatchNorm1d, nn.BatchNorm2d, nn.Identity, nn.Dropout, nn.Dropout2d, nn.Upsample,
+                   nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+    act_mod = nn.modules.activation
+    uf = _UnionFind()
+    src: dict = {}  # node -> width source: a layer name, _INPUT, "<op:...>" or None (not a tensor width)
+    opaque: dict[str, str] = {}
+
+    def of(a):
+        return src.get(a) if isinstance(a, fx.Node) else None
+
+    def unknown(node, what: str):
+        key = f"<op:{node.name}>"
+        opaque[key] = what
+        return key
+
+    for node in gm.graph.nodes:
+        op, tgt, args = node.op, node.target, node.args
+        kind = None  # None: unknown; "same": width of args[0]; _UNION: ties tensor operands
+        if op == "placeholder":
+            src[node] = _INPUT
+            continue
+        if op == "get_attr":
+            src[node] = f"<param:{tgt}>"
+            continue
+        if op == "output":
+            continue
+        if (op == "call_method" and tgt in ("size", "dim")) or (op == "call_function" and tgt is getattr):
+            src[node] = None  # sizes, shapes: not a tensor width
+            continue
+        if op == "call_module":
+            m = modules[tgt]
+            if tgt in elastic:
+                src[node] = tgt
+                continue
+            if tgt in fixed_out:
+                src[node] = _INPUT  # a non-elastic width
+                continue
+            if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels:
+                kind = "same"  # depthwise: follows its input
+            elif isinstance(m, passthrough) or (type(m).__module__ == act_mod.__name__
+                                                and not isinstance(m, nn.MultiheadAttention)):
+                kind = "same"
+        elif op == "call_function":
+            if tgt in tie_fns:
+                kind = _UNION
+            elif tgt in same_fns:
+                kind = "same"
+        elif op == "call_method":
+            if tgt in _TIE_METHODS:
+                kind = _UNION
+            elif tgt in _SAME_METHODS or (tgt in _REDUCE_METHODS and _reduce_keeps_channels(node)):
+                kind = "same"
+        if kind == "same":
+            src[node] = of(args[0]) if args else None
+        elif kind is _UNION:
+            operands = [of(a) for a in list(args[:2]) + [node.kwargs.get("other")]]
+            operands = [o for o in operands if o is not None]
+            for o in operands[1:]:
+                uf.union(operands[0], o)
+            src[node] = operands[0] if operands else None
+        else:
+            tensor_in = any(isinstance(a, fx.Node) and of(a) is not None for a in node.all_input_nodes)
+            src[node] = unknown(node, f"{op} {getattr(tgt, '__name__', tgt)}") if tensor_in else None
+    groups: dict = {}
+    for key in list(uf.parent):
+        groups.setdefault(uf.find(key), []).append(key)
+    order = {n: i for i, n in enumerate(modules)}
+    ties, fixed, notes = [], [], []
+    for members in groups.values():
+        layers = sorted((k for k in members if k in elastic), key=order.__getitem__)
+        if not layers:
+            continue
+        others = [k for k in members if k not in elastic]
+        if others:
+            fixed += layers
+            unk = [opaque[k] for k in others if k in opaque]
+            if unk:
+                notes.append(f"layers {', '.join(layers)} meet the output of {', '.join(sorted(set(unk)))} "
+                             "(an op whose width the tie analysis cannot follow) in an add; kept at their "
+                             "original width")
+        elif len(layers) > 1:
+            ties.append(tuple(layers))
+    ties.sort(key=lambda g: order[g[0]])
+    return ties, sorted(fixed, key=order.__getitem__), notes
+
+
 class Convert:
-    """Replace a model's Conv2d / BatchNorm2d / Linear layers (in place) by elastic ones."""
+    """Replace a model's Conv2d / BatchNorm2d / Linear layers (in place) by elastic ones; layers
+    whose outputs meet in an add are tied (`ties`: groups sharing one expand ratio; `fixed_width`:
+    layers tied to a non-elastic width, kept at their original width)."""
 
     def __init__(self, context: supernet):
         self.context = context
+        self.ties: list[tuple[str, ...]] = []
+        self.fixed_width: list[str] = []
 
     def convert(self, network: "nn.Module | list") -> "nn.Module | list":
         """The converted network (the same object; a list of layers is converted item by item)."""
@@ -213,14 +405,85 @@ class Convert:
             raise UsageError("Convert: the model has no Conv2d or Linear layer")
         first, last = weight_idx[0], weight_idx[-1]
         ks, er = self.context.kernel_size, self.context.expand_ratio
+        self.ties, self.fixed_width = [], []
+        if er:
+            elastic, fixed_out = set(), set()
+            for i, (name, m) in enumerate(layers):
+                if isinstance(m, (nn.Conv2d, nn.Linear)):
+                    dw = isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
+                    if i == last:
+                        fixed_out.add(name)
+                    elif not dw:
+                        elastic.add(name)
+            try:
+                self.ties, self.fixed_width, notes = find_width_ties(network, elastic, fixed_out)
+            except Exception as exc:  # noqa: BLE001 - any tracing failure means: no analysis
+                warnings.warn(f"Convert: torch.fx cannot trace {type(network).__name__} ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}); no width ties: layers whose "
+                              "outputs meet in an add must be given equal expand ratios", stacklevel=2)
+                notes = []
+            for note in notes:
+                warnings.warn(f"Convert: {note}", stacklevel=2)
+        fixed = set(self.fixed_width)
         for i, (name, m) in enumerate(layers):
             if isinstance(m, nn.Conv2d):
-                _set(network, name, SuperConv2d(m, ks, er, i == first, i == last))
+                _set(network, name, SuperConv2d(m, ks, er, i == first, i == last, name in fixed))
             elif isinstance(m, nn.Linear):
-                _set(network, name, SuperLinear(m, er, i == first, i == last))
+                _set(network, name, SuperLinear(m, er, i == first, i == last, name in fixed))
             elif isinstance(m, nn.BatchNorm2d):
                 _set(network, name, SuperBatchNorm2d(m, self.context.expand if er and i < last else 1))
+        for names in self.ties:
+            members = [network.get_submodule(n) for n in names]
+            group = TieGroup(names, members[0])
+            for n, m in zip(names, members):
+                m.tie, m.tie_name = group, n
+                if m is not members[0]:
+                    m.candidate_config.pop("expand_ratio", None)
+        network.width_ties = list(self.ties)
+        network.fixed_width = list(self.fixed_width)
         return network
+
+
+def tied_net_config(model: "nn.Module", config: dict) -> dict:
+    """Check a PaddleSlim-form per-layer config (`{layer: {"expand_ratio": r, ...}}`) against the
+    Convert-ed model's ties and return it with each group's ratio on its leader (the layer that
+    carries the group's `expand_ratio` dimension). Tied layers given different ratios, or a
+    non-elastic (fixed-width) layer given a ratio other than 1, are a ConfigError naming them."""
+    out = {k: dict(v) for k, v in config.items()}
+    for names in getattr(model, "width_ties", []):
+        given = [(n, config[n]["expand_ratio"]) for n in names
+                 if isinstance(config.get(n), dict) and "expand_ratio" in config[n]]
+        for n, r in given[1:]:
+            if r != given[0][1]:
+                raise ConfigError(f"layers {given[0][0]!r} and {n!r} are tied (their outputs meet in an add) "
+                                  f"but the config gives them expand ratios {given[0][1]} and {r}")
+        if given:
+            out.setdefault(names[0], {})["expand_ratio"] = given[0][1]
+            for n in names[1:]:
+                if n in out:
+                    out[n].pop("expand_ratio", None)
+    for n in getattr(model, "fixed_width", []):
+        r = config.get(n, {}).get("expand_ratio") if isinstance(config.get(n), dict) else None
+        if r is not None and r != 1:
+            raise ConfigError(f"layer {n!r} meets a non-elastic width in an add and keeps its original width; "
+                              f"the config gives it expand ratio {r}")
+        if n in out:
+            out[n].pop("expand_ratio", None)
+    return out
+
+
+def set_converted_config(model: "nn.Module", config: dict) -> None:
+    """Activate a per-layer config (`{layer: {"kernel_size": k, "expand_ratio": r}}`; layers or keys
+    left out take their largest) on a Convert-ed model, checked against its ties (ConfigError)."""
+    config = tied_net_config(model, config)
+    for name, m in model.named_modules():
+        if isinstance(m, SuperLayer):
+            m.active = {}
+            for key, cands in m.candidate_config.items():
+                v = config.get(name, {}).get(key, max(cands))
+                if v not in cands:
+                    raise ConfigError(f"layer {name!r}: {key} {v} is not one of {cands}")
+                m.active[key] = v
 
 
 def export_converted(model: "nn.Module", dummy, origin_model: "nn.Module | None" = None,
@@ -242,4 +505,5 @@ def export_converted(model: "nn.Module", dummy, origin_model: "nn.Module | None"
     return target.eval()
 
 
-__all__ = ["Convert", "supernet", "SuperLayer", "SuperConv2d", "SuperBatchNorm2d", "SuperLinear", "export_converted"]
+__all__ = ["Convert", "supernet", "SuperLayer", "TieGroup", "find_width_ties", "tied_net_config",
+           "set_converted_config", "SuperConv2d", "SuperBatchNorm2d", "SuperLinear", "export_converted"]

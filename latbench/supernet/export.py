@@ -1,11 +1,14 @@
 """Export a subnet: the space's own `build(config)` module with the supernet's weights, saved as
-a torch weights file, an ONNX model (TorchScript exporter, opset 17) or a .tflite (litert-torch).
+a torch weights file, an ONNX model (TorchScript exporter, opset 17) or a .tflite (latbench's own
+flatbuffer builder, device_agents.tflite_build, by default; litert-torch when asked for).
 
-The export is checked: the standalone module (and, for ONNX, ONNX Runtime when installed) must
-reproduce the supernet's output for that config; the report carries the max abs differences.
+The export is checked: the standalone module (and, for ONNX, ONNX Runtime when installed; for a
+.tflite of latbench's builder, the LiteRT interpreter) must reproduce the supernet's output for
+that config; the report carries the max abs differences.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import warnings
@@ -19,7 +22,21 @@ from .checkpoint import space_from_meta, space_meta
 torch = require("torch", "torch")
 
 FORMATS = ("torch", "onnx", "tflite")
+CONVERTERS = ("latbench", "litert-torch")  # .tflite writers: latbench's builder, litert-torch
 TOLERANCE = 1e-5
+# the LiteRT check of latbench's .tflite: max abs diff <= rtol * max|supernet output| + TFLITE_ATOL,
+# rtol = max(TFLITE_RTOL, TFLITE_COND * the module's own float32 error against float64). float32
+# through BN folded into the conv (scaled weights round differently) and XNNPACK's summation order
+# drift by ~1e-7 relative per layer: 2e-7..3e-6 relative over a subnet (measured on tiny and
+# ofa-mbv3-w10 at 128, random weights and BN statistics). 1e-4 is the builder's own conformance
+# bound (tests/test_litert_agent.py RTOL), an order of magnitude under what a wrong weight does
+# (one swapped channel pair: ~0.4 relative). A badly conditioned net amplifies rounding: where
+# torch's own float32 result is already 1e-5 off its float64 one, XNNPACK was seen 1e-4 off, so
+# the bound grows with that measured error (x20, at most to 1e-3) instead of failing a correct export.
+TFLITE_RTOL = 1e-4
+TFLITE_COND = 20.0
+TFLITE_RTOL_MAX = 1e-3
+TFLITE_ATOL = 1e-6
 
 
 class ExportMismatchError(LatbenchError):
@@ -38,22 +55,74 @@ def _tflite_converter():
     return None
 
 
-def tflite_available() -> bool:
+def litert_torch_available() -> bool:
+    """Whether litert-torch (converter="litert-torch") is installed."""
     return _tflite_converter() is not None
 
 
+def tflite_available() -> bool:
+    """Whether `--format tflite` can write a model here: latbench's builder needs the TFLite
+    schema and LiteRT interpreter of ai-edge-litert (the `tflite` extra), not TensorFlow."""
+    try:
+        _litert_agent_class()
+    except MissingExtraError:
+        return False
+    return True
+
+
+def _litert_agent_class():
+    """device_agents.litert.LiteRTAgent, or MissingExtraError without ai-edge-litert / flatbuffers."""
+    try:
+        from device_agents.litert import LiteRTAgent
+    except MissingExtraError:
+        raise
+    except ImportError as e:
+        raise MissingExtraError(f"tflite export needs ai-edge-litert and flatbuffers ({e.name or e} is missing): "
+                                f"pip install 'latbench[tflite]'; nothing was written") from None
+    return LiteRTAgent
+
+
+def subnet_tflite(space, config: Any, module) -> bytes:
+    """The subnet `config` as one .tflite of latbench's builder (the model agents time end to end,
+    device_agents.networks.tflite_network) with `module`'s weights: `module` is
+    `space.build(config)` / SuperNet.export_module(config), one torch_build module per block;
+    BN is folded into the convs, activations NHWC (input (1, H, W, C))."""
+    _litert_agent_class()
+    from device_agents.tflite_build import build_tflite_chain
+    from device_agents.torch_weights import network_weights
+
+    blocks = space.blocks(config)
+    return build_tflite_chain(blocks, network_weights(blocks, module))
+
+
+def run_tflite(model: bytes, x) -> np.ndarray:
+    """One LiteRT invoke (XNNPACK, one thread, as the tflite agent runs it) of `model` on the NCHW
+    input `x` (NHWC inside); the output NCHW or (n, classes), as torch gives it."""
+    agent = _litert_agent_class()(threads=1)
+    return agent.run_bytes(model, np.asarray(x, dtype=np.float32))
+
+
 def export_subnet(net, config: Any, path: str | os.PathLike, fmt: str = "onnx", *, calib_x=None,
-                  opset: int = 17, check: bool = True, seed: int = 0) -> dict[str, Any]:
+                  opset: int = 17, check: bool = True, seed: int = 0, converter: str = "latbench") -> dict[str, Any]:
     """Write subnet `config` of SuperNet `net` to `path` in `fmt`; returns a report (config,
-    input shape, max abs differences). With `calib_x`, BN statistics are re-estimated first."""
+    input shape, max abs differences). With `calib_x`, BN statistics are re-estimated first.
+    tflite: `converter` "latbench" (latbench's builder, checked in LiteRT against the supernet:
+    `tflite_max_abs_diff`, ExportMismatchError above `tflite_tolerance`; nothing written then)
+    or "litert-torch" (unchecked beyond the torch module)."""
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if converter not in CONVERTERS:
+        raise UsageError(f"the tflite converter must be one of {', '.join(CONVERTERS)}, got {converter!r}")
     path = os.fspath(path)
-    convert = _tflite_converter() if fmt == "tflite" else None
-    if fmt == "tflite" and convert is None:
-        raise MissingExtraError("tflite export needs litert-torch, which is not installed "
-                                "(pip install litert-torch); nothing was written. "
-                                "Export --format onnx and convert it with your toolchain instead.")
+    convert = None
+    if fmt == "tflite" and converter == "litert-torch":
+        convert = _tflite_converter()
+        if convert is None:
+            raise MissingExtraError("tflite export with litert-torch needs litert-torch, which is not installed "
+                                    "(pip install litert-torch); nothing was written. "
+                                    "Leave the converter at latbench's own builder instead.")
+    elif fmt == "tflite":
+        _litert_agent_class()  # missing ai-edge-litert: said before any work
     from .evaluator import calib_bn
 
     net.set_active(config)
@@ -73,6 +142,25 @@ def export_subnet(net, config: Any, path: str | os.PathLike, fmt: str = "onnx", 
     }
     if check and report["max_abs_diff"] >= TOLERANCE:
         raise ExportMismatchError(f"exported subnet differs from the supernet by {report['max_abs_diff']:.3g}")
+    model = None
+    if fmt == "tflite":
+        report["converter"] = converter
+        if converter == "latbench":
+            want = ref.numpy()
+            scale = float(np.abs(want).max())
+            with torch.no_grad():  # how far float32 itself is from exact on this net: its conditioning
+                exact = copy.deepcopy(module).double()(x.double()).numpy()
+            f32_err = float(np.abs(got.numpy() - exact).max()) / max(scale, 1e-30)
+            tol = min(max(TFLITE_RTOL, TFLITE_COND * f32_err), TFLITE_RTOL_MAX) * scale + TFLITE_ATOL
+            model = subnet_tflite(net.space, net.config, module)
+            out = run_tflite(model, x.numpy())
+            if out.shape != want.shape:
+                raise ExportMismatchError(f"the .tflite gives an output of shape {out.shape}, the supernet {want.shape}")
+            diff = float(np.abs(out - want).max())
+            report.update(tflite_max_abs_diff=diff, tflite_tolerance=tol, float32_rel_error=f32_err)
+            if check and not diff <= tol:  # NaN fails too
+                raise ExportMismatchError(f"{path}: the .tflite's LiteRT output differs from the supernet's by "
+                                          f"{diff:.3g} (tolerance {tol:.3g}); nothing was written")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if fmt == "torch":
         meta = {**space_meta(net.space), "config": report["config"], "index": report["index"],
@@ -86,6 +174,9 @@ def export_subnet(net, config: Any, path: str | os.PathLike, fmt: str = "onnx", 
         report["onnx_max_abs_diff"] = _check_onnx(path, x, ref)
         if check and report["onnx_max_abs_diff"] is not None and report["onnx_max_abs_diff"] >= 1e-4:
             raise ExportMismatchError(f"{path}: ONNX Runtime output differs by {report['onnx_max_abs_diff']:.3g}")
+    elif model is not None:
+        with open(path, "wb") as fh:
+            fh.write(model)
     else:
         convert(module, (x,)).export(path)
     return report
@@ -133,4 +224,5 @@ def read_config(path: str | os.PathLike, space) -> np.ndarray:
     return space.index(obj)
 
 
-__all__ = ["export_subnet", "load_exported", "read_config", "tflite_available", "FORMATS", "ExportMismatchError"]
+__all__ = ["export_subnet", "load_exported", "read_config", "tflite_available", "litert_torch_available",
+           "subnet_tflite", "run_tflite", "FORMATS", "CONVERTERS", "ExportMismatchError"]

@@ -5,6 +5,11 @@ centre crop of the larger one, optionally passed through OFA's learned kernel tr
 (7->5 a 25x25, 5->3 a 9x9 matrix, shared by all channels of the conv, initialised to identity).
 Every slice is a view of the shared parameter, so gradients from any subnet reach the shared
 weights, and exporting a subnet copies exactly what the dynamic forward uses.
+
+Because "first k" decides which channels a smaller width keeps, Once-for-All re-sorts the channels
+of a block's inner (expanded) width by importance before each elastic-width phase
+(`re_organize_middle_weights`); `importance_order`, `permute_` and the layers' `permute_*`
+methods below do that in place.
 """
 from __future__ import annotations
 
@@ -103,6 +108,26 @@ class DynamicConv2d(nn.Module):
     def active_bias(self, cout: int) -> Tensor | None:
         return None if self.bias is None else self.bias[:cout]
 
+    def in_importance(self) -> Tensor:
+        """L1 norm of the weights reading each input channel (summed over out channels and kernel):
+        Once-for-All's importance of the channels this conv consumes."""
+        if self.depthwise:
+            raise OpError("a depthwise conv's input channels are its output channels; rank them downstream")
+        return self.weight.detach().abs().sum(dim=(0, 2, 3))
+
+    def permute_out_(self, idx: Tensor, optimizer_state: dict | None = None) -> None:
+        """Reorder the output channels (and bias) in place: new channel j is old channel idx[j]."""
+        permute_(self.weight, idx, 0, optimizer_state)
+        if self.bias is not None:
+            permute_(self.bias, idx, 0, optimizer_state)
+
+    def permute_in_(self, idx: Tensor, optimizer_state: dict | None = None) -> None:
+        """Reorder the input channels in place (a depthwise conv: its channels, out and in alike)."""
+        if self.depthwise:
+            self.permute_out_(idx, optimizer_state)
+        else:
+            permute_(self.weight, idx, 1, optimizer_state)
+
     def forward(self, x: Tensor, cout: int | None = None, k: int | None = None, stride: int = 1,
                 padding: int | None = None, dilation: int = 1) -> Tensor:
         cin = x.shape[1]
@@ -141,6 +166,11 @@ class DynamicBatchNorm2d(nn.Module):
         if self.training:
             self.num_batches_tracked.add_(1)
         return F.batch_norm(x, mean, var, self.weight[:c], self.bias[:c], self.training, self.momentum, self.eps)
+
+    def permute_channels_(self, idx: Tensor, optimizer_state: dict | None = None) -> None:
+        """Reorder the channels in place: weight, bias, running_mean and running_var."""
+        for t in (self.weight, self.bias, self.running_mean, self.running_var):
+            permute_(t, idx, 0, optimizer_state)
 
 
 class DynamicLinear(nn.Module):
@@ -183,6 +213,21 @@ class DynamicSE(nn.Module):
         y = act(gate, self.expand(y, x.shape[1]))
         return x * y
 
+    def permute_channels_(self, idx: Tensor, optimizer_state: dict | None = None) -> None:
+        """Reorder the gated channels in place: the reduce conv's inputs, the expand conv's outputs
+        and bias (what OFA does to a block's SE when it re-sorts the expanded channels)."""
+        self.reduce.permute_in_(idx, optimizer_state)
+        self.expand.permute_out_(idx, optimizer_state)
+
+    def sort_hidden_(self, optimizer_state: dict | None = None) -> Tensor:
+        """Sort the hidden channels by importance (L1 of the expand conv's weights reading each),
+        descending, as OFA's re_organize_middle_weights does: the reduce conv's outputs and bias,
+        the expand conv's inputs. Returns the permutation."""
+        idx = importance_order(self.expand.in_importance())
+        self.reduce.permute_out_(idx, optimizer_state)
+        self.expand.permute_in_(idx, optimizer_state)
+        return idx
+
     def export_state(self, c: int, hidden: int, prefix: str = "") -> dict[str, Tensor]:
         """State dict of torch_build.SqueezeExcite(c, hidden) with the active slices."""
         return {
@@ -204,5 +249,34 @@ def bn_state(bn: DynamicBatchNorm2d, c: int, prefix: str) -> dict[str, Tensor]:
     }
 
 
-__all__ = ["DynamicConv2d", "DynamicBatchNorm2d", "DynamicLinear", "DynamicSE", "act", "bn_state", "centre",
+def importance_order(importance: Tensor, widths: Sequence[int] = (), expand_ratio_stage: int = 0) -> Tensor:
+    """Channel order by importance, descending (stable: ties keep their order).
+
+    As Once-for-All's re_organize_middle_weights: at `expand_ratio_stage` s > 0 the channels are
+    sorted within the buckets that the s + 1 largest of `widths` cut (widths 96, 64, 48 at stage 1:
+    [0, 64) and [64, 96)), so the channels an already-trained smaller width used stay inside that
+    width; stage 0 sorts all channels together.
+    """
+    order = torch.sort(importance.detach(), descending=True, stable=True).indices
+    if expand_ratio_stage > 0 and widths:
+        bucket = torch.zeros(len(importance), dtype=torch.long, device=order.device)
+        for cut in sorted({int(w) for w in widths}, reverse=True)[:expand_ratio_stage + 1]:
+            bucket[cut:] += 1
+        order = order[torch.sort(bucket[order], stable=True).indices]
+    return order
+
+
+def permute_(t: Tensor, idx: Tensor, dim: int, optimizer_state: dict | None = None) -> None:
+    """Reorder `t` along `dim` in place (storage, strides and identity kept: new j = old idx[j]);
+    with an optimizer's `state`, also the state tensors of t's shape (momentum buffers, Adam's
+    moments), so the optimizer keeps following each channel."""
+    with torch.no_grad():
+        t.copy_(t.index_select(dim, idx.to(t.device)))
+        if optimizer_state is not None and t in optimizer_state:
+            for v in optimizer_state[t].values():
+                if isinstance(v, Tensor) and v.shape == t.shape:
+                    v.copy_(v.index_select(dim, idx.to(v.device)))
+
+
+__all__ = ["importance_order", "permute_", "DynamicConv2d", "DynamicBatchNorm2d", "DynamicLinear", "DynamicSE", "act", "bn_state", "centre",
            "ACTIVATIONS"]

@@ -7,6 +7,7 @@ returns that very module with the weights copied out (channels sliced, kernels t
 """
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any, Hashable, Sequence
 
@@ -20,6 +21,8 @@ from .blocks import block_for
 torch = require("torch", "torch")
 nn = torch.nn
 Tensor = torch.Tensor
+
+log = logging.getLogger("latbench.supernet")
 
 TASKS = ("kernel_size", "depth", "width", "resolution", "other")
 
@@ -83,6 +86,8 @@ class SuperNet(nn.Module):
         self.config = space.largest()
         self._active: list[tuple[int, OpSpec]] = []
         self.set_active(self.config)
+        # one entry per sort_channels() call (plain attribute: not state, not checkpointed)
+        self.channel_sort_log: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ subnet selection
     def active_ops(self, config: Any) -> list[tuple[int, OpSpec]]:
@@ -132,6 +137,32 @@ class SuperNet(nn.Module):
         for idx, op in active:
             x = self.blocks[idx](x, op)
         return x.flatten(1) if x.dim() == 4 and x.shape[2:] == (1, 1) else x
+
+    def sort_channels(self, expand_ratio_stage: int = 0, optimizer: Any = None, **info: Any) -> int:
+        """Once-for-All's channel importance sorting (`re_organize_middle_weights`), which its
+        progressive shrinking runs at the start of every elastic-width phase: every block's inner
+        width that no residual ties (MBConv expanded channels with their SE, a bottleneck's mid
+        channels, a basic block's first conv outputs) is re-sorted by importance, descending, so
+        that the first k channels a smaller width keeps are the most important ones. The largest
+        subnet computes the same function before and after (the permutation is a symmetry).
+
+        Widths that meet in a residual add (block outputs, stems, heads) stay as they are: sorting
+        them would need one permutation on every block of a stage and on what reads it.
+        `expand_ratio_stage` s > 0 sorts within the buckets cut by the s + 1 largest inner widths of
+        each block, as OFA does from its second width phase on. `optimizer`: its per-parameter
+        state (momentum) is permuted alike. `info` (e.g. task, phase, epoch) goes into the entry
+        appended to `channel_sort_log`. Returns the number of blocks re-sorted.
+        """
+        state = getattr(optimizer, "state", None)
+        n = 0
+        for block in self.blocks:
+            fn = getattr(block, "sort_channels", None)
+            if fn is not None and fn(expand_ratio_stage, state) not in (None, []):
+                n += 1
+        self.channel_sort_log.append({"expand_ratio_stage": int(expand_ratio_stage), "blocks": n, **info})
+        log.info("%s: sorted the inner channels of %d blocks by importance (expand_ratio_stage %d%s)",
+                 self.space.name, n, expand_ratio_stage, "".join(f", {k} {v}" for k, v in info.items()))
+        return n
 
     def block_names(self) -> list[str]:
         """Module names of the active blocks (for distillation mapping layers)."""

@@ -12,6 +12,13 @@ rate, and latbench's training driver starts each phase's schedule there. `RunCon
 keeps the named layers static (PaddleSlim drops them from the search space): every subnet OFA
 samples, smallest included, runs them at their largest choice.
 
+At the start of every phase of the width task (the first forward whose epoch is that phase's first
+epoch, or the first after `set_task` entered it) OFA calls `model.sort_channels(phase)` when the
+model has one (a SuperNet): Once-for-All's `re_organize_middle_weights`, which re-sorts each
+block's expanded channels by importance so the first k that a smaller width keeps are the most
+important (PaddleSlim has no such call). It is recorded in `model.channel_sort_log`; set
+`ofa.optimizer` to have the optimizer's momentum buffers permuted with the weights.
+
 The model is a SuperNet built from a search space (its positions are the elastic dimensions; the
 input resolution is sampled in every phase, `train_full` included, as Once-for-All does: a teacher
 that never saw a resolution gives chance-level targets there) or a model turned into a supernet by
@@ -166,6 +173,7 @@ class OFA(nn.Module):
         self.Tacts: dict[str, Any] = {}
         self._outputs: tuple[Any, Any] = (None, None)
         self.ofa_teacher_model = None
+        self.optimizer = None  # optional: its state is permuted with the weights by channel sorting
         if distill_config is not None:
             self._prepare_distill()
         self.model.train()
@@ -183,8 +191,13 @@ class OFA(nn.Module):
     def _skip(self, layers: Sequence[str]) -> list[int]:
         """Fix every dimension of the `layers` at its largest allowed choice; the dims it fixed."""
         fixed: list[int] = []
+        # a Convert-ed layer whose width is tied to others' (their outputs meet in an add) has the
+        # group's leader's width: keeping it static keeps the whole group's width static
+        leader = {n: names[0] for names in getattr(self.model, "width_ties", []) for n in names[1:]}
         for layer in layers:
             hit = [i for i, n in enumerate(self.dims.names) if n == layer or n.startswith(f"{layer}.")]
+            if layer in leader:
+                hit += [i for i, n in enumerate(self.dims.names) if n == f"{leader[layer]}.expand_ratio"]
             if not hit:
                 known = sorted({n.rsplit(".", 1)[0] for n in self.dims.names if "." in n})
                 raise UsageError(f"run_config.skip_layers names {layer!r}, which has no elastic dimension "
@@ -298,13 +311,43 @@ class OFA(nn.Module):
 
     def _progressive_shrinking(self) -> np.ndarray:
         self.task, phase = self.current_task()
+        self._sort_channels_at_phase_start(phase)
         return self.sample_config("random", self.task, phase)
+
+    def _sort_channels_at_phase_start(self, phase: int | None) -> None:
+        """Once-for-All re-sorts the expanded channels by importance at the start of each phase of
+        the elastic width task (`re_organize_middle_weights(expand_ratio_stage=phase)`); here at
+        the first forward of the phase's first epoch (so a run resumed later in the phase does not
+        sort again), or after `set_task` entered a width phase. Once per phase: the model's
+        `channel_sort_log` remembers the last phase sorted."""
+        sort = getattr(self.model, "sort_channels", None)
+        if not self.task or self.task[-1] != "width" or not callable(sort):
+            return
+        epoch: int | None = self.epoch
+        if self.manual_set_task:
+            key: tuple = ("set_task", tuple(self.task), phase)
+        elif self.run_config.n_epochs is None:
+            key = (self.task_idx, None)
+        else:
+            n_epochs, t = self.run_config.n_epochs, self.task_idx
+            epoch = self._compute_epochs()
+            first = n_epochs[t][phase - 1] + 1 if phase else (n_epochs[t - 1][-1] + 1 if t > 0 else 0)
+            if epoch != first:
+                return
+            key = (t, phase)
+        history = getattr(self.model, "channel_sort_log", None)
+        if history and history[-1].get("key") == key:
+            return
+        sort(phase or 0, self.optimizer, task="width", phase=phase, epoch=epoch, key=key)
 
     def _resolve_config(self, config: Any) -> np.ndarray:
         """A net_config as an index vector; a skipped layer set off its largest is a UsageError."""
         if self.dims.space is not None:
             idx = np.asarray(self.dims.space.index(config), dtype=np.int64)
         elif isinstance(config, dict):
+            from .convert import tied_net_config
+
+            config = tied_net_config(self.model, config)  # a group of tied widths is set on its leader
             idx = np.array([self.dims.choices[i].index(self._lookup(config, n)) for i, n in enumerate(self.dims.names)],
                            dtype=np.int64)
         else:

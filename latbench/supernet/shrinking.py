@@ -4,6 +4,9 @@ The largest net is trained first (`train_full`), then the elastic tasks are unlo
 `elastic_order` (kernel, depth, width by default), each in phases that add one smaller choice at
 a time (phase p samples among the p + 2 largest), with the trained largest net as the teacher.
 The plan is written as PaddleSlim's RunConfig.n_epochs (cumulative last epoch of each phase).
+At the first step of every width phase, OFA re-sorts each block's inner channels by importance
+(`SuperNet.sort_channels`, Once-for-All's re_organize_middle_weights; recorded in the supernet's
+`channel_sort_log`), so the narrower widths that phase unlocks keep the most important channels.
 """
 from __future__ import annotations
 

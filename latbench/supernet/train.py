@@ -194,6 +194,7 @@ def _train(s: TrainSettings, info: D.DistInfo, log: Callable[[str], None] | None
                 teacher.load_state_dict(teacher_state)
                 distill = DistillConfig(lambda_distill=1.0, teacher_model=teacher_copy(teacher))
             ofa = OFA(net, run_config, distill, elastic_order=order, train_full=stage.name == "full")
+            ofa.optimizer = opt  # channel sorting at a width phase permutes the momentum buffers too
             ofa.set_epoch(max(0, epoch - full))
             ofa.rng = np.random.default_rng([s.seed, epoch, 1])
         # the full net and BigNAS start at --lr; each shrinking phase at its run_config rate
