@@ -50,6 +50,8 @@ def train_cmd(
     flops_max: Optional[float] = typer.Option(None, "--flops-max", help="bignas: random subnets' MFLOPs at most"),
     max_train_images: int = typer.Option(0, "--max-train-images", help="use only this many training images (0: all)"),
     stop_after: int = typer.Option(0, "--stop-after", help="stop after this epoch (a later run resumes)"),
+    schedule: str = typer.Option("equal", "--schedule", help="ofa: equal phases after 30% for the full net, or "
+                                 "`ofa`: Once-for-All's proportions (full 180 : a task's last phase 120 : earlier 25)"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
 ) -> None:
     """Train a supernet on a space (resumes from --out; runs under torchrun unchanged)."""
@@ -58,7 +60,7 @@ def train_cmd(
     settings = TrainSettings(space=space, data=data, strategy=strategy, epochs=epochs, out=str(out),
                              batch_size=batch_size, lr=lr, seed=seed, threads=threads, num_random=num_random,
                              flops_range=_flops_range(flops_min, flops_max), max_train_images=max_train_images,
-                             stop_after=stop_after)
+                             stop_after=stop_after, schedule=schedule)
     res = train_supernet(settings, log=_log)
     if int(os.environ.get("RANK", "0")) != 0:
         return

@@ -45,19 +45,34 @@ def phases_per_task(ofa: OFA) -> list[int]:
     return out
 
 
-def plan_epochs(ofa: OFA, epochs: int, full_fraction: float = 0.3) -> tuple[int, list[list[int]]]:
-    """(epochs of the full net, n_epochs for the rest): each phase gets an equal share, the
-    remainder going to the last phases."""
+SCHEDULES = ("equal", "ofa")
+# Once-for-All's ImageNet schedule: the full net 180 epochs; each task's last phase 120 (elastic
+# kernel's only phase; depth {3,4} -> {2,3,4} and expand {4,6} -> {3,4,6}: 25 then 120)
+OFA_FULL, OFA_LAST_PHASE, OFA_EARLY_PHASE = 180, 120, 25
+
+
+def plan_epochs(ofa: OFA, epochs: int, full_fraction: float = 0.3,
+                schedule: str = "equal") -> tuple[int, list[list[int]]]:
+    """(epochs of the full net, n_epochs for the rest). `equal`: `full_fraction` for the full net,
+    each phase an equal share of the rest (the remainder to the last phases); `ofa`: Once-for-All's
+    proportions (full 180 : each task's last phase 120 : an earlier phase 25), every stage >= 1."""
+    if schedule not in SCHEDULES:
+        raise UsageError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
     phases = phases_per_task(ofa)
     n_phases = sum(phases)
-    full = max(1, min(int(round(epochs * full_fraction)), epochs - n_phases))
-    rest = epochs - full
-    if rest < n_phases:
+    if epochs < n_phases + 1:
         raise UsageError(f"progressive shrinking over {ofa.elastic_order} needs at least {n_phases + 1} epochs "
                          f"(1 full + {n_phases} phases), got {epochs}")
-    lengths = [rest // n_phases] * n_phases
-    for i in range(rest - sum(lengths)):
-        lengths[-1 - i] += 1
+    if schedule == "ofa":
+        weights = [OFA_FULL] + [OFA_LAST_PHASE if j == p - 1 else OFA_EARLY_PHASE for p in phases for j in range(p)]
+        shares = _apportion(epochs, weights)
+        full, lengths = shares[0], shares[1:]
+    else:
+        full = max(1, min(int(round(epochs * full_fraction)), epochs - n_phases))
+        rest = epochs - full
+        lengths = [rest // n_phases] * n_phases
+        for i in range(rest - sum(lengths)):
+            lengths[-1 - i] += 1
     n_epochs, at, k = [], -1, 0
     for p in phases:
         cum = []
@@ -67,6 +82,18 @@ def plan_epochs(ofa: OFA, epochs: int, full_fraction: float = 0.3) -> tuple[int,
             cum.append(at)
         n_epochs.append(cum)
     return full, n_epochs
+
+
+def _apportion(total: int, weights: list[int]) -> list[int]:
+    """`total` split in proportion to `weights`, every part >= 1 (largest remainders first)."""
+    raw = [total * w / sum(weights) for w in weights]
+    parts = [max(1, int(r)) for r in raw]
+    while sum(parts) > total:  # the floors of 1 overshot: take from the largest parts
+        parts[parts.index(max(parts))] -= 1
+    order = sorted(range(len(raw)), key=lambda i: raw[i] - int(raw[i]), reverse=True)
+    for i in order[:total - sum(parts)]:
+        parts[i] += 1
+    return parts
 
 
 def stage_of(epoch: int, full: int, n_epochs: list[list[int]], order: list[str]) -> Stage:
@@ -90,4 +117,4 @@ def ofa_step(ofa: OFA, x, y, n_subnets: int, label_smoothing: float = 0.1) -> fl
     return total / max(1, n_subnets)
 
 
-__all__ = ["Stage", "plan_epochs", "stage_of", "phases_per_task", "ofa_step", "DYNAMIC_BATCH"]
+__all__ = ["Stage", "plan_epochs", "SCHEDULES", "stage_of", "phases_per_task", "ofa_step", "DYNAMIC_BATCH"]

@@ -29,7 +29,8 @@ torch = require("torch", "torch")
 
 STRATEGIES = ("ofa", "bignas")
 DEFAULT_EPOCHS = {"ofa": 24, "bignas": 16}
-RESUME_KEYS = ("space", "strategy", "epochs", "seed", "data", "batch_size", "transform")
+RESUME_KEYS = ("space", "strategy", "epochs", "seed", "data", "batch_size", "transform", "schedule")
+RESUME_DEFAULTS = {"schedule": "equal"}  # what a checkpoint from before the key was recorded was trained with
 
 
 @dataclass
@@ -49,7 +50,8 @@ class TrainSettings:
     seed: int = 0
     data_seed: int = 0
     transform: str = ""  # "": depthwise for ofa, none for bignas
-    full_fraction: float = 0.3  # ofa: share of epochs for the largest net
+    full_fraction: float = 0.3  # ofa, equal schedule: share of epochs for the largest net
+    schedule: str = "equal"  # ofa: equal phases, or Once-for-All's proportions ("ofa")
     ps_lr_scale: float = 0.5  # ofa: learning rate of the shrinking stages relative to lr
     num_random: int = 2  # bignas: random subnets per sandwich
     flops_range: tuple[float, float] | None = None  # bignas: MFLOPs range of random subnets
@@ -133,7 +135,8 @@ def _train(s: TrainSettings, info: D.DistInfo, log: Callable[[str], None] | None
     opt = torch.optim.SGD(_param_groups(net, s.weight_decay), lr=s.lr, momentum=s.momentum, nesterov=True)
     meta_base: dict[str, Any] = {
         **space_meta(space), "strategy": s.strategy, "epochs": s.epochs, "seed": s.seed, "data": s.data,
-        "batch_size": s.batch_size, "transform": s.transform, "channels": channels, "data_resolution": max_res,
+        "batch_size": s.batch_size, "transform": s.transform, "schedule": s.schedule, "channels": channels,
+        "data_resolution": max_res,
         "data_seed": s.data_seed, "n_classes": data.n_classes, "mean": data.mean, "std": data.std,
         "world": info.world, "settings": {k: v for k, v in asdict(s).items() if k != "out"},
     }
@@ -145,7 +148,7 @@ def _train(s: TrainSettings, info: D.DistInfo, log: Callable[[str], None] | None
     if s.strategy == "ofa":
         probe = OFA(net)
         order = probe.elastic_order
-        full, n_epochs = plan_epochs(probe, s.epochs, s.full_fraction)
+        full, n_epochs = plan_epochs(probe, s.epochs, s.full_fraction, s.schedule)
         meta_base["n_epochs"] = n_epochs
         meta_base["elastic_order"] = order
         meta_base["full_epochs"] = full
@@ -162,7 +165,7 @@ def _train(s: TrainSettings, info: D.DistInfo, log: Callable[[str], None] | None
         ckpt = load_checkpoint(s.out, map_location=info.device)
         meta = ckpt["meta"]
         for k in RESUME_KEYS:
-            if meta.get(k) != meta_base.get(k):
+            if meta.get(k, RESUME_DEFAULTS.get(k)) != meta_base.get(k):
                 raise UsageError(f"{s.out}: was trained with {k}={meta.get(k)!r}, this run has "
                                  f"{k}={meta_base.get(k)!r} (use another --out to start afresh)")
         net.load_state_dict(ckpt["model"])
