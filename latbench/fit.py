@@ -5,9 +5,9 @@ For devices whose single ops cannot be timed (an NPU behind a vendor SDK, a clos
 where only whole models can be: a network's latency is modelled as its keys' costs summed plus a
 fixed per-network cost (the intercept, kept as the table's per-call cost, so a fitted table prices
 exactly as a measured one: sum of (row - per-call) + per-call). Errors are relative (a 1 ms miss on
-a 5 ms network weighs what a 4 ms miss on a 20 ms one does); the costs are shrunk towards a prior
-(a FLOPs-and-bytes model of the same networks, or other devices' tables: latbench.transfer) by a
-strength chosen by cross-validation. A key no measured network holds is left out of a plain fit
+a 5 ms network weighs what a 4 ms miss on a 20 ms one does; Huber's loss beyond 10%); the costs
+are shrunk towards a prior (a FLOPs, bytes and kernels model of the same networks, or other
+devices' tables: latbench.transfer) by a strength chosen by cross-validation. A key no measured network holds is left out of a plain fit
 (its price would be the prior's guess); with a prior table it keeps the prior's cost, labelled so.
 """
 from __future__ import annotations
@@ -147,11 +147,10 @@ def _check(counts: np.ndarray, ms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return A, y
 
 
-def _scales(prior: Prior, A: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """How far each coefficient (keys, then intercept) may move per unit of penalty: its prior cost,
-    floored at a share of an average key's cost so a key priced ~0 can still move."""
+def _scales(theta0: np.ndarray, A: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """How far each coefficient (keys, then intercept) may move per unit of penalty: its prior
+    value `theta0`, floored at a share of an average key's cost so a key priced ~0 can still move."""
     per_key = float(np.mean(y)) / max(float(np.mean(A.sum(axis=1))), 1.0)
-    theta0 = np.r_[prior.cost, prior.intercept]
     return np.maximum(theta0, PRIOR_FLOOR * per_key)
 
 
@@ -165,8 +164,8 @@ def unfolded(y: np.ndarray) -> np.ndarray:
 
 def relative_weights(y: np.ndarray) -> np.ndarray:
     """1 / ms, so errors count relative; a network measured below WEIGHT_FLOOR x the median weighs as
-    if it were there (a runtime that folds a network away, e.g. TFLite on an input-independent
-    NAS-Bench-201 cell at 0.003 ms, would otherwise decide the whole fit)."""
+    if it were there, so the few fastest networks do not outweigh the rest (networks folded away
+    entirely, under FOLDED_SHARE of the median, are left out before: `unfolded`)."""
     return 1.0 / np.maximum(y, WEIGHT_FLOOR * float(np.median(y)))
 
 
@@ -242,14 +241,23 @@ def structural_priors(ops: Sequence[OpSpec]) -> list[Prior]:
             Prior("kernels", kernels, 0.0), Prior("per network", zero, 1.0)]
 
 
-def mix(priors: Sequence[Prior], counts: np.ndarray, y: np.ndarray, name: str) -> Prior:
-    """The non-negative mix of `priors` that predicts the networks best (relative least squares)."""
+def mix_weights(P: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Non-negative weights of the columns of P (each a prior's prices of the networks) that
+    predict the measured `y` best: relative errors, Huber's loss."""
     w = relative_weights(y)
-    P = np.array([p.predict(counts) for p in priors]).T
-    coef = robust_nnls(P * w[:, None], y * w)
-    return Prior(name, sum(c * p.cost for c, p in zip(coef, priors)),
-                 float(sum(c * p.intercept for c, p in zip(coef, priors))),
-                 {p.name: float(c) for c, p in zip(coef, priors) if c > 0})
+    return robust_nnls(P * w[:, None], y * w)
+
+
+def combine(priors: Sequence[Prior], weights: Sequence[float], name: str) -> Prior:
+    """The prior `sum(weights[j] * priors[j])`, the names of those weighted recorded."""
+    return Prior(name, np.asarray(sum(c * p.cost for c, p in zip(weights, priors)), dtype=np.float64),
+                 float(sum(c * p.intercept for c, p in zip(weights, priors))),
+                 {p.name: float(c) for c, p in zip(weights, priors) if c > 0})
+
+
+def mix(priors: Sequence[Prior], counts: np.ndarray, y: np.ndarray, name: str) -> Prior:
+    """The non-negative mix of `priors` that predicts the networks of `counts` best."""
+    return combine(priors, mix_weights(np.array([p.predict(counts) for p in priors]).T, y), name)
 
 
 def flops_prior(A: np.ndarray, y: np.ndarray, ops: Sequence[OpSpec]) -> Prior:
@@ -272,7 +280,7 @@ def fit_costs(counts: KeyCounts, ms: Sequence[float], prior: Prior | None = None
     seen = (A > 0).sum(axis=0)
     cols = np.r_[seen > 0, True]  # a key no network holds keeps the prior's cost: solve the others
     theta0 = np.r_[prior.cost, prior.intercept]
-    scale = _scales(prior, A, y)[cols]
+    scale = _scales(theta0, A, y)[cols]
     As, t0 = A[:, seen > 0], theta0[cols]
     folds = _folds(len(y), seed)
     rms = lambda e: float(np.sqrt(np.mean(e * e)))  # noqa: E731
@@ -303,11 +311,11 @@ def fit_costs(counts: KeyCounts, ms: Sequence[float], prior: Prior | None = None
 def _posterior_sd(A, y, theta, scale, lam) -> np.ndarray:
     """Each coefficient's standard deviation (ms): the ridge posterior's, with the residual
     variance of the relative errors estimated on the degrees of freedom the fit leaves."""
+    if math.isinf(lam):
+        return np.full(theta.shape, math.nan)
     w = relative_weights(y)
     X = np.c_[A, np.ones(len(y))] * w[:, None]
     r = X @ theta - y * w
-    if math.isinf(lam):
-        return np.full(theta.shape, math.nan)
     P = np.diag(lam / scale**2)
     H = X.T @ X + P
     Hinv = np.linalg.pinv(H)
@@ -317,4 +325,5 @@ def _posterior_sd(A, y, theta, scale, lam) -> np.ndarray:
 
 
 __all__ = ["KeyCounts", "key_counts", "Prior", "FitResult", "fit_costs", "flops_prior", "structural_priors", "mix",
+           "mix_weights", "combine",
            "LAMBDAS", "robust_nnls", "huber", "unfolded"]

@@ -101,16 +101,13 @@ def space_ops(space, granularity: str, fusion: str) -> list[OpSpec]:
     return list(out.values())
 
 
-def prior_settings(paths: Sequence[str], granularity: str | None) -> tuple[str, str]:
-    """The granularity and fusion the fit must share with its prior tables (one of each; the
-    first table's unless `granularity` is given)."""
-    from .store import LatencyTable
-
+def prior_settings(tables: Sequence[Any], granularity: str | None) -> tuple[str, str]:
+    """The granularity and fusion the fit must share with its (open) prior tables: one of each,
+    the tables' unless `granularity` is given."""
     found: set[tuple[str, str]] = set()
-    for p in paths:
-        with LatencyTable.open(p, readonly=True) as t:
-            run = t.run_settings
-            found.add(((run.granularity if run else None) or "block", (run.fusion if run else None) or "none"))
+    for t in tables:
+        run = t.run_settings
+        found.add(((run.granularity if run else None) or "block", (run.fusion if run else None) or "none"))
     if granularity:
         found = {(granularity, f) for _, f in found}
     if len(found) > 1:
@@ -125,6 +122,8 @@ def fit_table(out: str, space, networks: MeasuredNetworks, priors: Sequence[str]
     `networks` and write them as a new table `out`; `refine`: the one prior is the device's own
     measured table, whose profile and run settings the refined table keeps (so `validate` and
     `calibrate` measure it on that device), with the fit recorded beside them."""
+    import contextlib
+
     from .store import LatencyTable
     from .transfer import table_prior, transfer_fit
 
@@ -132,24 +131,18 @@ def fit_table(out: str, space, networks: MeasuredNetworks, priors: Sequence[str]
         raise UsageError(f"{out} exists: a fitted table is written whole; give another --output or remove it")
     if refine and len(priors) != 1:
         raise UsageError(f"refining takes exactly one prior table, the device's own measured one; got {len(priors)}")
-    granularity, fusion = prior_settings(priors, granularity)
-    if priors:
-        extra = space_ops(space, granularity, fusion)
-        counts = key_counts(space, networks.configs, granularity, fusion, extra)
-        prior_list = []
-        for p in priors:
-            with LatencyTable.open(p, readonly=True) as t:
-                prior_list.append(table_prior(t, counts.ops, os.path.basename(p), granularity))
-        result = transfer_fit(counts, networks.ms, prior_list, lam=lam, seed=seed)
-    else:
-        counts = key_counts(space, networks.configs, granularity, fusion)
-        result = fit_costs(counts, networks.ms, lam=lam, seed=seed)
-    if refine:
-        with LatencyTable.open(priors[0], readonly=True) as t:
-            own, run = t.require_profile(), t.run_settings
-        write_fitted(out, result, space, networks, priors, device_name, own, run)
-    else:
-        write_fitted(out, result, space, networks, priors, device_name)
+    with contextlib.ExitStack() as stack:
+        tables = [stack.enter_context(LatencyTable.open(p, readonly=True)) for p in priors]
+        granularity, fusion = prior_settings(tables, granularity)
+        if tables:
+            counts = key_counts(space, networks.configs, granularity, fusion, space_ops(space, granularity, fusion))
+            prior_list = [table_prior(t, counts.ops, os.path.basename(p), granularity) for t, p in zip(tables, priors)]
+            result = transfer_fit(counts, networks.ms, prior_list, lam=lam, seed=seed)
+        else:
+            counts = key_counts(space, networks.configs, granularity, fusion)
+            result = fit_costs(counts, networks.ms, lam=lam, seed=seed)
+        own = (tables[0].require_profile(), tables[0].run_settings) if refine else (None, None)
+    write_fitted(out, result, space, networks, priors, device_name, *own)
     return result
 
 

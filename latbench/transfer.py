@@ -1,9 +1,10 @@
 """Transfer: a device's table from a few of its measured networks and other devices' tables.
 
 Two steps, each chosen on the measured networks themselves:
-1. the prior: the other tables' predictions of those networks combined, either the one table that
-   predicts them best once scaled, or a non-negative mix of all tables, whichever predicts a
-   left-out network better (leave-one-out);
+1. the prior: the other tables' predictions of those networks combined, as the one table that
+   predicts them best once scaled, a non-negative mix of the tables, the networks' own FLOPs,
+   bytes and kernels model, or that model mixed with the tables, whichever predicts a left-out
+   network best (leave-one-out, Huber's loss; ties go to the simpler rule);
 2. a key-level correction of that prior (latbench.fit.fit_costs), shrunk towards it by the strength
    that cross-validates best, so a key the networks say little about keeps the prior's cost.
 The same two steps refine a measured table of the device itself from k end-to-end measurements:
@@ -18,8 +19,8 @@ from typing import Sequence
 import numpy as np
 
 from .errors import UsageError
-from .fit import (FitResult, KeyCounts, Prior, fit_costs, huber, relative_weights, robust_nnls, structural_priors,
-                  unfolded)
+from .fit import (FitResult, KeyCounts, Prior, combine, fit_costs, huber, mix_weights, relative_weights,
+                  structural_priors, unfolded)
 from .ops import OpSpec
 
 
@@ -35,10 +36,9 @@ def table_prior(table, ops: Sequence[OpSpec], name: str = "", granularity: str |
 
 
 def _mixed(P: np.ndarray, y: np.ndarray, cols: slice | list[int] = slice(None)) -> np.ndarray:
-    """Non-negative weights of the priors in `cols` (relative errors, Huber's loss), 0 for the others."""
-    wy = relative_weights(y)
+    """`mix_weights` of the priors in `cols`, 0 for the others."""
     w = np.zeros(P.shape[1])
-    w[cols] = robust_nnls(P[:, cols] * wy[:, None], y * wy)
+    w[cols] = mix_weights(P[:, cols], y)
     return w
 
 
@@ -83,11 +83,7 @@ def combine_priors(priors: Sequence[Prior], counts: np.ndarray, ms: Sequence[flo
         scores = np.array([_loo(P, y, rule) for _, rule in rules])
         best = np.nanmin(scores)  # ties (within rounding) go to the simpler rule, listed first
         name, rule = rules[int(np.flatnonzero(scores <= best * (1 + 1e-9) + 1e-15)[0])]
-    w = rule(P, y)
-    cost = sum(wj * p.cost for wj, p in zip(w, everything))
-    intercept = float(sum(wj * p.intercept for wj, p in zip(w, everything)))
-    weights = {p.name: float(wj) for wj, p in zip(w, everything) if wj > 0}
-    return Prior(name, np.asarray(cost, dtype=np.float64), intercept, weights)
+    return combine(everything, rule(P, y), name)
 
 
 def transfer_fit(counts: KeyCounts, ms: Sequence[float], priors: Sequence[Prior], lam: float | None = None,

@@ -271,28 +271,12 @@ def _reduce_keeps_channels(node) -> bool:
     return all(isinstance(d, int) and d >= 2 for d in dims)
 
 
-class _UnionFind:
-    def __init__(self):
-        self.parent: dict = {}
-
-    def find(self, a):
-        self.parent.setdefault(a, a)
-        while self.parent[a] != a:
-            self.parent[a] = self.parent[self.parent[a]]
-            a = self.parent[a]
-        return a
-
-    def union(self, a, b) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[rb] = ra
-
-
 def find_width_ties(network: "nn.Module", elastic: set, fixed_out: set) -> tuple[list[tuple], list[str], list[str]]:
     """(groups of >= 2 elastic layers tied by adds, layers tied to a non-elastic width, warnings).
     `elastic`: names of the layers whose output width is elastic; `fixed_out`: weight layers whose
     output width is not (the last one). Raises whatever torch.fx raises on an untraceable model."""
     import torch.fx as fx
+    from scipy.cluster.hierarchy import DisjointSet
 
     gm = fx.symbolic_trace(network)
     modules = dict(network.named_modules())
@@ -300,7 +284,7 @@ def find_width_ties(network: "nn.Module", elastic: set, fixed_out: set) -> tuple
     passthrough = (nn.BatchNorm1d, nn.BatchNorm2d, nn.Identity, nn.Dropout, nn.Dropout2d, nn.Upsample,
                    nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
     act_mod = nn.modules.activation
-    uf = _UnionFind()
+    uf = DisjointSet()  # the width sources that meet in an add
     src: dict = {}  # node -> width source: a layer name, _INPUT, "<op:...>" or None (not a tensor width)
     opaque: dict[str, str] = {}
 
@@ -355,17 +339,16 @@ def find_width_ties(network: "nn.Module", elastic: set, fixed_out: set) -> tuple
             operands = [of(a) for a in list(args[:2]) + [node.kwargs.get("other")]]
             operands = [o for o in operands if o is not None]
             for o in operands[1:]:
-                uf.union(operands[0], o)
+                uf.add(operands[0])
+                uf.add(o)
+                uf.merge(operands[0], o)
             src[node] = operands[0] if operands else None
         else:
             tensor_in = any(isinstance(a, fx.Node) and of(a) is not None for a in node.all_input_nodes)
             src[node] = unknown(node, f"{op} {getattr(tgt, '__name__', tgt)}") if tensor_in else None
-    groups: dict = {}
-    for key in list(uf.parent):
-        groups.setdefault(uf.find(key), []).append(key)
     order = {n: i for i, n in enumerate(modules)}
     ties, fixed, notes = [], [], []
-    for members in groups.values():
+    for members in uf.subsets():
         layers = sorted((k for k in members if k in elastic), key=order.__getitem__)
         if not layers:
             continue

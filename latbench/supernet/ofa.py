@@ -74,6 +74,14 @@ def search_idx(epoch: int, n_epochs: Sequence[Sequence[int]]) -> tuple[int, int]
     return len(n_epochs) - 1, len(n_epochs[-1]) - 1
 
 
+def phase_start(n_epochs: Sequence[Sequence[int]], task: int, phase: int) -> int:
+    """The first epoch (counted as n_epochs counts) of phase `phase` of task `task`: one after the
+    last epoch of the phase, or task, before it."""
+    if phase > 0:
+        return n_epochs[task][phase - 1] + 1
+    return n_epochs[task - 1][-1] + 1 if task > 0 else 0
+
+
 def soft_cross_entropy(student: "torch.Tensor", teacher: "torch.Tensor") -> "torch.Tensor":
     """Cross-entropy of student logits against the teacher's softmax (OFA's KD loss)."""
     return torch.sum(-F.softmax(teacher.detach(), dim=1) * F.log_softmax(student, dim=1), dim=1).mean()
@@ -331,8 +339,7 @@ class OFA(nn.Module):
         else:
             n_epochs, t = self.run_config.n_epochs, self.task_idx
             epoch = self._compute_epochs()
-            first = n_epochs[t][phase - 1] + 1 if phase else (n_epochs[t - 1][-1] + 1 if t > 0 else 0)
-            if epoch != first:
+            if epoch != phase_start(n_epochs, t, phase or 0):
                 return
             key = (t, phase)
         history = getattr(self.model, "channel_sort_log", None)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import UsageError, require
-from .ofa import OFA, search_idx
+from .ofa import OFA, phase_start, search_idx
 
 torch = require("torch", "torch")
 F = torch.nn.functional
@@ -101,9 +101,8 @@ def stage_of(epoch: int, full: int, n_epochs: list[list[int]], order: list[str])
     if epoch < full:
         return Stage("full", start=0, length=full)
     t, p = search_idx(epoch - full, n_epochs)
-    end = n_epochs[t][p]
-    prev = n_epochs[t][p - 1] if p > 0 else (n_epochs[t - 1][-1] if t > 0 else -1)
-    return Stage(order[t], t, p, full + prev + 1, end - prev)
+    start = phase_start(n_epochs, t, p)
+    return Stage(order[t], t, p, full + start, n_epochs[t][p] - start + 1)
 
 
 def ofa_step(ofa: OFA, x, y, n_subnets: int, label_smoothing: float = 0.1) -> float:
