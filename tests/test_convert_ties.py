@@ -266,7 +266,8 @@ def test_yaml_space_residual_adds_always_line_up(name, space):
                 assert op.in_shape == op.out_shape or getattr(op, "proj", False), (name, op)
     assert residual > 0, name
     net = SuperNet(space).eval()
-    for i, cfg in enumerate(configs):
+    run = 12 if name == "bignas-resnet" else len(configs)  # its forwards cost ~0.15 s each
+    for i, cfg in enumerate(configs[:run]):
         net.set_active(cfg)
         x = torch.randn(*net.input_shape(1))
         with torch.no_grad():

@@ -893,7 +893,7 @@ PAYOFF_SUBNETS = int(os.environ.get("LATBENCH_PAYOFF_SUBNETS", "20"))
 
 @pytest.mark.slow
 def test_weight_sharing_pays_off_on_digits_and_tflite_winners_meet_budgets(tmp_path):
-    """Issue 23's goal on digits (~45 min on 2 cores): OFA in Once-for-All's phase proportions and
+    """Issue 23's goal on digits (~50 min on 2 cores): OFA in Once-for-All's phase proportions and
     BigNAS, each trained PAYOFF_EPOCHS epochs; PAYOFF_SUBNETS sampled subnets taken from each (after
     calib_bn) come within 2 points (mean test top-1) of the same subnets trained alone for as many
     epochs; the OFA supernet's winners under two budgets of a calibrated tflite table, exported to
