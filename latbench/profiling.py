@@ -121,7 +121,7 @@ def profile_into(table, agent, ops: Iterable[OpSpec], timing: TimingSettings = T
     if retime not in RETIME:
         raise UsageError(f"`retime` must be one of {', '.join(RETIME)}, got {retime!r}")
     t0 = time.perf_counter()
-    run, todo = plan_todo(table, ops, max_ops, retry_failed, shuffle)
+    run, todo = plan_todo(table, ops, max_ops, retry_failed, shuffle, resolutions)
     if on_start:
         on_start(len(todo))
     try:
@@ -141,15 +141,20 @@ def profile_into(table, agent, ops: Iterable[OpSpec], timing: TimingSettings = T
 
 
 def plan_todo(table, ops: Iterable[OpSpec], max_ops: int | None = None, retry_failed: bool = False,
-              shuffle: bool = True) -> tuple[ProfileRun, list[OpSpec]]:
+              shuffle: bool = True, resolutions: dict[str, list[int]] | None = None) -> tuple[ProfileRun, list[OpSpec]]:
     """(a ProfileRun counting what `table` holds of `ops` already, the ops still to measure):
     keys stored are skipped (those stored failed too, unless `retry_failed`); `max_ops` takes the
-    first of the rest in enumeration order; they come in `measure_order` unless not `shuffle`."""
+    first of the rest in enumeration order; they come in `measure_order` unless not `shuffle`.
+    A skipped key this run's `resolutions` use gets them added to its row's extra["resolutions"]
+    (a key shared by a resolution profiled earlier belongs to this one's OFA YAML file too)."""
     todo_all = unique(ops)
     stored_ok = table.keys(status="ok")
     stored_any = table.keys(status=None)
     skip = stored_ok if retry_failed else stored_any
     todo = [op for op in todo_all if op.key not in skip]
+    if resolutions:
+        table.merge_extra_lists("resolutions", {op.key: resolutions[op.key] for op in todo_all
+                                                if op.key in skip and op.key in resolutions})
     run = ProfileRun(total=len(todo_all), skipped=len(todo_all) - len(todo),
                      failed_earlier=sum(op.key in skip and op.key not in stored_ok for op in todo_all))
     if max_ops is not None:

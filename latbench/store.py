@@ -614,6 +614,24 @@ class LatencyTable:
             row["estimate"] = est
         return row
 
+    def merge_extra_lists(self, name: str, items: dict[str, Sequence[Any]]) -> int:
+        """Add `items[key]` to the JSON list extra[name] of each stored row `key` (sorted, each item
+        once), in one transaction: a resumed profile's stored keys are used at its resolutions too.
+        Returns how many rows changed."""
+        changed = 0
+        with self._tx():
+            for key, values in items.items():
+                recs = self.conn.execute("SELECT extra FROM measurements WHERE key = ?", (key,)).fetchall()
+                if not recs:
+                    continue
+                extra = json.loads(recs[0][0]) if recs[0][0] else {}
+                merged = sorted(set(extra.get(name) or ()) | set(values))
+                if merged != extra.get(name):
+                    extra[name] = merged
+                    self.conn.execute("UPDATE measurements SET extra = ? WHERE key = ?", (_to_sql("extra", extra), key))
+                    changed += 1
+        return changed
+
     # ------------------------------------------------------------------ reading
     def __len__(self) -> int:
         return self._query("SELECT COUNT(*) FROM measurements")[0][0]

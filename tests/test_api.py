@@ -91,7 +91,13 @@ def test_outside_evolution_loop_reaches_a_feasible_best_under_the_budget(table) 
 def test_ask_tell_bookkeeping(table) -> None:
     path, costs = table
     study = latbench.Study(SPACE, path, budgets_ms=1e-6, seed=0)  # nothing is feasible
+    with pytest.raises(latbench.LatbenchError, match="no config has been scored yet"):
+        study.best
     t = study.ask()
+    other = latbench.Study(SPACE, path, budgets_ms=1e-6, seed=1).ask()
+    assert other.number == t.number and not np.array_equal(other.index, t.index)
+    with pytest.raises(latbench.UsageError, match="trial 0 is not this study's"):
+        study.tell(other, 3.0)
     assert not t.feasible and t.state == "running" and t.value is None
     assert study.trials["state"].tolist() == ["running"]
     with pytest.raises(latbench.UsageError, match=r"^value of trial 0 must be a finite number"):

@@ -249,9 +249,11 @@ def test_table_show_marks_rows_measured_hot(cli, tmp_path):
 
 
 # ---------------------------------------------------------------------- export then import
-def block_table(path: Path, space, resolutions, invocation: float | None = None, seed: int = 0) -> Path:
+def block_table(path: Path, space, resolutions, invocation: float | None = None, seed: int = 0,
+                small: str | None = None) -> Path:
     """A table as `profile` makes one: every block at the resolutions, median of skewed samples
-    (so mean != estimate), each row listing the resolutions it belongs to."""
+    (so mean != estimate), each row listing the resolutions it belongs to; keys starting with
+    `small` a quarter of the per-call cost (a global pool faster than a call)."""
     where: dict[str, list[int]] = {}
     ops = {}
     for r in resolutions:
@@ -264,6 +266,8 @@ def block_table(path: Path, space, resolutions, invocation: float | None = None,
         rows = []
         for key, b in ops.items():
             base = float(rng.uniform(0.05, 2.0))
+            if small and key.startswith(small):
+                base = invocation / 4
             samples = [base, base * 1.01, base * 1.02, base * 1.6, base * 2.5]
             rows.append(Measurement(key, prof.id, b.to_dict(), Stats.from_samples(samples),
                                     extra={"resolutions": where[key]}))
@@ -294,15 +298,19 @@ def round_trip(tmp_path: Path, src: Path) -> Path:
     return back
 
 
-@pytest.mark.parametrize("invocation", [None, 0.004])
-def test_export_then_import_keeps_every_prediction(tmp_path, invocation):
+@pytest.mark.parametrize("invocation,small", [(None, None), (0.004, None), (0.004, "AvgPool2D-")])
+def test_export_then_import_keeps_every_prediction(tmp_path, invocation, small):
     """A measured block table (median estimates, with and without a per-call cost) priced the same
-    after OFA YAML and back; OFA's plain sum over the files is that price too."""
+    after OFA YAML and back; OFA's plain sum over the files is that price too. A global pool faster
+    than the per-call cost holds 0, the stem Conv entry the difference: no entry is negative."""
     space = get_space("ofa-mbv3-w10")
-    src = block_table(tmp_path / "src.db", space, (160, 176), invocation)
+    src = block_table(tmp_path / "src.db", space, (160, 176), invocation, small=small)
     back = round_trip(tmp_path, src)
     luts = {r: {k: v["mean"] for k, v in read_ofa_yaml(tmp_path / "yaml" / f"{r}_lookup_table.yaml").items()}
             for r in (160, 176)}
+    assert all(v >= 0 for lut in luts.values() for v in lut.values())
+    pools = [v for lut in luts.values() for k, v in lut.items() if k.startswith("AvgPool2D-")]
+    assert len(pools) == 2 and (all(v == 0 for v in pools) if small else all(v > 0 for v in pools))
     with LatencyTable.open(src, readonly=True) as t:
         pred = Predictor.from_table(t, space)
         np.testing.assert_allclose(prices(back, space, (160, 176)), prices(pred, space, (160, 176)), rtol=1e-12)
@@ -315,6 +323,7 @@ def test_export_then_import_keeps_every_prediction(tmp_path, invocation):
     assert text.startswith("# Once-for-All LatencyTable for resolution 160, exported by latbench")
     assert "mean: the estimate latbench predicts with" in text and "estimator: median" in text
     assert ("every entry but the stem Conv one" in text) == (invocation is not None)
+    assert ("is below the per-call cost, so it holds 0 and the stem Conv entry" in text) == bool(small)
 
 
 def test_per_resolution_values_round_trip_file_by_file(tmp_path, priced, ofa_files):

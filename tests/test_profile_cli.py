@@ -82,6 +82,24 @@ def test_rerun_of_complete_table_measures_nothing(tmp_path: Path, cli) -> None:
     assert second["measured"] == 0 and second["skipped"] == first["total"]
 
 
+def test_resumed_run_at_another_resolution_stamps_the_keys_it_shares(tmp_path: Path, cli) -> None:
+    """-r 24 then -r 32 leaves every row's extra["resolutions"] as one run of both would: a key
+    stored by the first run and used at 32 too belongs to 32's OFA YAML file (not measured again)."""
+    from latbench.profiler import select_ops
+
+    table = tmp_path / "t.sqlite"
+    base = ["profile", "--device", "tflite", "--space", "tiny", "--out", str(table), *FAST, "--json"]
+    assert run_cli(cli, *base, "-r", "24").returncode == 0
+    taken = _stored(table, first=True)
+    assert run_cli(cli, *base, "-r", "32").returncode == 0
+    _, want, _ = select_ops("tiny", [24, 32], "block")
+    with LatencyTable.open(table, create=False) as t:
+        got = {r["key"]: r["extra"].get("resolutions") for r in t.rows(columns=("extra",))}
+    shared = [k for k, v in want.items() if v == [24, 32]]
+    assert shared and all(_stored(table, first=True)[k] == taken[k] for k in shared)
+    assert got == {k: list(v) for k, v in want.items()}
+
+
 def test_max_ops_limits_new_measurements(tmp_path: Path, cli) -> None:
     table = tmp_path / "t.sqlite"
     r = run_cli(cli, "profile", "--device", "tflite", "--space", "tiny", "-r", "24", "--max-ops", "3",

@@ -153,6 +153,26 @@ def test_sample_deterministic_and_in_range(space):
     assert (a >= 0).all() and (a < space.cardinalities).all()
 
 
+def test_ofa_published_form_takes_any_equal_number_and_names_the_bad_entry():
+    """numpy ints and 3.0 are the choices they equal (r too); a bad value is named by its index,
+    a wrong length by the length given."""
+    space = get_space("ofa-mbv3-w10")
+    pub = space.to_published(space.sample(np.random.default_rng(0), 1)[0])
+    want = space.index(pub)
+    alike = {"ks": [float(v) for v in pub["ks"]], "e": [np.int64(v) for v in pub["e"]], "d": pub["d"],
+             "r": [np.int64(pub["r"][0])]}
+    assert np.array_equal(space.index(alike), want)
+    assert np.array_equal(space.index({**pub, "r": float(pub["r"][0])}), want)
+    with pytest.raises(ConfigError, match=r"ks\[19\]=4 is not one of \[3, 5, 7\]"):
+        space.index({**pub, "ks": [3.0] * 19 + [4]})
+    with pytest.raises(ConfigError, match=r"'ks' must be a list of 20 values, got 2 values"):
+        space.index({**pub, "ks": [3, 3]})
+    with pytest.raises(ConfigError, match=r"d\[0\]=True is not one of"):
+        space.index({**pub, "d": [True] + pub["d"][1:]})
+    with pytest.raises(ConfigError, match=r"r=130 is not one of 128..224 step 4"):
+        space.index({**pub, "r": [130]})
+
+
 def test_yaml_published_form_checks_names_and_values():
     space = get_space(MIXED)
     pub = space.to_published(space.smallest())

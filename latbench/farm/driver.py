@@ -253,7 +253,7 @@ def farm_profile(address_or_ray, space_or_ops, out_dir: str, *, device: Sequence
             if est is not None:
                 t = dataclasses.replace(t, estimator=est)
             t = checked_run(table, gran, fusion, space.name if space else None, t, est, own)
-            run, todo = plan_todo(table, ops, max_ops, retry_failed)
+            run, todo = plan_todo(table, ops, max_ops, retry_failed, resolutions=res)
             run.table, run.device, run.profile_id, run.timing = path, plan["agent"], pid, t
             run.estimator = t.estimator if own else None
             job = Job(pid, path, table, plan, t, res, run, comps=companions(plan["batch_len"]), todo=len(todo))

@@ -75,7 +75,9 @@ class TrialLog:
     def best(self) -> int:
         """Index of the most accurate feasible trial (the first one on ties)."""
         acc = np.where(self.feasible, self.accuracy, -np.inf)
-        if not len(acc) or not np.isfinite(acc.max()):
+        if not len(acc):
+            raise LatbenchError("no config has been scored yet (tell the study a trial's value first)")
+        if not np.isfinite(acc.max()):
             raise LatbenchError("the search scored no config that meets every constraint")
         return int(np.argmax(acc))
 
@@ -246,7 +248,11 @@ class Study:
             v = math.nan
         if not math.isfinite(v):
             raise UsageError(f"value of trial {number} must be a finite number, got {value!r}")
-        asked, pricing = self._pending.pop(number)
+        asked, pricing = self._pending[number]
+        if isinstance(trial, Trial) and not np.array_equal(trial.index, asked.index):
+            raise UsageError(f"trial {number} is not this study's: its config differs from the one this study "
+                             f"asked as trial {number} (was it asked by another Study?)")
+        del self._pending[number]
         self.log.add(asked.index[None, :], np.array([v]), pricing, self.step, numbers=[number])
         if asked.feasible:
             self._best = max(self._best, v)

@@ -138,17 +138,21 @@ class OFAMobileNetV3(SearchSpace):
         for name, choices, length in parts:
             vals = obj[name]
             if not isinstance(vals, (list, tuple)) or len(vals) != length:
-                raise ConfigError(f"{self.name}: {name!r} must be a list of {length} values")
-            lookup = _INDEX[name]
-            try:
-                idx.extend([lookup[v] for v in vals])
-            except (KeyError, TypeError):
-                bad = next(v for v in vals if not isinstance(v, int) or v not in lookup)
-                raise ConfigError(f"{self.name}: {name}={bad!r} is not one of {list(choices)}") from None
-        if not isinstance(r, int) or r not in _INDEX["r"]:
-            raise ConfigError(f"{self.name}: r={r!r} is not one of 128..224 step 4")
-        idx.append(_INDEX["r"][r])
+                got = f"{len(vals)} values" if isinstance(vals, (list, tuple)) else f"{type(vals).__name__} {vals!r}"
+                raise ConfigError(f"{self.name}: {name!r} must be a list of {length} values, got {got}")
+            for i, v in enumerate(vals):
+                idx.append(self._choice(name, v, f"{name}[{i}]", list(choices)))
+        idx.append(self._choice("r", r, "r", "128..224 step 4"))
         return np.array(idx, dtype=np.int64)
+
+    def _choice(self, name: str, v: Any, where: str, choices: Any) -> int:
+        """The index of value `v` of `name` (any number equal to a choice: 3, 3.0, numpy's 3)."""
+        try:
+            if not isinstance(v, bool):
+                return _INDEX[name][v]
+        except (KeyError, TypeError):
+            pass
+        raise ConfigError(f"{self.name}: {where}={v!r} is not one of {choices}")
 
     def to_published(self, config: Any) -> dict:
         v = self.values(config)
