@@ -67,4 +67,6 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+    """The public names and the submodules loaded so far (not this module's own imports)."""
+    own = {"annotations", "importlib", "Any"}
+    return sorted((set(globals()) - own) | set(_EXPORTS))

@@ -30,6 +30,11 @@ class Unmapped(NamedTuple):
     def label(self) -> str:
         return f"{self.op_type}({self.name})" + (f": {self.reason}" if self.reason else "")
 
+    @property
+    def why(self) -> str:
+        """The reason, never empty: an empty `reason` means latbench has no op of this type."""
+        return self.reason or f"latbench has no op for {self.op_type}"
+
 
 @dataclass
 class Lowering:

@@ -43,6 +43,8 @@ class ModelPrice:
     flops: int  # of the mapped ops
     params: int
     lowering: str = "ops"  # "ops": latbench's typed ops; "<agent> graph": its runtime's optimised graph
+    statistic: str = ""  # what the entries are priced by, in words (Pricer.statistic)
+    statistic_asked: bool = False  # another statistic than the table's own estimator was asked for
 
     @property
     def partial(self) -> bool:
@@ -57,6 +59,8 @@ class ModelPrice:
         unmapped op type."""
         p = self.price
         fallback = f"{len(p.misses)} of {p.keys} keys priced by the fallback"
+        if self.statistic_asked:
+            fallback = f"priced by {self.statistic}; {fallback}"
         if self.lowering != "ops":
             fallback += f"; lowered as the {self.lowering}"
         if not self.partial:
@@ -77,11 +81,12 @@ class ModelPrice:
                "partial": self.partial, "ms": p.raw_ms, "raw_ms": p.raw_ms, "invocation_ms": p.invocation_ms,
                "misses": len(p.misses), "keys": p.keys, "missing_keys": sorted(set(p.misses)), "ops": self.ops,
                "shape_only": self.shape_only, "flops": self.flops, "params": self.params, "lowering": self.lowering,
+               "statistic": self.statistic,
                "unmapped": [{"op_type": g.op_type, "count": len(g.nodes),
-                             "nodes": [{"name": n.name, "reason": n.reason} for n in g.nodes]}
+                             "nodes": [{"name": n.name, "reason": n.why} for n in g.nodes]}
                             for g in self.unmapped]}
-        return {"table": self.table, "model": self.model, "granularity": "op", "calibrated": False,
-                "partial": self.partial, "predictions": [row]}
+        return {"table": self.table, "model": self.model, "granularity": "op", "statistic": self.statistic,
+                "calibrated": False, "partial": self.partial, "predictions": [row]}
 
 
 def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
@@ -106,34 +111,42 @@ def group_unmapped(nodes: Sequence[Unmapped]) -> tuple[UnmappedGroup, ...]:
 
 
 def price_model(source, model, input_shape: Sequence[int] | None = None, strict: bool = False,
-                max_fallback: float | None = DEFAULT_MAX_FALLBACK) -> ModelPrice:
+                max_fallback: float | None = DEFAULT_MAX_FALLBACK, statistic: str | None = None) -> ModelPrice:
     """Lower a model and price its ops from an op-level table: `source` a LatencyTable or a
     Predictor (latbench.predict; its table copied, so a closed table is fine); `model` an ONNX file
     or bytes (`input_shape` for symbolic dims) or a torch.nn.Module (`input_shape` required).
     A table that holds node ops (profiled with `--model` on ort) prices the model as its device's
     runtime optimised it (latbench.modelops.lower_model with the table's agent); other tables
     price latbench's typed ops. More than `max_fallback` of the keys missing is a FallbackError
-    (None: any share)."""
+    (None: any share). `statistic` (median, mean, min; a table `source` only, a Predictor has its
+    own) prices each entry by that statistic of its samples, as `Predictor.from_table` does."""
     if isinstance(source, Predictor):
+        if statistic is not None and statistic != source.statistic:
+            raise UsageError(f"`statistic={statistic}`: the predictor prices by {source.statistic}; give "
+                             f"`statistic` to Predictor.from_table")
         pricer, gran = source.pricer, source.pricer.granularity
         where = source.coverage.path if source.coverage else "the cost map"
         profile = source.coverage.profile if source.coverage else None
     else:
         run = source.run_settings
         where, gran, profile = str(source.path), run.granularity if run else "op", source.profile
-        pricer = Pricer.from_table(source, "op", strict=strict) if gran == "op" else None
+        pricer = Pricer.from_table(source, "op", strict=strict, statistic=statistic) if gran == "op" else None
     name = _model_name(model)
     if gran != "op":
         raise UsageError(f"{name}: pricing a whole model needs an op-level table; {where} holds "
                          f"{gran}-level entries (profile with granularity op)")
-    from .modelops import lower_model
-
-    from .modelops import reads_graph
+    from .modelops import is_tflite_source, lower_model, reads_graph
 
     agent = _graph_agent(pricer, profile)
     if agent is not None and not reads_graph(agent, model):
         agent.close()
         agent = None
+    if agent is None and is_tflite_source(model):
+        agent_name = profile.agent if profile is not None and profile.agent else ""
+        held = (f"a{'n' if agent_name[:1] in 'aeiou' else ''} {agent_name} table" if agent_name
+                else "a table of latbench's typed ops")
+        raise UsageError(f"{name}: {where} is {held}; a .tflite model is priced from a tflite table "
+                         f"(`latbench profile --device tflite --model {name}`)")
     try:
         low = lower_model(model, input_shape, agent)
     finally:
@@ -141,12 +154,46 @@ def price_model(source, model, input_shape: Sequence[int] | None = None, strict:
             agent.close()
     p = pricer.price(low.ops)
     if max_fallback is not None and len(p.misses) > max_fallback * p.keys:
+        why = f"; {_held_vs_lowered(pricer.costs, low.ops, name)}" if len(p.misses) == p.keys else ""
         raise FallbackError(f"{where} prices {name} with {len(p.misses)} of {p.keys} keys missing, over "
-                            f"the {max_fallback:.0%} allowed; `max_fallback=None` prices them with the "
+                            f"the {max_fallback:.0%} allowed{why}; `max_fallback=None` prices them with the "
                             f"fallback regression")
     return ModelPrice(name, where, tuple(input_shape) if input_shape else None, p, len(low.ops),
                       len(low.free), group_unmapped(low.unmapped), sum(o.flops for o in low.ops),
-                      sum(o.params for o in low.ops), f"{agent.name} graph" if agent is not None else "ops")
+                      sum(o.params for o in low.ops), f"{agent.name} graph" if agent is not None else "ops",
+                      pricer.statistic, statistic is not None)
+
+
+def _key_family(key: str) -> tuple[str, str]:
+    """(what kind of op a key is, its op type): ('aten nodes', 'conv2d.default'), ('ONNX Runtime
+    nodes', 'com.microsoft/FusedConv'), ('typed ops', 'conv')."""
+    if key.startswith("node-op:"):
+        op = key[len("node-op:"):].split("-v:", 1)[0]
+        domain, _, op_type = op.rpartition("/")
+        if domain in ("aten", "tflite"):
+            return f"{domain} nodes", op_type
+        return "ONNX Runtime nodes", op
+    return "typed ops", key.split("-", 1)[0]
+
+
+def _families(keys) -> str:
+    """'aten nodes (conv2d.default, relu.default, linear.default, ...)', the most frequent kinds first."""
+    by: dict[str, dict[str, int]] = {}
+    for k in keys:
+        fam, op_type = _key_family(k)
+        types = by.setdefault(fam, {})
+        types[op_type] = types.get(op_type, 0) + 1
+    parts = []
+    for fam, types in sorted(by.items(), key=lambda kv: -sum(kv[1].values())):
+        top = sorted(types, key=lambda t: -types[t])
+        parts.append(f"{fam} ({', '.join(top[:3])}{', ...' if len(top) > 3 else ''})")
+    return " and ".join(parts) if parts else "nothing"
+
+
+def _held_vs_lowered(costs, ops, name: str) -> str:
+    """Why no key matched, in a clause: the kinds of op the table holds and those the model
+    lowered to (a table of one lowering priced with another: aten nodes for an ONNX export, say)."""
+    return f"the table holds {_families(costs)}, {name} lowered to {_families(o.key for o in ops)}"
 
 
 def _graph_agent(pricer: Pricer, profile):

@@ -19,6 +19,7 @@ TorchScript exporter, opset 17, which needs only onnx.)
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import io
 import os
@@ -27,18 +28,36 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from .errors import UsageError, require
+from .errors import LatbenchError, UsageError, require
 from .lower import Unmapped
 from .ops import OpSpec, fuse, unique
 
 OPSET = 17
 
 
+class ModelCallError(LatbenchError):
+    """The user's own code (the module or callable `--model module:callable` names) raised: said
+    in one line naming the call, exit 1, never as latbench's internal error."""
+
+
+@contextlib.contextmanager
+def kept_modes(module):
+    """Run the body (an export or a trace, which puts `module` in eval mode) and give every
+    submodule its own training flag back: pricing a supernet mid-training leaves BN and Dropout
+    as they were."""
+    modes = [(m, m.training) for m in module.modules()]
+    try:
+        yield module
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
 def export_module(module, input_shape: Sequence[int], input_names: Sequence[str] | None = None,
                   output_names: Sequence[str] | None = None) -> bytes:
     """A torch module exported to ONNX bytes by the recipe above (eval mode, a zero input of
     `input_shape`, one intra-op thread while tracing; `input_names`/`output_names` as the exporter
-    takes them)."""
+    takes them). The module's training flags are restored afterwards (`kept_modes`)."""
     torch = require("torch", "torch")
     require("onnx", "ort")
     if not input_shape:
@@ -46,12 +65,12 @@ def export_module(module, input_shape: Sequence[int], input_names: Sequence[str]
     from .spaces.torch_build import register_onnx_symbolics
 
     register_onnx_symbolics()  # nn.ChannelShuffle (FBNet's g2 blocks) exports as Reshape-Transpose-Reshape
-    module = module.eval()
     buf = io.BytesIO()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with kept_modes(module), warnings.catch_warnings(), torch.no_grad():
+            module.eval()
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
             torch.onnx.export(module, (torch.zeros(tuple(int(d) for d in input_shape)),), buf, dynamo=False,
                               opset_version=OPSET, do_constant_folding=True,
@@ -78,10 +97,15 @@ def load_callable(spec: str):
         mod = importlib.import_module(mod_name)
     except ImportError as e:
         raise UsageError(f"--model {spec}: cannot import {mod_name!r} ({e})") from None
+    except Exception as e:  # noqa: BLE001 - the user's module raised while importing
+        raise ModelCallError(f"--model {spec}: importing {mod_name} raised {_raised(e)}") from None
     fn = getattr(mod, attr, None)
     if not callable(fn):
         raise UsageError(f"--model {spec}: {mod_name} has no callable {attr!r}")
-    model = fn()
+    try:
+        model = fn()
+    except Exception as e:  # noqa: BLE001 - the user's factory raised: theirs to fix, said in one line
+        raise ModelCallError(f"{spec}(): raised {_raised(e)}") from None
     if not isinstance(model, torch.nn.Module):
         raise UsageError(f"--model {spec}: {attr}() returned {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -176,9 +200,14 @@ def reads_graph(agent, model) -> bool:
 
 
 def torch_source(model):
-    """A torch module, or the one a "module:callable" spec returns."""
+    """A torch module, or the one a "module:callable" spec returns; any other path or string (a
+    file that is not there, a directory) is one UsageError naming it."""
     if isinstance(model, str) and ":" in model:
         return load_callable(model)
+    if isinstance(model, (str, os.PathLike)):
+        path = os.fspath(model)
+        what = "a directory, not a model file" if os.path.isdir(path) else "no such file"
+        raise UsageError(f"{path}: {what} (an ONNX or .tflite model), and not a module:callable")
     return model
 
 
@@ -192,7 +221,8 @@ def lower_model(model, input_shape: Sequence[int] | None = None, agent=None):
         if agent.model_kind == "torch":
             module = torch_source(model)
             _need_shape(_name(model), input_shape)
-            return agent.lower_model(module, input_shape)
+            with kept_modes(module):
+                return agent.lower_model(module, input_shape)
         return agent.lower_model(model if is_tflite_source(model) else onnx_source(model, input_shape), input_shape)
     if is_tflite_source(model):
         raise UsageError(f"{_name(model)}: a .tflite model is lowered as LiteRT runs it, node by node: "
@@ -242,6 +272,12 @@ def device_fusion(device: str, **options: Any) -> str:
         agent.close()
 
 
+def _raised(e: BaseException) -> str:
+    """'RuntimeError: what it said', on one line."""
+    text = " ".join(str(e).split())[:300]
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
 def _name(model) -> str:
     if isinstance(model, (bytes, bytearray)):
         return "<ONNX bytes>"
@@ -250,5 +286,5 @@ def _name(model) -> str:
     return type(model).__name__
 
 
-__all__ = ["ModelOps", "OPSET", "device_fusion", "export_module", "is_tflite_source", "load_callable",
-           "lower_model", "model_ops", "onnx_source", "reads_graph"]
+__all__ = ["ModelCallError", "ModelOps", "OPSET", "device_fusion", "export_module", "is_tflite_source",
+           "kept_modes", "load_callable", "lower_model", "model_ops", "onnx_source", "reads_graph"]

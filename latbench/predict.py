@@ -11,7 +11,9 @@ LatencyTable prices it with that resolution's file.
 
 Every entry was timed as one runtime call, and so holds the runtime's fixed cost of a call once;
 a network pays that cost once in all. Where the table measured it (meta "invocation", see
-latbench.runmeta), a price is the sum of (entry - invocation) over its keys plus one invocation.
+latbench.runmeta), a price is one invocation plus each key's work, entry - invocation, taken as
+0 where an entry is below the invocation (an op faster than the cost's own estimate does no
+measurable work; without the floor a price could come out below zero).
 
 An entry is priced by the table's own estimator (each row's `estimate`: the mean of its samples
 for a profile today), or by another statistic of its samples asked for (`statistic`: median,
@@ -237,6 +239,10 @@ class Pricer:
             return [block]
         return list(_lowered(block, self.fusion))
 
+    def work(self, ms: float) -> float:
+        """An entry's share of a network's price: `ms` less the per-call cost, at least 0 (NaN stays)."""
+        return 0.0 if ms < self.invocation_ms else ms - self.invocation_ms
+
     def lookup(self, op: OpSpec, resolution: int | None = None) -> float | None:
         """The table's value of `op` at `resolution`, None when it has none there."""
         per = self.by_resolution.get(op.key) if self.by_resolution else None
@@ -292,7 +298,7 @@ class Pricer:
         lowered = [o for b in ops for o in self.lower(b)] if per_block else self.lower_all(ops)
         for op in lowered:
             ms, missed = self.price_op(op, resolution)
-            total += ms - inv
+            total += self.work(ms)
             if missed:
                 misses.append(op.key)
         return Price(total, total, tuple(misses), invocation_ms=inv, keys=len(lowered))
@@ -510,7 +516,6 @@ class Predictor:
     def _block_coster(self) -> Callable[[Sequence[OpSpec], int | None], tuple[float, int]]:
         """(cost less the per-call cost, packed count) of a slot's blocks at a resolution; cached."""
         cache: dict[tuple[OpSpec, int | None], tuple[float, int]] = {}
-        inv = self.pricer.invocation_ms
 
         def one(b: OpSpec, r: int | None) -> tuple[float, int]:
             c, m, k = 0.0, 0, 0
@@ -521,7 +526,7 @@ class Predictor:
                     # strict: may be a combination no config reaches; a config that does
                     # reach it fails in predict, naming the key
                     ms, missed = math.nan, True
-                c += ms - inv
+                c += self.pricer.work(ms)
                 m += missed
                 k += 1
             return c, (m << _KEY_BITS) | k

@@ -86,6 +86,12 @@ def default_timing(agent, rounds: int | None = None, interleave: int | None = No
                           interleave=interleave if interleave is not None else (INTERLEAVE if can else 1), **kw)
 
 
+def rows_fusion(source, runtime_fusion: str) -> str:
+    """The fusion a profile's rows are stored at: an op-list file's ops as listed ("none": a
+    predictor then prices a subnet by those very ops), anything else as the runtime runs it."""
+    return "none" if is_op_file(source) else runtime_fusion
+
+
 def is_op_file(source) -> bool:
     """A path that is an op list rather than a space (a registered name or a YAML file)."""
     import os
@@ -236,7 +242,7 @@ def profile(space_or_ops=None, *, device, out, resolutions: Sequence[int] | None
     else:
         agent = device
     try:
-        fusion = fusion or getattr(agent, "fusion", "none")
+        fusion = fusion or rows_fusion(space_or_ops, getattr(agent, "fusion", "none"))
         if not retime_only:  # a bad selection is refused before a table is made
             ops, res, space = select_ops(space_or_ops, resolutions, granularity, fusion)
             agent.check_ops(ops)

@@ -31,8 +31,8 @@ def table_prior(table, ops: Sequence[OpSpec], name: str = "", granularity: str |
 
     pricer = Pricer.from_table(table, granularity)
     inv = pricer.invocation_ms
-    cost = np.array([pricer.price_op(op)[0] - inv for op in ops])
-    return Prior(name or str(table.path), np.maximum(cost, 0.0), inv)
+    cost = np.array([pricer.work(pricer.price_op(op)[0]) for op in ops])
+    return Prior(name or str(table.path), cost, inv)
 
 
 def _mixed(P: np.ndarray, y: np.ndarray, cols: slice | list[int] = slice(None)) -> np.ndarray:

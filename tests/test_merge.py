@@ -202,7 +202,7 @@ def test_a_combination_prices_like_any_table(cli, tmp_path: Path, two_devices):
         got = Predictor.from_table(t, sp).predict_batch(configs)
     for c, ms in zip(configs, got):
         keys = [o.key for o in O.fuse([o for blk in sp.blocks(c) for o in O.expand(blk)], "tflite")]
-        assert ms == pytest.approx(inv + sum(est[k] - inv for k in keys), rel=1e-12)
+        assert ms == pytest.approx(inv + sum(max(0.0, est[k] - inv) for k in keys), rel=1e-12)
     code, stdout, err = cli("predict", "--table", str(out), "--space", "tiny", "--random", "3", "--json")
     assert code == 0, err
     assert all(p["misses"] == 0 for p in json.loads(stdout)["predictions"])

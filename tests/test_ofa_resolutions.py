@@ -197,6 +197,25 @@ def test_import_records_the_space_inferred_or_given(cli, tmp_path, ofa_files):
         import_ofa_yaml([other], t)
 
 
+def test_import_takes_the_directory_export_writes(cli, tmp_path):
+    """`table import DIR` reads the {r}_lookup_table.yaml files in it (what `table export -f
+    ofa-yaml -o DIR` writes) and prices as the source; a directory without them, and a path that
+    is not a regular file, are one line each."""
+    space = get_space("ofa-mbv3-w10")
+    src = block_table(tmp_path / "src.db", space, (160, 176), 0.004)
+    out = tmp_path / "yaml"
+    assert run_cli(cli, "table", "export", str(src), "-f", "ofa-yaml", "-o", str(out)).returncode == 0
+    cp = run_cli(cli, "table", "import", str(out), "-o", str(tmp_path / "back.db"), "--device", "host")
+    assert cp.returncode == 0, cp.stderr
+    np.testing.assert_allclose(prices(tmp_path / "back.db", space, (160, 176)), prices(src, space, (160, 176)),
+                               rtol=1e-12)
+    (tmp_path / "empty").mkdir()
+    cp = run_cli(cli, "table", "import", str(tmp_path / "empty"), "-o", str(tmp_path / "x.db"), "--device", "d")
+    assert cp.returncode == 2 and "is a directory with no .yaml files" in cp.stderr
+    cp = run_cli(cli, "table", "import", "/dev/null", "-f", "csv", "-o", str(tmp_path / "x.db"))
+    assert cp.returncode == 2 and cp.stderr == "latbench: error: not a regular file: /dev/null\n"
+
+
 def test_two_files_of_one_resolution_must_agree(tmp_path, ofa_files):
     """Two files for one resolution with different numbers: one line naming both, no guess."""
     space, paths, _, _ = ofa_files
@@ -298,11 +317,12 @@ def round_trip(tmp_path: Path, src: Path) -> Path:
     return back
 
 
-@pytest.mark.parametrize("invocation,small", [(None, None), (0.004, None), (0.004, "AvgPool2D-")])
+@pytest.mark.parametrize("invocation,small", [(None, None), (0.004, None), (0.004, "AvgPool2D-"), (0.5, None)])
 def test_export_then_import_keeps_every_prediction(tmp_path, invocation, small):
     """A measured block table (median estimates, with and without a per-call cost) priced the same
-    after OFA YAML and back; OFA's plain sum over the files is that price too. A global pool faster
-    than the per-call cost holds 0, the stem Conv entry the difference: no entry is negative."""
+    after OFA YAML and back; OFA's plain sum over the files is that price too. An entry below the
+    per-call cost (a global pool faster than a call; at 0.5 ms, many blocks) holds 0, as latbench
+    prices it: no entry is negative."""
     space = get_space("ofa-mbv3-w10")
     src = block_table(tmp_path / "src.db", space, (160, 176), invocation, small=small)
     back = round_trip(tmp_path, src)
@@ -310,7 +330,7 @@ def test_export_then_import_keeps_every_prediction(tmp_path, invocation, small):
             for r in (160, 176)}
     assert all(v >= 0 for lut in luts.values() for v in lut.values())
     pools = [v for lut in luts.values() for k, v in lut.items() if k.startswith("AvgPool2D-")]
-    assert len(pools) == 2 and (all(v == 0 for v in pools) if small else all(v > 0 for v in pools))
+    assert len(pools) == 2 and (not small or all(v == 0 for v in pools))
     with LatencyTable.open(src, readonly=True) as t:
         pred = Predictor.from_table(t, space)
         np.testing.assert_allclose(prices(back, space, (160, 176)), prices(pred, space, (160, 176)), rtol=1e-12)
@@ -323,7 +343,6 @@ def test_export_then_import_keeps_every_prediction(tmp_path, invocation, small):
     assert text.startswith("# Once-for-All LatencyTable for resolution 160, exported by latbench")
     assert "mean: the estimate latbench predicts with" in text and "estimator: median" in text
     assert ("every entry but the stem Conv one" in text) == (invocation is not None)
-    assert ("is below the per-call cost, so it holds 0 and the stem Conv entry" in text) == bool(small)
 
 
 def test_per_resolution_values_round_trip_file_by_file(tmp_path, priced, ofa_files):
@@ -355,10 +374,7 @@ def test_calibrated_table_is_refused_unless_dropped(cli, tmp_path):
 
 
 def test_export_refuses_what_ofa_yaml_cannot_hold(tmp_path, priced):
-    """Per-resolution values into one file, and an estimate below the per-call cost, are refused."""
+    """Per-resolution values into one file are refused."""
     with LatencyTable.open(priced(RES)[0], readonly=True) as t:
         with pytest.raises(FormatError, match="has one value per resolution .* export to a directory"):
             export_ofa_yaml(t, tmp_path / "one.yaml")
-    src = block_table(tmp_path / "src.db", get_space("ofa-mbv3-w10"), (160,), invocation=0.5)
-    with LatencyTable.open(src, create=False) as t, pytest.raises(FormatError, match="below the per-call cost"):
-        export_ofa_yaml(t, tmp_path / "y")

@@ -50,9 +50,10 @@ def table_keys(name: str, granularity: str, fusion: str = "none") -> tuple:
 
 @pytest.mark.parametrize("name", SPACES)
 @pytest.mark.parametrize("granularity,fusion,inv", [("block", "none", 0.0), ("op", "none", 0.0), ("op", "ort", 0.0),
-                                                    ("block", "none", 5e-4), ("op", "ort", 5e-4)])
+                                                    ("block", "none", 5e-4), ("op", "ort", 5e-4), ("op", "ort", 0.3)])
 def test_predict_equals_hand_sum_and_batch(name: str, granularity: str, fusion: str, inv: float) -> None:
-    """The sum of the config's entries, less the per-call cost `inv` for all entries but one."""
+    """The per-call cost `inv` once plus each entry's work, entry - inv, 0 where the entry is below
+    `inv` (at 0.3 ms about a third of the entries are)."""
     space = get_space(name)
     costs = known_costs(table_keys(name, granularity, fusion))
     pred = Predictor(space, costs, granularity, fusion, strict=True, invocation_ms=inv)
@@ -64,7 +65,7 @@ def test_predict_equals_hand_sum_and_batch(name: str, granularity: str, fusion: 
         else:  # the hand lowering: each block's ops, fused the runtime's way (a block's ops are a
             # chain; consecutive blocks need not be: nb201's next edge reads the node, not the conv)
             keys = [o.key for b in space.blocks(c) for o in O.fuse(O.expand(b), fusion)]
-        hand = math.fsum(costs[k] for k in keys) - (len(keys) - 1) * inv
+        hand = inv + math.fsum(max(0.0, costs[k] - inv) for k in keys)
         got = pred.predict(c)
         assert pred.explain(c).raw_ms == pytest.approx(hand, rel=1e-12, abs=1e-12)
         assert got == pytest.approx(hand, rel=1e-12, abs=1e-12)
@@ -84,6 +85,9 @@ def test_pricer_counts_the_per_call_cost_once() -> None:
     p = Pricer({a.key: 1.0, b.key: 2.0}, "op", invocation_ms=0.25).price([a, b, a])
     assert p.raw_ms == pytest.approx(3.5, abs=1e-12) and p.invocation_ms == 0.25
     assert Pricer({a.key: 1.0}, "op").price([a, a]).raw_ms == 2.0  # none measured: plain sum
+    # an entry below the cost does no measurable work: 0.25 + 0.75 + 0 + 0.75, never below the cost
+    assert Pricer({a.key: 1.0, b.key: 0.1}, "op", invocation_ms=0.25).price([a, b, a]).raw_ms == pytest.approx(1.75)
+    assert Pricer({b.key: 0.1}, "op", invocation_ms=0.25).price([b, b]).raw_ms == 0.25
     for bad in (-0.1, math.nan, math.inf):
         with pytest.raises(UsageError, match="invocation cost"):
             Pricer({}, "op", invocation_ms=bad)
@@ -335,8 +339,8 @@ def test_predict_cli_config_matches_library(tiny_table: Path, cli) -> None:
         inv = t.invocation.estimate_ms  # the profile measured the per-call cost
     assert inv > 0
     blocks = space.blocks(cfg)
-    # each entry holds one call's fixed cost; the network pays it once
-    hand = math.fsum(est[b.key] for b in blocks) - (len(blocks) - 1) * inv
+    # each entry holds one call's fixed cost; the network pays it once (an entry below it: no work)
+    hand = inv + math.fsum(max(0.0, est[b.key] - inv) for b in blocks)
     (row,) = out["predictions"]
     assert row["ms"] == pytest.approx(hand, rel=1e-9) and row["misses"] == 0
     assert row["invocation_ms"] == inv

@@ -14,6 +14,7 @@ import pytest
 
 from cli_result import run_cli
 from conftest import CLI_ENV, ROOT, latbench_exe
+from latbench import ops as O
 from latbench.store import LatencyTable
 
 QUICK = ["--max-time", "0.05", "--min-samples", "5"]
@@ -98,6 +99,10 @@ def test_resumed_run_at_another_resolution_stamps_the_keys_it_shares(tmp_path: P
     shared = [k for k, v in want.items() if v == [24, 32]]
     assert shared and all(_stored(table, first=True)[k] == taken[k] for k in shared)
     assert got == {k: list(v) for k, v in want.items()}
+    show = run_cli(cli, "table", "show", str(table), "--limit", "1")
+    assert show.returncode == 0 and "\nspace: tiny (profiled)\n" in show.stdout
+    bad = run_cli(cli, "table", "show", str(table), "--kind", "bogus")
+    assert bad.returncode == 2 and bad.stderr.startswith("latbench: error: --kind 'bogus' is not an op kind (one of conv,")
 
 
 def test_max_ops_limits_new_measurements(tmp_path: Path, cli) -> None:
@@ -234,6 +239,29 @@ def test_ops_file_from_enumerate(tmp_path: Path, cli) -> None:
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
     assert s["total"] == len(set(lines)) and s["measured"] == 4
+
+
+def test_a_table_profiled_from_an_enumerated_op_list_prices_the_space(tmp_path: Path, cli) -> None:
+    """ORT fuses conv+relu in a network, but an op list's rows are its ops as listed: the table
+    records fusion none, and a subnet is priced by exactly those rows, with no fallback."""
+    from latbench.predict import Predictor
+    from latbench.spaces import get_space
+
+    ops, table = tmp_path / "ops.txt", tmp_path / "t.sqlite"
+    assert run_cli(cli, "enumerate", "tiny", "-r", "24", "-o", str(ops)).returncode == 0
+    r = run_cli(cli, "profile", "--device", "ort", "--ops", str(ops), "--out", str(table), *FAST)
+    assert r.returncode == 0, r.stderr
+    space = get_space("tiny")
+    with LatencyTable.open(table, readonly=True) as t:
+        assert t.run_settings.fusion == "none"
+        pred = Predictor.from_table(t, space)
+        rows = t.estimates()
+        inv = t.invocation.estimate_ms
+    cfg = space.smallest()
+    price = pred.explain(cfg)
+    assert not price.misses
+    keys = [o.key for b in space.blocks(cfg) for o in O.expand(b)]
+    assert price.raw_ms == pytest.approx(inv + math.fsum(max(0.0, rows[k] - inv) for k in keys), rel=1e-12)
 
 
 # ---------------------------------------------------------------------- bad inputs

@@ -70,12 +70,12 @@ def predict_command(
         raise UsageError("--input-shape goes with --model")
     if statistic is not None and statistic not in STATISTICS:
         raise UsageError(f"--statistic must be one of {', '.join(STATISTICS)}, got {statistic!r}")
-    if statistic is not None and model is not None:
-        raise UsageError("--statistic prices subnets of a space (--config, --random); --model prices by the "
-                         "table's own estimator")
+    if space is not None and model is not None:
+        raise UsageError(f"--space goes with --config and --random; --model {model} is priced as a whole "
+                         f"model, from the table's op entries (leave --space out)")
     with LatencyTable.open(str(table), readonly=True) as t:
         if model is not None:
-            return _predict_model(t, model, input_shape, strict, allow_fallback, as_json)
+            return _predict_model(t, model, input_shape, strict, allow_fallback, as_json, statistic)
         else:
             if space is None:
                 raise UsageError("--config and --random need --space")
@@ -140,14 +140,15 @@ def _random(sp, pred, n: int, seed: int, resolution: list[int]):
 
 
 def _predict_model(t, model: str, input_shape: Optional[str], strict: bool, allow_fallback: bool,
-                   as_json: bool) -> None:
-    """Price a whole ONNX model; compute the table cannot price makes the result partial: the
-    price of the mapped ops and the list on stdout, one summary line on stderr, exit 3."""
+                   as_json: bool, statistic: Optional[str] = None) -> None:
+    """Price a whole ONNX model (by `statistic` of each entry's samples where given); compute the
+    table cannot price makes the result partial: the price of the mapped ops and the list on
+    stdout, one summary line on stderr, exit 3."""
     from ..model_price import parse_input_shape, price_model
     from ..predict import DEFAULT_MAX_FALLBACK
 
     mp = price_model(t, model, parse_input_shape(input_shape), strict,
-                     None if allow_fallback else DEFAULT_MAX_FALLBACK)
+                     None if allow_fallback else DEFAULT_MAX_FALLBACK, statistic)
     typer.echo(json.dumps(mp.to_dict(), indent=2) if as_json else "\n".join(mp.lines()))
     if mp.partial:
         typer.echo(f"latbench: partial result: {mp.summary()}", err=True)

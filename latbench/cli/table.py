@@ -18,6 +18,7 @@ from typing import Any, Iterator, List, Optional
 
 import typer
 
+from .. import ops as O
 from ..errors import UsageError
 
 table_app = typer.Typer(
@@ -109,6 +110,8 @@ def show_cmd(
     from ..store import LatencyTable
     from ..suspect import reference_median
 
+    if kind is not None and kind not in O.KINDS:
+        raise UsageError(f"--kind {kind!r} is not an op kind (one of {', '.join(O.KINDS)})")
     with LatencyTable.open(table, readonly=True) as t:
         counts = t.counts()
         ref = reference_median(t)
@@ -137,6 +140,8 @@ def show_cmd(
         con.print(f"{how}; per-network cost {_fmt_ms(fit.get('intercept_ms'))} ms", markup=False)
     if meta.get("space"):
         con.print(f"space: {meta['space']['name']} ({meta['space']['how']})", markup=False)
+    elif run.get("spaces"):
+        con.print(f"space: {', '.join(run['spaces'])} (profiled)", markup=False)
     con.print(f"rows: {counts['ok']} ok, {counts['failed']} failed"
               + (f"; {len(rows)} of kind {kind}" if kind else ""), markup=False)
     view = Table(show_edge=False)
@@ -224,6 +229,20 @@ def export_cmd(
         _log(note)
 
 
+def _expand_dirs(files: List[Path]) -> List[Path]:
+    """A directory stands for the OFA YAML files in it (what `table export -f ofa-yaml` writes)."""
+    out: List[Path] = []
+    for f in files:
+        if f.is_dir():
+            found = sorted(p for p in f.iterdir() if p.suffix.lower() in (".yaml", ".yml") and p.is_file())
+            if not found:
+                raise UsageError(f"{f} is a directory with no .yaml files (OFA's {{r}}_lookup_table.yaml) in it")
+            out += found
+        else:
+            out.append(f)
+    return out
+
+
 def _detect_format(path: Path) -> TableFormat:
     name = path.name.lower()
     for ends, fmt in ((".csv", TableFormat.csv), (".jsonl", TableFormat.jsonl),
@@ -284,15 +303,19 @@ def import_cmd(
     from .. import formats
     from ..merge import Transfer
 
+    files = _expand_dirs(files)
     fmts = {fmt or _detect_format(f) for f in files}
     if len(fmts) != 1:
         raise UsageError("the files have different formats by their names: import them separately or pass --format")
     kind = fmts.pop()
     if space is not None and kind is not TableFormat.ofa_yaml:
         raise UsageError(f"--space is for ofa-yaml imports; {kind.value} files carry their own meta")
-    missing = [str(f) for f in files if not f.is_file()]
+    missing = [str(f) for f in files if not f.exists()]
     if missing:
         raise UsageError(f"no such file: {', '.join(missing)}")
+    odd = [str(f) for f in files if not f.is_file()]
+    if odd:
+        raise UsageError(f"not a regular file: {', '.join(odd)}")
     profile = None
     if device is not None:
         profile = formats.import_profile(device, runtime, threads, source=", ".join(f.name for f in files))

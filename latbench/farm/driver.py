@@ -22,7 +22,7 @@ from ..device import DeviceProfile
 from ..errors import DeviceUnavailableError, UsageError
 from ..measure import Measurement, TimingSettings
 from ..ops import OpSpec
-from ..profiler import checked_run, default_granularity, is_op_file, select_ops
+from ..profiler import checked_run, default_granularity, is_op_file, rows_fusion, select_ops
 from ..profiling import (RETIME, ProfileRun, Retimes, check_max_ops, companions, pick_retimes, plan_todo,
                          settle_batch, store_result)
 from ..runmeta import INVOCATION_OP, needs_invocation, record_invocation
@@ -238,7 +238,7 @@ def farm_profile(address_or_ray, space_or_ops, out_dir: str, *, device: Sequence
                 say(f"profile {pid}: none of its devices ({', '.join(d.device_id for d in devs)}) is up; left out")
                 continue
             plan = get(ray, first.handle.plan.remote(timing, context, context_mb, want))
-            fusion = plan["fusion"]
+            fusion = rows_fusion(space_or_ops, plan["fusion"])
             if fusion not in space_ops:
                 space_ops[fusion] = select_ops(space_or_ops, resolutions, granularity, fusion)
             ops, res, space = space_ops[fusion]

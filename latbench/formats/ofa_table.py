@@ -35,8 +35,9 @@ def export_ofa_yaml(table: LatencyTable, out: PathLike, skip_unsupported: bool =
     `out` a directory (existing, or not ending in .yaml/.yml): one {r}_lookup_table.yaml per
     resolution in each row's extra["resolutions"], each key with that resolution's value; `out`
     a file: every row in it. `mean` is the estimate predictions use; where the table measured a
-    per-call cost, every entry but the stem `Conv` one (each subnet has exactly one) holds
-    estimate - cost, so OFA's sum equals latbench's price. A calibration cannot be held: refused
+    per-call cost, every entry holds its work, estimate - cost (0 where below), and the stem
+    `Conv` one (each subnet has exactly one) that plus the cost, so OFA's sum equals latbench's
+    price. A calibration cannot be held: refused
     unless `drop_calibration`. A `#` header in each file says all this."""
     from .ofa import is_ofa_key, table_file_name, write_ofa_yaml
 
@@ -65,13 +66,12 @@ def export_ofa_yaml(table: LatencyTable, out: PathLike, skip_unsupported: bool =
     entry = table.invocation
     inv = entry.estimate_ms if entry is not None and entry.estimate_ms is not None else 0.0
     files = {(os.path.join(o, table_file_name(rr)) if to_dir else o): rr for rr in sorted(groups)}
-    folds: dict[str, list[str]] = {f: [] for f in files}
-    docs = {f: _fold(groups[rr], inv, f, folds[f]) for f, rr in files.items()}  # every check before any write
+    docs = {f: _fold(groups[rr], inv, f) for f, rr in files.items()}  # every check before any write
     try:
         if to_dir:
             os.makedirs(o, exist_ok=True)
         for f, rr in files.items():
-            write_ofa_yaml(docs[f], f, _header(table, rr, estimators, inv, res.notes + folds[f]))
+            write_ofa_yaml(docs[f], f, _header(table, rr, estimators, inv, res.notes))
             res.files.append(f)
     except OSError as e:
         raise FormatError(f"{o}: cannot write: {e.strerror or e}") from None
@@ -111,40 +111,19 @@ def _place(table: LatencyTable, r: dict[str, Any], to_dir: bool, skip: bool) -> 
     return {int(rr): per.get(int(rr), own) for rr in resolutions}
 
 
-ONCE_PER_SUBNET = ("Conv_1-", "AvgPool2D-", "Conv_2-", "Logits-")  # with the stem "Conv-": one of each per subnet
-
-
-def _fold(entries: dict[str, Entry], inv: float, path: str, notes: list[str] | None = None) -> dict[str, dict[str, Any]]:
-    """OFA entries whose plain sum over a subnet is latbench's price: estimate - per-call cost,
-    but the stem Conv's (every subnet has one) keeps its estimate. An entry below the cost (a
-    global pool faster than a call) holds 0 where the file has no other key of its role (every
-    subnet has it, as it has the stem) and the stem gives up the difference; the sum is the same."""
-    stems = [k for k in entries if k.startswith("Conv-")]
-    if inv > 0 and not stems:
+def _fold(entries: dict[str, Entry], inv: float, path: str) -> dict[str, dict[str, Any]]:
+    """OFA entries whose plain sum over a subnet is latbench's price (latbench.predict): each
+    entry its work, estimate - per-call cost (0 where below it), but the stem Conv's (every
+    subnet has one) its work plus the cost."""
+    if inv > 0 and not any(k.startswith("Conv-") for k in entries):
         raise FormatError(f"{path}: no stem Conv entry to keep the per-call cost ({inv:.6g} ms) that every "
                           f"other entry gives up, so OFA's sum would be short of latbench's price; "
                           f"csv or jsonl keep the cost")
-    means = {key: e["estimate"] if key.startswith("Conv-") else e["estimate"] - inv for key, e in entries.items()}
-    if len(stems) == 1:
-        for role in ONCE_PER_SUBNET:
-            (key, *others) = [k for k in entries if k.startswith(role)] or [None]
-            if key is not None and not others and means[key] < 0:
-                if notes is not None:
-                    notes.append(f"{key}: its estimate {entries[key]['estimate']:.6g} ms is below the per-call cost, "
-                                 f"so it holds 0 and the stem Conv entry {means[key]:.6g} ms (every subnet has both)")
-                means[stems[0]] += means[key]
-                means[key] = 0.0
     out = {}
     for key, e in entries.items():
-        if means[key] < 0 and key in stems:
-            raise FormatError(f"{path}: {key}: its estimate {e['estimate']:.6g} ms cannot take over what the "
-                              f"entries below the per-call cost {inv:.6g} ms fall short by, so OFA YAML cannot "
-                              f"hold the cost split; csv or jsonl keep it")
-        if means[key] < 0:
-            raise FormatError(f"{path}: {key}: its estimate {e['estimate']:.6g} ms is below the per-call cost "
-                              f"{inv:.6g} ms, and not every subnet has it, so OFA YAML cannot hold the cost "
-                              f"split; csv or jsonl keep it")
-        out[key] = {"count": e.get("count"), "mean": means[key], "std": e.get("std")}
+        work = max(0.0, e["estimate"] - inv)
+        out[key] = {"count": e.get("count"), "mean": work + inv if key.startswith("Conv-") else work,
+                    "std": e.get("std")}
     return out
 
 
@@ -153,8 +132,9 @@ def _header(table: LatencyTable, r: int | None, estimators: collections.Counter,
     prof = table.profile.describe() if table.profile else "no profile"
     by = ", ".join(f"{name} ({n} rows)" for name, n in sorted(estimators.items()))
     cost = (f"per-call cost: {inv!r} ms, measured for the table; every entry but the stem Conv one (each "
-            f"subnet has exactly one) holds estimate - cost, the Conv entry its estimate, so OFA's plain sum "
-            f"over a subnet is latbench's price (estimates - cost per entry + cost once)."
+            f"subnet has exactly one) holds estimate - cost (0 where the estimate is below the cost), the Conv "
+            f"entry that plus the cost, so OFA's plain sum over a subnet is latbench's price (the cost once "
+            f"and each entry's work)."
             if inv > 0 else "per-call cost: none measured; every entry holds its estimate.")
     lines = [f"Once-for-All LatencyTable{f' for resolution {r}' if r is not None else ''}, exported by "
              f"latbench from {table.path} ({prof}).",

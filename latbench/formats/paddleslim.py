@@ -67,22 +67,23 @@ class _LineError(ValueError):
 
 
 # ---------------------------------------------------------------------- writing
-def op_to_line(op: OpSpec) -> str:
-    """The PaddleSlim line of `op` (no latency); FormatError when the format cannot express it."""
+def op_to_line(op: OpSpec, hint: str = _HINT) -> str:
+    """The PaddleSlim line of `op` (no latency); FormatError when the format cannot express it,
+    ending with `hint` (what the caller can do instead)."""
     k = op.kind
     if k in O.BLOCK_KINDS:
-        raise FormatError(f"a {k} block has no PaddleSlim line ({op.key}); {_HINT}")
+        raise FormatError(f"a {k} block has no PaddleSlim line ({op.key}); {hint}")
     if k == "node":
         raise FormatError(f"a runtime graph node has no PaddleSlim line ({op.key[:80]}...); use --format "
                           f"csv|jsonl, which hold any op")
     if op.role:
         raise FormatError(f"op {op.key} carries the Once-for-All role {op.role!r}, which a PaddleSlim "
-                          f"line loses; {_HINT}")
+                          f"line loses; {hint}")
     shape = f"{op.n} {op.c} {op.h} {op.w}"
     if k == "conv":
         if op.bn or op.act not in ("none", "relu"):
             raise FormatError(f"conv with bn={op.bn} act={op.act} has no PaddleSlim line (only a "
-                              f"fused relu can be written) ({op.key}); {_HINT}")
+                              f"fused relu can be written) ({op.key}); {hint}")
         return (f"conv {int(op.bias)} {int(op.act == 'relu')} {shape} {op.out} {op.groups} "
                 f"{op.kernel} {op.padding} {op.stride} {op.dilation}")
     if k == "activation":
@@ -95,7 +96,7 @@ def op_to_line(op: OpSpec) -> str:
         return line + " 1" if op.broadcast else line
     if k == "pool":
         if op.pool == "max" and op.count_pad:
-            raise FormatError(f"max pool with count_pad has no PaddleSlim line ({op.key}); {_HINT}")
+            raise FormatError(f"max pool with count_pad has no PaddleSlim line ({op.key}); {hint}")
         pool_type = 1 if op.pool == "max" else (2 if op.count_pad else 3)
         return (f"pooling {int(op.global_pool)} {shape} {op.kernel} {op.padding} {op.stride} "
                 f"{int(op.ceil_mode)} {pool_type}")
@@ -106,9 +107,9 @@ def op_to_line(op: OpSpec) -> str:
     if k == "linear":
         if op.act != "none" or op.h != 1 or op.w != 1:
             raise FormatError(f"linear with act={op.act} on a {op.h}x{op.w} input has no line in "
-                              f"latbench's PaddleSlim extension ({op.key}); {_HINT}")
+                              f"latbench's PaddleSlim extension ({op.key}); {hint}")
         return f"linear {int(op.bias)} {op.n} {op.c} {op.out}"
-    raise FormatError(f"op kind {k!r} has no PaddleSlim line; {_HINT}")  # pragma: no cover
+    raise FormatError(f"op kind {k!r} has no PaddleSlim line; {hint}")  # pragma: no cover
 
 
 def _flat_softmax(axis: int, h: int, w: int) -> bool:
@@ -160,8 +161,10 @@ def read_ops(path: PathOrFile) -> list[OpSpec]:
 
 
 def read_table(path: PathOrFile) -> list[tuple[OpSpec, float]]:
-    """Every (op, latency ms) row of a PaddleSlim latency table."""
+    """Every (op, latency ms) row of a PaddleSlim latency table; an op on two lines with different
+    latencies is refused naming both (identical lines are kept once each)."""
     rows = []
+    seen: dict[str, tuple[str, str, float]] = {}  # op key -> (file:line, latency text, latency)
     for fields, where in _lines(path):
         if len(fields) < 2:
             raise FormatError(f"{where}: a table line needs an op and a latency, got {' '.join(fields)!r}")
@@ -172,7 +175,12 @@ def read_table(path: PathOrFile) -> list[tuple[OpSpec, float]]:
                               f"(a table line ends with the latency in ms)") from None
         if not (math.isfinite(ms) and ms >= 0):
             raise FormatError(f"{where}: latency {fields[-1]!r} must be a finite number >= 0 (ms)")
-        rows.append((_parse_at(fields[:-1], where), ms))
+        op = _parse_at(fields[:-1], where)
+        first = seen.setdefault(op.key, (where, fields[-1], ms))
+        if first[2] != ms:
+            raise FormatError(f"{where}: op {op.key} has latency {fields[-1]} ms here and {first[1]} ms at "
+                              f"{first[0]}; a table holds one latency per op")
+        rows.append((op, ms))
     return rows
 
 

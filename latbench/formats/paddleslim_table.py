@@ -6,9 +6,15 @@ holds no comment or meta. The sidecar holds the profile and the table's meta (ru
 granularity and fusion, the per-call cost, calibrations) and what each row holds besides its
 number (its `extra`: the resolutions a key belongs to...; the source profile of a combination's
 row): a latbench export then import prices every subnet exactly as the table did. A PaddleSlim file without a sidecar is a foreign table (estimator `value`, --device needed).
+
+Where the table measured a per-call cost, each line holds the op's own work, max(0, estimate -
+cost), so PaddleSlim's plain sum over a network is latbench's price less the one cost; the sidecar
+keeps the cost (`per_call_ms`) and the estimate of each row that work + cost does not give back
+bit for bit (a row below the cost), so the import with it restores every estimate.
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from typing import Any
@@ -31,8 +37,8 @@ def paddleslim_meta_path(path: PathLike) -> str:
 
 
 def export_paddleslim(table: LatencyTable, path: PathLike, skip_unsupported: bool = False) -> Transfer:
-    """ok rows as PaddleSlim latency-table lines (op line + estimate in ms) for LightNAS tools,
-    and the sidecar that makes a latbench round trip exact."""
+    """ok rows as PaddleSlim latency-table lines (op line + work in ms: estimate - per-call cost,
+    at least 0) for LightNAS tools, and the sidecar that makes a latbench round trip exact."""
     # a row PaddleSlim has no line for (blocks, OFA layers, conv+BN), or whose line would read
     # back as another op, is an error naming its key, or skipped and counted with skip_unsupported
     from .paddleslim import write_table
@@ -42,6 +48,8 @@ def export_paddleslim(table: LatencyTable, path: PathLike, skip_unsupported: boo
     rows: list[tuple[OpSpec, float]] = []
     kept: dict[str, dict[str, Any]] = {}  # what a row holds besides its line and number
     own = profile_ids(table.profile)[0] if table.profile is not None else None
+    entry = table.invocation
+    inv = entry.estimate_ms if entry is not None and entry.estimate_ms is not None else 0.0
     for r in table.rows(status="ok"):
         op = OpSpec.from_dict(r["op"])
         why = _no_line(op)
@@ -51,8 +59,11 @@ def export_paddleslim(table: LatencyTable, path: PathLike, skip_unsupported: boo
                                   f"(--skip-unsupported leaves such rows out)")
             res.skipped.append(r["key"])
             continue
-        rows.append((op, r["estimate"]))
+        work = _work(r["estimate"], inv)
+        rows.append((op, work))
         keep = {"extra": r["extra"]} if r["extra"] else {}
+        if _estimate(work, inv) != r["estimate"]:
+            keep["estimate"] = r["estimate"]
         if own is not None and r["profile_id"] != own:
             keep["profile_id"] = r["profile_id"]
         if keep:
@@ -61,8 +72,23 @@ def export_paddleslim(table: LatencyTable, path: PathLike, skip_unsupported: boo
         res.written = write_table(rows, p)
     except OSError as e:
         raise FormatError(f"{p}: cannot write: {e.strerror or e}") from None
-    write_sidecar(paddleslim_meta_path(p), {**table_header(table, PADDLESLIM_SIDECAR_FORMAT), "rows": kept})
+    write_sidecar(paddleslim_meta_path(p), {**table_header(table, PADDLESLIM_SIDECAR_FORMAT),
+                                            "per_call_ms": inv, "rows": kept})
+    if inv > 0:
+        res.notes.append(f"per-call cost {inv!r} ms: each line holds estimate - cost (at least 0), so "
+                         f"PaddleSlim's sum over a network is latbench's price less the cost; the sidecar "
+                         f"restores the estimates")
     return res
+
+
+def _work(estimate: float, inv: float) -> float:
+    """What a line holds: the op's own work, its estimate less the per-call cost (at least 0)."""
+    return max(0.0, estimate - inv) if inv > 0 else estimate
+
+
+def _estimate(work: float, inv: float) -> float:
+    """The estimate a line's work gives back with the per-call cost."""
+    return work + inv if inv > 0 else work
 
 
 def _no_line(op: OpSpec) -> str:
@@ -70,7 +96,7 @@ def _no_line(op: OpSpec) -> str:
     from .paddleslim import line_to_op, op_to_line
 
     try:
-        line = op_to_line(op)
+        line = op_to_line(op, hint=_KEEPS_ALL)
     except FormatError as e:
         return str(e)
     back = line_to_op(line)
@@ -81,8 +107,8 @@ def _no_line(op: OpSpec) -> str:
 
 def import_paddleslim(path: PathLike, table: LatencyTable, profile: DeviceProfile | None = None) -> Transfer:
     """A PaddleSlim latency table into `table` with estimator `value` and no invented statistics;
-    with its latbench sidecar, under the sidecar's profile and meta and with each row's extra."""
-    # a key listed twice keeps its last line
+    with its latbench sidecar, under the sidecar's profile and meta, with each row's extra and
+    estimate (the line's work + the per-call cost the export took off it)."""
     from .paddleslim import read_table as read_paddle
 
     p = os.fspath(path)
@@ -93,12 +119,17 @@ def import_paddleslim(path: PathLike, table: LatencyTable, profile: DeviceProfil
     kept = (side or {}).get("rows") or {}
     if not isinstance(kept, dict):
         raise FormatError(f"{side_path}: rows must map keys to JSON objects")
+    inv = (side or {}).get("per_call_ms", 0.0)  # sidecars from before it was taken off: none
+    if not _ms(inv):
+        raise FormatError(f"{side_path}: per_call_ms must be a finite number >= 0 (ms), got {inv!r}")
     source = f"paddleslim:{os.path.basename(p)}"
     now = time.time()
     by_key: dict[str, dict[str, Any]] = {}
     own = profile_ids(prof)[0]
-    for op, ms in rows:
+    for op, work in rows:
         keep = _kept(kept.get(op.key), prof, f"{side_path}: row {op.key}")
+        # the sidecar's estimate where the line still holds the work it gives (else the line was edited)
+        ms = keep["estimate"] if "estimate" in keep and _work(keep["estimate"], inv) == work else _estimate(work, inv)
         m = Measurement(key=op.key, profile_id=own, op=op.to_dict(), stats=None, taken_at=now,
                         extra=keep.get("extra", {}))
         row = table.measurement_row(m, source, "value", ms)
@@ -111,10 +142,18 @@ def import_paddleslim(path: PathLike, table: LatencyTable, profile: DeviceProfil
 
 
 def _kept(keep: Any, prof: DeviceProfile, where: str) -> dict[str, Any]:
-    """A row's entry of the sidecar, checked: {"extra": object, "profile_id": a source of `prof`}."""
+    """A row's entry of the sidecar, checked: {"extra": object, "profile_id": a source of `prof`,
+    "estimate": ms}."""
     keep = keep or {}
     if not isinstance(keep, dict) or not isinstance(keep.get("extra", {}), dict):
         raise FormatError(f"{where}: must be a JSON object whose extra is a JSON object")
+    if "estimate" in keep and not _ms(keep["estimate"]):
+        raise FormatError(f"{where}: estimate must be a finite number >= 0 (ms), got {keep['estimate']!r}")
     if "profile_id" in keep and keep["profile_id"] not in profile_ids(prof)[1]:
         raise FormatError(f"{where}: profile {keep['profile_id']!r} is not a source of {prof.describe()}")
     return keep
+
+
+def _ms(v: Any) -> bool:
+    """A finite number >= 0 (a JSON number, not a bool)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0

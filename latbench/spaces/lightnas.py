@@ -131,8 +131,22 @@ class LightNASSpace(SearchSpace):
         """PaddleSlim's token list (30 ints, each below its range_table entry) -> index vector."""
         if isinstance(obj, dict):
             raise ConfigError(f"{self.name}: a config is PaddleSlim's list of 30 tokens, not a dict")
+        if isinstance(obj, (list, tuple, np.ndarray)):
+            for p, v in zip(self.positions, np.asarray(obj, dtype=object).ravel()):
+                if not _is_int(v):
+                    shown = v.item() if isinstance(v, np.generic) else v
+                    raise ConfigError(f"{self.name}: position {p.name!r} holds {shown!r}, not an integer token")
         return self._check_index(obj)
 
     def to_published(self, config: Any) -> list[int]:
         """Index vector -> PaddleSlim token list (the same integers)."""
         return [int(v) for v in self.index(config)]
+
+
+def _is_int(v: Any) -> bool:
+    """An integer token: an int (numpy's too) or a float equal to one; never a bool."""
+    if isinstance(v, (bool, np.bool_)):
+        return False
+    if isinstance(v, (int, np.integer)):
+        return True
+    return isinstance(v, (float, np.floating)) and float(v).is_integer()

@@ -27,6 +27,7 @@ that never saw a resolution gives chance-level targets there) or a model turned 
 from __future__ import annotations
 
 import copy
+import difflib
 import math
 from collections import namedtuple
 from typing import Any, Callable, Sequence
@@ -63,6 +64,7 @@ DistillConfig.__new__.__defaults__ = (None,) * len(DistillConfig._fields)
 
 TASK_ALIASES = {"kernel": "kernel_size", "kernel_size": "kernel_size", "depth": "depth", "width": "width",
                 "expand_ratio": "width", "channel": "width", "other": "other"}
+CONVERT_KEYS = ("kernel_size", "expand_ratio")  # the keys of a Convert-ed layer's net_config entry
 
 
 def search_idx(epoch: int, n_epochs: Sequence[Sequence[int]]) -> tuple[int, int]:
@@ -128,6 +130,9 @@ def elastic_dims(model) -> ElasticDims:
             targets.append((m, key))
 
     def apply(idx: np.ndarray) -> None:
+        if len(idx) != len(targets):  # zip would leave the dims past the end at their last value
+            raise ConfigError(f"net_config has {len(targets)} elastic dimensions, got {len(idx)} "
+                              f"{'index' if len(idx) == 1 else 'indices'}")
         for (m, key), ch, i in zip(targets, choices, idx):
             m.active[key] = ch[int(i)]
 
@@ -148,15 +153,22 @@ class OFA(nn.Module):
         self.allowed = [list(range(len(c))) for c in self.dims.choices]
         present = set(self.dims.tasks)
         if self.run_config.elastic_depth is not None:
-            self._restrict_depth(self.run_config.elastic_depth)
-        self.skipped = self._skip(self.run_config.skip_layers or ())
+            self._restrict_depth(self.run_config.elastic_depth, present)
+        self.skipped = self._skip(_names(self.run_config.skip_layers))
         if elastic_order is None:
             elastic_order = [t for t in ("kernel_size", "depth", "width", "other") if t in present]
-        self.elastic_order = [TASK_ALIASES.get(t, t) for t in elastic_order]
+        self.elastic_order = [TASK_ALIASES.get(t, t) for t in _names(elastic_order)]
+        if not self.elastic_order:
+            raise UsageError(f"elastic_order is empty; name at least one task (the model has "
+                             f"{', '.join(sorted(present))})")
         bad = [t for t in self.elastic_order if t not in present]
         if bad:
             raise UsageError(f"elastic_order names {bad[0]!r}, which the model has no dimension for "
                              f"(it has {', '.join(sorted(present))})")
+        twice = [t for i, t in enumerate(self.elastic_order) if t in self.elastic_order[:i]]
+        if twice:
+            raise UsageError(f"elastic_order names {twice[0]!r} twice ({list(elastic_order)}); each task "
+                             "is trained once")
         n_epochs = self.run_config.n_epochs
         if n_epochs is not None:
             if len(n_epochs) != len(self.elastic_order) or not all(isinstance(p, (list, tuple)) for p in n_epochs):
@@ -187,7 +199,13 @@ class OFA(nn.Module):
         self.model.train()
 
     # ------------------------------------------------------------------ set-up
-    def _restrict_depth(self, depths: Sequence[int]) -> None:
+    def _restrict_depth(self, depths: Sequence[int] | int, present: set) -> None:
+        depths = [depths] if isinstance(depths, (int, np.integer)) else list(depths)
+        if "depth" not in present:
+            hint = "; a Convert-ed model has no elastic depth: use a SuperNet from a search space" \
+                if self.dims.space is None else ""
+            raise UsageError(f"run_config.elastic_depth {depths} restricts depth, but the model has no depth "
+                             f"dimension (it has {', '.join(sorted(present))}{hint})")
         for i, t in enumerate(self.dims.tasks):
             if t == "depth":
                 keep = [j for j, v in enumerate(self.dims.choices[i]) if v in set(depths)]
@@ -221,7 +239,7 @@ class OFA(nn.Module):
             raise UsageError("DistillConfig needs teacher_model (an instance of the teacher network)")
         teacher = dc.teacher_model
         if dc.teacher_model_path:
-            teacher.load_state_dict(torch.load(dc.teacher_model_path, map_location="cpu", weights_only=True))
+            _load_teacher(teacher, dc.teacher_model_path)
         teacher.eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
@@ -265,7 +283,11 @@ class OFA(nn.Module):
         self.phase = phase
 
     def set_net_config(self, net_config: Any) -> None:
-        """Train/evaluate this one subnet from now on (None: back to sampling)."""
+        """Train/evaluate this one subnet from now on (None: back to sampling). Its layers, keys,
+        values (or indices) are checked here, a ConfigError naming the bad one; the ties and
+        skip_layers when it is applied (forward, export)."""
+        if net_config is not None:
+            self._index(net_config, tie=False)
         self.net_config = net_config
 
     def _compute_epochs(self) -> int:
@@ -347,18 +369,99 @@ class OFA(nn.Module):
             return
         sort(phase or 0, self.optimizer, task="width", phase=phase, epoch=epoch, key=key)
 
-    def _resolve_config(self, config: Any) -> np.ndarray:
-        """A net_config as an index vector; a skipped layer set off its largest is a UsageError."""
+    def _index(self, config: Any, tie: bool = True) -> np.ndarray | None:
+        """A net_config as a checked index vector (ConfigError naming a bad layer, key, value or index);
+        tie=False checks a per-layer config's names and values only (the ties when it is applied)."""
         if self.dims.space is not None:
-            idx = np.asarray(self.dims.space.index(config), dtype=np.int64)
-        elif isinstance(config, dict):
+            return np.asarray(self.dims.space.index(config), dtype=np.int64)
+        if isinstance(config, dict):
             from .convert import tied_net_config
 
+            self._check_layer_config(config)
+            if not tie:
+                return None
             config = tied_net_config(self.model, config)  # a group of tied widths is set on its leader
-            idx = np.array([self.dims.choices[i].index(self._lookup(config, n)) for i, n in enumerate(self.dims.names)],
-                           dtype=np.int64)
-        else:
-            idx = np.asarray(config, dtype=np.int64)
+            return np.array([self.dims.choices[i].index(self._lookup(config, n)) for i, n in enumerate(self.dims.names)],
+                            dtype=np.int64)
+        return self._check_index_vector(config)
+
+    def _layer_choices(self) -> dict[str, dict[str, tuple]]:
+        """A Convert-ed model's config keys per layer and their choices: the elastic dims, a tied
+        follower's expand_ratio (its leader's choices) and a fixed-width layer's expand_ratio (1)."""
+        out: dict[str, dict[str, tuple]] = {}
+        for n, ch in zip(self.dims.names, self.dims.choices):
+            layer, key = n.rsplit(".", 1)
+            out.setdefault(layer, {})[key] = ch
+        for names in getattr(self.model, "width_ties", []):
+            lead = out.get(names[0], {}).get("expand_ratio")
+            for n in names[1:] if lead else ():
+                out.setdefault(n, {})["expand_ratio"] = lead
+        for n in getattr(self.model, "fixed_width", []):
+            out.setdefault(n, {})["expand_ratio"] = (1,)
+        return out
+
+    def _check_layer_config(self, config: dict) -> None:
+        """PaddleSlim's per-layer form: every layer named must be elastic, every key one it has, every
+        value one of its choices (layers left out take their largest)."""
+        layers = self._layer_choices()
+        elastic = list(layers)
+        shown = f"{', '.join(elastic[:12])}{' ...' if len(elastic) > 12 else ''}"
+        modules = dict(self.model.named_modules())
+        fixed = set(getattr(self.model, "fixed_width", []))
+        for layer, entry in config.items():
+            if layer not in layers:
+                if isinstance(layer, str) and layer in modules:
+                    raise ConfigError(f"net_config names {layer!r} ({type(modules[layer]).__name__}), which has no "
+                                      f"elastic dimension (elastic layers: {shown})")
+                hint = _close(str(layer), elastic)
+                if not isinstance(layer, str) and str(layer) in modules:
+                    hint = f"; layer names are strings: {str(layer)!r}"
+                raise ConfigError(f"net_config names {layer!r}, which is not a layer of the model "
+                                  f"(elastic layers: {shown}){hint}")
+            if not isinstance(entry, dict):
+                raise ConfigError(f"net_config[{layer!r}] must be a dict of its keys ({', '.join(layers[layer])}) "
+                                  f"to values, got {entry!r}")
+            for key, v in entry.items():
+                if key not in CONVERT_KEYS:
+                    raise ConfigError(f"net_config gives {key!r} for layer {layer!r}; the keys are "
+                                      f"{', '.join(CONVERT_KEYS)}{_close(str(key), CONVERT_KEYS)}")
+                if key not in layers[layer]:
+                    raise ConfigError(f"net_config: layer {layer!r} has no elastic {key} (its elastic keys: "
+                                      f"{', '.join(layers[layer])})")
+                choices = layers[layer][key]
+                if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.number)) or v not in choices:
+                    why = " (it meets a non-elastic width in an add and keeps its original width)" \
+                        if layer in fixed and key == "expand_ratio" else ""
+                    raise ConfigError(f"net_config layer {layer!r}: {key}={v!r} is not one of {list(choices)}{why}")
+
+    def _check_index_vector(self, config: Any) -> np.ndarray:
+        """One choice index per elastic dimension, each in range."""
+        names, card = self.dims.names, self.dims.cardinalities
+        try:
+            arr = np.asarray(config)
+            ok = arr.dtype.kind in "iu" or (arr.dtype.kind == "f" and bool(np.all(np.isfinite(arr)))
+                                            and bool(np.all(arr == np.round(arr))))
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ConfigError(f"net_config must be a dict {{layer: {{key: value}}}} or the indices of the choices "
+                              f"(integers), one per elastic dimension; got {config!r}")
+        if arr.ndim != 1 or arr.shape[0] != len(names):
+            shown = f"{', '.join(names[:8])}{', ...' if len(names) > 8 else ''}"
+            got = f"{arr.shape[0]} {'index' if arr.shape[0] == 1 else 'indices'}" if arr.ndim == 1 \
+                else f"shape {tuple(arr.shape)}"
+            raise ConfigError(f"net_config has {len(names)} elastic dimensions ({shown}), got {got}")
+        arr = arr.astype(np.int64)
+        bad = np.nonzero((arr < 0) | (arr >= card))[0]
+        if bad.size:
+            i = int(bad[0])
+            raise ConfigError(f"net_config[{i}] = {arr[i]}: {names[i]} has {card[i]} choices "
+                              f"({', '.join(map(str, self.dims.choices[i]))}), an index is 0..{card[i] - 1}")
+        return arr
+
+    def _resolve_config(self, config: Any) -> np.ndarray:
+        """A net_config as an index vector; a skipped layer set off its largest is a UsageError."""
+        idx = self._index(config)
         for i in self.skipped:
             if idx[i] != self.allowed[i][-1]:
                 raise UsageError(f"the config sets {self.dims.names[i]} to {self.dims.choices[i][idx[i]]}; "
@@ -484,6 +587,39 @@ def _check_learning_rates(rates: Any, n_epochs: Any) -> None:
     bad = [v for r in rates for v in r if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0)]
     if bad:
         raise UsageError(f"run_config.init_learning_rate holds {bad[0]!r}; a learning rate is a finite number > 0")
+
+
+def _names(value: Any) -> list:
+    """A list of names; one name given as a string is a one-element list (not its characters)."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _close(name: str, known: Sequence[str]) -> str:
+    """'; did you mean X?' for a near miss, else ''."""
+    near = difflib.get_close_matches(name, list(known), n=1)
+    return f"; did you mean {near[0]!r}?" if near else ""
+
+
+def _load_teacher(teacher, path: str) -> None:
+    """The teacher's weights from a state dict file (weights_only=True); a file that cannot be read
+    or does not fit is a one-line UsageError naming it."""
+    where = f"DistillConfig.teacher_model_path {path!r}"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as e:
+        raise UsageError(f"{where}: cannot read it ({e.strerror or e})") from None
+    except Exception as e:  # noqa: BLE001 - unpickling errors come in many types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"{where} is not a state dict torch.load reads with weights_only=True ({first})") from None
+    if not isinstance(state, dict):
+        raise UsageError(f"{where} holds a {type(state).__name__}, not a state dict")
+    try:
+        teacher.load_state_dict(state)
+    except RuntimeError as e:
+        detail = " ".join(line.strip() for line in str(e).splitlines()[1:])
+        raise UsageError(f"{where} does not fit the teacher ({detail[:300] or e})") from None
 
 
 def _dummy(input_shapes: Sequence, input_dtypes: Sequence | None):
