@@ -189,6 +189,14 @@ def test_space_with_model_is_refused(typed_table: Path, net_onnx: Path, cli) -> 
     assert one_error(err).startswith("--space goes with --config and --random; --model ")
 
 
+@pytest.mark.parametrize("extra,needle", [(["--seed", "3"], "--seed goes with --random"),
+                                          (["-r", "24"], "--resolution goes with --random"),
+                                          (["--no-calibration"], "--no-calibration goes with --config and --random")])
+def test_options_a_model_price_would_ignore_are_refused(typed_table: Path, net_onnx: Path, cli, extra, needle) -> None:
+    code, out, err = cli("predict", "-t", str(typed_table), "--model", str(net_onnx), *extra)
+    assert (code, out) == (2, "") and one_error(err).startswith(needle)
+
+
 # ---------------------------------------------------------------------- 6, 7, 8: what cannot be priced, and why
 def test_a_tflite_model_with_an_ort_table_names_the_table_kind(tmp_path: Path, typed_table: Path, cli) -> None:
     model = tmp_path / "net.tflite"

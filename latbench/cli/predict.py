@@ -39,7 +39,7 @@ def predict_command(
     space: Optional[str] = typer.Option(None, "--space", "-s", help="a built-in space or a YAML file"),
     config: Optional[str] = typer.Option(None, "--config", "-c", help="a config as JSON or a .json file"),
     random: Optional[int] = typer.Option(None, "--random", help="price N random subnets"),
-    seed: int = typer.Option(0, "--seed", help="seed for --random"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="seed for --random (default 0)"),
     resolution: List[int] = typer.Option([], "--resolution", "-r", help="with --random: only these resolutions"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="price a whole model (op-level tables): an ONNX "
                                         "file, or module:callable (a function returning a torch module, exported "
@@ -68,6 +68,12 @@ def predict_command(
         raise UsageError("give exactly one of --config, --random N or --model")
     if input_shape is not None and model is None:
         raise UsageError("--input-shape goes with --model")
+    if random is None and (seed is not None or resolution):
+        raise UsageError(f"{'--seed' if seed is not None else '--resolution'} goes with --random "
+                         f"(a --config names its own resolution)")
+    if model is not None and no_calibration:
+        raise UsageError("--no-calibration goes with --config and --random: a model's price is never calibrated "
+                         "(calibrations belong to a space)")
     if statistic is not None and statistic not in STATISTICS:
         raise UsageError(f"--statistic must be one of {', '.join(STATISTICS)}, got {statistic!r}")
     if space is not None and model is not None:
@@ -87,7 +93,7 @@ def predict_command(
                                         statistic=statistic)
             _note_calibration_left_out(t, sp, pred, no_calibration)
             configs = ([sp.index(_load_config(config))] if config is not None
-                       else _random(sp, pred, random, seed, resolution))
+                       else _random(sp, pred, random, seed or 0, resolution))
             rows = []
             for c in configs:
                 p = pred.explain(c)
