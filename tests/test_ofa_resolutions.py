@@ -216,6 +216,19 @@ def test_import_takes_the_directory_export_writes(cli, tmp_path):
     assert cp.returncode == 2 and cp.stderr == "latbench: error: not a regular file: /dev/null\n"
 
 
+def test_a_stem_of_another_resolution_is_refused(tmp_path):
+    """A 128_lookup_table.yaml holding the stem Conv of 160 is a mislabelled file: refused naming it."""
+    w10 = get_space("ofa-mbv3-w10")
+    bad = tmp_path / "128_lookup_table.yaml"
+    bad.write_text(yaml.safe_dump({b.key: {"mean": 0.5} for b in w10.enumerate_blocks([160])}))
+    stem = next(b.key for b in w10.enumerate_blocks([160]) if b.key.startswith("Conv-"))
+    with LatencyTable.open(tmp_path / "t.db", import_profile("host")) as t:
+        with pytest.raises(FormatError, match=rf"128_lookup_table.yaml: {stem} is the stem of resolution 160, "
+                                              rf"but the file is named for resolution 128"):
+            import_ofa_yaml([bad], t)
+        assert len(t) == 0
+
+
 def test_two_files_of_one_resolution_must_agree(tmp_path, ofa_files):
     """Two files for one resolution with different numbers: one line naming both, no guess."""
     space, paths, _, _ = ofa_files

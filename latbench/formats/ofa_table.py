@@ -170,6 +170,9 @@ def import_ofa_yaml(paths: PathLike | Iterable[PathLike], table: LatencyTable,
                     ops[key] = parse_ofa_key(key)
                 except FormatError as err:
                     raise FormatError(f"{p}: {err}") from None
+            if r is not None and key.startswith("Conv-input:") and ops[key].in_shape[-1] != r:
+                raise FormatError(f"{p}: {key} is the stem of resolution {ops[key].in_shape[-1]}, but the file "
+                                  f"is named for resolution {r}")
             _add(found.setdefault(key, {}), r, {**e, "source": os.path.basename(p)}, key)
     record = _space_record(table, ops.values(), space)
     prof = use_profile(table, profile, ", ".join(paths))
