@@ -131,7 +131,9 @@ class LightNASSpace(SearchSpace):
         """PaddleSlim's token list (30 ints, each below its range_table entry) -> index vector."""
         if isinstance(obj, dict):
             raise ConfigError(f"{self.name}: a config is PaddleSlim's list of 30 tokens, not a dict")
-        if isinstance(obj, (list, tuple, np.ndarray)):
+        plain = (obj.dtype.kind in "iu" if isinstance(obj, np.ndarray)
+                 else isinstance(obj, (list, tuple)) and all(type(v) is int for v in obj))  # the fast common case
+        if not plain and isinstance(obj, (list, tuple, np.ndarray)):
             for p, v in zip(self.positions, np.asarray(obj, dtype=object).ravel()):
                 if not _is_int(v):
                     shown = v.item() if isinstance(v, np.generic) else v

@@ -28,6 +28,13 @@ _INDEX = {name: {v: i for i, v in enumerate(ch)}
           for name, ch in (("ks", KS), ("e", EXPAND), ("d", DEPTH), ("r", RESOLUTIONS))}
 
 
+def _is_choice(lookup: dict, v: Any) -> bool:
+    try:
+        return v in lookup
+    except TypeError:  # unhashable (a list)
+        return False
+
+
 class OFAMobileNetV3(SearchSpace):
     """OFA MobileNetV3 at a width multiplier; positions ks0..19, e0..19, d0..4, r."""
 
@@ -140,19 +147,16 @@ class OFAMobileNetV3(SearchSpace):
             if not isinstance(vals, (list, tuple)) or len(vals) != length:
                 got = f"{len(vals)} values" if isinstance(vals, (list, tuple)) else f"{type(vals).__name__} {vals!r}"
                 raise ConfigError(f"{self.name}: {name!r} must be a list of {length} values, got {got}")
-            for i, v in enumerate(vals):
-                idx.append(self._choice(name, v, f"{name}[{i}]", list(choices)))
-        idx.append(self._choice("r", r, "r", "128..224 step 4"))
+            lookup = _INDEX[name]  # any number equal to a choice hashes to it: 3, 3.0, numpy's 3
+            try:
+                idx.extend([lookup[v] for v in vals])
+            except (KeyError, TypeError):  # the slow path only names the first bad entry
+                i, v = next((i, v) for i, v in enumerate(vals) if not _is_choice(lookup, v))
+                raise ConfigError(f"{self.name}: {name}[{i}]={v!r} is not one of {list(choices)}") from None
+        if not _is_choice(_INDEX["r"], r):
+            raise ConfigError(f"{self.name}: r={r!r} is not one of 128..224 step 4")
+        idx.append(_INDEX["r"][r])
         return np.array(idx, dtype=np.int64)
-
-    def _choice(self, name: str, v: Any, where: str, choices: Any) -> int:
-        """The index of value `v` of `name` (any number equal to a choice: 3, 3.0, numpy's 3)."""
-        try:
-            if not isinstance(v, bool):
-                return _INDEX[name][v]
-        except (KeyError, TypeError):
-            pass
-        raise ConfigError(f"{self.name}: {where}={v!r} is not one of {choices}")
 
     def to_published(self, config: Any) -> dict:
         v = self.values(config)
