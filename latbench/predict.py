@@ -240,8 +240,10 @@ class Pricer:
         return list(_lowered(block, self.fusion))
 
     def work(self, ms: float) -> float:
-        """An entry's share of a network's price: `ms` less the per-call cost, at least 0 (NaN stays)."""
-        return 0.0 if ms < self.invocation_ms else ms - self.invocation_ms
+        """An entry's share of a network's price (latbench.runmeta.entry_work)."""
+        from .runmeta import entry_work
+
+        return entry_work(ms, self.invocation_ms)
 
     def lookup(self, op: OpSpec, resolution: int | None = None) -> float | None:
         """The table's value of `op` at `resolution`, None when it has none there."""

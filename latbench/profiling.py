@@ -152,9 +152,10 @@ def plan_todo(table, ops: Iterable[OpSpec], max_ops: int | None = None, retry_fa
     stored_any = table.keys(status=None)
     skip = stored_ok if retry_failed else stored_any
     todo = [op for op in todo_all if op.key not in skip]
-    if resolutions:
-        table.merge_extra_lists("resolutions", {op.key: resolutions[op.key] for op in todo_all
-                                                if op.key in skip and op.key in resolutions})
+    stamps = {op.key: resolutions[op.key] for op in todo_all if op.key in skip and op.key in resolutions} \
+        if resolutions else {}
+    if stamps:  # no write transaction on a fresh table
+        table.merge_extra_lists("resolutions", stamps)
     run = ProfileRun(total=len(todo_all), skipped=len(todo_all) - len(todo),
                      failed_earlier=sum(op.key in skip and op.key not in stored_ok for op in todo_all))
     if max_ops is not None:

@@ -269,6 +269,12 @@ def invocation_entry(table) -> CompanionEntry | None:
     return have if have and have.estimate_ms is not None else None
 
 
+def entry_work(ms: float, invocation_ms: float) -> float:
+    """An entry's share of a network's price: its time less the per-call cost, 0 where below it (an
+    op faster than the cost's own estimate does no measurable work); NaN stays NaN."""
+    return 0.0 if ms < invocation_ms else ms - invocation_ms
+
+
 def invocation_ms(table, statistic: str | None = None) -> float:
     """The table's measured per-call cost in ms by `statistic` (None: its own estimate); 0 when it
     holds none (e.g. an imported table). A cost measured but not holding `statistic` is refused."""

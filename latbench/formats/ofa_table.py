@@ -21,6 +21,7 @@ from ..errors import FormatError, UsageError
 from ..measure import Measurement, Stats
 from ..ops import OpSpec
 from ..merge import Transfer
+from ..runmeta import entry_work, invocation_ms
 from ..store import LatencyTable, PathLike
 from .table_common import profile_ids, use_profile
 
@@ -63,8 +64,7 @@ def export_ofa_yaml(table: LatencyTable, out: PathLike, skip_unsupported: bool =
         estimators[r["estimator"]] += 1
         for rr, entry in placed.items():
             groups.setdefault(rr, {})[key] = entry
-    entry = table.invocation
-    inv = entry.estimate_ms if entry is not None and entry.estimate_ms is not None else 0.0
+    inv = invocation_ms(table)
     files = {(os.path.join(o, table_file_name(rr)) if to_dir else o): rr for rr in sorted(groups)}
     docs = {f: _fold(groups[rr], inv, f) for f, rr in files.items()}  # every check before any write
     try:
@@ -121,7 +121,7 @@ def _fold(entries: dict[str, Entry], inv: float, path: str) -> dict[str, dict[st
                           f"csv or jsonl keep the cost")
     out = {}
     for key, e in entries.items():
-        work = max(0.0, e["estimate"] - inv)
+        work = entry_work(e["estimate"], inv)
         out[key] = {"count": e.get("count"), "mean": work + inv if key.startswith("Conv-") else work,
                     "std": e.get("std")}
     return out

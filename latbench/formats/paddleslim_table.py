@@ -24,6 +24,7 @@ from ..errors import FormatError
 from ..measure import Measurement
 from ..ops import OpSpec
 from ..merge import Transfer, take_meta
+from ..runmeta import entry_work, invocation_ms
 from ..store import LatencyTable, PathLike
 from .table_common import header_profile, profile_ids, read_sidecar, table_header, use_profile, write_sidecar
 
@@ -48,8 +49,7 @@ def export_paddleslim(table: LatencyTable, path: PathLike, skip_unsupported: boo
     rows: list[tuple[OpSpec, float]] = []
     kept: dict[str, dict[str, Any]] = {}  # what a row holds besides its line and number
     own = profile_ids(table.profile)[0] if table.profile is not None else None
-    entry = table.invocation
-    inv = entry.estimate_ms if entry is not None and entry.estimate_ms is not None else 0.0
+    inv = invocation_ms(table)
     for r in table.rows(status="ok"):
         op = OpSpec.from_dict(r["op"])
         why = _no_line(op)
@@ -59,10 +59,10 @@ def export_paddleslim(table: LatencyTable, path: PathLike, skip_unsupported: boo
                                   f"(--skip-unsupported leaves such rows out)")
             res.skipped.append(r["key"])
             continue
-        work = _work(r["estimate"], inv)
+        work = entry_work(r["estimate"], inv)
         rows.append((op, work))
         keep = {"extra": r["extra"]} if r["extra"] else {}
-        if _estimate(work, inv) != r["estimate"]:
+        if work + inv != r["estimate"]:
             keep["estimate"] = r["estimate"]
         if own is not None and r["profile_id"] != own:
             keep["profile_id"] = r["profile_id"]
@@ -79,16 +79,6 @@ def export_paddleslim(table: LatencyTable, path: PathLike, skip_unsupported: boo
                          f"PaddleSlim's sum over a network is latbench's price less the cost; the sidecar "
                          f"restores the estimates")
     return res
-
-
-def _work(estimate: float, inv: float) -> float:
-    """What a line holds: the op's own work, its estimate less the per-call cost (at least 0)."""
-    return max(0.0, estimate - inv) if inv > 0 else estimate
-
-
-def _estimate(work: float, inv: float) -> float:
-    """The estimate a line's work gives back with the per-call cost."""
-    return work + inv if inv > 0 else work
 
 
 def _no_line(op: OpSpec) -> str:
@@ -129,7 +119,7 @@ def import_paddleslim(path: PathLike, table: LatencyTable, profile: DeviceProfil
     for op, work in rows:
         keep = _kept(kept.get(op.key), prof, f"{side_path}: row {op.key}")
         # the sidecar's estimate where the line still holds the work it gives (else the line was edited)
-        ms = keep["estimate"] if "estimate" in keep and _work(keep["estimate"], inv) == work else _estimate(work, inv)
+        ms = keep["estimate"] if "estimate" in keep and entry_work(keep["estimate"], inv) == work else work + inv
         m = Measurement(key=op.key, profile_id=own, op=op.to_dict(), stats=None, taken_at=now,
                         extra=keep.get("extra", {}))
         row = table.measurement_row(m, source, "value", ms)
